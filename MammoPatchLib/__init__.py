@@ -1,0 +1,30 @@
+"""MammoPatchLib: sliding-patch detection of mammographic findings.
+
+A pure-Python library (no Slicer, Qt or VTK imports) that reproduces the method of
+Mellado et al. (2023), "A Deep Learning Classifier Using Sliding Patches for Detection of
+Mammographical Findings": mammogram I/O, the poster's preprocessing as MONAI transforms,
+data set readers, a synthetic mammogram generator, and (in later modules) the patch
+classifier and its sliding-window heatmaps.
+"""
+
+__version__ = "0.1.0"
+
+from .classes import FINDING_CLASSES, NO_FINDING
+from .errors import (
+    AnnotationError,
+    ImageReadError,
+    InvalidImageError,
+    MammoPatchError,
+    UnsupportedImageError,
+)
+
+__all__ = [
+    "__version__",
+    "FINDING_CLASSES",
+    "NO_FINDING",
+    "MammoPatchError",
+    "ImageReadError",
+    "UnsupportedImageError",
+    "InvalidImageError",
+    "AnnotationError",
+]

@@ -1,0 +1,165 @@
+"""One entry point, :func:`read_mammogram`, for every supported file format.
+
+- DICOM (any extension, recognised by its "DICM" preamble): :mod:`.dicom`.
+- PGM / PNG / TIFF / JPEG: Pillow (SimpleITK has no PGM reader; mini-MIAS ships PGM).
+- NRRD / NIfTI / MHA / MHD: SimpleITK, keeping origin, spacing and direction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import ImageReadError, InvalidImageError, UnsupportedImageError
+from .dicom import read_dicom
+from .image import DEFAULT_SPACING_MM, ImageGeometry, MammogramImage
+
+logger = logging.getLogger(__name__)
+
+PILLOW_EXTENSIONS = (".pgm", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
+ITK_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
+SUPPORTED_EXTENSIONS = DICOM_EXTENSIONS + PILLOW_EXTENSIONS + ITK_EXTENSIONS
+
+#: The smallest side accepted by default: one sliding window (256 px).
+MIN_IMAGE_SIDE = 256
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def is_dicom_file(path: "os.PathLike[str] | str") -> bool:
+    """True when the file carries the DICOM Part 10 preamble ("DICM" at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_pillow(path: Path) -> MammogramImage:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("RGB", "RGBA", "P", "CMYK", "LA"):
+                raise UnsupportedImageError(f"colour image (mode {mode}); expected a greyscale mammogram", path)
+            pixels = np.asarray(img)
+    except UnsupportedImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError("not a readable image file", path) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read image ({exc}); the file may be truncated", path) from None
+    bits = 8 if pixels.dtype == np.uint8 else 16 if pixels.dtype in (np.uint16, np.int16, np.int32) else 32
+    return MammogramImage(pixels=pixels.astype(np.float32), path=str(path), bits_stored=bits, spacing_source="default")
+
+
+def _read_itk(path: Path) -> MammogramImage:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageReadError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path) from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise UnsupportedImageError("multi-component image; expected a greyscale mammogram", path)
+    pixels = sitk.GetArrayFromImage(img)
+    dim = img.GetDimension()
+    if dim == 3:
+        if pixels.shape[0] != 1:
+            raise UnsupportedImageError(f"3-D image with {pixels.shape[0]} slices; expected one 2-D mammogram", path)
+        pixels = pixels[0]
+        geometry = ImageGeometry(
+            spacing=tuple(float(v) for v in img.GetSpacing()),
+            origin=tuple(float(v) for v in img.GetOrigin()),
+            direction=tuple(float(v) for v in img.GetDirection()),
+        )
+    elif dim == 2:
+        d = img.GetDirection()
+        geometry = ImageGeometry(
+            spacing=(*(float(v) for v in img.GetSpacing()), 1.0),
+            origin=(*(float(v) for v in img.GetOrigin()), 0.0),
+            direction=(d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0),
+        )
+    else:
+        raise UnsupportedImageError(f"{dim}-D image; expected a 2-D mammogram", path)
+    bits = 8 * pixels.dtype.itemsize if pixels.dtype.kind in "ui" else 32
+    return MammogramImage(
+        pixels=pixels.astype(np.float32), geometry=geometry, path=str(path), bits_stored=bits, spacing_source="file header"
+    )
+
+
+def validate_pixels(image: MammogramImage, min_side: int = MIN_IMAGE_SIDE) -> None:
+    """Reject images that cannot be analysed: empty, one value everywhere, non-finite, tiny."""
+    pixels = image.pixels
+    where = image.path or "<array>"
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise InvalidImageError(f"image has shape {pixels.shape}; expected a non-empty 2-D image", where)
+    if not np.isfinite(pixels).all():
+        raise InvalidImageError("image contains NaN or infinite values", where)
+    if float(pixels.max()) == float(pixels.min()):
+        raise InvalidImageError(f"image is blank (every pixel is {float(pixels.min()):g})", where)
+    if min(pixels.shape) < min_side:
+        raise InvalidImageError(
+            f"image is {pixels.shape[0]} x {pixels.shape[1]} px, smaller than one {min_side} px window", where
+        )
+
+
+def read_mammogram(
+    path: "os.PathLike[str] | str",
+    spacing_mm: Optional[float] = None,
+    apply_voi: bool = True,
+    min_side: int = MIN_IMAGE_SIDE,
+) -> MammogramImage:
+    """Read a mammogram file of any supported format and check it can be analysed.
+
+    Args:
+        path: DICOM (any extension), PGM/PNG/TIFF/JPEG, or NRRD/NIfTI/MHA.
+        spacing_mm: pixel spacing to use when the file has none (PNG/PGM: mini-MIAS is 0.2);
+            it overrides a missing or default spacing only, never a DICOM one.
+        apply_voi: DICOM only: apply the first VOI LUT / window (see :mod:`.dicom`).
+        min_side: smallest accepted side in pixels (one window by default); 0 disables.
+
+    Raises:
+        ImageReadError, UnsupportedImageError, InvalidImageError: with the path and cause.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise ImageReadError("file not found", file)
+    if file.is_dir():
+        raise ImageReadError("is a folder, not an image file", file)
+    if file.stat().st_size == 0:
+        raise ImageReadError("file is empty (0 bytes)", file)
+    ext = _extension(file)
+    if is_dicom_file(file) or ext in DICOM_EXTENSIONS:
+        image = read_dicom(file, apply_voi=apply_voi)
+    elif ext in PILLOW_EXTENSIONS:
+        image = _read_pillow(file)
+    elif ext in ITK_EXTENSIONS:
+        image = _read_itk(file)
+    else:
+        raise UnsupportedImageError(
+            f"unknown file type {ext or '(no extension)'}; supported: DICOM, {', '.join(PILLOW_EXTENSIONS + ITK_EXTENSIONS)}",
+            file,
+        )
+    if image.spacing_source == "default":
+        if spacing_mm is not None:
+            if spacing_mm <= 0:
+                raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
+            image.geometry = ImageGeometry(spacing=(spacing_mm, spacing_mm, 1.0), origin=image.geometry.origin,
+                                           direction=image.geometry.direction)
+            image.spacing_source = "given"
+        elif ext in PILLOW_EXTENSIONS:
+            logger.warning("%s: format stores no pixel spacing; assuming %.2f mm (pass spacing_mm)", file, DEFAULT_SPACING_MM)
+    validate_pixels(image, min_side=min_side)
+    return image

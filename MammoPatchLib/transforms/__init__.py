@@ -1,0 +1,17 @@
+"""The poster's preprocessing as MONAI transforms (array and dictionary versions)."""
+
+from .clahe import DEFAULT_SCALES, ClaheScale, FuseCLAHE, FuseCLAHEd, clahe
+from .crop import BreastCrop, BreastCropd, OtsuBreastMask
+from .intensity import ScaleToUnit, ScaleToUnitd
+from .laterality import NormaliseLaterality, NormaliseLateralityd
+from .pipeline import PreprocessConfig, build_preprocessing, preprocess, to_metatensor
+from .spacing import pixel_spacing_mm
+
+__all__ = [
+    "ClaheScale", "DEFAULT_SCALES", "FuseCLAHE", "FuseCLAHEd", "clahe",
+    "BreastCrop", "BreastCropd", "OtsuBreastMask",
+    "ScaleToUnit", "ScaleToUnitd",
+    "NormaliseLaterality", "NormaliseLateralityd",
+    "PreprocessConfig", "build_preprocessing", "preprocess", "to_metatensor",
+    "pixel_spacing_mm",
+]
