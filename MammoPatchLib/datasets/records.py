@@ -1,0 +1,93 @@
+"""What every data set reader yields: one record per image, boxes in pixel coordinates."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..errors import AnnotationError
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One annotated finding: a VinDr class and its box (xmin, ymin, xmax, ymax) in pixels
+    of the stored image (x = column, y = row, origin top-left)."""
+
+    category: str
+    box: Tuple[float, float, float, float]
+
+    @property
+    def centre(self) -> Tuple[float, float]:
+        """(x, y) centre of the box."""
+        return (0.5 * (self.box[0] + self.box[2]), 0.5 * (self.box[1] + self.box[3]))
+
+
+@dataclass
+class ImageRecord:
+    """One mammogram of a data set.
+
+    Attributes:
+        path: image file.
+        image_id: the data set's identifier of the image.
+        patient_id: the woman; splits never separate two images of one patient.
+        split: "training", "validation", "test" or "" (unassigned).
+        findings: boxed findings.
+        image_labels: classes known for the whole image without a box (e.g. MIAS
+            calcifications without coordinates).
+        laterality, view_position: "L"/"R", "CC"/"MLO" where known.
+        spacing_mm: pixel spacing when the data set states it and the file may not.
+        size: (rows, columns) when the annotations state it.
+    """
+
+    path: Path
+    image_id: str
+    patient_id: str
+    split: str = ""
+    findings: List[Finding] = field(default_factory=list)
+    image_labels: List[str] = field(default_factory=list)
+    laterality: str = ""
+    view_position: str = ""
+    spacing_mm: Optional[float] = None
+    size: Optional[Tuple[int, int]] = None
+
+    @property
+    def categories(self) -> List[str]:
+        """Every class present on the image (boxed or image-level), without repeats."""
+        seen: Dict[str, None] = {}
+        for name in [f.category for f in self.findings] + list(self.image_labels):
+            seen.setdefault(name, None)
+        return list(seen)
+
+    @property
+    def is_normal(self) -> bool:
+        return not self.findings and not self.image_labels
+
+
+def read_csv_rows(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
+    """Rows of a CSV as dicts, after checking the header has every ``required`` column."""
+    if not path.is_file():
+        raise AnnotationError("annotation table not found", path)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise AnnotationError(f"missing column(s) {missing}; found {header}", path)
+        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+
+
+def check_box(box: Tuple[float, float, float, float], size: Optional[Tuple[int, int]], where: str,
+              tolerance: float = 2.0) -> Tuple[float, float, float, float]:
+    """Validate a box against the image size; raises AnnotationError naming ``where``."""
+    x0, y0, x1, y1 = box
+    if not (x1 > x0 and y1 > y0):
+        raise AnnotationError(f"box {box} is empty or inverted (need xmin < xmax, ymin < ymax)", where)
+    if size is not None:
+        rows, cols = size
+        if x0 < -tolerance or y0 < -tolerance or x1 > cols + tolerance or y1 > rows + tolerance:
+            raise AnnotationError(f"box {box} lies outside the {rows} x {cols} image", where)
+        box = (max(0.0, x0), max(0.0, y0), min(float(cols), x1), min(float(rows), y1))
+    return box

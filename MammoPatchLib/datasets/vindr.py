@@ -1,0 +1,117 @@
+"""The VinDr-Mammo v1.0.0 layout (PhysioNet, DOI 10.13026/BR2V-7517).
+
+``images/<study_id>/<image_id>.dicom`` plus ``finding_annotations.csv`` (one row per finding,
+or one 'No Finding' row per normal image) and ``breast-level_annotations.csv`` (one row per
+image). A study is one woman's exam, so ``study_id`` is the patient key for splits.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ..classes import FINDING_CLASSES, NO_FINDING
+from ..errors import AnnotationError
+from .records import Finding, ImageRecord, check_box, read_csv_rows
+
+logger = logging.getLogger(__name__)
+
+FINDING_COLUMNS = [
+    "study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
+    "breast_birads", "breast_density", "finding_categories", "finding_birads",
+    "xmin", "ymin", "xmax", "ymax", "split",
+]
+BREAST_COLUMNS = ["study_id", "image_id", "laterality", "view_position", "height", "width", "split"]
+
+
+def parse_categories(text: str, where: str) -> List[str]:
+    """Parse VinDr's list string "['Mass', 'Suspicious Calcification']" into names."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise AnnotationError(f"finding_categories {text!r} is not a list string such as \"['Mass']\"", where) from None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise AnnotationError(f"finding_categories {text!r} is not a list of class names", where)
+    return [v.strip() for v in value]
+
+
+def read_vindr(
+    root: "os.PathLike[str] | str",
+    classes: Sequence[str] = FINDING_CLASSES,
+    require_files: bool = True,
+) -> List[ImageRecord]:
+    """Read a VinDr-Mammo tree into one :class:`ImageRecord` per image.
+
+    Args:
+        root: the folder holding ``images/`` and the two CSVs.
+        classes: the finding classes kept; other categories are ignored with a warning.
+        require_files: skip (with one warning) images whose DICOM is missing, e.g. a partial
+            download; False keeps them.
+
+    Raises:
+        AnnotationError: missing CSV or columns, malformed category lists, boxes outside the image.
+    """
+    root = Path(root)
+    table = root / "finding_annotations.csv"
+    rows = read_csv_rows(table, FINDING_COLUMNS)
+    breast_table = root / "breast-level_annotations.csv"
+    breast_rows = read_csv_rows(breast_table, BREAST_COLUMNS) if breast_table.exists() else []
+
+    known = {c.lower(): c for c in classes}
+    records: Dict[str, ImageRecord] = {}
+    ignored: Dict[str, int] = {}
+
+    def record_for(row: Dict[str, str], line: str) -> ImageRecord:
+        image_id = row["image_id"]
+        if image_id not in records:
+            try:
+                size = (int(float(row["height"])), int(float(row["width"])))
+            except ValueError:
+                raise AnnotationError(f"height/width {row['height']!r}/{row['width']!r} are not numbers", line) from None
+            records[image_id] = ImageRecord(
+                path=root / "images" / row["study_id"] / f"{image_id}.dicom",
+                image_id=image_id,
+                patient_id=row["study_id"],
+                split=row["split"],
+                laterality=row["laterality"],
+                view_position=row["view_position"],
+                size=size,
+            )
+        return records[image_id]
+
+    for index, row in enumerate(breast_rows, start=2):
+        record_for(row, f"{breast_table}:{index}")
+    for index, row in enumerate(rows, start=2):
+        line = f"{table}:{index}"
+        record = record_for(row, line)
+        names = [n for n in parse_categories(row["finding_categories"], line) if n != NO_FINDING]
+        has_box = all(row[c] != "" for c in ("xmin", "ymin", "xmax", "ymax"))
+        for name in names:
+            if name.lower() not in known:
+                ignored[name] = ignored.get(name, 0) + 1
+                continue
+            category = known[name.lower()]
+            if has_box:
+                try:
+                    box = tuple(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
+                except ValueError:
+                    raise AnnotationError("xmin/ymin/xmax/ymax must be numbers", line) from None
+                record.findings.append(Finding(category, check_box(box, record.size, line)))  # type: ignore[arg-type]
+            elif category not in record.image_labels:
+                record.image_labels.append(category)
+    if ignored:
+        logger.warning("%s: ignored categories not in the class list: %s", table, ignored)
+
+    result = list(records.values())
+    if require_files:
+        present = [r for r in result if r.path.is_file()]
+        if len(present) < len(result):
+            logger.warning("%s: %d of %d annotated images have no DICOM file; skipped", root,
+                           len(result) - len(present), len(result))
+        result = present
+    return result
