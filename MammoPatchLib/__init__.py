@@ -18,8 +18,18 @@ from .errors import (
     UnsupportedImageError,
 )
 
+
+
+def predict(*args, **kwargs):
+    """See :func:`MammoPatchLib.api.predict` (imported lazily: torch loads on first use)."""
+    from .api import predict as _predict
+
+    return _predict(*args, **kwargs)
+
+
 __all__ = [
     "__version__",
+    "predict",
     "FINDING_CLASSES",
     "NO_FINDING",
     "MammoPatchError",

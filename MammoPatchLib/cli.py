@@ -61,15 +61,79 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _add_predict_options(parser: argparse.ArgumentParser) -> None:
+    from .inference.predictor import DEFAULT_MODE, MODES
+
+    parser.add_argument("--model", default=None, help="model file (default: the bundled default model)")
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                        help="exact: window by window (the poster); fast: one dense pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass in exact mode")
+    parser.add_argument("--classes", nargs="+", default=None, help="report only these classes")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=None,
+                        help="per-class probability thresholds (one per model class)")
+    parser.add_argument("--format", nargs="+", choices=["nrrd", "nifti"], default=["nrrd"], dest="formats")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _predict_kwargs(args: argparse.Namespace) -> dict:
+    return dict(model=args.model, mode=args.mode, device=args.device, sw_batch_size=args.batch_size,
+                classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
+                progress=not args.no_progress)
+
+
+def _print_batch(rows, out: Path) -> int:
+    failed = [r for r in rows if r["status"] != "ok"]
+    for row in rows:
+        if row["status"] == "ok":
+            print(f"{row['image']}: {row['findings']} finding(s) -> {row['output']}")
+        else:
+            print(f"error: {row['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(failed)} of {len(rows)} image(s) done; summary: {out / 'summary.csv'}")
+    return 1 if failed else 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .api import predict_files
+
+    rows = predict_files(args.inputs, args.out, spacing_mm=args.spacing, **_predict_kwargs(args))
+    return _print_batch(rows, Path(args.out))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .api import default_model_path, predict_files
+    from .model_file import make_untrained_model
     from .synthetic import synthesize_mammogram, write_dicom
 
     out = Path(args.out)
     sample = out / "sample_mammogram.dcm"
     mammo = synthesize_mammogram((1024, 832), 0.2, "L", "MLO", ["round mass", "calcification cluster"], seed=7)
     write_dicom(mammo, sample)
-    png = run_preprocess_preview(sample, out / "sample_preprocessed.png")
-    print(f"sample mammogram: {sample}\npreprocessing preview (source + crop box | original | CLAHE fine | CLAHE coarse): {png}")
+    model = args.model or default_model_path()
+    if args.model is None and not Path(model).is_file():
+        model = out / "UNTRAINED-demo-model.pt"
+        make_untrained_model(model)
+        print("NOTE: no bundled trained model found; using an UNTRAINED model: the heatmaps are meaningless.")
+    kwargs = _predict_kwargs(args)
+    kwargs.update(model=str(model), overwrite=True)
+    rows = predict_files([sample], out / "results", **kwargs)
+    code = _print_batch(rows, out / "results")
+    print(f"sample mammogram: {sample}\noverlay: {out / 'results' / 'sample_mammogram' / 'overlay.png'}")
+    for f in mammo.findings:
+        print(f"  drawn in the sample: {f.category} at box {tuple(round(v) for v in f.box)}")
+    return code
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .model_file import read_model_payload
+
+    payload = read_model_payload(args.model)
+    info = dict(payload["info"])
+    info["sha256"] = payload["sha256"]
+    info["parameters"] = int(sum(v.numel() for v in payload["state_dict"].values()))
+    info["stored_dtype"] = str(next(iter(payload["state_dict"].values())).dtype).replace("torch.", "")
+    print(json.dumps(info, indent=1))
     return 0
 
 
@@ -79,9 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the default job on a generated sample mammogram")
+    demo = sub.add_parser("demo", help="run the bundled default model on a generated sample mammogram")
     demo.add_argument("--out", default="mammopatch-output", help="output folder (default: %(default)s)")
+    _add_predict_options(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    predict = sub.add_parser("predict", help="heatmaps, label maps and findings for mammograms")
+    predict.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
+    predict.add_argument("--out", required=True, help="output folder (one sub-folder per image + summary.csv)")
+    predict.add_argument("--spacing", type=float, default=None, help="pixel spacing (mm) for files that store none")
+    _add_predict_options(predict)
+    predict.set_defaults(func=_cmd_predict)
+
+    info = sub.add_parser("info", help="print a model file's metadata")
+    info.add_argument("model", help="model file")
+    info.set_defaults(func=_cmd_info)
 
     pre = sub.add_parser("preprocess", help="write preprocessing previews (channels + crop) for images")
     pre.add_argument("inputs", nargs="+", help="files, folders or glob patterns")

@@ -40,3 +40,11 @@ class AnnotationError(MammoPatchError):
 
 class ConfigError(MammoPatchError):
     """A configuration value is invalid; the message names the field."""
+
+
+class ModelFileError(MammoPatchError):
+    """A model file is unreadable, corrupted, or made for another architecture or class list."""
+
+
+class Cancelled(MammoPatchError):
+    """The user cancelled a long run (Slicer's Cancel button, Ctrl-C in a batch)."""

@@ -58,3 +58,41 @@ def preprocessing_preview(source: np.ndarray, channels: torch.Tensor, box: Optio
     for p in panels[1:]:
         out += [gap, p]
     return np.concatenate(out, axis=1)
+
+
+# A perceptual colour map (matplotlib's "inferno", sampled at 9 points and interpolated), so the
+# library needs no plotting dependency to draw overlays.
+_INFERNO = np.array([
+    [0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
+    [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164]], dtype=np.float32)
+
+
+def inferno(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB uint8 with the inferno colour map."""
+    x = np.clip(values, 0.0, 1.0) * (len(_INFERNO) - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, len(_INFERNO) - 1)
+    t = (x - lo)[..., None]
+    return (_INFERNO[lo] * (1 - t) + _INFERNO[hi] * t).astype(np.uint8)
+
+
+def heatmap_overlay(pixels: np.ndarray, heatmap: np.ndarray, findings, max_side: int = 1400,
+                    alpha: float = 0.45) -> np.ndarray:
+    """RGB overlay: mammogram in grey, the max-over-classes heatmap in inferno where it is
+    above 0.1, and each finding's box labelled with its class and score."""
+    from PIL import Image, ImageDraw
+
+    scale = min(1.0, max_side / max(pixels.shape))
+    size = (max(1, int(round(pixels.shape[1] * scale))), max(1, int(round(pixels.shape[0] * scale))))
+    grey = np.asarray(Image.fromarray(_to_uint8(pixels)).resize(size, Image.BILINEAR)).astype(np.float32)
+    heat = np.asarray(Image.fromarray(heatmap.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+    colour = inferno(heat).astype(np.float32)
+    weight = (alpha * np.clip((heat - 0.1) / 0.4, 0.0, 1.0))[..., None]
+    rgb = (grey[..., None] * (1 - weight) + colour * weight).astype(np.uint8)
+    canvas = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(canvas)
+    for finding in findings:
+        x0, y0, x1, y1 = (v * scale for v in finding.box_px)
+        draw.rectangle([x0, y0, x1, y1], outline=(0, 255, 120), width=2)
+        draw.text((x0 + 3, max(0, y0 - 12)), f"{finding.category} {finding.score:.2f}", fill=(0, 255, 120))
+    return np.asarray(canvas)

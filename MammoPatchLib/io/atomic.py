@@ -35,6 +35,10 @@ def atomic_path(path: Union[str, os.PathLike], overwrite: bool = True) -> Iterat
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp" + _suffixes(target), dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600 files; give outputs the permissions a normal open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, target)

@@ -1,0 +1,128 @@
+"""The Python API: ``predict`` for one image or array, ``predict_files`` for a batch.
+
+The CLI, the Slicer Logic and the batch script call these functions: there is one pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import MammoPatchError, ModelFileError
+from .inference.predictor import DEFAULT_MODE, PredictionResult, Predictor
+from .io import MammogramImage, read_mammogram
+from .io.image import ImageGeometry
+from .io.readers import validate_pixels
+from .model_file import LoadedModel, load_model
+
+logger = logging.getLogger(__name__)
+
+#: Where the bundled default model lives: Resources/ beside MammoPatchLib (source tree and the
+#: Slicer extension both have this layout); $MAMMOPATCH_MODEL overrides it.
+DEFAULT_MODEL_NAME = "mammopatch-default.pt"
+
+
+def default_model_path() -> Path:
+    env = os.environ.get("MAMMOPATCH_MODEL")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / DEFAULT_MODEL_NAME
+
+
+ModelLike = Union[None, str, "os.PathLike[str]", LoadedModel]
+
+
+def resolve_model(model: ModelLike = None, device: str = "cpu") -> LoadedModel:
+    """A LoadedModel from a path, an already loaded model, or None (the bundled default)."""
+    if isinstance(model, LoadedModel):
+        return model
+    path = Path(model) if model is not None else default_model_path()
+    if model is None and not path.is_file():
+        raise ModelFileError("the bundled default model is missing; pass a model file (--model)", path)
+    return load_model(path, device=device)
+
+
+def as_image(source: Union[str, "os.PathLike[str]", np.ndarray, MammogramImage], spacing_mm: Optional[float] = None
+             ) -> MammogramImage:
+    """Read a file, or wrap an array (rows x columns, high = dense) with a pixel spacing."""
+    if isinstance(source, MammogramImage):
+        validate_pixels(source)
+        return source
+    if isinstance(source, np.ndarray):
+        spacing = float(spacing_mm) if spacing_mm else 0.1
+        image = MammogramImage(pixels=np.asarray(source, dtype=np.float32),
+                               geometry=ImageGeometry(spacing=(spacing, spacing, 1.0)),
+                               spacing_source="given" if spacing_mm else "default")
+        validate_pixels(image)
+        return image
+    return read_mammogram(source, spacing_mm=spacing_mm)
+
+
+def predict(source, model: ModelLike = None, mode: str = DEFAULT_MODE, device: str = "auto",
+            spacing_mm: Optional[float] = None, **predictor_options: Any) -> PredictionResult:
+    """Heatmaps, label map and findings for one mammogram (file path, array or MammogramImage).
+
+    Example::
+
+        from MammoPatchLib import predict
+        result = predict("mammogram.dcm")          # bundled default model, exact mode
+        result.heatmaps.shape                       # (10, rows, columns)
+    """
+    predictor = Predictor(resolve_model(model), mode=mode, device=device, **predictor_options)
+    return predictor.predict_image(as_image(source, spacing_mm))
+
+
+def predict_files(inputs, out_dir: "os.PathLike[str] | str", model: ModelLike = None, mode: str = DEFAULT_MODE,
+                  device: str = "auto", spacing_mm: Optional[float] = None, formats: Sequence[str] = ("nrrd",),
+                  overwrite: bool = False, progress: bool = True,
+                  on_image: Optional[Callable[[int, int, Path], None]] = None,
+                  **predictor_options: Any) -> List[Dict[str, object]]:
+    """Predict every image of files / folders / globs into ``out_dir``; a bad file is reported
+    in the summary and the batch goes on. Writes ``out_dir/summary.csv``; returns its rows."""
+    from .datasets import collect_images
+    from .outputs import write_result, write_summary
+
+    paths = collect_images(inputs)
+    if not paths:
+        raise MammoPatchError("no images found", ", ".join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)))
+    predictor = Predictor(resolve_model(model), mode=mode, device=device, progress=progress, **predictor_options)
+    out = Path(out_dir)
+    rows: List[Dict[str, object]] = []
+    iterator = paths
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = bar = tqdm(paths, desc="images", unit="img")
+    used_names: Dict[str, int] = {}
+    try:
+        for index, path in enumerate(iterator):
+            if on_image is not None:
+                on_image(index, len(paths), path)
+            stem = path.name.split(".")[0] or path.name
+            used_names[stem] = used_names.get(stem, 0) + 1
+            folder = out / (stem if used_names[stem] == 1 else f"{stem}_{used_names[stem]}")
+            row: Dict[str, object] = {"image": str(path), "output": str(folder)}
+            try:
+                result = predictor.predict_image(read_mammogram(path, spacing_mm=spacing_mm))
+                write_result(result, folder, formats=formats, overwrite=overwrite)
+                top = result.findings[0] if result.findings else None
+                row.update(status="ok", error="", findings=len(result.findings),
+                           top_class=top.category if top else "", top_score=f"{top.score:.4f}" if top else "",
+                           seconds=f"{sum(result.timings.values()):.2f}")
+            except MammoPatchError as exc:
+                if type(exc).__name__ == "Cancelled":
+                    raise
+                logger.error("%s", exc)
+                row.update(status="failed", error=str(exc), output="")
+            rows.append(row)
+    finally:
+        if bar is not None:
+            bar.close()
+        if rows:
+            write_summary(rows, out / "summary.csv")
+    return rows

@@ -1,0 +1,188 @@
+"""Model files: weights plus everything needed to use them, in one checksummed file.
+
+A model file is a ``torch.save`` of plain types and tensors (loaded back with
+``weights_only=True``, so opening a file cannot execute code):
+
+- ``format``: "mammopatch-model", ``format_version``: 1
+- ``info``: :class:`ModelInfo` as a dict (backbone, classes, window, stride, pixel spacing
+  it was trained at, preprocessing parameters, thresholds, library version, provenance)
+- ``state_dict``: the weights (fp32 or fp16)
+- ``sha256``: of the weights, checked on load
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import __version__
+from .classes import FINDING_CLASSES
+from .errors import ConfigError, ModelFileError
+from .io.atomic import atomic_path
+from .networks import DEFAULT_BACKBONE, BACKBONES, PatchClassifier
+from .transforms import PreprocessConfig
+
+FORMAT = "mammopatch-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """What a model file says about its network and how to run it.
+
+    Attributes:
+        backbone: registered backbone name.
+        classes: output classes, in output order.
+        window, stride: sliding-window patch side and step in pixels (at ``spacing_mm``).
+        hidden: head hidden units.
+        spacing_mm: pixel spacing the model was trained at; images are resampled to it
+            (None: used at their own spacing).
+        preprocessing: :class:`PreprocessConfig` as a dict.
+        thresholds: per-class probability thresholds for the label map and findings.
+        library_version: MammoPatch version that wrote the file.
+        trained: False for an untrained (randomly initialised) demonstration model.
+        description, training: free text / provenance (data, config, metrics).
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    classes: List[str] = field(default_factory=lambda: list(FINDING_CLASSES))
+    window: int = 256
+    stride: int = 32
+    hidden: int = 512
+    spacing_mm: Optional[float] = None
+    preprocessing: Dict[str, Any] = field(default_factory=lambda: PreprocessConfig().to_dict())
+    thresholds: List[float] = field(default_factory=list)
+    library_version: str = __version__
+    trained: bool = True
+    description: str = ""
+    training: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"model backbone {self.backbone!r} is not registered; known: {sorted(BACKBONES)}")
+        if not self.thresholds:
+            self.thresholds = [0.5] * len(self.classes)
+        if len(self.thresholds) != len(self.classes):
+            raise ConfigError(f"model has {len(self.classes)} classes but {len(self.thresholds)} thresholds")
+        if self.window % 32 or self.stride <= 0 or self.window % self.stride:
+            raise ConfigError(f"window ({self.window}) must be a multiple of 32 and of stride ({self.stride})")
+
+    def preprocess_config(self) -> PreprocessConfig:
+        config = PreprocessConfig.from_dict(dict(self.preprocessing))
+        config.target_spacing_mm = self.spacing_mm
+        return config
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "ModelInfo":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:
+    """The PatchClassifier a :class:`ModelInfo` describes."""
+    return PatchClassifier(info.backbone, num_classes=len(info.classes), hidden=info.hidden,
+                           pretrained=pretrained, window=info.window)
+
+
+def weights_sha256(state_dict: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in key order (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_model(network: PatchClassifier, info: ModelInfo, path: "os.PathLike[str] | str", half: bool = False,
+               overwrite: bool = True) -> str:
+    """Write a model file atomically; ``half`` stores fp16 weights (half the size)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in network.state_dict().items()}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "info": info.to_dict(), "state_dict": state,
+               "sha256": weights_sha256(state)}
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        torch.save(payload, tmp)
+    return os.fspath(path)
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference (eval mode, fp32) with its :class:`ModelInfo`."""
+
+    network: PatchClassifier
+    info: ModelInfo
+    path: str
+    sha256: str
+
+
+def read_model_payload(path: "os.PathLike[str] | str") -> Dict[str, Any]:
+    """The checked contents of a model file (format, checksum), without building the network."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError("model file not found", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip/torch errors all mean "not a model file"
+        raise ModelFileError(f"not a readable model file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                             path) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError("not a MammoPatch model file (a bare state dict or another tool's checkpoint?); "
+                             "make one with mammopatch train or MammoPatchLib.model_file.save_model", path)
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"model file format {payload['format_version']} is newer than this MammoPatch "
+                             f"({FORMAT_VERSION}); upgrade MammoPatch", path)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or weights_sha256(state) != payload.get("sha256"):
+        raise ModelFileError("weights do not match their SHA-256: the file is corrupted", path)
+    return payload
+
+
+def load_model(path: "os.PathLike[str] | str", expected_classes: Optional[Sequence[str]] = None,
+               expected_backbone: Optional[str] = None, device: str = "cpu") -> LoadedModel:
+    """Load a model file and rebuild its network.
+
+    Raises:
+        ModelFileError: unreadable or corrupted file, or a file for another architecture or
+            class list than expected (or than its own info says).
+    """
+    path = os.fspath(path)
+    payload = read_model_payload(path)
+    try:
+        info = ModelInfo.from_dict(payload["info"])
+    except (ConfigError, TypeError) as exc:
+        raise ModelFileError(f"model information is invalid ({exc})", path) from None
+    if expected_classes is not None and list(expected_classes) != list(info.classes):
+        raise ModelFileError(f"model is for classes {info.classes}, not {list(expected_classes)}", path)
+    if expected_backbone is not None and expected_backbone != info.backbone:
+        raise ModelFileError(f"model is a {info.backbone} network, not {expected_backbone}", path)
+    network = build_network(info)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
+        raise ModelFileError(f"weights do not fit a {info.backbone} network with {len(info.classes)} classes "
+                             f"(made for another model?): {detail}", path) from None
+    network.eval().to(device)
+    return LoadedModel(network=network, info=info, path=path, sha256=payload["sha256"])
+
+
+def make_untrained_model(path: "os.PathLike[str] | str", backbone: str = DEFAULT_BACKBONE, seed: int = 0,
+                         spacing_mm: Optional[float] = 0.2) -> str:
+    """Write a clearly labelled untrained model (ImageNet backbone where offline, random head).
+
+    For demonstrations and tests before a trained model exists: its heatmaps mean nothing.
+    """
+    torch.manual_seed(seed)
+    info = ModelInfo(backbone=backbone, spacing_mm=spacing_mm, trained=False,
+                     description="UNTRAINED demonstration model: random classifier head, outputs are meaningless")
+    network = build_network(info, pretrained=BACKBONES[backbone].pretrained_offline)
+    return save_model(network, info, path, half=True)
