@@ -137,6 +137,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_bundle(args: argparse.Namespace) -> int:
+    from .export import export_bundle
+
+    root = export_bundle(args.model, args.out)
+    print(f"MONAI bundle written to {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mammopatch", description="Sliding-patch detection of mammographic findings.")
     parser.add_argument("--version", action="version", version=f"MammoPatch {__version__}")
@@ -158,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a model file's metadata")
     info.add_argument("model", help="model file")
     info.set_defaults(func=_cmd_info)
+
+    bundle = sub.add_parser("export-bundle", help="export a model file as a MONAI bundle")
+    bundle.add_argument("model", help="model file")
+    bundle.add_argument("--out", required=True, help="bundle folder")
+    bundle.set_defaults(func=_cmd_export_bundle)
 
     pre = sub.add_parser("preprocess", help="write preprocessing previews (channels + crop) for images")
     pre.add_argument("inputs", nargs="+", help="files, folders or glob patterns")

@@ -15,12 +15,13 @@ import torch
 
 from ..networks import PatchClassifier
 from .exact import autocast_for
-from .windows import stitch_window_grid
+from .windows import blend_kernel, stitch_window_grid
 
 
 @torch.no_grad()
 def dense_window_probabilities(network: PatchClassifier, image: torch.Tensor,
-                               device: Optional[torch.device] = None, amp: bool = True) -> torch.Tensor:
+                               device: Optional[torch.device] = None, amp: bool = True, blend: str = "gaussian"
+                      ) -> torch.Tensor:
     """(classes, gh, gw) probabilities of every window of a padded (C, H, W) image."""
     device = device or next(network.parameters()).device
     with autocast_for(device, amp):
@@ -29,9 +30,10 @@ def dense_window_probabilities(network: PatchClassifier, image: torch.Tensor,
 
 
 def fast_cell_heatmap(network: PatchClassifier, image: torch.Tensor, window: int = 256, stride: int = 32,
-                      device: Optional[torch.device] = None, amp: bool = True) -> torch.Tensor:
+                      device: Optional[torch.device] = None, amp: bool = True, blend: str = "gaussian"
+                      ) -> torch.Tensor:
     """Stitched (classes, H/stride, W/stride) heatmap, same layout as exact mode."""
     if stride != 32:
         raise ValueError("fast mode needs the backbone's stride (32 px) as the window stride")
     probs = dense_window_probabilities(network, image, device, amp)
-    return stitch_window_grid(probs, window // stride)
+    return stitch_window_grid(probs, blend_kernel(window, stride, blend))

@@ -46,13 +46,13 @@ def autocast_for(device: torch.device, enabled: bool):
 @torch.no_grad()
 def exact_cell_heatmap(network: PatchClassifier, image: torch.Tensor, window: int = 256, stride: int = 32,
                        sw_batch_size: int = 16, device: Optional[torch.device] = None, amp: bool = True,
-                       on_batch: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+                       on_batch: Optional[Callable[[int], None]] = None, blend: str = "gaussian") -> torch.Tensor:
     """Stitched (classes, H/stride, W/stride) heatmap of a padded (C, H, W) image."""
     device = device or next(network.parameters()).device
     cells = window // stride
     predictor = WindowBlockPredictor(network, cells, on_batch)
     inferer = SlidingWindowInferer(roi_size=(window, window), sw_batch_size=sw_batch_size,
-                                   overlap=1.0 - stride / window, mode="constant", sw_device=device,
+                                   overlap=1.0 - stride / window, mode=blend, sigma_scale=0.125, sw_device=device,
                                    device=torch.device("cpu"), progress=False)
     batch = torch.as_tensor(image).float()[None]
     with autocast_for(device, amp):

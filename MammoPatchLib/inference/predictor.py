@@ -75,16 +75,22 @@ class Predictor:
         thresholds: per-class thresholds overriding the model's.
         classes: restrict findings / label map to these class names (heatmaps keep all).
         progress: show a tqdm bar over windows.
+        blend: how overlapping windows are averaged: "gaussian" (default) or "constant".
     """
 
     def __init__(self, model: LoadedModel, mode: str = DEFAULT_MODE, device: str = "auto", sw_batch_size: int = 16,
                  amp: bool = True, thresholds: Optional[Sequence[float]] = None,
-                 classes: Optional[Sequence[str]] = None, progress: bool = False) -> None:
+                 classes: Optional[Sequence[str]] = None, progress: bool = False, blend: str = "gaussian") -> None:
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         if sw_batch_size < 1:
             raise ConfigError("sw_batch_size must be >= 1")
+        from .windows import BLEND_MODES
+
+        if blend not in BLEND_MODES:
+            raise ConfigError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         self.model, self.mode, self.sw_batch_size, self.amp, self.progress = model, mode, sw_batch_size, amp, progress
+        self.blend = blend
         self.device = resolve_device(device)
         self.network = model.network.to(self.device).eval()
         if self.device.type == "cuda":
@@ -138,10 +144,11 @@ class Predictor:
         try:
             if self.mode == "exact":
                 cells = exact_cell_heatmap(self.network, padded, info.window, info.stride, self.sw_batch_size,
-                                           self.device, self.amp, on_batch)
+                                           self.device, self.amp, on_batch, self.blend)
             else:
                 report(0.05, f"dense pass over {total} windows")
-                cells = fast_cell_heatmap(self.network, padded, info.window, info.stride, self.device, self.amp)
+                cells = fast_cell_heatmap(self.network, padded, info.window, info.stride, self.device, self.amp,
+                                          self.blend)
                 on_batch(total)
         finally:
             if bar is not None:

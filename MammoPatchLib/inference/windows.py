@@ -3,8 +3,11 @@ stitching window predictions into a heatmap, and bringing it to pixel resolution
 
 A window at (row, col) = (i * stride, j * stride) covers cells i .. i + cells - 1 of the
 ``stride``-pixel grid (``cells = window / stride``). The stitched heatmap's cell value is the
-mean probability of every window covering that cell: the poster's reconstruction of a
-per-class heatmap from overlapping windows.
+weighted mean probability of every window covering that cell: the poster's reconstruction of
+a per-class heatmap from overlapping windows. The weights are MONAI's importance map:
+"constant" (plain mean: every covering window counts alike, which blurs a finding over
++-256 px) or "gaussian" (the default: windows count most near their centre, so the map peaks
+where windows centred on the finding fire).
 """
 
 from __future__ import annotations
@@ -40,12 +43,31 @@ def window_count(shape: Tuple[int, int], window: int = 256, stride: int = 32) ->
         (padded_size(shape[1], window, stride) - window) // stride + 1)
 
 
-def stitch_window_grid(window_probs: torch.Tensor, cells: int) -> torch.Tensor:
-    """(n, gh, gw) window probabilities -> (n, gh + cells - 1, gw + cells - 1) mean coverage."""
+BLEND_MODES = ("gaussian", "constant")
+
+
+def blend_kernel(window: int = 256, stride: int = 32, mode: str = "gaussian", sigma_scale: float = 0.125
+                 ) -> torch.Tensor:
+    """The (cells, cells) weight of a window's cells, exactly as MONAI's SlidingWindowInferer
+    computes it for a predictor whose output is 1/stride of the window."""
+    from monai.data.utils import compute_importance_map
+    from monai.inferers.utils import _nearest_mode
+
+    if mode not in BLEND_MODES:
+        raise ValueError(f"blend mode must be one of {BLEND_MODES}, got {mode!r}")
+    cells = window // stride
+    importance = compute_importance_map((window, window), mode=mode, sigma_scale=sigma_scale, device="cpu")
+    importance = torch.as_tensor(importance, dtype=torch.float32)[None, None]
+    return F.interpolate(importance, (cells, cells), mode=_nearest_mode)[0, 0]
+
+
+def stitch_window_grid(window_probs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """(n, gh, gw) window probabilities -> (n, gh + cells - 1, gw + cells - 1) weighted mean of
+    the windows covering each cell (``kernel`` from :func:`blend_kernel`)."""
     n = window_probs.shape[0]
-    kernel = torch.ones((n, 1, cells, cells), dtype=window_probs.dtype, device=window_probs.device)
-    summed = F.conv_transpose2d(window_probs[None], kernel, groups=n)[0]
-    count = F.conv_transpose2d(torch.ones_like(window_probs[:1])[None], kernel[:1])[0]
+    weights = kernel.to(window_probs)[None, None]
+    summed = F.conv_transpose2d(window_probs[None], weights.expand(n, 1, -1, -1), groups=n)[0]
+    count = F.conv_transpose2d(torch.ones_like(window_probs[:1])[None], weights)[0]
     return summed / count
 
 
