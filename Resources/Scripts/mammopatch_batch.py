@@ -1,0 +1,84 @@
+"""Headless batch run of MammoPatch.
+
+In 3D Slicer (uses the module Logic):
+
+    Slicer --no-main-window --python-script mammopatch_batch.py --input FOLDER_OR_FILES... --output OUT
+           [--model MODEL.pt] [--mode exact|fast] [--device auto|cpu|cuda] [--overwrite]
+
+In plain Python (no Slicer; the same library function):
+
+    python mammopatch_batch.py --input ... --output OUT
+
+Every mammogram gets heatmaps, a label map, findings (JSON + CSV) and an overlay PNG under
+OUT/<image>/; OUT/summary.csv lists each input as ok or failed with the reason. Bad files are
+skipped and reported. Exit status: 0 all done, 1 some failed, 2 nothing could run.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(description="MammoPatch batch prediction")
+    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    parser.add_argument("--mode", choices=["exact", "fast"], default="exact")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return parser.parse_args(argv)
+
+
+def _in_slicer():
+    try:
+        import slicer  # noqa: F401
+
+        return hasattr(slicer, "app") and slicer.app is not None
+    except ImportError:
+        return False
+
+
+def run(argv):
+    args = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if _in_slicer():
+        import slicer
+
+        logic = slicer.util.getModuleLogic("MammoPatch")
+        if not logic.ensureDependencies(askUser=False):
+            logging.error("MammoPatch's dependencies are missing and could not be installed")
+            return 2
+        run_files = logic.processFiles
+    else:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, in a source tree
+        from MammoPatchLib.api import predict_files
+
+        def run_files(inputs, output, modelPath=None, mode="exact", device="auto", overwrite=False):
+            return predict_files(inputs, output, model=modelPath, mode=mode, device=device, overwrite=overwrite)
+
+    from MammoPatchLib.errors import MammoPatchError
+
+    try:
+        rows = run_files(args.input, args.output, modelPath=args.model, mode=args.mode, device=args.device,
+                         overwrite=args.overwrite)
+    except MammoPatchError as exc:
+        logging.error("%s", exc)
+        return 2
+    failed = [r for r in rows if r["status"] != "ok"]
+    for row in failed:
+        logging.error("skipped: %s", row["error"])
+    logging.info("%d of %d image(s) done; summary: %s", len(rows) - len(failed), len(rows),
+                 os.path.join(args.output, "summary.csv"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    status = run(sys.argv[1:])
+    if _in_slicer():
+        import slicer
+
+        slicer.util.exit(status)
+    sys.exit(status)

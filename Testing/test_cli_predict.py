@@ -1,0 +1,85 @@
+"""`mammopatch predict / info / export-bundle` and the batch behaviour users rely on."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import tiny_model_file
+from MammoPatchLib.cli import main
+from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.pt", spacing_mm=0.4)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    folder = tmp_path / "in"
+    for i in range(2):
+        write_dicom(synthesize_mammogram((400, 320), 0.2, "L", "CC", ["round mass"], seed=i), folder / f"img{i}.dcm")
+    (folder / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 50)
+    return folder
+
+
+def test_predict_batch_skips_and_reports_a_corrupt_file(model_path, image_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["predict", str(image_folder), "--model", str(model_path), "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1, "exit code says some failed"
+    assert "corrupt.dcm" in captured.err
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["status"] for r in rows] == ["failed", "ok", "ok"]
+    assert "corrupt.dcm" in rows[0]["error"]
+    for name in ("img0", "img1"):
+        folder = out / name
+        assert (folder / "labelmap.nrrd").exists() and (folder / "overlay.png").exists()
+        assert len(list(folder.glob("heatmap_*.nrrd"))) == 10
+        document = json.loads((folder / "findings.json").read_text())
+        assert document["source"]["spacing_source"] == "PixelSpacing" and document["mode"] == "exact"
+        header = (folder / "findings.csv").read_text().splitlines()[0]
+        assert header.startswith("image,class,score,xmin_px")
+    # Existing outputs are kept unless --overwrite.
+    code = main(["predict", str(image_folder / "img0.dcm"), "--model", str(model_path), "--out", str(out),
+                 "--no-progress"])
+    assert code == 1 and "exist already" in capsys.readouterr().err
+    assert main(["predict", str(image_folder / "img0.dcm"), "--model", str(model_path), "--out", str(out),
+                 "--no-progress", "--overwrite", "--mode", "fast", "--format", "nifti"]) == 0
+    assert (out / "img0" / "heatmap_mass.nii.gz").exists()
+
+
+def test_missing_model_is_one_clear_line(image_folder, tmp_path, capsys):
+    code = main(["predict", str(image_folder), "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.pt: model file not found" in err[0]
+
+
+def test_info_prints_metadata(model_path, capsys):
+    assert main(["info", str(model_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backbone"] == "efficientnet-lite0" and len(info["classes"]) == 10 and len(info["sha256"]) == 64
+
+
+def test_monai_bundle_runs(model_path, image_folder, tmp_path):
+    pytest.importorskip("fire")
+    bundle = tmp_path / "bundle"
+    assert main(["export-bundle", str(model_path), "--out", str(bundle)]) == 0
+    (image_folder / "corrupt.dcm").unlink()
+    out = tmp_path / "bundle-out"
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+         "--meta_file", str(bundle / "configs" / "metadata.json"), "--bundle_root", str(bundle),
+         "--input_dir", str(image_folder), "--output_dir", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 10

@@ -1,0 +1,181 @@
+"""The Slicer module, tested without Slicer: it compiles and follows Slicer's conventions,
+its .ui loads with Qt and binds to the parameter node, CMake lists every packaged file, the
+node <-> array conversion is right, and the batch script runs in plain Python."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+MODULE = REPO / "MammoPatch" / "MammoPatch.py"
+UI = REPO / "Resources" / "UI" / "MammoPatch.ui"
+SLICER_PROVIDED = {"slicer", "qt", "vtk", "ctk", "PyTorchUtils"}
+
+
+def _tree():
+    return ast.parse(MODULE.read_text())
+
+
+def test_module_compiles_and_imports_only_what_slicer_provides_at_top_level():
+    tree = _tree()
+    compile(MODULE.read_text(), str(MODULE), "exec")
+    top_imports = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_imports |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top_imports.add(node.module.split(".")[0])
+    heavy = {"torch", "monai", "MammoPatchLib", "numpy", "pydicom", "SimpleITK", "cv2", "skimage"}
+    assert not top_imports & heavy, f"import lazily, inside functions: {top_imports & heavy}"
+    assert top_imports <= SLICER_PROVIDED | {"logging", "os", "sys", "typing", "time"}
+    # Installs happen on first use (ensureDependencies), never at import or in the module class.
+    module_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MammoPatch")
+    assert "pip_install" not in ast.unparse(module_class) and "pip_ensure" not in ast.unparse(module_class)
+
+
+def test_module_follows_slicer_conventions():
+    tree = _tree()
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    bases = {name: [ast.unparse(b) for b in node.bases] for name, node in classes.items()}
+    assert bases["MammoPatch"] == ["ScriptedLoadableModule"]
+    assert bases["MammoPatchWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert bases["MammoPatchLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert bases["MammoPatchTest"] == ["ScriptedLoadableModuleTest"]
+    assert [ast.unparse(d) for d in classes["MammoPatchParameterNode"].decorator_list] == ["parameterNodeWrapper"]
+    logic_methods = {n.name for n in classes["MammoPatchLogic"].body if isinstance(n, ast.FunctionDef)}
+    assert {"process", "cancel", "getParameterNode", "ensureDependencies", "processFiles"} <= logic_methods
+    test_methods = {n.name for n in classes["MammoPatchTest"].body if isinstance(n, ast.FunctionDef)}
+    assert {"setUp", "runTest"} <= test_methods and any(m.startswith("test_") for m in test_methods)
+    source = MODULE.read_text()
+    assert "Mellado" in source, "the poster is acknowledged"
+    assert "tryWithErrorDisplay" in source and "setSliceViewerLayers" in source
+
+
+def _parameter_fields():
+    node = next(n for n in _tree().body if isinstance(n, ast.ClassDef) and n.name == "MammoPatchParameterNode")
+    return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+
+
+def _load_ui():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    QtWidgets = pytest.importorskip("PySide6.QtWidgets")
+    from PySide6.QtCore import QFile
+    from PySide6.QtUiTools import QUiLoader
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    handle = QFile(str(UI))
+    assert handle.open(QFile.ReadOnly)
+    widget = QUiLoader().load(handle)
+    handle.close()
+    assert widget is not None
+    return app, widget
+
+
+def test_ui_loads_and_binds_every_parameter():
+    from PySide6.QtWidgets import QWidget
+
+    _app, widget = _load_ui()
+    bound = {}
+    for child in widget.findChildren(QWidget):
+        name = child.property("SlicerParameterName")
+        if name:
+            bound[name] = child.objectName()
+    assert set(bound) == _parameter_fields(), "every SlicerParameterName is a field, and every field is bound"
+    assert widget.findChild(QWidget, "applyButton") is not None
+    assert widget.findChild(QWidget, "progressBar") is not None
+
+
+def test_ui_declares_custom_widgets_with_base_classes():
+    text = UI.read_text()
+    used = set(re.findall(r'<widget class="((?:qMRML|ctk)\w+)"', text))
+    declared = dict(re.findall(r"<customwidget><class>(\w+)</class><extends>(\w+)</extends>", text))
+    assert used <= set(declared), f"undeclared custom widgets: {used - set(declared)}"
+
+
+def _cmake_list(name: str):
+    text = (REPO / "MammoPatch" / "CMakeLists.txt").read_text()
+    block = re.search(rf"set\({name}\n(.*?)\n\s*\)", text, re.S).group(1)
+    return {line.strip() for line in block.splitlines() if line.strip()}
+
+
+def test_cmake_lists_every_library_file_and_resource():
+    on_disk = {str(p.relative_to(REPO)) for p in (REPO / "MammoPatchLib").rglob("*.py")}
+    assert _cmake_list("MammoPatchLib_PYTHON_SCRIPTS") == on_disk
+    resources = _cmake_list("MammoPatchLib_PYTHON_RESOURCES")
+    assert all((REPO / r).is_file() for r in resources), "listed resources exist"
+    expected = {"Resources/UI/MammoPatch.ui", "Resources/Icons/MammoPatch.png", "Resources/requirements.txt",
+                "Resources/Scripts/mammopatch_batch.py"}
+    expected |= {str(p.relative_to(REPO)) for p in (REPO / "Resources" / "Models").glob("*") if p.is_file()}
+    assert expected <= resources
+    assert _cmake_list("MODULE_PYTHON_SCRIPTS") == {"${MODULE_NAME}.py"}
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in (REPO / "MammoPatch" / "CMakeLists.txt").read_text()
+
+
+def test_extension_cmake_metadata():
+    text = (REPO / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert f"set({key} " in text
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
+    assert "find_package(Slicer REQUIRED)" in text and "add_subdirectory(MammoPatch)" in text
+    assert "Slicer_EXTENSION_GENERATE_CONFIG" in text and "Slicer_EXTENSION_CPACK" in text
+
+
+def test_requirements_leave_slicer_packages_alone():
+    lines = [l.split(">=")[0].strip().lower() for l in (REPO / "Resources" / "requirements.txt").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert "simpleitk" not in lines and "torch" not in lines
+    assert all(">=" in l for l in (REPO / "Resources" / "requirements.txt").read_text().splitlines()
+               if l.strip() and not l.startswith("#"))
+
+
+def test_volume_conversion_round_trip():
+    from MammoPatchLib.io.image import ImageGeometry
+    from MammoPatchLib.volume_bridge import box_to_ras, image_from_volume_array, volume_array_from_map
+
+    geometry = ImageGeometry(spacing=(0.07, 0.08, 1.0), origin=(5.0, -3.0, 0.0))
+    matrix = geometry.ijk_to_ras()
+    array = np.arange(300 * 280, dtype=np.int16).reshape(1, 300, 280)
+    image = image_from_volume_array(array, matrix, "vol")
+    assert image.pixels.shape == (300, 280) and image.pixels.dtype == np.float32
+    assert image.geometry.spacing == pytest.approx(geometry.spacing)
+    assert image.geometry.origin == pytest.approx(geometry.origin)
+    assert np.allclose(image.geometry.ijk_to_ras(), matrix)
+    assert volume_array_from_map(image.pixels).shape == (1, 300, 280)
+    centre, size = box_to_ras((10, 20, 30, 60), matrix)
+    # RAS = -LPS in x and y: column 19.5 -> L = 5 + 19.5 * 0.07 -> R = -(that)
+    assert centre[0] == pytest.approx(-(5.0 + 19.5 * 0.07)) and centre[1] == pytest.approx(-(-3.0 + 39.5 * 0.08))
+    assert size[:2] == pytest.approx((20 * 0.07, 40 * 0.08))
+    from MammoPatchLib.errors import InvalidImageError
+
+    with pytest.raises(InvalidImageError, match="slices"):
+        image_from_volume_array(np.zeros((3, 300, 300)), matrix, "ct")
+
+
+def test_batch_script_runs_in_plain_python(tmp_path):
+    from helpers import tiny_model_file
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    folder = tmp_path / "in"
+    write_dicom(synthesize_mammogram((400, 320), 0.2, "R", "MLO", ["round mass"], seed=2), folder / "a.dcm")
+    (folder / "broken.dcm").write_text("not DICOM")
+    model = tiny_model_file(tmp_path / "tiny.pt", spacing_mm=0.4)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(REPO / "Resources" / "Scripts" / "mammopatch_batch.py"),
+                             "--input", str(folder), "--output", str(out), "--model", str(model), "--mode", "fast"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "broken.dcm" in result.stderr
+    rows = {Path(r["image"]).name: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["a.dcm"]["status"] == "ok" and rows["broken.dcm"]["status"] == "failed"
+    assert (out / "a" / "labelmap.nrrd").exists()
