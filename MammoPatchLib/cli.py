@@ -145,6 +145,44 @@ def _cmd_export_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import TrainConfig
+    from .training.run import train
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    overrides = {k: v for k, v in {"epochs": args.epochs, "backbone": args.backbone, "device": args.device}.items()
+                 if v is not None}
+    if overrides:
+        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress,
+                   cache_dir=Path(args.cache) if args.cache else None)
+    state = result["state"]
+    print(f"trained {state['epoch']} epoch(s); best validation loss {state['best_val_loss']:.4f}; "
+          f"model: {Path(args.out) / 'model.pt'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.report import evaluate
+
+    report = evaluate(args.model, args.data, args.out, split=args.split, mode=args.mode, device=args.device,
+                      max_images=args.max_images, progress=not args.no_progress)
+    patch = report["patch_level"]
+    print(f"patch level: weighted F1 {patch['weighted_f1']:.3f} (without No Finding "
+          f"{patch['weighted_f1_without_no_finding']:.3f}); image-level AUC "
+          f"{report['image_level']['auc_abnormal_vs_normal']:.3f}; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation.compare import compare_backbones
+
+    table = compare_backbones(args.backbones, args.data, args.out, config_path=args.config, epochs=args.epochs,
+                              progress=not args.no_progress)
+    print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mammopatch", description="Sliding-patch detection of mammographic findings.")
     parser.add_argument("--version", action="version", version=f"MammoPatch {__version__}")
@@ -166,6 +204,39 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a model file's metadata")
     info.add_argument("model", help="model file")
     info.set_defaults(func=_cmd_info)
+
+    train = sub.add_parser("train", help="train a patch classifier (VinDr layout, mini-MIAS or synthetic:N)")
+    train.add_argument("--config", default=None, help="training config (JSON or YAML); defaults otherwise")
+    train.add_argument("--data", required=True, help="data set folder, or synthetic:N")
+    train.add_argument("--out", required=True, help="output folder (checkpoint, model.pt, metrics.csv)")
+    train.add_argument("--resume", action="store_true", help="continue a stopped run from its checkpoint")
+    train.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    train.add_argument("--backbone", default=None, help="override the config's backbone")
+    train.add_argument("--device", default=None, help="override the config's device")
+    train.add_argument("--cache", default=None, help="folder for preprocessed-image caches (.npz)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="write the evaluation report of a model on held-out women")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data", required=True, help="data set folder (VinDr layout or mini-MIAS) or synthetic:N")
+    evaluate.add_argument("--out", required=True, help="report folder")
+    evaluate.add_argument("--split", default="validation", help="validation (default) or test")
+    evaluate.add_argument("--mode", choices=["exact", "fast"], default="exact")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--max-images", type=int, default=None)
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    compare = sub.add_parser("compare-backbones", help="train and evaluate several backbones with one budget")
+    compare.add_argument("--data", required=True)
+    compare.add_argument("--out", required=True)
+    compare.add_argument("--backbones", nargs="+", default=["efficientnet-lite0", "resnet50", "densenet121",
+                                                            "swin-t", "vgg19", "mobilenet-v3-large"])
+    compare.add_argument("--config", default=None)
+    compare.add_argument("--epochs", type=int, default=None)
+    compare.add_argument("--no-progress", action="store_true")
+    compare.set_defaults(func=_cmd_compare)
 
     bundle = sub.add_parser("export-bundle", help="export a model file as a MONAI bundle")
     bundle.add_argument("model", help="model file")
@@ -197,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("MammoPatchLib").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except MammoPatchError as exc:

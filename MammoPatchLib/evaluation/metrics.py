@@ -1,0 +1,194 @@
+"""Metrics of the poster's table and beyond, computed from predictions (no hard-coded values).
+
+Patch level (multi-label, threshold per class): accuracy, precision, recall, F1 and support
+per class, "No Finding" included (true when a patch has no class, predicted when no class
+passes its threshold); support-weighted averages with and without No Finding; ROC AUC
+(Mann-Whitney); calibration (reliability bins, expected calibration error).
+Image level: abnormal vs normal AUC from each image's maximum heatmap value.
+Lesion level: FROC (sensitivity at given false positives per image) and mAP@IoU 0.5.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+NO_FINDING = "No Finding"
+
+
+def _binary_counts(truth: np.ndarray, pred: np.ndarray) -> Tuple[int, int, int, int]:
+    tp = int(np.sum(truth & pred))
+    fp = int(np.sum(~truth & pred))
+    fn = int(np.sum(truth & ~pred))
+    tn = int(np.sum(~truth & ~pred))
+    return tp, fp, fn, tn
+
+
+def binary_metrics(truth: np.ndarray, pred: np.ndarray) -> Dict[str, float]:
+    """Accuracy, precision, recall, F1 and support of boolean arrays (0 where undefined)."""
+    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
+    tp, fp, fn, tn = _binary_counts(truth, pred)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / max(len(truth), 1), "precision": precision, "recall": recall, "f1": f1,
+            "support": int(truth.sum())}
+
+
+def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (probability a positive outranks a negative; ties count half).
+    NaN when only one class is present."""
+    truth = np.asarray(truth, bool)
+    score = np.asarray(score, float)
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), float)
+    sorted_scores = score[order]
+    i = 0
+    while i < len(score):  # average ranks over ties
+        j = i
+        while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def calibration(truth: np.ndarray, prob: np.ndarray, bins: int = 10) -> Dict[str, object]:
+    """Reliability bins (mean predicted, observed frequency, count) and the expected
+    calibration error (count-weighted |observed - predicted|)."""
+    truth = np.asarray(truth, float).ravel()
+    prob = np.asarray(prob, float).ravel()
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+    table = []
+    ece = 0.0
+    for b in range(bins):
+        sel = index == b
+        if not sel.any():
+            table.append({"bin": b, "predicted": float("nan"), "observed": float("nan"), "count": 0})
+            continue
+        predicted, observed = float(prob[sel].mean()), float(truth[sel].mean())
+        ece += sel.sum() / len(prob) * abs(observed - predicted)
+        table.append({"bin": b, "predicted": predicted, "observed": observed, "count": int(sel.sum())})
+    return {"ece": float(ece), "bins": table}
+
+
+def patch_metrics(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                  thresholds: Optional[Sequence[float]] = None) -> Dict[str, object]:
+    """The poster's per-class table plus weighted averages, AUC and calibration."""
+    targets = np.asarray(targets) > 0.5
+    probs = np.asarray(probs, float)
+    thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), float)
+    predicted = probs >= thresholds[None, :]
+    rows: Dict[str, Dict[str, float]] = {}
+    rows[NO_FINDING] = binary_metrics(~targets.any(axis=1), ~predicted.any(axis=1))
+    rows[NO_FINDING]["auc"] = roc_auc(~targets.any(axis=1), 1.0 - probs.max(axis=1)) if len(probs) else float("nan")
+    for k, name in enumerate(classes):
+        rows[name] = binary_metrics(targets[:, k], predicted[:, k])
+        rows[name]["auc"] = roc_auc(targets[:, k], probs[:, k])
+    result: Dict[str, object] = {"per_class": rows}
+    for label, names in (("", list(rows)), ("_without_no_finding", [n for n in rows if n != NO_FINDING])):
+        support = np.array([rows[n]["support"] for n in names], float)
+        for metric in ("accuracy", "precision", "recall", "f1"):
+            values = np.array([rows[n][metric] for n in names])
+            result[f"weighted_{metric}{label}"] = float((values * support).sum() / support.sum()) if support.sum() else 0.0
+        result[f"support{label}"] = int(support.sum())
+    present = targets.any(axis=0)
+    result["calibration"] = calibration(targets[:, present], probs[:, present]) if present.any() else {"ece": float("nan"), "bins": []}
+    return result
+
+
+def best_thresholds(targets: np.ndarray, probs: np.ndarray, grid: Sequence[float] = tuple(np.arange(0.05, 0.96, 0.05))
+                    ) -> List[float]:
+    """Per-class threshold maximising F1 on (validation) patches; 0.5 for absent classes."""
+    targets = np.asarray(targets) > 0.5
+    out = []
+    for k in range(targets.shape[1]):
+        if not targets[:, k].any():
+            out.append(0.5)
+            continue
+        scores = [binary_metrics(targets[:, k], probs[:, k] >= t)["f1"] for t in grid]
+        out.append(float(round(grid[int(np.argmax(scores))], 2)))
+    return out
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def is_hit(detection_box, peak, truth_box, iou_threshold: float = 0.1) -> bool:
+    """Our lesion-hit rule: the reported box overlaps the true box with IoU >= 0.1, or its peak
+    lies inside the true box (heatmap regions are coarser than radiologists' boxes)."""
+    inside = truth_box[0] <= peak[0] <= truth_box[2] and truth_box[1] <= peak[1] <= truth_box[3]
+    return inside or box_iou(detection_box, truth_box) >= iou_threshold
+
+
+def froc(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[tuple]],
+         fp_rates: Sequence[float] = (0.25, 0.5, 1, 2, 4)) -> Dict[str, object]:
+    """FROC over images of one class.
+
+    Args:
+        detections: per image, a list of (score, box, peak).
+        truths: per image, a list of true boxes.
+    Returns sensitivity at each false-positive rate per image, and the curve.
+    """
+    n_images = len(truths)
+    n_truth = sum(len(t) for t in truths)
+    flat = [(score, i, box, peak) for i, dets in enumerate(detections) for score, box, peak in dets]
+    flat.sort(key=lambda d: -d[0])
+    found = [set() for _ in truths]
+    curve = [(0.0, 0.0)]
+    fps = 0
+    for score, i, box, peak in flat:
+        hit = next((j for j, t in enumerate(truths[i]) if j not in found[i] and is_hit(box, peak, t)), None)
+        if hit is None:
+            if any(is_hit(box, peak, t) for t in truths[i]):
+                continue  # a second detection of an already-found lesion is neither TP nor FP
+            fps += 1
+        else:
+            found[i].add(hit)
+        curve.append((fps / max(n_images, 1), sum(len(f) for f in found) / max(n_truth, 1)))
+    sensitivity = {}
+    for rate in fp_rates:
+        reachable = [s for f, s in curve if f <= rate]
+        sensitivity[str(rate)] = float(max(reachable)) if reachable and n_truth else float("nan")
+    return {"sensitivity_at_fp": sensitivity, "curve": curve, "lesions": n_truth, "images": n_images}
+
+
+def average_precision(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[tuple]],
+                      iou_threshold: float = 0.5) -> float:
+    """VOC-style AP (all-point interpolation) with box IoU >= ``iou_threshold``."""
+    n_truth = sum(len(t) for t in truths)
+    if n_truth == 0:
+        return float("nan")
+    flat = sorted(((s, i, b) for i, dets in enumerate(detections) for s, b, _ in dets), key=lambda d: -d[0])
+    used = [set() for _ in truths]
+    tp = []
+    for score, i, box in flat:
+        best, best_j = 0.0, None
+        for j, t in enumerate(truths[i]):
+            iou = box_iou(box, t)
+            if iou > best and j not in used[i]:
+                best, best_j = iou, j
+        if best_j is not None and best >= iou_threshold:
+            used[i].add(best_j)
+            tp.append(1)
+        else:
+            tp.append(0)
+    tp_cum = np.cumsum(tp)
+    precision = tp_cum / np.arange(1, len(tp) + 1) if tp else np.array([])
+    recall = tp_cum / n_truth if tp else np.array([])
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    for k in range(len(mpre) - 2, -1, -1):
+        mpre[k] = max(mpre[k], mpre[k + 1])
+    changes = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))

@@ -1,0 +1,132 @@
+"""One configuration (JSON or YAML) holds every training parameter; validated on load with
+messages that name the bad field."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..classes import FINDING_CLASSES
+from ..errors import ConfigError
+from ..networks import BACKBONES, DEFAULT_BACKBONE
+from ..sampling import SamplingConfig
+from ..transforms import PreprocessConfig
+from .augment import AugmentConfig
+
+
+@dataclass
+class TrainConfig:
+    """Training parameters; defaults follow the poster where it gives them.
+
+    Poster: focal loss, Adam lr 1e-4, ReduceLROnPlateau(patience 5, factor 0.1), weighted
+    sampling, 256 px patches. Ours: the rest (documented in README).
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: bool = True
+    classes: List[str] = field(default_factory=lambda: list(FINDING_CLASSES))
+    spacing_mm: Optional[float] = 0.2
+    epochs: int = 30
+    batch_size: int = 16
+    patches_per_epoch: int = 1024
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    focal_gamma: float = 2.0
+    plateau_patience: int = 5
+    plateau_factor: float = 0.1
+    early_stopping_patience: int = 10
+    no_finding_share: float = 0.5
+    freeze_fraction: float = 0.0
+    dropout: float = 0.2
+    validation_fraction: float = 0.2
+    validation_patches_per_finding: int = 4
+    validation_patches_per_image: int = 2
+    num_workers: int = 0
+    seed: int = 0
+    amp: bool = True
+    device: str = "auto"
+    preprocessing: Dict[str, Any] = field(default_factory=lambda: PreprocessConfig().to_dict())
+    sampling: Dict[str, Any] = field(default_factory=lambda: SamplingConfig().to_dict())
+    augmentation: Dict[str, Any] = field(default_factory=lambda: AugmentConfig().to_dict())
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone: {self.backbone!r} is not one of {sorted(BACKBONES)}")
+        positive = ("epochs", "batch_size", "patches_per_epoch", "learning_rate")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.freeze_fraction < 1.0:
+            raise ConfigError("freeze_fraction must be in [0, 1)")
+        if not 0.0 < self.no_finding_share < 1.0:
+            raise ConfigError("no_finding_share must be in (0, 1)")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError("validation_fraction must be in [0, 1)")
+        for name, cls in (("preprocessing", PreprocessConfig), ("sampling", SamplingConfig),
+                          ("augmentation", AugmentConfig)):
+            values = getattr(self, name)
+            known = {f.name for f in fields(cls)}
+            unknown = set(values) - known
+            if unknown:
+                raise ConfigError(f"{name}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+            try:
+                cls(**values)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+
+    def preprocess_config(self) -> PreprocessConfig:
+        config = PreprocessConfig.from_dict(dict(self.preprocessing))
+        config.target_spacing_mm = self.spacing_mm
+        return config
+
+    def sampling_config(self) -> SamplingConfig:
+        values = dict(self.sampling)
+        for key in ("area_range", "aspect_range"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return SamplingConfig(**values)
+
+    def augment_config(self) -> AugmentConfig:
+        values = dict(self.augmentation)
+        for key in ("contrast_gamma", "saturation_range"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return AugmentConfig(**values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"training config: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"training config: {exc}") from None
+
+    @classmethod
+    def load(cls, path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("config file not found", path)
+        text = path.read_text()
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                values = yaml.safe_load(text) or {}
+            else:
+                values = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - JSON and YAML parse errors
+            raise ConfigError(f"cannot parse config ({exc})", path) from None
+        if not isinstance(values, dict):
+            raise ConfigError("config must be a mapping of field names to values", path)
+        try:
+            return cls.from_dict(values)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, path) from None
