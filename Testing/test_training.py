@@ -1,0 +1,113 @@
+"""Training: the loss falls, kill-and-resume equals an uninterrupted run, DDP on 2 gloo
+processes runs, configs are validated, and the evaluation report is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from MammoPatchLib.errors import ConfigError
+from MammoPatchLib.training.config import TrainConfig
+from MammoPatchLib.training.run import train
+
+TINY = {"epochs": 2, "patches_per_epoch": 24, "batch_size": 8, "spacing_mm": 0.4, "validation_fraction": 0.34,
+        "learning_rate": 1e-3, "validation_patches_per_finding": 1, "validation_patches_per_image": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from MammoPatchLib.synthetic import make_vindr_dataset
+
+    return str(make_vindr_dataset(tmp_path_factory.mktemp("data"), n_studies=3, shape=(384, 320), seed=5,
+                                  abnormal_fraction=1.0, test_fraction=0.0))
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_data, tmp_path_factory):
+    """One uninterrupted two-epoch run, shared by the tests below."""
+    out = tmp_path_factory.mktemp("straight")
+    result = train(TrainConfig.from_dict(TINY), tiny_data, out, progress=False)
+    return out, result
+
+
+def _history(out: Path):
+    return torch.load(out / "checkpoint.pt", weights_only=True)["state"]["history"]
+
+
+def test_two_epochs_lower_the_training_loss(straight_run):
+    out, result = straight_run
+    history = result["state"]["history"]
+    assert len(history) == 2 and history[1]["train_loss"] < history[0]["train_loss"]
+    assert (out / "model.pt").exists() and (out / "metrics.csv").exists()
+    from MammoPatchLib.model_file import load_model
+
+    info = load_model(out / "model.pt").info
+    assert info.spacing_mm == 0.4 and info.training["config"]["patches_per_epoch"] == 24
+    assert len(info.thresholds) == 10
+
+
+def test_kill_and_resume_gives_the_same_state(tiny_data, straight_run, tmp_path):
+    straight = straight_run[0]
+    stopped = tmp_path / "stopped"
+    train(TrainConfig.from_dict({**TINY, "epochs": 1}), tiny_data, stopped, progress=False)  # "killed" after epoch 1
+    train(TrainConfig.from_dict(TINY), tiny_data, stopped, resume=True, progress=False)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 2
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6)
+    assert [round(h["train_loss"], 6) for h in a["state"]["history"]] == \
+           [round(h["train_loss"], 6) for h in b["state"]["history"]]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    from MammoPatchLib.errors import MammoPatchError
+
+    with pytest.raises(MammoPatchError, match="nothing to resume"):
+        train(TrainConfig.from_dict(TINY), tiny_data, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_ddp_two_gloo_processes_run_one_epoch(tiny_data, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TINY, "epochs": 1, "device": "cpu"}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "MammoPatchLib.cli", "train", "--config", str(config), "--data", tiny_data, "--out",
+         str(tmp_path / "ddp"), "--no-progress"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_history(tmp_path / "ddp")) == 1
+
+
+def test_config_validation_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="backbone"):
+        TrainConfig.from_dict({"backbone": "alexnet"})
+    with pytest.raises(ConfigError, match="unknown field"):
+        TrainConfig.from_dict({"learning_rat": 1})
+    with pytest.raises(ConfigError, match="augmentation"):
+        TrainConfig.from_dict({"augmentation": {"flip": 1}})
+    bad = tmp_path / "c.yaml"
+    bad.write_text("epochs: [")
+    with pytest.raises(ConfigError, match="c.yaml"):
+        TrainConfig.load(bad)
+
+
+def test_evaluation_report_is_written(tiny_data, straight_run, tmp_path):
+    from MammoPatchLib.cli import main
+
+    run = straight_run[0]
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", str(run / "model.pt"), "--data", tiny_data, "--out", str(out),
+                 "--mode", "fast", "--no-progress"]) == 0
+    for name in ("report.md", "metrics.json", "per_class.csv"):
+        assert (out / name).stat().st_size > 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["data"]["split"] == "validation" and report["patch_level"]["per_class"]["No Finding"]["support"] >= 0
+    assert "sens@1 FP/img" in (out / "report.md").read_text()
