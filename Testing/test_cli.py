@@ -12,11 +12,13 @@ from MammoPatchLib.cli import main
 
 
 def test_demo_writes_outputs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--mode", "fast", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "sample_mammogram.dcm" in out
+    assert "sample_mammogram.dcm" in out and "overlay" in out
     assert (tmp_path / "sample_mammogram.dcm").stat().st_size > 0
-    assert (tmp_path / "sample_preprocessed.png").stat().st_size > 0
+    result = tmp_path / "results" / "sample_mammogram"
+    assert (result / "overlay.png").stat().st_size > 0 and (result / "findings.json").exists()
+    assert len(list(result.glob("heatmap_*.nrrd"))) == 10
 
 
 def test_synth_vindr_layout(tmp_path):

@@ -12,15 +12,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from ..evaluation.metrics import box_iou
 from .predictor import PredictionResult
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def mode_agreement(exact: PredictionResult, fast: PredictionResult) -> Dict[str, Dict[str, float]]:
@@ -37,7 +30,7 @@ def mode_agreement(exact: PredictionResult, fast: PredictionResult) -> Dict[str,
             r = float(np.corrcoef(a, b)[0, 1])
         boxes_a = [f.box_px for f in exact.findings if f.category == name]
         boxes_b = [f.box_px for f in fast.findings if f.category == name]
-        same = len(boxes_a) == len(boxes_b) and all(any(_iou(x, y) >= 0.5 for y in boxes_b) for x in boxes_a)
+        same = len(boxes_a) == len(boxes_b) and all(any(box_iou(x, y) >= 0.5 for y in boxes_b) for x in boxes_a)
         result[name] = {"pearson_r": r, "max_abs_diff": float(np.abs(a - b).max()) if a.size else 0.0,
                         "same_findings": float(same), "exact_findings": float(len(boxes_a)),
                         "fast_findings": float(len(boxes_b))}

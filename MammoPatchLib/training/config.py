@@ -4,12 +4,12 @@ messages that name the bad field."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..classes import FINDING_CLASSES
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_fields
 from ..networks import BACKBONES, DEFAULT_BACKBONE
 from ..sampling import SamplingConfig
 from ..transforms import PreprocessConfig
@@ -67,10 +67,7 @@ class TrainConfig:
         for name, cls in (("preprocessing", PreprocessConfig), ("sampling", SamplingConfig),
                           ("augmentation", AugmentConfig)):
             values = getattr(self, name)
-            known = {f.name for f in fields(cls)}
-            unknown = set(values) - known
-            if unknown:
-                raise ConfigError(f"{name}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+            reject_unknown_fields(cls, values, name)
             try:
                 cls(**values)
             except (TypeError, ValueError) as exc:
@@ -100,10 +97,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"training config: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        reject_unknown_fields(cls, values, "training config")
         try:
             return cls(**values)
         except TypeError as exc:

@@ -9,7 +9,7 @@ maps a heatmap computed on the preprocessed image back onto the source pixels.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Spacingd
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_fields
 from ..io.image import MammogramImage
 from .clahe import DEFAULT_SCALES, ClaheScale, FuseCLAHEd
 from .crop import BreastCropd
@@ -73,10 +73,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "PreprocessConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"preprocessing: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        reject_unknown_fields(cls, values, "preprocessing")
         return cls(**values)
 
 
