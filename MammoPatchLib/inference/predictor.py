@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from ..errors import Cancelled, ConfigError
+from ..errors import Cancelled, ConfigError, MammoPatchError
 from ..io.image import MammogramImage
 from ..model_file import LoadedModel
 from ..postprocess import DetectedFinding, findings_from_heatmaps, label_map_from_heatmaps
@@ -150,6 +150,10 @@ class Predictor:
                 cells = fast_cell_heatmap(self.network, padded, info.window, info.stride, self.device, self.amp,
                                           self.blend)
                 on_batch(total)
+        except torch.cuda.OutOfMemoryError:
+            raise MammoPatchError(f"the GPU ran out of memory ({self.mode} mode, {self.sw_batch_size} windows per "
+                                  "batch); use --device cpu, a smaller --batch-size, or exact mode",
+                                  image.path or None) from None
         finally:
             if bar is not None:
                 bar.close()
