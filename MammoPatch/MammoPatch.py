@@ -327,9 +327,6 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
         if not inputVolume:
             raise ValueError(_("Input mammogram is missing"))
         _ensureLibraryOnPath()
-        import numpy as np
-        import torch
-
         from MammoPatchLib.api import resolve_model
         from MammoPatchLib.errors import Cancelled
         from MammoPatchLib.inference import Predictor
@@ -355,9 +352,6 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
         except Cancelled:
             logging.info("MammoPatch: cancelled")
             return None
-        except torch.cuda.OutOfMemoryError as exc:
-            raise RuntimeError(_("The GPU ran out of memory. Choose device 'cpu', or use a smaller window "
-                                 "batch.")) from exc
         finally:
             self._predictor = None
 
