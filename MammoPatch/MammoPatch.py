@@ -459,7 +459,6 @@ class MammoPatchTest(ScriptedLoadableModuleTest):
         logic = MammoPatchLogic()
         if not logic.ensureDependencies(askUser=False):
             self.skipTest("dependencies are not installed")
-        import numpy as np
 
         from MammoPatchLib.model_file import make_untrained_model
         from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
