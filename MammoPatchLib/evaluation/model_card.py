@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict
 
@@ -17,9 +18,10 @@ MIAS_NOTICE = (
 
 def _f(value, digits=3) -> str:
     try:
-        return f"{float(value):.{digits}f}"
+        number = float(value)
     except (TypeError, ValueError):
         return "n/a"
+    return f"{number:.{digits}f}" if math.isfinite(number) else "n/a"
 
 
 def model_card(model_path, report: Dict[str, Any], training_command: str = "") -> str:
