@@ -106,7 +106,7 @@ def test_evaluation_report_is_written(tiny_data, straight_run, tmp_path):
     out = tmp_path / "report"
     assert main(["evaluate", "--model", str(run / "model.pt"), "--data", tiny_data, "--out", str(out),
                  "--mode", "fast", "--no-progress"]) == 0
-    for name in ("report.md", "metrics.json", "per_class.csv"):
+    for name in ("report.md", "metrics.json", "per_class.csv", "model_card.md"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["data"]["split"] == "validation" and report["patch_level"]["per_class"]["No Finding"]["support"] >= 0

@@ -123,6 +123,10 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
                                      "the box or the boxes overlap with IoU >= 0.1; mAP uses IoU >= 0.5"},
     }
     write_report(report, Path(out_dir))
+    from .model_card import model_card
+
+    with atomic_path(Path(out_dir) / "model_card.md") as tmp:
+        tmp.write_text(model_card(model_path, json.loads(json.dumps(report, default=float))))
     return report
 
 
