@@ -46,7 +46,7 @@ def model_card(model_path, report: Dict[str, Any], training_command: str = "") -
         "## Training", "",
         f"Command: `{training_command}`" if training_command else "",
         "", "Config:", "", "```json", json.dumps(config, indent=1), "```", "",
-        "## Validation (held-out women, never seen in training)", "",
+        "## Validation (held-out women, not trained on)", "",
         f"Data: {report['data']['source']}, split `{report['data']['split']}`: {report['data']['images']} images of "
         f"{report['data']['women']} women. Sliding-window mode: {report['mode']}.", "",
         "| class | accuracy | precision | recall | F1 | support | ROC AUC |", "|---|---|---|---|---|---|---|",
