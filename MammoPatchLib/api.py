@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .errors import MammoPatchError, ModelFileError
-from .inference.predictor import DEFAULT_MODE, PredictionResult, Predictor
+from .inference.predictor import PredictionResult, Predictor
+from .modes import DEFAULT_MODE
 from .io import MammogramImage, read_mammogram
 from .io.image import ImageGeometry
 from .io.readers import validate_pixels

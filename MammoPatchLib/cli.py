@@ -62,7 +62,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _add_predict_options(parser: argparse.ArgumentParser) -> None:
-    from .inference.predictor import DEFAULT_MODE, MODES
+    from .modes import DEFAULT_MODE, MODES
 
     parser.add_argument("--model", default=None, help="model file (default: the bundled default model)")
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,

@@ -24,10 +24,7 @@ from .windows import cells_to_pixels, pad_for_windows, window_count
 
 logger = logging.getLogger(__name__)
 
-MODES = ("exact", "fast")
-#: Fast mode is not the default: measured agreement with exact mode is below the 0.95
-#: Pearson bar on real images (see README, "Exact and fast modes").
-DEFAULT_MODE = "exact"
+from ..modes import DEFAULT_MODE, MODES  # noqa: E402  (re-exported)
 
 ProgressCallback = Callable[[float, str], None]
 
