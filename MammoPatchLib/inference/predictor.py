@@ -16,6 +16,7 @@ from monai.data import MetaTensor
 from ..errors import Cancelled, ConfigError, MammoPatchError
 from ..io.image import MammogramImage
 from ..model_file import LoadedModel
+from ..modes import DEFAULT_MODE, MODES
 from ..postprocess import DetectedFinding, findings_from_heatmaps, label_map_from_heatmaps
 from ..transforms import preprocess
 from .dense import fast_cell_heatmap
@@ -23,8 +24,6 @@ from .exact import exact_cell_heatmap
 from .windows import cells_to_pixels, pad_for_windows, window_count
 
 logger = logging.getLogger(__name__)
-
-from ..modes import DEFAULT_MODE, MODES  # noqa: E402  (re-exported)
 
 ProgressCallback = Callable[[float, str], None]
 
