@@ -69,6 +69,8 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                         help="exact: window by window (the poster); fast: one dense pass (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass in exact mode")
+    parser.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian",
+                        help="how overlapping windows are averaged (default: %(default)s)")
     parser.add_argument("--classes", nargs="+", default=None, help="report only these classes")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
                         help="per-class probability thresholds (one per model class)")
@@ -78,7 +80,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _predict_kwargs(args: argparse.Namespace) -> dict:
-    return dict(model=args.model, mode=args.mode, device=args.device, sw_batch_size=args.batch_size,
+    return dict(model=args.model, mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
                 classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
                 progress=not args.no_progress)
 
