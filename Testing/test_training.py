@@ -111,3 +111,18 @@ def test_evaluation_report_is_written(tiny_data, straight_run, tmp_path):
     report = json.loads((out / "metrics.json").read_text())
     assert report["data"]["split"] == "validation" and report["patch_level"]["per_class"]["No Finding"]["support"] >= 0
     assert "sens@1 FP/img" in (out / "report.md").read_text()
+
+
+def test_compare_backbones_prints_the_poster_table(tiny_data, tmp_path):
+    from MammoPatchLib.evaluation.compare import compare_backbones
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TINY, "epochs": 1, "patches_per_epoch": 16}))
+    table = compare_backbones(["efficientnet-lite0", "mobilenet-v3-large"], tiny_data, tmp_path / "cmp",
+                              config_path=str(config), progress=False)
+    lines = table.splitlines()
+    assert lines[0] == "| class | efficientnet-lite0 | mobilenet-v3-large |"
+    assert any(line.startswith("| Mass |") for line in lines)
+    assert lines[-1].startswith("| weighted average (no No Finding) |")
+    assert (tmp_path / "cmp" / "comparison.md").read_text().strip() == table
+    assert (tmp_path / "cmp" / "mobilenet-v3-large" / "model.pt").exists()

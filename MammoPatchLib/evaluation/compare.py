@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
+from ..model_file import read_model_payload
 from ..training.config import TrainConfig
 from ..training.run import train
 
@@ -26,8 +26,7 @@ def compare_backbones(backbones: List[str], data: str, out_dir, config_path: Opt
             values["epochs"] = epochs
         config = TrainConfig.from_dict(values)
         train(config, data, out / name, progress=progress)
-        model_info = json.loads(json.dumps(__import__("torch").load(out / name / "model.pt", weights_only=True)["info"]))
-        results[name] = model_info["training"]["validation"]
+        results[name] = read_model_payload(out / name / "model.pt")["info"]["training"]["validation"]
     header = "| class | " + " | ".join(backbones) + " |"
     lines = [header, "|---|" + "---|" * len(backbones)]
     for row in POSTER_ROWS:
