@@ -7,6 +7,7 @@ the heatmap, label map and one markups ROI per finding into the scene.
 
 import logging
 import os
+import pathlib
 import sys
 from typing import Annotated, Callable, List, Optional
 
@@ -116,7 +117,7 @@ class MammoPatchParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     useDefaultModel: bool = True
-    modelPath: str = ""
+    modelPath: pathlib.Path
     mode: Annotated[str, Choice(["exact", "fast"])] = "exact"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
@@ -147,10 +148,7 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self.logic = MammoPatchLogic()
-        self.ui.modeComboBox.addItems(["exact", "fast"])
-        self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
-        self.ui.heatmapClassComboBox.addItems([ALL_CLASSES] + FINDING_CLASSES)
+        self.logic = MammoPatchLogic()  # combo boxes are filled from the Choice annotations by connectGui
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -197,7 +195,7 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._running:
             return
         node = self._parameterNode
-        modelOk = node and (node.useDefaultModel or (node.modelPath and os.path.isfile(node.modelPath)))
+        modelOk = node and (node.useDefaultModel or (node.modelPath and node.modelPath.is_file()))
         self.ui.modelPathLineEdit.enabled = bool(node) and not node.useDefaultModel
         self.ui.thresholdSliderWidget.enabled = bool(node) and not node.useModelThresholds
         if node and node.inputVolume and modelOk:
@@ -223,7 +221,7 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node = self._parameterNode
                 result = self.logic.process(
                     node.inputVolume, node.outputHeatmap, node.outputLabelMap,
-                    modelPath=None if node.useDefaultModel else node.modelPath,
+                    modelPath=None if node.useDefaultModel else str(node.modelPath),
                     mode=node.mode, device=node.device,
                     threshold=None if node.useModelThresholds else node.threshold,
                     heatmapClass=node.heatmapClass, progressCallback=self._onProgress)
