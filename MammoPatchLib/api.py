@@ -77,6 +77,17 @@ def predict(source, model: ModelLike = None, mode: str = DEFAULT_MODE, device: s
     return predictor.predict_image(as_image(source, spacing_mm))
 
 
+def output_stem(path: Path) -> str:
+    """The file name without a known image extension ("1.2.840.5.dcm" -> "1.2.840.5")."""
+    from .io.readers import SUPPORTED_EXTENSIONS
+
+    lowered = path.name.lower()
+    for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
+        if lowered.endswith(ext) and len(path.name) > len(ext):
+            return path.name[: -len(ext)]
+    return path.name
+
+
 def predict_files(inputs, out_dir: "os.PathLike[str] | str", model: ModelLike = None, mode: str = DEFAULT_MODE,
                   device: str = "auto", spacing_mm: Optional[float] = None, formats: Sequence[str] = ("nrrd",),
                   overwrite: bool = False, progress: bool = True,
@@ -104,7 +115,7 @@ def predict_files(inputs, out_dir: "os.PathLike[str] | str", model: ModelLike = 
         for index, path in enumerate(iterator):
             if on_image is not None:
                 on_image(index, len(paths), path)
-            stem = path.name.split(".")[0] or path.name
+            stem = output_stem(path)
             used_names[stem] = used_names.get(stem, 0) + 1
             folder = out / (stem if used_names[stem] == 1 else f"{stem}_{used_names[stem]}")
             row: Dict[str, object] = {"image": str(path), "output": str(folder)}

@@ -83,3 +83,12 @@ def test_monai_bundle_runs(model_path, image_folder, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 10
+
+
+def test_output_folders_keep_dotted_dicom_names():
+    from pathlib import Path
+
+    from MammoPatchLib.api import output_stem
+
+    assert output_stem(Path("1.2.840.10008.5.dcm")) == "1.2.840.10008.5"
+    assert output_stem(Path("case.nii.gz")) == "case" and output_stem(Path("IM0001")) == "IM0001"
