@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import MammoPatchError, ModelFileError
+from .errors import Cancelled, MammoPatchError, ModelFileError
 from .inference.predictor import PredictionResult, Predictor
 from .modes import DEFAULT_MODE
 from .io import MammogramImage, read_mammogram
@@ -126,11 +126,14 @@ def predict_files(inputs, out_dir: "os.PathLike[str] | str", model: ModelLike = 
                 row.update(status="ok", error="", findings=len(result.findings),
                            top_class=top.category if top else "", top_score=f"{top.score:.4f}" if top else "",
                            seconds=f"{sum(result.timings.values()):.2f}")
+            except Cancelled:
+                raise
             except MammoPatchError as exc:
-                if type(exc).__name__ == "Cancelled":
-                    raise
                 logger.error("%s", exc)
                 row.update(status="failed", error=str(exc), output="")
+            except Exception as exc:  # noqa: BLE001 - one unexpected failure must not end the batch
+                logger.exception("%s: unexpected error", path)
+                row.update(status="failed", error=f"{path}: unexpected {type(exc).__name__}: {exc}", output="")
             rows.append(row)
     finally:
         if bar is not None:
