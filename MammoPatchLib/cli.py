@@ -71,6 +71,9 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass in exact mode")
     parser.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian",
                         help="how overlapping windows are averaged (default: %(default)s)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="multi-scale inference: window scales relative to the model's spacing, e.g. 0.75 1 1.5 "
+                             "(heatmaps averaged; default: 1)")
     parser.add_argument("--classes", nargs="+", default=None, help="report only these classes")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
                         help="per-class probability thresholds (one per model class)")
@@ -81,6 +84,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
 
 def _predict_kwargs(args: argparse.Namespace) -> dict:
     return dict(model=args.model, mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
+                scales=args.scales,
                 classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
                 progress=not args.no_progress)
 

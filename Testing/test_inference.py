@@ -186,3 +186,16 @@ def test_python_api_on_an_array(tmp_path):
     mammo, _ = _probe_image()
     result = predict(mammo.pixels, model=probe_model(), spacing_mm=0.2, device="cpu")
     assert result.heatmaps.shape == (10, 640, 512) and any(f.category == "Mass" for f in result.findings)
+
+
+def test_multi_scale_inference_averages_the_scales():
+    """With scales (1, 2) the heatmaps are the mean of a 1x and a 2x run, in source geometry."""
+    _, image = _probe_image()
+    one = Predictor(probe_model(), device="cpu", scales=(1.0,)).predict_image(image)
+    two = Predictor(probe_model(), device="cpu", scales=(2.0,)).predict_image(image)
+    both = Predictor(probe_model(), device="cpu", scales=(1.0, 2.0)).predict_image(image)
+    assert both.heatmaps.shape == one.heatmaps.shape == two.heatmaps.shape
+    np.testing.assert_allclose(both.heatmaps, (one.heatmaps + two.heatmaps) / 2, atol=1e-6)
+    assert not np.allclose(one.heatmaps, two.heatmaps)
+    with pytest.raises(ConfigError, match="scales"):
+        Predictor(probe_model(), scales=(0.0,))

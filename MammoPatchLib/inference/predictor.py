@@ -72,11 +72,14 @@ class Predictor:
         classes: restrict findings / label map to these class names (heatmaps keep all).
         progress: show a tqdm bar over windows.
         blend: how overlapping windows are averaged: "gaussian" (default) or "constant".
+        scales: window scales relative to the model's training spacing, e.g. (0.75, 1, 1.5):
+            the heatmaps found at each are averaged (multi-scale inference). (1.0,) is the poster.
     """
 
     def __init__(self, model: LoadedModel, mode: str = DEFAULT_MODE, device: str = "auto", sw_batch_size: int = 16,
                  amp: bool = True, thresholds: Optional[Sequence[float]] = None,
-                 classes: Optional[Sequence[str]] = None, progress: bool = False, blend: str = "gaussian") -> None:
+                 classes: Optional[Sequence[str]] = None, progress: bool = False, blend: str = "gaussian",
+                 scales: Sequence[float] = (1.0,)) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         if sw_batch_size < 1:
@@ -87,6 +90,9 @@ class Predictor:
             raise ConfigError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         self.model, self.mode, self.sw_batch_size, self.amp, self.progress = model, mode, sw_batch_size, amp, progress
         self.blend = blend
+        if not scales or any(float(x) <= 0 for x in scales):
+            raise ConfigError(f"scales must be positive numbers, got {list(scales)}")
+        self.scales = tuple(float(x) for x in scales)
         self.device = resolve_device(device)
         self.network = model.network.to(self.device).eval()
         if self.device.type == "cuda":
@@ -105,22 +111,19 @@ class Predictor:
         """Ask a running :meth:`predict_image` to stop at its next batch of windows."""
         self._cancel = True
 
-    def predict_image(self, image: MammogramImage, on_progress: Optional[ProgressCallback] = None) -> PredictionResult:
+    def _source_heatmaps(self, image: MammogramImage, scale: float, report, span, timings) -> np.ndarray:
+        """Heatmaps in source geometry with the image resampled to ``scale`` x the model's
+        spacing (a window then covers ``scale`` x the tissue it was trained on)."""
         info = self.model.info
-        self._cancel = False
-        timings: Dict[str, float] = {}
-
-        def report(fraction: float, text: str) -> None:
-            if self._cancel:
-                raise Cancelled("cancelled by the user", image.path or None)
-            if on_progress is not None:
-                on_progress(fraction, text)
-
+        lo, hi = span
         start = time.perf_counter()
-        report(0.0, "preprocessing")
-        tensor, pipeline = preprocess(image, info.preprocess_config())
+        report(lo, "preprocessing")
+        config = info.preprocess_config()
+        if scale != 1.0:
+            config.target_spacing_mm = (info.spacing_mm or image.spacing_mm) * scale
+        tensor, pipeline = preprocess(image, config)
         padded = pad_for_windows(tensor.as_tensor(), info.window, info.stride)
-        timings["preprocess_s"] = time.perf_counter() - start
+        timings["preprocess_s"] = timings.get("preprocess_s", 0.0) + time.perf_counter() - start
 
         start = time.perf_counter()
         total = window_count(tuple(tensor.shape[1:]), info.window, info.stride)
@@ -135,14 +138,14 @@ class Predictor:
             done[0] += n
             if bar is not None:
                 bar.update(n)
-            report(0.05 + 0.85 * done[0] / total, f"windows {done[0]}/{total}")
+            report(lo + (hi - lo) * (0.05 + 0.85 * done[0] / total), f"windows {done[0]}/{total}")
 
         try:
             if self.mode == "exact":
                 cells = exact_cell_heatmap(self.network, padded, info.window, info.stride, self.sw_batch_size,
                                            self.device, self.amp, on_batch, self.blend)
             else:
-                report(0.05, f"dense pass over {total} windows")
+                report(lo + 0.05 * (hi - lo), f"dense pass over {total} windows")
                 cells = fast_cell_heatmap(self.network, padded, info.window, info.stride, self.device, self.amp,
                                           self.blend)
                 on_batch(total)
@@ -153,21 +156,45 @@ class Predictor:
         finally:
             if bar is not None:
                 bar.close()
-        timings["windows_s"] = time.perf_counter() - start
+        timings["windows_s"] = timings.get("windows_s", 0.0) + time.perf_counter() - start
 
         start = time.perf_counter()
-        report(0.92, "mapping heatmaps to the image")
+        report(lo + 0.92 * (hi - lo), "mapping heatmaps to the image")
         full = cells_to_pixels(cells, info.stride, tuple(tensor.shape[1:]))
         heat = MetaTensor(full, meta=tensor.meta, applied_operations=tensor.applied_operations)
         heatmaps = pipeline.inverse({"image": heat})["image"].as_tensor().numpy().astype(np.float32)
-        heatmaps = np.clip(heatmaps, 0.0, 1.0)
         if heatmaps.shape[1:] != image.pixels.shape:
             raise RuntimeError(f"internal error: heatmap {heatmaps.shape[1:]} vs image {image.pixels.shape}")
+        timings["postprocess_s"] = timings.get("postprocess_s", 0.0) + time.perf_counter() - start
+        return np.clip(heatmaps, 0.0, 1.0)
+
+    def predict_image(self, image: MammogramImage, on_progress: Optional[ProgressCallback] = None) -> PredictionResult:
+        info = self.model.info
+        self._cancel = False
+        timings: Dict[str, float] = {}
+
+        def report(fraction: float, text: str) -> None:
+            if self._cancel:
+                raise Cancelled("cancelled by the user", image.path or None)
+            if on_progress is not None:
+                on_progress(fraction, text)
+
+        # Multi-scale: the mean of the heatmaps found at each scale (the poster names the size
+        # sensitivity of a fixed 256 px window as a limit).
+        heatmaps = None
+        n = len(self.scales)
+        for k, scale in enumerate(self.scales):
+            span = (0.95 * k / n, 0.95 * (k + 1) / n)
+            at_scale = self._source_heatmaps(image, scale, report, span, timings)
+            heatmaps = at_scale if heatmaps is None else heatmaps + at_scale
+        heatmaps /= n
+
+        start = time.perf_counter()
         thresholds = [t if c in self.selected else np.inf for c, t in zip(info.classes, self.thresholds)]
         label_map = label_map_from_heatmaps(heatmaps, thresholds)
         findings = findings_from_heatmaps(heatmaps, info.classes, thresholds,
                                           (image.geometry.row_spacing, image.geometry.col_spacing))
-        timings["postprocess_s"] = time.perf_counter() - start
+        timings["postprocess_s"] = timings.get("postprocess_s", 0.0) + time.perf_counter() - start
         report(1.0, "done")
         return PredictionResult(heatmaps=heatmaps, label_map=label_map, findings=findings, classes=list(info.classes),
                                 thresholds=list(self.thresholds), image=image, mode=self.mode, timings=timings,
