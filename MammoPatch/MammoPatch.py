@@ -11,7 +11,6 @@ import pathlib
 import sys
 from typing import Annotated, Callable, List, Optional
 
-import qt
 import slicer
 import vtk
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode

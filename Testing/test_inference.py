@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import BrightCentreProbe, probe_model, tiny_model_file
+from helpers import probe_model, tiny_model_file
 from MammoPatchLib.errors import Cancelled, ConfigError
 from MammoPatchLib.inference import (Predictor, blend_kernel, exact_cell_heatmap, pad_for_windows,
                                      stitch_window_grid, window_count)

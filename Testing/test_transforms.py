@@ -6,21 +6,18 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose
 
 from MammoPatchLib.io import read_mammogram
 from MammoPatchLib.io.image import ImageGeometry, MammogramImage
 from MammoPatchLib.transforms import (
     DEFAULT_SCALES,
     BreastCrop,
-    BreastCropd,
     FuseCLAHE,
     FuseCLAHEd,
     NormaliseLaterality,
     PreprocessConfig,
     ScaleToUnit,
     ScaleToUnitd,
-    build_preprocessing,
     clahe,
     preprocess,
     to_metatensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Iterable, List, Sequence, Union
+from typing import List, Sequence, Union
 
 from ..io.readers import SUPPORTED_EXTENSIONS, is_dicom_file
 from .records import ImageRecord

@@ -11,7 +11,7 @@ import ast
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from ..classes import FINDING_CLASSES, NO_FINDING
 from ..errors import AnnotationError

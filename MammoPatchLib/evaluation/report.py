@@ -10,7 +10,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from ..inference.predictor import Predictor
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import load_model
-from .metrics import NO_FINDING, average_precision, froc, patch_metrics, roc_auc
+from .metrics import average_precision, froc, patch_metrics, roc_auc
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 from ..datasets import ImageRecord, read_mias, read_vindr, split_by_patient
 from ..errors import MammoPatchError
 from .config import TrainConfig
-from .data import PreparedImage, prepare_images
+from .data import prepare_images
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)

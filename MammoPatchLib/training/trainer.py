@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,6 @@ from monai.losses import FocalLoss
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..datasets import ImageRecord
 from ..errors import MammoPatchError
 from ..evaluation.metrics import best_thresholds, patch_metrics
 from ..inference.predictor import resolve_device
@@ -30,7 +29,7 @@ from ..io.atomic import atomic_path
 from ..model_file import ModelInfo, build_network, save_model
 from .augment import build_augmentation
 from .config import TrainConfig
-from .data import (PatchDataset, PreparedImage, WeightedSlotSampler, build_slots, prepare_images, slot_weights,
+from .data import (PatchDataset, PreparedImage, WeightedSlotSampler, build_slots, slot_weights,
                    validation_patches)
 
 logger = logging.getLogger(__name__)
