@@ -132,12 +132,13 @@ def is_hit(detection_box, peak, truth_box, iou_threshold: float = 0.1) -> bool:
 
 
 def froc(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[tuple]],
-         fp_rates: Sequence[float] = (0.25, 0.5, 1, 2, 4)) -> Dict[str, object]:
-    """FROC over images of one class.
+         fp_rates: Sequence[float] = (0.25, 0.5, 1, 2, 4), hit=is_hit) -> Dict[str, object]:
+    """FROC over images.
 
     Args:
         detections: per image, a list of (score, box, peak).
         truths: per image, a list of true boxes.
+        hit: ``hit(box, peak, truth)`` -> bool, the lesion-hit rule (:func:`is_hit` by default).
     Returns sensitivity at each false-positive rate per image, and the curve.
     """
     n_images = len(truths)
@@ -148,13 +149,13 @@ def froc(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[t
     curve = [(0.0, 0.0)]
     fps = 0
     for score, i, box, peak in flat:
-        hit = next((j for j, t in enumerate(truths[i]) if j not in found[i] and is_hit(box, peak, t)), None)
-        if hit is None:
-            if any(is_hit(box, peak, t) for t in truths[i]):
+        match = next((j for j, t in enumerate(truths[i]) if j not in found[i] and hit(box, peak, t)), None)
+        if match is None:
+            if any(hit(box, peak, t) for t in truths[i]):
                 continue  # a second detection of an already-found lesion is neither TP nor FP
             fps += 1
         else:
-            found[i].add(hit)
+            found[i].add(match)
         curve.append((fps / max(n_images, 1), sum(len(f) for f in found) / max(n_truth, 1)))
     sensitivity = {}
     for rate in fp_rates:

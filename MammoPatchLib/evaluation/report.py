@@ -21,7 +21,7 @@ from ..inference.predictor import Predictor
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import load_model
-from .metrics import average_precision, froc, patch_metrics, roc_auc
+from .metrics import average_precision, froc, is_hit, patch_metrics, roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -131,28 +131,12 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
 
 
 def _pooled_froc(pooled, truths_by_class, classes, n_images) -> Dict[str, float]:
-    """FROC over all classes together: a detection must match a true box of its own class."""
-    detections = []
-    truths = []
-    for i in range(n_images):
-        truths.append([(c, b) for c in classes for b in truths_by_class[c][i]])
-        detections.append(pooled[i])
-    n_truth = sum(len(t) for t in truths)
-    flat = sorted(((s, i, b, p, c) for i, dets in enumerate(detections) for s, b, p, c in dets), key=lambda d: -d[0])
-    from .metrics import is_hit
-
-    found = [set() for _ in truths]
-    fps, curve = 0, [(0.0, 0.0)]
-    for s, i, b, p, c in flat:
-        match = next((j for j, (tc, tb) in enumerate(truths[i]) if tc == c and j not in found[i] and is_hit(b, p, tb)), None)
-        if match is None:
-            if any(tc == c and is_hit(b, p, tb) for tc, tb in truths[i]):
-                continue
-            fps += 1
-        else:
-            found[i].add(match)
-        curve.append((fps / max(n_images, 1), sum(len(f) for f in found) / max(n_truth, 1)))
-    return {str(r): float(max(s for f, s in curve if f <= r)) if n_truth else float("nan") for r in FP_RATES}
+    """FROC over all classes together: a detection must match a true box of its own class.
+    Boxes carry their class, and the hit rule compares it before the geometry."""
+    detections = [[(s, (c, b), p) for s, b, p, c in pooled[i]] for i in range(n_images)]
+    truths = [[(c, b) for c in classes for b in truths_by_class[c][i]] for i in range(n_images)]
+    same_class_hit = lambda box, peak, truth: box[0] == truth[0] and is_hit(box[1], peak, truth[1])  # noqa: E731
+    return froc(detections, truths, FP_RATES, hit=same_class_hit)["sensitivity_at_fp"]
 
 
 def _fmt(value: float, digits: int = 3) -> str:
