@@ -38,7 +38,7 @@ def model_card(model_path, report: Dict[str, Any], training_command: str = "") -
         f"- **Input**: {info['window']} px windows at {info['spacing_mm']} mm pixel spacing (images are resampled), "
         f"stride {info['stride']} px; preprocessing: {json.dumps(info['preprocessing'])}.",
         f"- **Classes (output order)**: {', '.join(info['classes'])}.",
-        f"- **Thresholds** (tuned for F1 on the validation patches): "
+        "- **Thresholds** (tuned for F1 on the validation patches): "
         + ", ".join(f"{c} {t:.2f}" for c, t in zip(info["classes"], info["thresholds"])) + ".",
         f"- **Weights**: SHA-256 `{payload['sha256']}`; MammoPatch {info.get('library_version')}.",
         f"- **Best epoch**: {info.get('training', {}).get('best_epoch', 'n/a')} of {config.get('epochs', 'n/a')}.",

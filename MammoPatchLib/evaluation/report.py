@@ -156,7 +156,7 @@ def write_report(report: Dict[str, Any], out: Path) -> None:
             for name, m in rows.items():
                 writer.writerow([name, *(f"{m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1")),
                                  m["support"], f"{m['auc']:.4f}"])
-    lines = [f"# MammoPatch evaluation", "",
+    lines = ["# MammoPatch evaluation", "",
              f"Model: `{Path(report['model']['path']).name}` ({report['model']['backbone']}, sha256 "
              f"{report['model']['sha256'][:12]}...)  ",
              f"Data: {report['data']['source']} - split `{report['data']['split']}`: {report['data']['images']} images "

@@ -21,7 +21,7 @@ from ..postprocess import DetectedFinding, findings_from_heatmaps, label_map_fro
 from ..transforms import preprocess
 from .dense import fast_cell_heatmap
 from .exact import exact_cell_heatmap
-from .windows import cells_to_pixels, pad_for_windows, window_count
+from .windows import BLEND_MODES, cells_to_pixels, pad_for_windows, window_count
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,6 @@ class Predictor:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         if sw_batch_size < 1:
             raise ConfigError("sw_batch_size must be >= 1")
-        from .windows import BLEND_MODES
-
         if blend not in BLEND_MODES:
             raise ConfigError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         self.model, self.mode, self.sw_batch_size, self.amp, self.progress = model, mode, sw_batch_size, amp, progress
