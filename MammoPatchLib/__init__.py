@@ -19,7 +19,6 @@ from .errors import (
 )
 
 
-
 def predict(*args, **kwargs):
     """See :func:`MammoPatchLib.api.predict` (imported lazily: torch loads on first use)."""
     from .api import predict as _predict

@@ -14,11 +14,11 @@ import numpy as np
 
 from .errors import Cancelled, MammoPatchError, ModelFileError
 from .inference.predictor import PredictionResult, Predictor
-from .modes import DEFAULT_MODE
 from .io import MammogramImage, read_mammogram
 from .io.image import ImageGeometry
 from .io.readers import validate_pixels
 from .model_file import LoadedModel, load_model
+from .modes import DEFAULT_MODE
 
 logger = logging.getLogger(__name__)
 

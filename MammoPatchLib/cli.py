@@ -38,11 +38,12 @@ def run_preprocess_preview(image_path: Path, out_png: Path, spacing_mm: Optional
     """Preprocess one image and write the preview PNG (source + crop box, three channels)."""
     from .io import read_mammogram, write_png
     from .transforms import preprocess
-    from .visualize import crop_box, preprocessing_preview
+    from .visualize import preprocessing_preview
 
     image = read_mammogram(image_path, spacing_mm=spacing_mm)
-    tensor, _ = preprocess(image)
-    write_png(preprocessing_preview(image.pixels, tensor, crop_box(tensor)), out_png, overwrite=overwrite)
+    prepared = preprocess(image)
+    write_png(preprocessing_preview(image.pixels, prepared.tensor, prepared.analysed_box_in_source()), out_png,
+              overwrite=overwrite)
     return out_png
 
 
@@ -161,10 +162,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if overrides:
         config = TrainConfig.from_dict({**config.to_dict(), **overrides})
     result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress,
-                   cache_dir=Path(args.cache) if args.cache else None)
+                   cache_dir=Path(args.cache) if args.cache else None, workers=args.prepare_workers)
     state = result["state"]
-    print(f"trained {state['epoch']} epoch(s); best validation loss {state['best_val_loss']:.4f}; "
-          f"model: {Path(args.out) / 'model.pt'}")
+    best = state.get("best")
+    measure = "lesion-level FROC score" if config.selection == "froc" else "minus validation loss"
+    print(f"trained {state['epoch']} epoch(s); best {measure}: "
+          f"{'n/a' if best is None else f'{best:.4f}'}; model: {Path(args.out) / 'model.pt'}")
     return 0
 
 
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default=None, help="override the config's backbone")
     train.add_argument("--device", default=None, help="override the config's device")
     train.add_argument("--cache", default=None, help="folder for preprocessed-image caches (.npz)")
+    train.add_argument("--prepare-workers", type=int, default=0, help="threads preparing the images (default: 0)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 

@@ -3,7 +3,8 @@
 A model file is a ``torch.save`` of plain types and tensors (loaded back with
 ``weights_only=True``, so opening a file cannot execute code):
 
-- ``format``: "mammopatch-model", ``format_version``: 1
+- ``format``: "mammopatch-model", ``format_version``: 2 (version 1 files, written before the
+  head became convolutional, are converted on load)
 - ``info``: :class:`ModelInfo` as a dict (backbone, classes, window, stride, pixel spacing
   it was trained at, preprocessing parameters, thresholds, library version, provenance)
 - ``state_dict``: the weights (fp32 or fp16)
@@ -13,6 +14,7 @@ A model file is a ``torch.save`` of plain types and tensors (loaded back with
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
@@ -23,11 +25,11 @@ from . import __version__
 from .classes import FINDING_CLASSES
 from .errors import ConfigError, ModelFileError
 from .io.atomic import atomic_path
-from .networks import DEFAULT_BACKBONE, BACKBONES, PatchClassifier
+from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, PatchClassifier
 from .transforms import PreprocessConfig
 
 FORMAT = "mammopatch-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -39,12 +41,15 @@ class ModelInfo:
         classes: output classes, in output order.
         window, stride: sliding-window patch side and step in pixels (at ``spacing_mm``).
         hidden: head hidden units.
+        head_pooling: how the head pools a window's feature cells ("mean" or "learned").
         spacing_mm: pixel spacing the model was trained at; images are resampled to it
             (None: used at their own spacing).
         preprocessing: :class:`PreprocessConfig` as a dict.
         thresholds: per-class probability thresholds for the label map and findings.
         library_version: MammoPatch version that wrote the file.
         trained: False for an untrained (randomly initialised) demonstration model.
+        inference: inference defaults chosen on validation data: ``flip_tta`` (bool) and
+            ``detection`` (:class:`~MammoPatchLib.postprocess.DetectionConfig` fields).
         description, training: free text / provenance (data, config, metrics).
     """
 
@@ -53,11 +58,13 @@ class ModelInfo:
     window: int = 256
     stride: int = 32
     hidden: int = 512
+    head_pooling: str = "mean"
     spacing_mm: Optional[float] = None
     preprocessing: Dict[str, Any] = field(default_factory=lambda: PreprocessConfig().to_dict())
     thresholds: List[float] = field(default_factory=list)
     library_version: str = __version__
     trained: bool = True
+    inference: Dict[str, Any] = field(default_factory=dict)
     description: str = ""
     training: Dict[str, Any] = field(default_factory=dict)
 
@@ -68,8 +75,16 @@ class ModelInfo:
             self.thresholds = [0.5] * len(self.classes)
         if len(self.thresholds) != len(self.classes):
             raise ConfigError(f"model has {len(self.classes)} classes but {len(self.thresholds)} thresholds")
-        if self.window % 32 or self.stride <= 0 or self.window % self.stride:
-            raise ConfigError(f"window ({self.window}) must be a multiple of 32 and of stride ({self.stride})")
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"model classes must be unique and non-empty, got {self.classes}")
+        if any(not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 <= t <= 1.0 for t in self.thresholds):
+            raise ConfigError(f"model thresholds must be probabilities in [0, 1], got {self.thresholds}")
+        if self.window <= 0 or self.window % 32 or self.stride <= 0 or self.window % self.stride:
+            raise ConfigError(f"window ({self.window}) must be a positive multiple of 32 and of stride ({self.stride})")
+        if self.spacing_mm is not None and not (math.isfinite(self.spacing_mm) and self.spacing_mm > 0):
+            raise ConfigError(f"model spacing_mm must be a positive number or null, got {self.spacing_mm}")
+        if self.head_pooling not in HEAD_POOLINGS:
+            raise ConfigError(f"model head_pooling must be one of {HEAD_POOLINGS}, got {self.head_pooling!r}")
 
     def preprocess_config(self) -> PreprocessConfig:
         config = PreprocessConfig.from_dict(dict(self.preprocessing))
@@ -88,7 +103,24 @@ class ModelInfo:
 def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:
     """The PatchClassifier a :class:`ModelInfo` describes."""
     return PatchClassifier(info.backbone, num_classes=len(info.classes), hidden=info.hidden,
-                           pretrained=pretrained, window=info.window)
+                           pretrained=pretrained, window=info.window, head_pooling=info.head_pooling)
+
+
+def _upgrade_v1_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Format 1 -> 2: the head's Linear layers become 1 x 1 convolutions, and EfficientNet-Lite
+    weights lose the wrapper prefix ``features.model.`` (the backbone is now a subclass)."""
+    renamed = {"head.2.weight": "head.hidden.weight", "head.2.bias": "head.hidden.bias",
+               "head.4.weight": "head.out.weight", "head.4.bias": "head.out.bias"}
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in renamed:
+            key = renamed[key]
+            if key.endswith("weight"):
+                value = value[:, :, None, None]
+        elif key.startswith("features.model._"):  # EfficientNet-Lite's own (underscore) names
+            key = "features." + key[len("features.model."):]
+        out[key] = value
+    return out
 
 
 def weights_sha256(state_dict: Dict[str, torch.Tensor]) -> str:
@@ -165,6 +197,8 @@ def load_model(path: "os.PathLike[str] | str", expected_classes: Optional[Sequen
         raise ModelFileError(f"model is a {info.backbone} network, not {expected_backbone}", path)
     network = build_network(info)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    if payload.get("format_version", 1) < 2:
+        state = _upgrade_v1_state(state)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -79,7 +79,7 @@ def write_result(result: PredictionResult, out_dir: "os.PathLike[str] | str", fo
                 writer.writerow([result.image.path, f.category, f"{f.score:.4f}", *f.box_px,
                                  *(f"{v:.2f}" for v in f.box_mm), f"{f.area_mm2:.1f}"])
     written["findings"].append(str(out / "findings.csv"))
-    overlay = heatmap_overlay(result.image.pixels, result.heatmaps.max(axis=0), result.findings)
+    overlay = heatmap_overlay(result.image.pixels, result.heatmaps.max(axis=0), result.findings, result.classes)
     written["overlay"].append(write_png(overlay, out / "overlay.png"))
     return written
 

@@ -226,7 +226,7 @@ def write_dicom(
         window: also store a Window Center/Width covering the breast.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UID, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise ValueError(f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}, got {transfer_syntax!r}")

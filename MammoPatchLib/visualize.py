@@ -1,24 +1,21 @@
-"""PNG renderings for people: the preprocessing preview and (later) heatmap overlays."""
+"""PNG renderings for people: the preprocessing preview and the findings overlay.
+
+Boxes here are (xmin, ymin, xmax, ymax) in pixels (x = column), like every box in the library.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-Box = Tuple[int, int, int, int]  # row0, row1, col0, col1
+Box = Tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
 
-
-def crop_box(tensor) -> Optional[Box]:
-    """The breast crop (row0, row1, col0, col1) recorded on a preprocessed MetaTensor, in the
-    pixels of the image the crop was applied to; None when no crop was applied."""
-    for op in getattr(tensor, "applied_operations", []):
-        if op.get("class") in ("CropForeground", "BreastCrop") and "cropped" in op.get("extra_info", {}):
-            rows, cols = op["orig_size"]
-            r0, r1, c0, c1 = op["extra_info"]["cropped"]
-            return int(r0), int(rows - r1), int(c0), int(cols - c1)
-    return None
+# One colour per finding class (model class order), distinct on a grey mammogram and on inferno.
+CLASS_COLOURS: List[Tuple[int, int, int]] = [
+    (0, 230, 118), (0, 176, 255), (255, 64, 129), (255, 234, 0), (170, 0, 255),
+    (0, 229, 255), (118, 255, 3), (255, 145, 0), (224, 224, 224), (255, 23, 68)]
 
 
 def _to_uint8(plane: np.ndarray) -> np.ndarray:
@@ -27,8 +24,8 @@ def _to_uint8(plane: np.ndarray) -> np.ndarray:
 
 
 def draw_rectangle(rgb: np.ndarray, box: Box, colour: Sequence[int], width: int = 3) -> None:
-    """Draw a rectangle outline (row0, row1, col0, col1) in place."""
-    r0, r1, c0, c1 = (int(v) for v in box)
+    """Draw a rectangle outline of an (xmin, ymin, xmax, ymax) box in place."""
+    c0, r0, c1, r1 = (int(round(v)) for v in box)
     r1, c1 = min(r1, rgb.shape[0]) - 1, min(c1, rgb.shape[1]) - 1
     r0, c0 = max(r0, 0), max(c0, 0)
     rgb[r0 : r0 + width, c0 : c1 + 1] = colour
@@ -38,10 +35,8 @@ def draw_rectangle(rgb: np.ndarray, box: Box, colour: Sequence[int], width: int 
 
 
 def preprocessing_preview(source: np.ndarray, channels: torch.Tensor, box: Optional[Box]) -> np.ndarray:
-    """One RGB panel: the source with the crop box (red), then each preprocessed channel.
-
-    Panels are scaled to the source's height so they sit side by side.
-    """
+    """One RGB panel: the source with the analysed (crop) box in red, then each preprocessed
+    channel. Panels are scaled to the source's height so they sit side by side."""
     from skimage.transform import resize
 
     height = source.shape[0]
@@ -76,23 +71,93 @@ def inferno(values: np.ndarray) -> np.ndarray:
     return (_INFERNO[lo] * (1 - t) + _INFERNO[hi] * t).astype(np.uint8)
 
 
-def heatmap_overlay(pixels: np.ndarray, heatmap: np.ndarray, findings, max_side: int = 1400,
-                    alpha: float = 0.45) -> np.ndarray:
-    """RGB overlay: mammogram in grey, the max-over-classes heatmap in inferno where it is
-    above 0.1, and each finding's box labelled with its class and score."""
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(boxes: Sequence[Box], sizes: Sequence[Tuple[int, int]], canvas: Tuple[int, int]) -> List[Box]:
+    """A position for each label (w, h) near its box that overlaps no label placed before it:
+    above the box, below it, inside its top edge, then further down in steps."""
+    width, height = canvas
+    placed: List[Box] = []
+    for box, (w, h) in zip(boxes, sizes):
+        x = min(max(0.0, box[0]), max(0.0, width - w))
+        options = [box[1] - h - 2, box[3] + 2, box[1] + 2]
+        options += [box[3] + 2 + k * (h + 2) for k in range(1, 40)]
+        chosen = None
+        for y in options:
+            y = min(max(0.0, y), max(0.0, height - h))
+            rect = (x, y, x + w, y + h)
+            if not any(_overlaps(rect, other) for other in placed):
+                chosen = rect
+                break
+        placed.append(chosen or (x, min(max(0.0, box[1]), height - h), x + w, min(max(0.0, box[1]), height - h) + h))
+    return placed
+
+
+def heatmap_overlay(pixels: np.ndarray, heatmap: np.ndarray, findings, classes: Optional[Sequence[str]] = None,
+                    max_side: int = 1400, alpha: float = 0.6) -> np.ndarray:
+    """RGB overlay: the mammogram in grey, the max-over-classes heatmap in inferno (fading in
+    from 0.05, fully drawn from 0.35), each finding's box in its class colour with a label that
+    overlaps no other label, and a legend (classes shown, heatmap colour scale)."""
     from PIL import Image, ImageDraw
 
+    classes = list(classes) if classes is not None else sorted({f.category for f in findings})
     scale = min(1.0, max_side / max(pixels.shape))
     size = (max(1, int(round(pixels.shape[1] * scale))), max(1, int(round(pixels.shape[0] * scale))))
     grey = np.asarray(Image.fromarray(_to_uint8(pixels)).resize(size, Image.BILINEAR)).astype(np.float32)
     heat = np.asarray(Image.fromarray(heatmap.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
     colour = inferno(heat).astype(np.float32)
-    weight = (alpha * np.clip((heat - 0.1) / 0.4, 0.0, 1.0))[..., None]
+    weight = (alpha * np.clip((heat - 0.05) / 0.3, 0.0, 1.0))[..., None]
     rgb = (grey[..., None] * (1 - weight) + colour * weight).astype(np.uint8)
     canvas = Image.fromarray(rgb)
     draw = ImageDraw.Draw(canvas)
-    for finding in findings:
-        x0, y0, x1, y1 = (v * scale for v in finding.box_px)
-        draw.rectangle([x0, y0, x1, y1], outline=(0, 255, 120), width=2)
-        draw.text((x0 + 3, max(0, y0 - 12)), f"{finding.category} {finding.score:.2f}", fill=(0, 255, 120))
+    font = _font(max(11, min(size) // 60))
+    line = max(2, min(size) // 400)
+
+    def colour_of(name: str) -> Tuple[int, int, int]:
+        return CLASS_COLOURS[classes.index(name) % len(CLASS_COLOURS)] if name in classes else (0, 255, 120)
+
+    boxes = [tuple(v * scale for v in f.box_px) for f in findings]
+    texts = [f"{f.category} {f.score:.2f}" for f in findings]
+    sizes = []
+    for text in texts:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        sizes.append((right - left + 6, bottom - top + 4))
+    for f, box in zip(findings, boxes):
+        draw.rectangle(box, outline=colour_of(f.category), width=line)
+    for f, text, rect in zip(findings, texts, place_labels(boxes, sizes, size)):
+        draw.rectangle(rect, fill=(0, 0, 0))
+        draw.text((rect[0] + 3, rect[1] + 1), text, fill=colour_of(f.category), font=font)
+    _legend(draw, font, size, [c for c in classes if any(f.category == c for f in findings)], colour_of)
     return np.asarray(canvas)
+
+
+def _legend(draw, font, size: Tuple[int, int], shown: Sequence[str], colour_of) -> None:
+    """Bottom-left legend: one swatch per class shown, and the heatmap's colour scale."""
+    entries = list(shown)
+    left, top, right, bottom = draw.textbbox((0, 0), "Ag", font=font)
+    row = bottom - top + 6
+    width = max([draw.textbbox((0, 0), e, font=font)[2] for e in entries + ["heatmap 0 .. 1"]]) + 40
+    height = row * (len(entries) + 2) + 6
+    x0, y0 = 6, size[1] - height - 6
+    draw.rectangle((x0, y0, x0 + width, y0 + height), fill=(0, 0, 0))
+    y = y0 + 4
+    for name in entries:
+        draw.rectangle((x0 + 6, y + 2, x0 + 22, y + row - 6), outline=colour_of(name), width=3)
+        draw.text((x0 + 30, y), name, fill=(255, 255, 255), font=font)
+        y += row
+    draw.text((x0 + 6, y), "heatmap 0 .. 1", fill=(255, 255, 255), font=font)
+    y += row
+    ramp = inferno(np.linspace(0, 1, width - 12)[None, :])[0]
+    for i, c in enumerate(ramp):
+        draw.line((x0 + 6 + i, y, x0 + 6 + i, y + row - 8), fill=tuple(int(v) for v in c))

@@ -20,9 +20,11 @@ def tiny_model_file(path: Path, backbone: str = "efficientnet-lite0", spacing_mm
 
 
 class BrightCentreProbe(nn.Module):
-    """Logit of class 0 ('Mass') rises with the mean of channel 0 in the window's central
-    64 x 64 px; other classes are strongly negative. ``dense_forward`` is the same rule
-    evaluated at every 32 px window position."""
+    """A fully-convolutional test network with a known answer: the logit of class 0 ('Mass')
+    rises with the mean of channel 0 in each window's central 64 x 64 px; other classes are
+    strongly negative. Like the real network, a (B, 3, 256 + 32 i, 256 + 32 j) input gives
+    (B, classes, i + 1, j + 1): one value per 256 px window at a 32 px stride. It sees no
+    zero padding, so exact and fast modes must agree exactly."""
 
     window = 256
 
@@ -31,19 +33,13 @@ class BrightCentreProbe(nn.Module):
         self.level, self.gain, self.n = level, gain, num_classes
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def _logits(self, centre_mean: torch.Tensor) -> torch.Tensor:
-        shape = (centre_mean.shape[0], self.n, *centre_mean.shape[1:])
-        logits = torch.full(shape, -20.0, dtype=centre_mean.dtype)
-        logits[:, 0] = self.gain * (centre_mean - self.level)
-        return logits
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._logits(x[:, 0, 96:160, 96:160].mean(dim=(1, 2)))
-
-    def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
-        centre = F.avg_pool2d(x[:, :1, 96:, 96:], kernel_size=64, stride=32)[:, 0]
+        centre = F.avg_pool2d(x[:, :1, 96:, 96:].float(), kernel_size=64, stride=32)[:, 0]
         gh, gw = (x.shape[-2] - 256) // 32 + 1, (x.shape[-1] - 256) // 32 + 1
-        return self._logits(centre[:, :gh, :gw])
+        centre = centre[:, :gh, :gw]
+        logits = torch.full((centre.shape[0], self.n, gh, gw), -20.0, dtype=centre.dtype, device=x.device)
+        logits[:, 0] = self.gain * (centre - self.level)
+        return logits
 
 
 def probe_model(thresholds=None, spacing_mm=None) -> LoadedModel:

@@ -1,5 +1,5 @@
-"""Sliding-window inference: exact mode = the poster's window loop, geometry, fast mode
-agreement, label map and findings, cancel."""
+"""Sliding-window inference: both Inferers against the poster's window loop, the geometry
+chain, findings as detections, label map, test-time flip, multi-scale, cancel."""
 
 from __future__ import annotations
 
@@ -9,54 +9,85 @@ import torch
 
 from helpers import probe_model, tiny_model_file
 from MammoPatchLib.errors import Cancelled, ConfigError
-from MammoPatchLib.inference import (Predictor, blend_kernel, exact_cell_heatmap, pad_for_windows,
-                                     stitch_window_grid, window_count)
+from MammoPatchLib.inference import (DenseInferer, ExactInferer, InferenceCallback, Predictor, blend_kernel,
+                                     cells_to_source, stitch_window_grid, window_count)
 from MammoPatchLib.inference.agreement import mode_agreement
 from MammoPatchLib.io import read_mammogram
 from MammoPatchLib.io.image import ImageGeometry, MammogramImage
 from MammoPatchLib.model_file import load_model
 from MammoPatchLib.networks import PatchClassifier
 from MammoPatchLib.synthetic import synthesize_mammogram
+from MammoPatchLib.transforms import PreprocessConfig, preprocess
 
 
-@pytest.mark.parametrize("blend", ["gaussian", "constant"])
-def test_exact_mode_equals_a_hand_written_window_loop(blend):
-    torch.manual_seed(0)
-    net = PatchClassifier("efficientnet-lite0").eval()
-    image = pad_for_windows(torch.rand(3, 300, 333))
-    assert image.shape[1:] == (320, 352)
-    stitched = exact_cell_heatmap(net, image, sw_batch_size=5, blend=blend)
+def _window_loop(net, image):
+    """The poster's inference written out: every 256 px window at a 32 px stride, one by one."""
     gh, gw = (image.shape[1] - 256) // 32 + 1, (image.shape[2] - 256) // 32 + 1
-    assert gh * gw == window_count((300, 333))
-    per_window = torch.zeros(10, gh, gw)
+    out = torch.zeros(10, gh, gw)
     with torch.no_grad():
         for i in range(gh):
             for j in range(gw):
                 patch = image[None, :, 32 * i:32 * i + 256, 32 * j:32 * j + 256]
-                per_window[:, i, j] = torch.sigmoid(net(patch))[0]
-    kernel = blend_kernel(256, 32, blend)
-    if blend == "gaussian":
-        assert kernel[3:5, 3:5].min() > kernel[0, 0] * 5, "centre cells weigh most"
-    # Hand-written stitching: each window adds its probabilities times the weights to its 8 x 8 cells.
+                out[:, i, j] = torch.sigmoid(net.classify(patch))[0]
+    return out
+
+
+def _stitch_by_hand(per_window, kernel):
+    gh, gw = per_window.shape[1:]
     total = torch.zeros(10, gh + 7, gw + 7)
     weight = torch.zeros(gh + 7, gw + 7)
     for i in range(gh):
         for j in range(gw):
             total[:, i:i + 8, j:j + 8] += per_window[:, i, j, None, None] * kernel
             weight[i:i + 8, j:j + 8] += kernel
-    expected = total / weight
-    torch.testing.assert_close(stitch_window_grid(per_window, kernel), expected, atol=1e-6, rtol=1e-5)
-    assert stitched.shape == expected.shape == (10, 320 // 32, 352 // 32)
+    return total / weight
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_exact_inferer_equals_a_hand_written_window_loop(blend):
+    torch.manual_seed(0)
+    net = PatchClassifier("efficientnet-lite0").eval()
+    image = torch.rand(3, 320, 352)  # 3 x 4 windows on the grid
+    calls = []
+    callback = InferenceCallback(lambda f, t: calls.append(t))
+    stitched = ExactInferer(sw_batch_size=5, blend=blend)(image[None], net, callback)[0]
+    per_window = _window_loop(net, image)
+    assert per_window.shape[1] * per_window.shape[2] == window_count((300, 333)) == 12
+    kernel = blend_kernel(256, 32, blend)
+    if blend == "gaussian":
+        assert kernel[3:5, 3:5].min() > kernel[0, 0] * 5, "centre cells weigh most"
+    expected = _stitch_by_hand(per_window, kernel)
+    torch.testing.assert_close(stitch_window_grid(per_window[None], kernel)[0], expected, atol=1e-6, rtol=1e-5)
+    assert stitched.shape == expected.shape == (10, 10, 11)
     torch.testing.assert_close(stitched, expected, atol=1e-6, rtol=1e-5)
-    # A corner cell is covered by one window only: its value is that window's probability.
-    torch.testing.assert_close(stitched[:, 0, 0], per_window[:, 0, 0])
+    torch.testing.assert_close(stitched[:, 0, 0], per_window[:, 0, 0]), "a corner cell has one window"
+    assert calls[-1] == "windows 12/12" and len(calls) == 3, "progress after every batch of 5 windows"
 
 
-def _probe_image(seed=2):
-    mammo = synthesize_mammogram((640, 512), 0.2, "L", "CC", ["round mass"], seed=seed)
-    s = mammo.spacing_mm
+def test_dense_inferer_stitches_the_dense_pass_like_exact_mode():
+    """One forward of the whole image gives every window's logits (same network, same head);
+    the dense inferer stitches them with the same weights as the exact one."""
+    torch.manual_seed(0)
+    net = PatchClassifier("efficientnet-lite0", pretrained=True).eval()  # ImageNet features vary with the input
+    image = torch.rand(1, 3, 288, 320)
+    with torch.no_grad():
+        logits = net(image)
+    assert logits.shape == (1, 10, 2, 3)
+    dense = DenseInferer()(image, net)[0]
+    torch.testing.assert_close(dense, stitch_window_grid(torch.sigmoid(logits), blend_kernel())[0])
+    # Windows alone see zero padding at their borders: the two modes differ for a real CNN...
+    exact = ExactInferer()(image, net)[0]
+    assert (dense - exact).abs().max() > 1e-4
+    # ...but not for a network without padding effects (the probe): then they are equal.
+    probe = probe_model().network
+    torch.testing.assert_close(DenseInferer()(image, probe), ExactInferer()(image, probe), atol=1e-6, rtol=1e-5)
+
+
+def _probe_image(seed=2, shape=(640, 512), spacing=0.2):
+    mammo = synthesize_mammogram(shape, spacing, "L", "CC", ["round mass"], seed=seed)
     image = MammogramImage(pixels=mammo.pixels.astype(np.float32),
-                           geometry=ImageGeometry(spacing=(s, s, 1.0), origin=(12.0, -7.5, 3.0)), path="probe")
+                           geometry=ImageGeometry(spacing=(spacing, spacing, 1.0), origin=(12.0, -7.5, 3.0)),
+                           path="probe")
     return mammo, image
 
 
@@ -69,48 +100,94 @@ def test_label_map_and_findings_from_a_controlled_model(mode):
     cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
     assert result.label_map[cy, cx] == 1, "the mass centre is labelled Mass (label 1)"
     masses = [f for f in result.findings if f.category == "Mass"]
-    assert masses, "the mass is reported"
+    assert len(masses) == 1, "one mass, one finding"
     best = masses[0]
     bx0, by0, bx1, by1 = best.box_px
     assert bx0 <= cx <= bx1 and by0 <= cy <= by1
-    assert best.area_mm2 == pytest.approx(((result.label_map == 1) & _region(result, best)).sum() * 0.04, rel=0.01)
+    assert abs(best.peak_px[0] - cx) < 40 and abs(best.peak_px[1] - cy) < 40
+    assert best.area_mm2 == pytest.approx((result.label_map == 1).sum() * 0.04, rel=0.01)
     assert not [f for f in result.findings if f.category != "Mass"], "the probe never fires other classes"
-    far_from_mass = np.ones(result.label_map.shape, bool)
-    far_from_mass[max(0, int(y0) - 200):int(y1) + 200, max(0, int(x0) - 200):int(x1) + 200] = False
-    assert result.label_map[far_from_mass & ~mammo.breast_mask].max() == 0, "no label on the background"
+    labelled_rows, labelled_cols = np.nonzero(result.label_map)
+    assert labelled_cols.min() >= bx0 and labelled_cols.max() < bx1 and labelled_rows.min() >= by0, \
+        "the label map paints the finding's region, inside its box"
 
 
-def _region(result, finding):
-    mask = np.zeros(result.label_map.shape, bool)
-    x0, y0, x1, y1 = finding.box_px
-    mask[y0:y1, x0:x1] = True
-    return mask
-
-
-def test_thresholds_and_class_selection_change_the_outputs():
+def test_exact_and_fast_modes_agree_for_a_network_without_padding_effects():
     _, image = _probe_image()
-    strict = Predictor(probe_model(), device="cpu", thresholds=[0.999] * 10).predict_image(image)
-    assert not strict.findings and strict.label_map.max() == 0
-    none = Predictor(probe_model(), device="cpu", classes=["Asymmetry"]).predict_image(image)
-    assert not none.findings
-    with pytest.raises(ConfigError, match="unknown class"):
-        Predictor(probe_model(), classes=["Tumour"])
-    with pytest.raises(ConfigError, match="thresholds"):
-        Predictor(probe_model(), thresholds=[0.5])
+    exact = Predictor(probe_model(), mode="exact", device="cpu").predict_image(image)
+    fast = Predictor(probe_model(), mode="fast", device="cpu").predict_image(image)
+    agreement = mode_agreement(exact, fast)
+    assert agreement["Mass"]["pearson_r"] == pytest.approx(1.0, abs=1e-5)
+    assert agreement["Mass"]["max_abs_diff"] < 1e-4 and agreement["Mass"]["same_findings"] == 1.0
+
+
+def test_two_masses_far_apart_give_two_tight_boxes_and_one_blob_gives_one():
+    mammo = synthesize_mammogram((768, 640), 0.2, "L", "CC", [], seed=5)
+    pixels = mammo.pixels.astype(np.float32)
+    yy, xx = np.mgrid[0:768, 0:640]
+    centres = [(230, 230), (560, 420)]
+    bright = pixels[mammo.breast_mask].max() * 1.3
+    for cy, cx in centres:
+        pixels[(yy - cy) ** 2 + (xx - cx) ** 2 < 40 ** 2] = bright
+    image = MammogramImage(pixels=pixels, geometry=ImageGeometry(spacing=(0.2, 0.2, 1.0)))
+    result = Predictor(probe_model(), mode="fast", device="cpu").predict_image(image)
+    masses = [f for f in result.findings if f.category == "Mass"]
+    assert len(masses) == 2, [f.box_px for f in masses]
+    for (cy, cx) in centres:
+        hit = [f for f in masses if f.box_px[0] <= cx <= f.box_px[2] and f.box_px[1] <= cy <= f.box_px[3]]
+        assert len(hit) == 1, "each mass has its own box"
+        x0, y0, x1, y1 = hit[0].box_px
+        assert x1 - x0 < 256 and y1 - y0 < 256, "boxes are at most a window across, not one region over both"
+    # One blurred peak: a single box.
+    from MammoPatchLib.postprocess import detect_findings
+
+    grid = np.zeros((10, 64, 64), np.float32)
+    gy, gx = np.mgrid[0:64, 0:64]
+    grid[0] = 0.9 * np.exp(-((gy - 30) ** 2 + (gx - 25) ** 2) / (2 * 6.0 ** 2))
+    found, regions = detect_findings(grid, [f"c{k}" for k in range(10)], [0.3] * 10, 8, (0.2, 0.2), (512, 512))
+    assert len(found) == 1 and found[0].peak_px == (25 * 8 + 4, 30 * 8 + 4)
+    assert found[0].score == pytest.approx(0.9)
+
+
+def test_geometry_chain_maps_heatmaps_like_the_step_by_step_inverse():
+    """The separable mapping of cell heatmaps through the chain's index matrix equals MONAI's
+    step-by-step inverse of the same chain (resampling, crop, flip, window padding)."""
+    mammo = synthesize_mammogram((700, 560), 0.1, "R", "MLO", ["round mass"], seed=4)
+    image = MammogramImage(pixels=mammo.pixels.astype(np.float32), geometry=ImageGeometry(spacing=(0.1, 0.1, 1.0)))
+    prepared = preprocess(image, PreprocessConfig(target_spacing_mm=0.2, normalise_laterality=True),
+                          window_grid=(256, 32))
+    h, w = prepared.tensor.shape[1:]
+    torch.manual_seed(3)
+    cells = torch.rand(2, h // 32, w // 32)
+    ours = cells_to_source(cells, prepared, 32).numpy()
+    # Reference: cells -> preprocessed pixels (bilinear, clamped edges) -> MONAI inverse.
+    from monai.data import MetaTensor
+
+    full = torch.nn.functional.interpolate(cells[None], scale_factor=32, mode="bilinear", align_corners=False)[0]
+    heat = MetaTensor(full, meta=prepared.tensor.meta, applied_operations=prepared.tensor.applied_operations)
+    reference = prepared.pipeline.inverse({"image": heat})["image"].numpy()
+    assert ours.shape == reference.shape == (2, 700, 560)
+    x0, y0, x1, y1 = prepared.analysed_box_in_source()
+    inner = np.zeros(ours.shape[1:], bool)
+    inner[y0 + 2:y1 - 2, x0 + 2:x1 - 2] = True
+    np.testing.assert_allclose(ours[:, inner], reference[:, inner], atol=0.03)
+    assert np.abs(ours[:, inner] - reference[:, inner]).mean() < 2e-3
+    assert ours[:, ~np.pad(np.ones((y1 - y0, x1 - x0), bool), ((y0, 700 - y1), (x0, 560 - x1)))].max() == 0.0
+    # Boxes go there and back.
+    box = np.array([mammo.findings[0].box])
+    np.testing.assert_allclose(prepared.boxes_to_source(prepared.boxes_to_processed(box, clip=False)), box,
+                               atol=1e-6)
 
 
 def test_heatmaps_are_in_source_geometry_and_zero_outside_the_crop(tmp_path):
     from MammoPatchLib.outputs import write_result
-    from MammoPatchLib.transforms import preprocess
-    from MammoPatchLib.visualize import crop_box
 
     _, image = _probe_image()
     result = Predictor(probe_model(), device="cpu").predict_image(image)
-    tensor, _ = preprocess(image)
-    r0, r1, c0, c1 = crop_box(tensor)
+    x0, y0, x1, y1 = preprocess(image).analysed_box_in_source()
     outside = np.ones(image.pixels.shape, bool)
-    outside[r0:r1, c0:c1] = False
-    assert result.heatmaps[:, outside].max() == 0.0
+    outside[y0:y1, x0:x1] = False
+    assert outside.any() and result.heatmaps[:, outside].max() == 0.0
     written = write_result(result, tmp_path / "out")
     heat = read_mammogram(written["heatmaps"][0], min_side=0)
     assert heat.geometry.spacing == pytest.approx(image.geometry.spacing)
@@ -133,31 +210,52 @@ def test_resampling_to_the_model_spacing_maps_back():
     assert result.heatmaps.shape == (10, 1280, 1024)
     peak_row, peak_col = np.unravel_index(np.argmax(result.heatmaps[0]), result.heatmaps[0].shape)
     assert abs(peak_row - 800) <= 64 and abs(peak_col - 440) <= 64
+    assert result.findings and abs(result.findings[0].peak_px[0] - 440) <= 64
 
 
-def test_fast_mode_agreement_is_computed(tmp_path):
+def test_fast_and_exact_agreement_of_a_real_cnn_is_measured(tmp_path):
     _, image = _probe_image()
-    exact = Predictor(probe_model(), mode="exact", device="cpu").predict_image(image)
-    fast = Predictor(probe_model(), mode="fast", device="cpu").predict_image(image)
-    agreement = mode_agreement(exact, fast)
-    # The probe's dense rule is the same computation as its window rule: perfect agreement.
-    assert agreement["Mass"]["pearson_r"] == pytest.approx(1.0, abs=1e-5)
-    assert agreement["Mass"]["max_abs_diff"] < 1e-4 and agreement["Mass"]["same_findings"] == 1.0
-    # A real CNN sees neighbouring tissue instead of zero padding at window borders: the figures
-    # are measured, below perfect, and symmetric.
     model = load_model(tiny_model_file(tmp_path / "tiny.pt"))
-    real_exact = Predictor(model, mode="exact", device="cpu").predict_image(image)
-    real_fast = Predictor(model, mode="fast", device="cpu").predict_image(image)
-    real = mode_agreement(real_exact, real_fast)
-    r = np.array([v["pearson_r"] for v in real.values()])
-    assert np.all((r > -1.0) & (r < 1.0 - 1e-6))
-    reverse = mode_agreement(real_fast, real_exact)
-    assert all(abs(reverse[c]["pearson_r"] - real[c]["pearson_r"]) < 1e-9 for c in real)
+    exact = Predictor(model, mode="exact", device="cpu").predict_image(image)
+    fast = Predictor(model, mode="fast", device="cpu").predict_image(image)
+    agreement = mode_agreement(exact, fast)
+    r = np.array([v["pearson_r"] for v in agreement.values()])
+    assert np.all(np.isfinite(r)) and np.all(r < 1.0 - 1e-6), "border padding vs context is measured, not hidden"
+    manual = np.corrcoef(exact.heatmaps[0][exact.heatmaps.max(0) > 0], fast.heatmaps[0][exact.heatmaps.max(0) > 0])
+    assert agreement["Mass"]["pearson_r"] == pytest.approx(manual[0, 1], abs=1e-6)
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    """With flip_tta the cell heatmap is the mean of the image's and the mirrored image's
+    (mirrored back), in both modes."""
+    _, image = _probe_image()
+    torch.manual_seed(0)
+    model = load_model(tiny_model_file_pretrained())
+    for mode in ("fast", "exact"):
+        plain = Predictor(model, mode=mode, device="cpu")
+        tta = Predictor(model, mode=mode, device="cpu", flip_tta=True)
+        cells = plain.cell_heatmaps(image).cells
+        batch = preprocess(image, model.info.preprocess_config(), window_grid=(256, 32)).tensor.as_tensor()[None]
+        mirrored = torch.flip(plain.inferer(torch.flip(batch, dims=(-1,)), model.network)[0], dims=(-1,))
+        torch.testing.assert_close(tta.cell_heatmaps(image).cells, 0.5 * (cells + mirrored), atol=1e-5, rtol=1e-4)
+        assert (mirrored - cells).abs().max() > 1e-3, "a real CNN is not mirror-symmetric: the flip matters"
+
+
+def tiny_model_file_pretrained():
+    import tempfile
+    from pathlib import Path
+
+    from MammoPatchLib.model_file import ModelInfo, build_network, save_model
+
+    path = Path(tempfile.mkdtemp()) / "pretrained.pt"
+    info = ModelInfo(trained=False)
+    save_model(build_network(info, pretrained=True), info, path)
+    return path
 
 
 def test_cancel_stops_a_run():
     _, image = _probe_image()
-    predictor = Predictor(probe_model(), device="cpu", sw_batch_size=1)
+    predictor = Predictor(probe_model(), mode="exact", device="cpu", sw_batch_size=1)
     calls = []
 
     def on_progress(fraction, text):
@@ -165,7 +263,7 @@ def test_cancel_stops_a_run():
         if text.startswith("windows 3/"):
             predictor.cancel()
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match="probe"):
         predictor.predict_image(image, on_progress=on_progress)
     assert calls[0] == "preprocessing" and not any(t.startswith("windows 5/") for t in calls)
 
@@ -178,14 +276,28 @@ def test_device_validation():
         Predictor(probe_model(), device="tpu")
     with pytest.raises(ConfigError, match="mode"):
         Predictor(probe_model(), mode="turbo")
+    with pytest.raises(ConfigError, match="thresholds"):
+        Predictor(probe_model(), thresholds=[float("nan")] * 10)
 
 
-def test_python_api_on_an_array(tmp_path):
+def test_python_api_on_an_array():
     from MammoPatchLib import predict
 
     mammo, _ = _probe_image()
     result = predict(mammo.pixels, model=probe_model(), spacing_mm=0.2, device="cpu")
     assert result.heatmaps.shape == (10, 640, 512) and any(f.category == "Mass" for f in result.findings)
+
+
+def test_thresholds_and_class_selection_change_the_outputs():
+    _, image = _probe_image()
+    strict = Predictor(probe_model(), device="cpu", thresholds=[0.999] * 10).predict_image(image)
+    assert not strict.findings and strict.label_map.max() == 0
+    none = Predictor(probe_model(), device="cpu", classes=["Asymmetry"]).predict_image(image)
+    assert not none.findings
+    with pytest.raises(ConfigError, match="unknown class"):
+        Predictor(probe_model(), classes=["Tumour"])
+    with pytest.raises(ConfigError, match="thresholds"):
+        Predictor(probe_model(), thresholds=[0.5])
 
 
 def test_multi_scale_inference_averages_the_scales():
@@ -199,3 +311,5 @@ def test_multi_scale_inference_averages_the_scales():
     assert not np.allclose(one.heatmaps, two.heatmaps)
     with pytest.raises(ConfigError, match="scales"):
         Predictor(probe_model(), scales=(0.0,))
+    with pytest.raises(ConfigError, match="scales"):
+        Predictor(probe_model(), scales=(float("nan"),))

@@ -26,31 +26,70 @@ def test_backbone_builds_runs_and_round_trips(name, tmp_path):
     net = build_network(info).eval()
     x = torch.rand(2, 3, 256, 256)
     with torch.no_grad():
-        logits = net(x)
-        dense = net.dense_forward(x[:1])
+        logits = net.classify(x)
+        dense = net(torch.rand(1, 3, 288, 320))
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
-    assert dense.shape == (1, 10, 1, 1), "a 256 px image is exactly one window"
+    assert dense.shape == (1, 10, 2, 3), "one output per 256 px window at a 32 px stride"
     path = save_model(net, info, tmp_path / f"{name}.pt")
     loaded = load_model(path)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.network(x), logits)
+        torch.testing.assert_close(loaded.network.classify(x), logits)
     assert loaded.info.backbone == name
 
 
-def test_dense_head_equals_window_head_on_one_window():
+@pytest.mark.parametrize("pooling", ["mean", "learned"])
+def test_one_network_serves_windows_and_whole_images(pooling):
+    """The dense output at window (i, j) is the head applied to that window's feature cells of
+    the whole image: exactly the window classifier when it is given the same features."""
     torch.manual_seed(1)
-    net = PatchClassifier("efficientnet-lite0").eval()
-    x = torch.rand(1, 3, 256, 256)
+    net = PatchClassifier("efficientnet-lite0", pretrained=True, head_pooling=pooling).eval()
+    if pooling == "learned":
+        with torch.no_grad():
+            net.head.pool.weight.add_(0.01 * torch.randn_like(net.head.pool.weight))
+    image = torch.rand(1, 3, 320, 352)
     with torch.no_grad():
-        torch.testing.assert_close(net.dense_forward(x)[0, :, 0, 0], net(x)[0], atol=1e-5, rtol=1e-5)
+        dense = net(image)
+        features = net.features(image)
+        for i, j in [(0, 0), (1, 2), (2, 3)]:
+            window = net.head(features[:, :, i:i + 8, j:j + 8]).flatten(1)
+            torch.testing.assert_close(dense[:, :, i, j], window, atol=1e-5, rtol=1e-5)
+        # window_logits_in_context is the same computation for a crop with a one-cell margin
+        # (equal up to what the crop's own borders change in the features).
+        crop = image[:, :, 32:32 + 256 + 64, 64:64 + 256 + 64]
+        in_context = net.window_logits_in_context(crop, 1)
+        assert in_context.shape == (1, 10)
+        assert net(image[:, :, :256, :256]).shape == (1, 10, 1, 1), "a lone 256 px window is one output"
+
+
+def test_version_1_model_files_are_converted_on_load(tmp_path):
+    """Files written before the head became convolutional (Linear head, Lite under a wrapper
+    prefix) load into the new network with identical outputs."""
+    torch.manual_seed(2)
+    info = ModelInfo()
+    net = build_network(info, pretrained=True).eval()
+    old_state = {}
+    for key, value in net.state_dict().items():
+        if key.startswith("features."):
+            key = "features.model." + key[len("features."):]
+        elif key.startswith("head.hidden."):
+            key, value = "head.2." + key.split(".")[-1], value.flatten(1) if value.ndim == 4 else value
+        elif key.startswith("head.out."):
+            key, value = "head.4." + key.split(".")[-1], value.flatten(1) if value.ndim == 4 else value
+        old_state[key] = value
+    from MammoPatchLib.model_file import weights_sha256
+
+    torch.save({"format": "mammopatch-model", "format_version": 1, "info": info.to_dict(), "state_dict": old_state,
+                "sha256": weights_sha256(old_state)}, tmp_path / "v1.pt")
+    loaded = load_model(tmp_path / "v1.pt")
+    x = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network.classify(x), net.classify(x))
 
 
 def test_pretrained_lite_weights_load_offline():
     a = PatchClassifier("efficientnet-lite0", pretrained=True)
     b = PatchClassifier("efficientnet-lite0", pretrained=False)
-    wa = a.features.model._conv_stem.weight
-    wb = b.features.model._conv_stem.weight
-    assert not torch.equal(wa, wb)
+    assert not torch.equal(a.features._conv_stem.weight, b.features._conv_stem.weight)
     with pytest.raises(ConfigError, match="no offline ImageNet weights"):
         PatchClassifier("resnet50", pretrained=True)
 

@@ -1,4 +1,4 @@
-"""The poster's patch sampling: distributions, containment, No Finding patches, targets."""
+"""Patch sampling: the poster's distributions and targets, our window mode, context crops."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from MammoPatchLib.sampling import RandFindingPatchd, SamplingConfig, draw_region, patch_target
+from MammoPatchLib.patches import (RandFindingPatchd, SamplingConfig, crop_and_resize, draw_region, patch_target,
+                                   window_target)
+
+POSTER = SamplingConfig(mode="poster")
 
 
 def test_region_distributions_match_the_configured_ranges():
-    config = SamplingConfig()
+    config = POSTER
     rng = np.random.RandomState(0)
     box = (400.0, 500.0, 460.0, 540.0)  # 60 x 40 px, well inside a large image
     centre = (430.0, 520.0)
@@ -33,7 +36,7 @@ def test_region_distributions_match_the_configured_ranges():
 
 
 def test_finding_patch_contains_the_finding_centre():
-    config = SamplingConfig()
+    config = POSTER
     rng = np.random.RandomState(1)
     for _ in range(2000):
         w, h = rng.uniform(8, 200, 2)
@@ -43,8 +46,9 @@ def test_finding_patch_contains_the_finding_centre():
         assert x0 <= cx <= x1 and y0 <= cy <= y1
 
 
-def test_no_finding_patches_lie_in_the_breast_away_from_findings(synthetic_mammo):
-    sampler = RandFindingPatchd(10)
+@pytest.mark.parametrize("mode", ["poster", "window"])
+def test_no_finding_patches_lie_in_the_breast_away_from_findings(synthetic_mammo, mode):
+    sampler = RandFindingPatchd(10, SamplingConfig(mode=mode))
     image = torch.rand(3, *synthetic_mammo.pixels.shape)
     boxes = np.array([f.box for f in synthetic_mammo.findings])
     for seed in range(200):
@@ -53,9 +57,10 @@ def test_no_finding_patches_lie_in_the_breast_away_from_findings(synthetic_mammo
                        "spacing": 0.2, "finding": -1, "reference_box": (0, 0, 80, 60)})
         x0, y0, x1, y1 = out["region"].tolist()
         cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
-        assert synthetic_mammo.breast_mask[min(cy, 639), min(cx, 511)] or x0 == 0 or y0 == 0
+        assert synthetic_mammo.breast_mask[min(max(cy, 0), 639), min(max(cx, 0), 511)] or mode == "poster" and (
+            x0 == 0 or y0 == 0)
         assert out["image"].shape == (3, 256, 256)
-        if not out["target"].any():
+        if mode == "poster" and not out["target"].any():
             assert all(min(x1, b[2]) <= max(x0, b[0]) or min(y1, b[3]) <= max(y0, b[1]) for b in boxes)
 
 
@@ -68,8 +73,9 @@ def test_patch_target_rule():
     assert patch_target((0, 0, 50, 50), boxes, labels, 3).tolist() == [0, 0, 0]
 
 
-def test_sampling_is_reproducible_with_a_seed(synthetic_mammo):
-    sampler = RandFindingPatchd(10)
+@pytest.mark.parametrize("mode", ["poster", "window"])
+def test_sampling_is_reproducible_with_a_seed(synthetic_mammo, mode):
+    sampler = RandFindingPatchd(10, SamplingConfig(mode=mode, centred_fraction=1.0))
     data = {"image": torch.rand(3, 640, 512), "boxes": np.array([synthetic_mammo.findings[0].box]),
             "labels": np.array([0]), "mask": synthetic_mammo.breast_mask, "spacing": 0.2, "finding": 0,
             "reference_box": (0, 0, 50, 50)}
@@ -79,3 +85,50 @@ def test_sampling_is_reproducible_with_a_seed(synthetic_mammo):
     b = sampler(data)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["region"], b["region"])
     assert a["target"][0] == 1
+
+
+def test_window_target_rule():
+    config = SamplingConfig()
+    region = (0.0, 0.0, 256.0, 256.0)
+    boxes = [(118, 118, 138, 138), (200, 120, 220, 140), (500, 500, 520, 520), (-300, -300, 600, 600)]
+    # centred (offset 0) -> positive; offset 82 px = 0.32 -> ignored; far -> negative (no mask)
+    target, mask = window_target(region, boxes[:3], [0, 1, 2], 4, config)
+    assert target.tolist() == [1, 0, 0, 0] and mask.tolist() == [1, 0, 1, 1]
+    # a box covering the window is positive wherever its centre is
+    target, mask = window_target(region, boxes[3:], [3], 4, config)
+    assert target[3] == 1 and mask.all()
+
+
+def test_window_mode_patches_show_findings_at_inference_scale_and_mostly_centred():
+    config = SamplingConfig()
+    sampler = RandFindingPatchd(10, config)
+    image = torch.rand(3, 900, 700)
+    box = np.array([[300.0, 400.0, 340.0, 436.0]])
+    positives, sides = 0, []
+    for seed in range(300):
+        sampler.set_random_state(seed)
+        out = sampler({"image": image, "boxes": box, "labels": np.array([1]), "mask": np.ones((900, 700), bool),
+                       "spacing": 0.2, "finding": 0, "reference_box": box[0]})
+        x0, y0, x1, y1 = out["region"].tolist()
+        sides.append(x1 - x0)
+        assert x0 <= 320 <= x1 and y0 <= 418 <= y1, "the finding's centre is inside the window"
+        positives += int(out["target"][1])
+        assert out["target"][1] == 1 or out["loss_mask"][1] == 0 or abs((x0 + x1) / 2 - 320) > 0.4 * (x1 - x0) \
+            or abs((y0 + y1) / 2 - 418) > 0.4 * (y1 - y0)
+    assert 256 * 0.8 - 1e-6 <= min(sides) and max(sides) <= 256 * 1.25 + 1e-6, "no resizing beyond the jitter"
+    assert 0.6 < positives / 300 < 0.95
+
+
+def test_context_crop_holds_the_patch_in_its_centre():
+    image = torch.rand(3, 600, 500)
+    config = SamplingConfig(context_px=64, scale_range=(1.0, 1.0))
+    sampler = RandFindingPatchd(10, config)
+    sampler.set_random_state(3)
+    out = sampler({"image": image, "boxes": np.array([[200.0, 200.0, 260.0, 250.0]]), "labels": np.array([0]),
+                   "mask": np.ones((600, 500), bool), "spacing": 0.2, "finding": 0, "reference_box": (0, 0, 9, 9)})
+    assert out["image"].shape == (3, 384, 384)
+    patch = crop_and_resize(image, tuple(out["region"].tolist()), 256)
+    torch.testing.assert_close(out["image"][:, 64:320, 64:320], patch, atol=1e-5, rtol=0)
+    # outside the image the context is zero
+    corner = crop_and_resize(image, (-100.0, -100.0, 156.0, 156.0), 256)
+    assert corner[:, :100, :100].abs().max() == 0 and torch.equal(corner[:, 100:, 100:], image[:, :156, :156])

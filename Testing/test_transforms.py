@@ -22,7 +22,6 @@ from MammoPatchLib.transforms import (
     preprocess,
     to_metatensor,
 )
-from MammoPatchLib.visualize import crop_box
 
 
 def _image(mammo) -> MammogramImage:
@@ -79,7 +78,9 @@ def test_breast_crop_ignores_labels_and_inverts(synthetic_mammo):
     tensor = ScaleToUnit()(to_metatensor(MammogramImage(pixels=pixels)))
     cropper = BreastCrop(margin=8)
     cropped = cropper(tensor)
-    r0, r1, c0, c1 = crop_box(cropped)
+    # The crop's offset is in the affine (MONAI updates it), its size in the shape.
+    r0, c0 = (int(round(v)) for v in cropped.affine[:2, 3].tolist())
+    r1, c1 = r0 + cropped.shape[1], c0 + cropped.shape[2]
     rows, cols = np.nonzero(synthetic_mammo.breast_mask)
     assert r0 <= rows.min() and r1 >= rows.max() and c0 <= cols.min() and c1 >= cols.max() + 1 - 8
     assert c1 < 440, "the label must not widen the box"
@@ -107,8 +108,9 @@ def test_laterality_flip_and_inverse():
 def test_pipeline_inverse_maps_heatmaps_back(synthetic_mammo, target):
     image = _image(synthetic_mammo)
     config = PreprocessConfig(target_spacing_mm=target, normalise_laterality=True)
-    tensor, pipeline = preprocess(image, config)
-    assert tensor.shape[0] == 3
+    prepared = preprocess(image, config, window_grid=(256, 32))
+    tensor, pipeline = prepared.tensor, prepared.pipeline
+    assert tensor.shape[0] == 3 and tensor.shape[1] % 32 == 0 and tensor.shape[2] % 32 == 0
     if target:
         assert tuple(tensor.pixdim[:2].tolist()) == pytest.approx((target, target))
     heat = MetaTensor(torch.ones((10, *tensor.shape[1:])), meta=tensor.meta,
@@ -141,8 +143,7 @@ def test_otsu_crop_keeps_every_mias_finding(mias_root):
     coverage = []
     for record in [r for r in read_mias(mias_root) if r.findings]:
         image = read_mammogram(record.path, spacing_mm=0.2)
-        tensor, _ = preprocess(image)
-        r0, r1, c0, c1 = crop_box(tensor)
+        c0, r0, c1, r1 = preprocess(image).analysed_box_in_source()
         for finding in record.findings:
             x, y = finding.centre
             assert c0 <= x <= c1 and r0 <= y <= r1, f"{record.image_id}: centre outside crop"

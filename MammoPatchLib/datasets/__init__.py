@@ -1,10 +1,11 @@
 """Data set readers: each yields ImageRecords with boxes in pixel coordinates."""
 
 from .folder import collect_images, read_folder
-from .mias import MIAS_TO_VINDR, read_mias, mias_patient_id
+from .mias import MIAS_TO_VINDR, mias_patient_id, read_mias
 from .records import Finding, ImageRecord
-from .splits import split_by_patient
+from .sources import load_records
+from .splits import group_by_split, split_by_patient
 from .vindr import read_vindr
 
 __all__ = ["Finding", "ImageRecord", "read_vindr", "read_mias", "read_folder", "collect_images",
-           "split_by_patient", "MIAS_TO_VINDR", "mias_patient_id"]
+           "split_by_patient", "group_by_split", "load_records", "MIAS_TO_VINDR", "mias_patient_id"]

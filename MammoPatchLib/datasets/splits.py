@@ -1,4 +1,8 @@
-"""Splits by patient: two images of one woman never fall on both sides."""
+"""Splits by patient: two images of one woman never fall on two sides.
+
+Women are stratified by their first finding class (or "normal"), so every class present in
+the data set reaches the validation and test women where the counts allow.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +13,64 @@ import numpy as np
 from .records import ImageRecord
 
 
-def split_by_patient(records: Sequence[ImageRecord], validation_fraction: float = 0.2, seed: int = 0,
-                     overwrite: bool = False) -> List[ImageRecord]:
-    """Assign "training" / "validation" by patient, stratified by normal vs abnormal patients.
+def _stratum(records: Sequence[ImageRecord]) -> str:
+    classes = sorted({c for r in records for c in r.categories})
+    return classes[0] if classes else "normal"
 
-    Records that already carry a split (VinDr's own) keep it unless ``overwrite``; VinDr's
-    "training" patients are then divided into training and validation.
+
+def _allocate(sizes: Sequence[int], fraction: float, rng: np.random.Generator,
+              already: Sequence[int] = ()) -> List[int]:
+    """Women per stratum for a split: ``fraction`` of each stratum, rounded so that the total is
+    ``round(fraction x all women)`` (largest remainders first, ties at random), never taking a
+    stratum's last woman from training."""
+    already = list(already) or [0] * len(sizes)
+    exact = [n * fraction for n in sizes]
+    counts = [int(np.floor(e)) for e in exact]
+    target = int(round(sum(sizes) * fraction))
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - counts[i]), rng.uniform()))
+    for i in order:
+        if sum(counts) >= target:
+            break
+        if counts[i] + already[i] < sizes[i] - (1 if sizes[i] > 1 else 0):
+            counts[i] += 1
+    return counts
+
+
+def split_by_patient(records: Sequence[ImageRecord], validation_fraction: float = 0.2, seed: int = 0,
+                     overwrite: bool = False, test_fraction: float = 0.0) -> List[ImageRecord]:
+    """Assign "training" / "validation" / "test" by patient, stratified by finding class.
+
+    Records that already carry a split (VinDr's own) keep it unless ``overwrite``; the
+    patients of VinDr's "training" split are divided by the fractions.
     """
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if not (0.0 <= validation_fraction < 1.0 and 0.0 <= test_fraction < 1.0
+            and validation_fraction + test_fraction < 1.0):
+        raise ValueError(f"need fractions in [0, 1) summing below 1, got validation {validation_fraction}, "
+                         f"test {test_fraction}")
     rng = np.random.default_rng(seed)
     patients: Dict[str, List[ImageRecord]] = {}
     for record in records:
         if overwrite or record.split in ("", "training", "train"):
             patients.setdefault(record.patient_id, []).append(record)
-    abnormal = sorted(p for p, rs in patients.items() if any(not r.is_normal for r in rs))
-    normal = sorted(p for p in patients if p not in set(abnormal))
-    for group in (abnormal, normal):
-        order = list(rng.permutation(len(group)))
-        n_val = int(round(len(group) * validation_fraction))
-        for rank, idx in enumerate(order):
+    strata: Dict[str, List[str]] = {}
+    for patient in sorted(patients):
+        strata.setdefault(_stratum(patients[patient]), []).append(patient)
+    names = sorted(strata)
+    sizes = [len(strata[n]) for n in names]
+    n_test = _allocate(sizes, test_fraction, rng)
+    n_val = _allocate(sizes, validation_fraction, rng, already=n_test)
+    for name, t, v in zip(names, n_test, n_val):
+        group = strata[name]
+        for rank, idx in enumerate(rng.permutation(len(group))):
+            split = "test" if rank < t else "validation" if rank < t + v else "training"
             for record in patients[group[idx]]:
-                record.split = "validation" if rank < n_val else "training"
+                record.split = split
     return list(records)
+
+
+def group_by_split(records: Sequence[ImageRecord]) -> Dict[str, List[ImageRecord]]:
+    """{"training": [...], "validation": [...], "test": [...]} (other split names count as test)."""
+    groups: Dict[str, List[ImageRecord]] = {"training": [], "validation": [], "test": []}
+    for record in records:
+        groups[record.split if record.split in ("training", "validation") else "test"].append(record)
+    return groups

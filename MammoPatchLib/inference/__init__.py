@@ -1,10 +1,12 @@
-"""Sliding-window inference: exact (MONAI SlidingWindowInferer) and fast (dense) modes."""
+"""Sliding-window inference: one fully-convolutional network behind two MONAI Inferers."""
 
-from .dense import dense_window_probabilities, fast_cell_heatmap
-from .exact import WindowBlockPredictor, exact_cell_heatmap
-from .predictor import DEFAULT_MODE, MODES, PredictionResult, Predictor, resolve_device
-from .windows import BLEND_MODES, blend_kernel, cells_to_pixels, pad_for_windows, stitch_window_grid, window_count
+from ..modes import DEFAULT_MODE, MODES
+from .inferers import DenseInferer, ExactInferer, InferenceCallback, WindowBlocks, autocast_for
+from .predictor import DEFAULT_BATCH, CellHeatmaps, PredictionResult, Predictor, resolve_device
+from .resample import cells_to_source, detection_grid
+from .windows import BLEND_MODES, blend_kernel, padded_size, stitch_window_grid, window_count
 
-__all__ = ["dense_window_probabilities", "fast_cell_heatmap", "WindowBlockPredictor", "exact_cell_heatmap",
-           "DEFAULT_MODE", "MODES", "PredictionResult", "Predictor", "resolve_device", "cells_to_pixels",
-           "pad_for_windows", "stitch_window_grid", "window_count", "BLEND_MODES", "blend_kernel"]
+__all__ = ["DenseInferer", "ExactInferer", "InferenceCallback", "WindowBlocks", "autocast_for", "DEFAULT_BATCH",
+           "CellHeatmaps", "PredictionResult", "Predictor", "resolve_device", "cells_to_source", "detection_grid",
+           "BLEND_MODES", "blend_kernel", "padded_size", "stitch_window_grid", "window_count", "DEFAULT_MODE",
+           "MODES"]

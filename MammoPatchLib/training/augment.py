@@ -1,4 +1,5 @@
-"""Patch augmentation with MONAI transforms: contrast, brightness, saturation, flips, rotations.
+"""Patch augmentation with MONAI transforms: contrast, brightness, saturation, flips, rotations,
+and (off by default, ``elastic_prob`` / ``noise_prob``) elastic deformation and noise.
 
 All probabilities and ranges live in :class:`AugmentConfig` (part of the training config).
 Saturation has no MONAI transform: :class:`RandSaturationd` blends each pixel's channels
@@ -16,8 +17,10 @@ from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
     MapTransform,
+    Rand2DElasticd,
     RandAdjustContrastd,
     RandFlipd,
+    RandGaussianNoised,
     RandomizableTransform,
     RandRotate90d,
     RandRotated,
@@ -38,6 +41,10 @@ class AugmentConfig:
     brightness_factor: float = 0.15
     saturation_prob: float = 0.3
     saturation_range: Tuple[float, float] = (0.6, 1.4)
+    elastic_prob: float = 0.0
+    elastic_magnitude: Tuple[float, float] = (1.0, 3.0)
+    noise_prob: float = 0.0
+    noise_std: float = 0.02
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -70,9 +77,15 @@ class RandSaturationd(RandomizableTransform, MapTransform):
 
 
 def build_augmentation(config: AugmentConfig, keys=("image",)) -> Compose:
-    """The augmentation Compose for (C, 256, 256) patches in [0, 1]."""
+    """The augmentation Compose for (C, S, S) samples in [0, 1] (S: patch plus context)."""
     keys = list(keys)
-    return Compose([
+    extra = []
+    if config.elastic_prob > 0:
+        extra.append(Rand2DElasticd(keys, spacing=(32, 32), magnitude_range=tuple(config.elastic_magnitude),
+                                    prob=config.elastic_prob, padding_mode="zeros"))
+    if config.noise_prob > 0:
+        extra.append(RandGaussianNoised(keys, prob=config.noise_prob, std=config.noise_std))
+    return Compose(extra + [
         RandFlipd(keys, prob=config.flip_prob, spatial_axis=0),
         RandFlipd(keys, prob=config.flip_prob, spatial_axis=1),
         RandRotate90d(keys, prob=config.rotate90_prob),
@@ -82,4 +95,5 @@ def build_augmentation(config: AugmentConfig, keys=("image",)) -> Compose:
         RandScaleIntensityd(keys, factors=config.brightness_factor, prob=config.brightness_prob),
         RandSaturationd(keys, prob=config.saturation_prob, factor_range=config.saturation_range),
         ThresholdIntensityd(keys, threshold=1.0, above=False, cval=1.0),  # brightness may overshoot 1
+        ThresholdIntensityd(keys, threshold=0.0, above=True, cval=0.0),  # noise may undershoot 0
     ])

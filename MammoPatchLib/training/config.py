@@ -10,10 +10,13 @@ from typing import Any, Dict, List, Optional
 
 from ..classes import FINDING_CLASSES
 from ..errors import ConfigError, reject_unknown_fields
-from ..networks import BACKBONES, DEFAULT_BACKBONE
-from ..sampling import SamplingConfig
+from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS
+from ..patches import SamplingConfig
 from ..transforms import PreprocessConfig
 from .augment import AugmentConfig
+
+SELECTIONS = ("froc", "loss")
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass
@@ -21,28 +24,45 @@ class TrainConfig:
     """Training parameters; defaults follow the poster where it gives them.
 
     Poster: focal loss, Adam lr 1e-4, ReduceLROnPlateau(patience 5, factor 0.1), weighted
-    sampling, 256 px patches. Ours: the rest (documented in README).
+    sampling, 256 px patches. Ours (README, "Training"): inference-scale window sampling,
+    the consistency term (``sampling.context_px`` > 0 and ``consistency_weight``), hard-negative
+    rounds, model selection by lesion-level FROC on whole validation images, a test split of
+    women, the head's pooling.
     """
 
     backbone: str = DEFAULT_BACKBONE
     pretrained: bool = True
+    backbone_weights: Optional[str] = None
+    head_pooling: str = "mean"
     classes: List[str] = field(default_factory=lambda: list(FINDING_CLASSES))
     spacing_mm: Optional[float] = 0.2
     epochs: int = 30
     batch_size: int = 16
     patches_per_epoch: int = 1024
     learning_rate: float = 1e-4
+    lr_schedule: str = "plateau"
     weight_decay: float = 0.0
     focal_gamma: float = 2.0
+    consistency_weight: float = 0.0
     plateau_patience: int = 5
     plateau_factor: float = 0.1
     early_stopping_patience: int = 10
     no_finding_share: float = 0.5
+    hard_negative_rounds: int = 0
+    hard_negative_share: float = 0.5
+    hard_negative_per_image: int = 8
+    hard_negative_min_score: float = 0.3
     freeze_fraction: float = 0.0
     dropout: float = 0.2
     validation_fraction: float = 0.2
+    test_fraction: float = 0.0
     validation_patches_per_finding: int = 4
     validation_patches_per_image: int = 2
+    selection: str = "froc"
+    validate_every: int = 1
+    validation_mode: str = "fast"
+    operating_fp_per_image: float = 0.5
+    flip_tta: bool = False
     num_workers: int = 0
     seed: int = 0
     amp: bool = True
@@ -54,16 +74,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {sorted(BACKBONES)}")
-        positive = ("epochs", "batch_size", "patches_per_epoch", "learning_rate")
-        for name in positive:
+        for name in ("epochs", "batch_size", "patches_per_epoch", "learning_rate", "validate_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.freeze_fraction < 1.0:
-            raise ConfigError("freeze_fraction must be in [0, 1)")
-        if not 0.0 < self.no_finding_share < 1.0:
-            raise ConfigError("no_finding_share must be in (0, 1)")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ConfigError("validation_fraction must be in [0, 1)")
+        checks = [
+            (0.0 <= self.freeze_fraction < 1.0, "freeze_fraction must be in [0, 1)"),
+            (0.0 < self.no_finding_share < 1.0, "no_finding_share must be in (0, 1)"),
+            (0.0 <= self.hard_negative_share <= 1.0, "hard_negative_share must be in [0, 1]"),
+            (self.hard_negative_rounds >= 0, "hard_negative_rounds must be >= 0"),
+            (0.0 <= self.validation_fraction < 1.0, "validation_fraction must be in [0, 1)"),
+            (0.0 <= self.test_fraction < 1.0 and self.validation_fraction + self.test_fraction < 1.0,
+             "test_fraction must be in [0, 1) and leave training women"),
+            (self.consistency_weight >= 0.0, "consistency_weight must be >= 0"),
+            (self.selection in SELECTIONS, f"selection must be one of {SELECTIONS}"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.head_pooling in HEAD_POOLINGS, f"head_pooling must be one of {HEAD_POOLINGS}"),
+            (self.validation_mode in ("fast", "exact"), "validation_mode must be fast or exact"),
+            (self.spacing_mm is None or self.spacing_mm > 0, "spacing_mm must be positive or null"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
         for name, cls in (("preprocessing", PreprocessConfig), ("sampling", SamplingConfig),
                           ("augmentation", AugmentConfig)):
             values = getattr(self, name)
@@ -79,15 +110,11 @@ class TrainConfig:
         return config
 
     def sampling_config(self) -> SamplingConfig:
-        values = dict(self.sampling)
-        for key in ("area_range", "aspect_range"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return SamplingConfig(**values)
+        return SamplingConfig(**dict(self.sampling))
 
     def augment_config(self) -> AugmentConfig:
         values = dict(self.augmentation)
-        for key in ("contrast_gamma", "saturation_range"):
+        for key in ("contrast_gamma", "saturation_range", "elastic_magnitude"):
             if key in values:
                 values[key] = tuple(values[key])
         return AugmentConfig(**values)
@@ -98,8 +125,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
         reject_unknown_fields(cls, values, "training config")
+        base = cls()
+        merged = dict(values)
+        for name in ("preprocessing", "sampling", "augmentation"):  # partial sub-configs keep their defaults
+            if name in merged and isinstance(merged[name], dict):
+                merged[name] = {**getattr(base, name), **merged[name]}
         try:
-            return cls(**values)
+            return cls(**merged)
         except TypeError as exc:
             raise ConfigError(f"training config: {exc}") from None
 

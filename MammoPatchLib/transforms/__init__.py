@@ -4,7 +4,15 @@ from .clahe import DEFAULT_SCALES, ClaheScale, FuseCLAHE, FuseCLAHEd, clahe
 from .crop import BreastCrop, BreastCropd, OtsuBreastMask
 from .intensity import ScaleToUnit, ScaleToUnitd
 from .laterality import NormaliseLaterality, NormaliseLateralityd
-from .pipeline import PreprocessConfig, build_preprocessing, preprocess, to_metatensor
+from .pipeline import (
+                       PreprocessConfig,
+                       PreprocessedImage,
+                       build_preprocessing,
+                       build_window_padding,
+                       preprocess,
+                       source_affine,
+                       to_metatensor,
+)
 from .spacing import pixel_spacing_mm
 
 __all__ = [
@@ -12,6 +20,7 @@ __all__ = [
     "BreastCrop", "BreastCropd", "OtsuBreastMask",
     "ScaleToUnit", "ScaleToUnitd",
     "NormaliseLaterality", "NormaliseLateralityd",
-    "PreprocessConfig", "build_preprocessing", "preprocess", "to_metatensor",
+    "PreprocessConfig", "PreprocessedImage", "build_preprocessing", "build_window_padding", "preprocess",
+    "source_affine", "to_metatensor",
     "pixel_spacing_mm",
 ]

@@ -1,0 +1,178 @@
+"""Lesion-level and image-level evaluation of whole images, through the same Predictor that
+users run, with bootstrap intervals over women.
+
+- FROC: for each class, and pooled over classes (a hit needs the right class), the
+  sensitivity reached at 0.25, 0.5, 1, 2 and 4 false positives per image. Candidates are the
+  Predictor's findings with a low score floor, so the curve covers the whole range.
+- Image level: abnormal vs normal ROC AUC from each image's highest heatmap value (over the
+  classes the model reports).
+- ``score``: the mean pooled sensitivity over the five rates (as in the LUNA16 challenge's
+  CPM), one number for model selection.
+- Bootstrap: women are resampled with replacement (2,000 draws by default) and every figure
+  recomputed: 2.5th / 97.5th percentiles are the 95 % interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..datasets import ImageRecord
+from ..errors import MammoPatchError
+from .metrics import froc, is_hit, roc_auc
+
+FP_RATES = (0.25, 0.5, 1, 2, 4)
+
+
+@dataclass
+class ImageCase:
+    """What one whole image contributes to the lesion- and image-level figures."""
+
+    image_id: str
+    patient_id: str
+    abnormal: bool
+    image_score: float
+    detections: Dict[str, List[Tuple[float, tuple, tuple]]] = field(default_factory=dict)  # (score, box, peak)
+    truths: Dict[str, List[tuple]] = field(default_factory=dict)
+
+
+def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[str], images=None,
+                  progress: bool = False) -> Tuple[List[ImageCase], List[str]]:
+    """Run ``predictor`` (built with low thresholds) on every record. ``images`` may hold the
+    already-read MammogramImages in record order. Returns (cases, errors)."""
+    from ..io import read_mammogram
+
+    reported = list(getattr(predictor, "selected", classes))
+    index = [classes.index(c) for c in reported]
+    cases, errors = [], []
+    iterator = list(enumerate(records))
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="whole images", unit="img")
+    for i, record in iterator:
+        try:
+            image = images[i] if images is not None else read_mammogram(record.path, spacing_mm=record.spacing_mm)
+            result = predictor.predict_image(image)
+        except MammoPatchError as exc:
+            errors.append(str(exc))
+            continue
+        case = ImageCase(record.image_id, record.patient_id, not record.is_normal,
+                         float(result.heatmaps[index].max()) if index else 0.0)
+        for name in classes:
+            case.detections[name] = [(f.score, f.box_px, f.peak_px) for f in result.findings if f.category == name]
+            case.truths[name] = [f.box for f in record.findings if f.category == name]
+        cases.append(case)
+    return cases, errors
+
+
+def _pooled_froc(cases: Sequence[ImageCase], classes: Sequence[str]) -> Dict[str, Any]:
+    detections = [[(s, (c, b), p) for c in classes for s, b, p in case.detections.get(c, [])] for case in cases]
+    truths = [[(c, b) for c in classes for b in case.truths.get(c, [])] for case in cases]
+
+    def same_class_hit(box, peak, truth) -> bool:
+        return box[0] == truth[0] and is_hit(box[1], peak, truth[1])
+
+    return froc(detections, truths, FP_RATES, hit=same_class_hit)
+
+
+def lesion_metrics(cases: Sequence[ImageCase], classes: Sequence[str]) -> Dict[str, Any]:
+    """Per-class and pooled FROC, image-level AUC and the selection score."""
+    per_class: Dict[str, Any] = {}
+    for name in classes:
+        truths = [case.truths.get(name, []) for case in cases]
+        if not sum(len(t) for t in truths):
+            continue
+        curve = froc([case.detections.get(name, []) for case in cases], truths, FP_RATES)
+        per_class[name] = {"froc": curve["sensitivity_at_fp"], "lesions": curve["lesions"], "curve": curve["curve"]}
+    pooled = _pooled_froc(cases, classes)
+    sens = pooled["sensitivity_at_fp"]
+    labels = np.array([c.abnormal for c in cases])
+    scores = np.array([c.image_score for c in cases])
+    return {"per_class": per_class, "all_classes_froc": sens, "all_classes_curve": pooled["curve"],
+            "lesions": pooled["lesions"], "images": len(cases),
+            "score": float(np.mean([sens[str(r)] for r in FP_RATES])) if pooled["lesions"] else float("nan"),
+            "image_auc": roc_auc(labels, scores), "abnormal": int(labels.sum()), "normal": int((~labels).sum())}
+
+
+def bootstrap_intervals(cases: Sequence[ImageCase], classes: Sequence[str], draws: int = 2000, seed: int = 0
+                        ) -> Dict[str, Tuple[float, float]]:
+    """95 % intervals of the pooled sensitivities, the score and the image AUC, resampling
+    women (all images of a drawn woman together)."""
+    women: Dict[str, List[ImageCase]] = {}
+    for case in cases:
+        women.setdefault(case.patient_id, []).append(case)
+    names = sorted(women)
+    rng = np.random.default_rng(seed)
+    samples: Dict[str, List[float]] = {}
+    for _ in range(draws):
+        drawn = [c for k in rng.integers(0, len(names), len(names)) for c in women[names[k]]]
+        m = lesion_metrics(drawn, classes)
+        for rate, value in m["all_classes_froc"].items():
+            samples.setdefault(f"sens@{rate}", []).append(value)
+        samples.setdefault("score", []).append(m["score"])
+        samples.setdefault("image_auc", []).append(m["image_auc"])
+    out = {}
+    for key, values in samples.items():
+        finite = np.asarray([v for v in values if np.isfinite(v)])
+        out[key] = (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if len(finite) else (
+            float("nan"), float("nan"))
+    return out
+
+
+def operating_thresholds(cases: Sequence[ImageCase], classes: Sequence[str], fp_per_image: float = 0.5,
+                         floor: float = 0.1, default: float = 0.5) -> List[float]:
+    """Per-class thresholds: the lowest score at which the class makes at most ``fp_per_image``
+    false positives per validation image (never below ``floor``); ``default`` for classes
+    without validation lesions."""
+    thresholds = []
+    for name in classes:
+        truths = [case.truths.get(name, []) for case in cases]
+        if not sum(len(t) for t in truths):
+            thresholds.append(default)
+            continue
+        flat = sorted(((s, i, b, p) for i, case in enumerate(cases) for s, b, p in case.detections.get(name, [])),
+                      key=lambda d: -d[0])
+        allowed = fp_per_image * max(len(cases), 1)
+        fps, chosen = 0, 1.0
+        found = [set() for _ in cases]
+        for score, i, box, peak in flat:
+            match = next((j for j, t in enumerate(truths[i]) if j not in found[i] and is_hit(box, peak, t)), None)
+            if match is None and not any(is_hit(box, peak, t) for t in truths[i]):
+                fps += 1
+                if fps > allowed:
+                    break
+            elif match is not None:
+                found[i].add(match)
+            chosen = score
+        thresholds.append(float(round(max(floor, chosen), 3)))
+    return thresholds
+
+
+def evaluate_lesions(predictor, records: Sequence[ImageRecord], classes: Sequence[str], images=None,
+                     intervals: bool = False, progress: bool = False) -> Dict[str, Any]:
+    """Everything above for one predictor and a list of records."""
+    cases, errors = collect_cases(predictor, records, classes, images, progress)
+    if not cases:
+        raise MammoPatchError("no image could be evaluated: " + "; ".join(errors[:3]))
+    metrics = lesion_metrics(cases, classes)
+    metrics["skipped"] = errors
+    metrics["women"] = len({c.patient_id for c in cases})
+    if intervals:
+        metrics["intervals"] = bootstrap_intervals(cases, classes)
+    metrics["cases"] = cases
+    return metrics
+
+
+def candidate_predictor(model, mode: str = "fast", device: str = "auto", floor: float = 0.02,
+                        max_per_class: int = 10, classes: Optional[Sequence[str]] = None, **options):
+    """A Predictor whose findings are FROC candidates: every local maximum above ``floor``."""
+    from ..inference import Predictor
+    from ..postprocess import DetectionConfig
+
+    info = model.info
+    detection = DetectionConfig(**{**info.inference.get("detection", {}), "max_per_class": max_per_class})
+    return Predictor(model, mode=mode, device=device, thresholds=[floor] * len(info.classes), detection=detection,
+                     classes=classes, **options)
