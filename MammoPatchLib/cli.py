@@ -68,8 +68,14 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model file (default: the bundled default model)")
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                         help="exact: window by window (the poster); fast: one dense pass (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass in exact mode")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then Apple MPS, then CPU), cpu, mps or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per forward pass in exact mode (default: 256 on CUDA, 64 on MPS, 8 on CPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (CUDA; pays off over many images)")
+    parser.add_argument("--flip-tta", action="store_true", default=None,
+                        help="test-time augmentation: also run the mirrored image and average (default: the model's)")
     parser.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian",
                         help="how overlapping windows are averaged (default: %(default)s)")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
@@ -85,7 +91,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
 
 def _predict_kwargs(args: argparse.Namespace) -> dict:
     return dict(model=args.model, mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
-                scales=args.scales,
+                scales=args.scales, flip_tta=args.flip_tta, compile=args.compile,
                 classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
                 progress=not args.no_progress)
 
@@ -175,10 +181,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.report import evaluate
 
     report = evaluate(args.model, args.data, args.out, split=args.split, mode=args.mode, device=args.device,
-                      max_images=args.max_images, progress=not args.no_progress)
-    patch = report["patch_level"]
-    print(f"patch level: weighted F1 {patch['weighted_f1']:.3f} (without No Finding "
-          f"{patch['weighted_f1_without_no_finding']:.3f}); image-level AUC "
+                      max_images=args.max_images, progress=not args.no_progress, draws=args.draws,
+                      flip_tta=args.flip_tta, scales=args.scales, split_file=args.split_file)
+    lesion = report["lesion_level"]
+    sens = ", ".join(f"{v:.3f} at {k}" for k, v in lesion["all_classes_froc"].items())
+    print(f"lesion level ({lesion['lesions']} lesions): sensitivity {sens} FP/image; image-level AUC "
           f"{report['image_level']['auc_abnormal_vs_normal']:.3f}; report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -232,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="data set folder (VinDr layout or mini-MIAS) or synthetic:N")
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.add_argument("--split", default="validation", help="validation (default) or test")
-    evaluate.add_argument("--mode", choices=["exact", "fast"], default="exact")
+    evaluate.add_argument("--split-file", default=None, help="CSV (image_id, split) fixing the split of each image")
+    evaluate.add_argument("--mode", choices=["exact", "fast"], default="fast")
+    evaluate.add_argument("--flip-tta", action="store_true", default=None, help="also run mirrored images")
+    evaluate.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference")
+    evaluate.add_argument("--draws", type=int, default=2000, help="bootstrap draws for the intervals (0: none)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--max-images", type=int, default=None)
     evaluate.add_argument("--no-progress", action="store_true")

@@ -74,3 +74,25 @@ def group_by_split(records: Sequence[ImageRecord]) -> Dict[str, List[ImageRecord
     for record in records:
         groups[record.split if record.split in ("training", "validation") else "test"].append(record)
     return groups
+
+
+def read_split_file(path) -> Dict[str, str]:
+    """{image_id: split} from a CSV with columns image_id and split (what training writes as
+    ``split.csv``)."""
+    from pathlib import Path
+
+    from .records import read_csv_rows
+
+    rows = read_csv_rows(Path(path), ["image_id", "split"])
+    return {row["image_id"]: row["split"] for row in rows}
+
+
+def apply_split_file(records: Sequence[ImageRecord], path) -> List[ImageRecord]:
+    """Give records the split a file assigns; records the file does not list are dropped."""
+    splits = read_split_file(path)
+    kept = []
+    for record in records:
+        if record.image_id in splits:
+            record.split = splits[record.image_id]
+            kept.append(record)
+    return kept

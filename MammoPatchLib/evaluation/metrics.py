@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-NO_FINDING = "No Finding"
+from ..classes import NO_FINDING
+from ..postprocess import box_iou
 
 
 def _binary_counts(truth: np.ndarray, pred: np.ndarray) -> Tuple[int, int, int, int]:
@@ -114,14 +115,6 @@ def best_thresholds(targets: np.ndarray, probs: np.ndarray, grid: Sequence[float
         scores = [binary_metrics(targets[:, k], probs[:, k] >= t)["f1"] for t in grid]
         out.append(float(round(grid[int(np.argmax(scores))], 2)))
     return out
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def is_hit(detection_box, peak, truth_box, iou_threshold: float = 0.1) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..datasets import ImageRecord, group_by_split, load_records, split_by_patient
+from ..datasets import ImageRecord, apply_split_file, group_by_split, load_records, split_by_patient
 from ..errors import MammoPatchError
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
@@ -27,12 +27,16 @@ from .metrics import patch_metrics
 logger = logging.getLogger(__name__)
 
 
-def select_evaluation_records(data: str, model_info, split: str) -> List[ImageRecord]:
-    """The records of ``split`` as the model's training run divided the women."""
+def select_evaluation_records(data: str, model_info, split: str, split_file=None) -> List[ImageRecord]:
+    """The records of ``split`` as the model's training run divided the women: from
+    ``split_file`` when given, else by the training config's fractions and seed."""
     training = (model_info.training or {}).get("config", {})
     records, _ = load_records(data, Path("."), int(training.get("seed", 0)))
-    split_by_patient(records, float(training.get("validation_fraction", 0.2)), seed=int(training.get("seed", 0)),
-                     test_fraction=float(training.get("test_fraction", 0.0)))
+    if split_file:
+        records = apply_split_file(records, split_file)
+    else:
+        split_by_patient(records, float(training.get("validation_fraction", 0.2)), seed=int(training.get("seed", 0)),
+                         test_fraction=float(training.get("test_fraction", 0.0)))
     chosen = group_by_split(records).get(split, [])
     if not chosen:
         counts = {k: len(v) for k, v in group_by_split(records).items()}
@@ -61,11 +65,11 @@ def _patch_level(model, records: Sequence[ImageRecord], errors: List[str]) -> Di
 
 def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: str = "fast", device: str = "auto",
              max_images: Optional[int] = None, progress: bool = True, draws: int = 2000,
-             flip_tta: Optional[bool] = None, scales: Sequence[float] = (1.0,)) -> Dict[str, Any]:
+             flip_tta: Optional[bool] = None, scales: Sequence[float] = (1.0,), split_file=None) -> Dict[str, Any]:
     """Evaluate a model file on held-out images and write the report files into ``out_dir``."""
     model = load_model(model_path)
     info = model.info
-    records = select_evaluation_records(data, info, split)
+    records = select_evaluation_records(data, info, split, split_file)
     if max_images:
         records = records[:max_images]
     classes = list(info.classes)

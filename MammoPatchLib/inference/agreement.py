@@ -12,7 +12,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..evaluation.metrics import box_iou
+from ..postprocess import box_iou
 from .predictor import PredictionResult
 
 
@@ -46,3 +46,16 @@ def summarise_agreement(rows: List[Dict[str, Dict[str, float]]]) -> Dict[str, Di
                          "max_abs_diff": float(max(row[name]["max_abs_diff"] for row in rows)),
                          "same_findings_fraction": float(np.mean([row[name]["same_findings"] for row in rows]))}
     return summary
+
+
+def top_findings_match(exact: PredictionResult, fast: PredictionResult) -> bool:
+    """True when both modes report no finding, or their highest-scoring findings have the
+    same class and each one's peak lies inside the other's box."""
+    if not exact.findings or not fast.findings:
+        return not exact.findings and not fast.findings
+    a, b = exact.findings[0], fast.findings[0]
+
+    def inside(peak, box) -> bool:
+        return box[0] <= peak[0] <= box[2] and box[1] <= peak[1] <= box[3]
+
+    return a.category == b.category and inside(a.peak_px, b.box_px) and inside(b.peak_px, a.box_px)

@@ -15,6 +15,7 @@ import torch
 from ..errors import Cancelled, ConfigError, MammoPatchError
 from ..io.image import MammogramImage
 from ..model_file import LoadedModel
+from ..networks import FEATURE_STRIDE
 from ..modes import DEFAULT_MODE, MODES
 from ..postprocess import DetectedFinding, DetectionConfig, detect_findings, label_map_from_findings
 from ..transforms import PreprocessedImage, preprocess
@@ -135,6 +136,9 @@ class Predictor:
             raise ConfigError(f"unknown class(es) {unknown}; the model's classes are {info.classes}")
         self.selected = list(classes) if classes else list(info.inference.get("report_classes") or info.classes)
         self.detection = detection or DetectionConfig(**info.inference.get("detection", {}))
+        if mode == "fast" and info.stride != FEATURE_STRIDE:
+            raise ConfigError(f"fast mode needs the backbone's stride ({FEATURE_STRIDE} px) as the window stride; "
+                              f"the model's is {info.stride}: use exact mode")
         if mode == "exact":
             self.inferer = ExactInferer(info.window, info.stride, self.sw_batch_size, blend, self.device, amp)
         else:
@@ -163,6 +167,8 @@ class Predictor:
 
         start = time.perf_counter()
         batch = prepared.tensor.as_tensor()[None]
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # lets the copy to the GPU run asynchronously
         try:
             cells = self.inferer(batch, self.network, callback)
             if self.flip_tta:

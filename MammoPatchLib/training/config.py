@@ -56,6 +56,8 @@ class TrainConfig:
     dropout: float = 0.2
     validation_fraction: float = 0.2
     test_fraction: float = 0.0
+    split_file: Optional[str] = None
+    time_limit_minutes: Optional[float] = None
     validation_patches_per_finding: int = 4
     validation_patches_per_image: int = 2
     selection: str = "froc"
@@ -91,6 +93,7 @@ class TrainConfig:
             (self.head_pooling in HEAD_POOLINGS, f"head_pooling must be one of {HEAD_POOLINGS}"),
             (self.validation_mode in ("fast", "exact"), "validation_mode must be fast or exact"),
             (self.spacing_mm is None or self.spacing_mm > 0, "spacing_mm must be positive or null"),
+            (self.time_limit_minutes is None or self.time_limit_minutes > 0, "time_limit_minutes must be positive"),
         ]
         for ok, message in checks:
             if not ok:

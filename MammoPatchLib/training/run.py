@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..datasets import group_by_split, load_records, split_by_patient
+from ..datasets import apply_split_file, group_by_split, load_records, split_by_patient
 from ..io import read_mammogram
 from ..patches import prepare_images
 from .config import TrainConfig
@@ -16,8 +16,12 @@ logger = logging.getLogger(__name__)
 
 
 def assign_splits(records, config: TrainConfig):
-    """training / validation / test women, from the config's fractions and seed."""
-    split_by_patient(records, config.validation_fraction, seed=config.seed, test_fraction=config.test_fraction)
+    """training / validation / test women: from the config's split file, else its fractions
+    and seed (stratified, by woman)."""
+    if config.split_file:
+        records[:] = apply_split_file(records, config.split_file)
+    else:
+        split_by_patient(records, config.validation_fraction, seed=config.seed, test_fraction=config.test_fraction)
     return group_by_split(records)
 
 

@@ -291,6 +291,7 @@ class Trainer:
             self._set_hard_negatives(run, [Slot(int(i), -1, -2, tuple(r)) for i, r in state["hard_negatives"]])
         writer = self._tensorboard() if self.ctx.is_main else None
         mine_after = mining_epochs(cfg.epochs, cfg.hard_negative_rounds)
+        started = time.time()
         while state["epoch"] < cfg.epochs:
             epoch = state["epoch"] + 1
             start = time.time()
@@ -332,6 +333,10 @@ class Trainer:
                                                               if isinstance(v, float)))
             if state["epochs_without_improvement"] >= cfg.early_stopping_patience:
                 logger.info("early stopping after epoch %d", epoch)
+                break
+            if cfg.time_limit_minutes and time.time() - started > 60 * cfg.time_limit_minutes:
+                logger.info("time limit (%.1f min) reached after epoch %d", cfg.time_limit_minutes, epoch)
+                state["stopped_by_time_limit"] = True
                 break
         if writer is not None:
             writer.close()
