@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -55,9 +55,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @dataclass
 class PredictionResult:
-    """Heatmaps, label map and findings of one image, in the source image's geometry."""
+    """Findings, label map and heatmaps of one image, in the source image's geometry.
 
-    heatmaps: np.ndarray  # (classes, H, W) float32 probabilities
+    ``heatmaps`` (classes, H, W) float32 at every source pixel is computed on first access
+    (and kept): for a 3000 x 2400 image it is 290 MB, more than everything else a prediction
+    needs, so runs that only want findings never pay for it. ``grid_heatmaps`` holds the
+    same maps on the coarse detection grid (every ``grid_factor``-th pixel).
+    """
+
     label_map: np.ndarray  # (H, W) uint8, 0 = no finding, k = classes[k - 1]
     findings: List[DetectedFinding]
     classes: List[str]
@@ -66,11 +71,33 @@ class PredictionResult:
     mode: str
     timings: Dict[str, float] = field(default_factory=dict)
     model_info: Dict[str, Any] = field(default_factory=dict)
+    grid_heatmaps: Optional[np.ndarray] = None
+    grid_factor: int = 1
+    make_heatmaps: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._heatmaps: Optional[np.ndarray] = None
+
+    @property
+    def heatmaps(self) -> np.ndarray:
+        """(classes, H, W) float32 probabilities at every source pixel."""
+        if self._heatmaps is None:
+            if self.make_heatmaps is None:
+                raise RuntimeError("this result carries no heatmaps")
+            start = time.perf_counter()
+            self._heatmaps = self.make_heatmaps()
+            self.make_heatmaps = None  # frees the cell maps (and their GPU memory)
+            _add(self.timings, "heatmaps_s", start)
+        return self._heatmaps
+
+    def max_probability(self) -> Dict[str, float]:
+        """Each class's highest heatmap value (on the detection grid)."""
+        grid = self.grid_heatmaps if self.grid_heatmaps is not None else self.heatmaps
+        return {c: float(grid[k].max()) for k, c in enumerate(self.classes)}
 
     def summary(self) -> Dict[str, Any]:
-        peak = {c: float(self.heatmaps[k].max()) for k, c in enumerate(self.classes)}
         return {"image": self.image.path, "mode": self.mode, "findings": len(self.findings),
-                "max_probability": peak, "seconds": round(sum(self.timings.values()), 3)}
+                "max_probability": self.max_probability(), "seconds": round(sum(self.timings.values()), 3)}
 
 
 @dataclass
@@ -212,19 +239,18 @@ class Predictor:
         n = len(self.scales)
         spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
         factor, grid_rows, grid_cols = detection_grid(image.shape, image.spacing_mm, self.detection.grid_mm)
-        grid_heat = full_heat = None
+        grid_heat = None
+        all_maps: List[CellHeatmaps] = []
         for k, scale in enumerate(self.scales):
             self._callback = InferenceCallback(report, span=(0.9 * k / n, 0.9 * (k + 1) / n))
             maps = self.cell_heatmaps(image, scale, self._callback, timings)
+            all_maps.append(maps)
             start = time.perf_counter()
             self._callback.report(1.0, "mapping heatmaps to the image")
             at_grid = cells_to_source(maps.cells, maps.prepared, maps.stride, grid_rows, grid_cols)
-            at_pixels = cells_to_source(maps.cells, maps.prepared, maps.stride)
             grid_heat = at_grid if grid_heat is None else grid_heat + at_grid
-            full_heat = at_pixels if full_heat is None else full_heat + at_pixels
             _add(timings, "postprocess_s", start)
         start = time.perf_counter()
-        heatmaps = (full_heat / n).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
         grid = (grid_heat / n).clamp_(0.0, 1.0).cpu().numpy()
         thresholds = [t if c in self.selected else np.inf for c, t in zip(info.classes, self.thresholds)]
         window_px = info.window * (info.spacing_mm or image.spacing_mm) / image.spacing_mm
@@ -233,11 +259,23 @@ class Predictor:
         label_map = label_map_from_findings(regions, grid.shape[1:], factor, image.shape)
         _add(timings, "postprocess_s", start)
         report(1.0, "done")
-        return PredictionResult(heatmaps=heatmaps, label_map=label_map, findings=findings, classes=list(info.classes),
+        return PredictionResult(label_map=label_map, findings=findings, classes=list(info.classes),
                                 thresholds=list(self.thresholds), image=image, mode=self.mode, timings=timings,
                                 model_info={"path": self.model.path, "sha256": self.model.sha256,
                                             "backbone": info.backbone, "trained": info.trained,
-                                            "flip_tta": self.flip_tta, "scales": list(self.scales)})
+                                            "flip_tta": self.flip_tta, "scales": list(self.scales)},
+                                grid_heatmaps=grid, grid_factor=factor,
+                                make_heatmaps=lambda: source_heatmaps(all_maps))
+
+
+def source_heatmaps(all_maps: Sequence[CellHeatmaps]) -> np.ndarray:
+    """(classes, H, W) float32 heatmaps at every source pixel: the mean over scales of each
+    scale's cell maps mapped through its preprocessing chain (on the compute device)."""
+    total = None
+    for maps in all_maps:
+        at_pixels = cells_to_source(maps.cells, maps.prepared, maps.stride)
+        total = at_pixels if total is None else total + at_pixels
+    return (total / len(all_maps)).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
 
 
 def _add(timings: Dict[str, float], key: str, start: float) -> None:

@@ -33,6 +33,7 @@ class TrainConfig:
     backbone: str = DEFAULT_BACKBONE
     pretrained: bool = True
     backbone_weights: Optional[str] = None
+    init_model: Optional[str] = None
     head_pooling: str = "mean"
     classes: List[str] = field(default_factory=lambda: list(FINDING_CLASSES))
     spacing_mm: Optional[float] = 0.2

@@ -139,8 +139,17 @@ class Trainer:
                          training={"config": cfg.to_dict(), "library_version": __version__})
         present = sorted({int(label) for img in train_images for label in img.labels})
         info.inference = {"report_classes": [cfg.classes[k] for k in present], "flip_tta": cfg.flip_tta}
-        network = build_network(info, pretrained=cfg.pretrained and cfg.backbone_weights is None)
-        if cfg.backbone_weights:
+        network = build_network(info, pretrained=cfg.pretrained and not (cfg.backbone_weights or cfg.init_model))
+        if cfg.init_model:  # fine-tuning: start from a trained model file of the same architecture
+            from ..model_file import load_model
+
+            start = load_model(cfg.init_model, expected_classes=cfg.classes, expected_backbone=cfg.backbone)
+            if start.info.head_pooling != cfg.head_pooling:
+                raise MammoPatchError(f"init_model has {start.info.head_pooling} head pooling, the config "
+                                      f"{cfg.head_pooling}", cfg.init_model)
+            network.load_state_dict(start.network.state_dict())
+            info.training["init_model"] = {"path": str(cfg.init_model), "sha256": start.sha256}
+        elif cfg.backbone_weights:
             from ..networks.backbones import load_backbone_weights
 
             load_backbone_weights(network.features, cfg.backbone_weights)
