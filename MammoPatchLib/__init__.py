@@ -9,7 +9,6 @@ classifier and its sliding-window heatmaps.
 
 __version__ = "0.1.0"
 
-from .classes import FINDING_CLASSES, NO_FINDING
 from .errors import (
     AnnotationError,
     ImageReadError,
@@ -17,6 +16,7 @@ from .errors import (
     MammoPatchError,
     UnsupportedImageError,
 )
+from .vocabulary import FINDING_CLASSES, NO_FINDING
 
 
 def predict(*args, **kwargs):

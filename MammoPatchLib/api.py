@@ -15,10 +15,10 @@ import numpy as np
 from .errors import Cancelled, MammoPatchError, ModelFileError
 from .inference.predictor import PredictionResult, Predictor
 from .io import MammogramImage, read_mammogram
-from .io.image import ImageGeometry
+from .io.image import DEFAULT_SPACING_MM, ImageGeometry
 from .io.readers import validate_pixels
 from .model_file import LoadedModel, load_model
-from .modes import DEFAULT_MODE
+from .vocabulary import DEFAULT_MODE, PathLike
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def as_image(source: Union[str, "os.PathLike[str]", np.ndarray, MammogramImage],
         validate_pixels(source)
         return source
     if isinstance(source, np.ndarray):
-        spacing = float(spacing_mm) if spacing_mm else 0.1
+        spacing = float(spacing_mm) if spacing_mm else DEFAULT_SPACING_MM
         image = MammogramImage(pixels=np.asarray(source, dtype=np.float32),
                                geometry=ImageGeometry(spacing=(spacing, spacing, 1.0)),
                                spacing_source="given" if spacing_mm else "default")
@@ -88,14 +88,14 @@ def output_stem(path: Path) -> str:
     return path.name
 
 
-def predict_files(inputs, out_dir: "os.PathLike[str] | str", model: ModelLike = None, mode: str = DEFAULT_MODE,
+def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str = DEFAULT_MODE,
                   device: str = "auto", spacing_mm: Optional[float] = None, formats: Sequence[str] = ("nrrd",),
                   overwrite: bool = False, progress: bool = True,
                   on_image: Optional[Callable[[int, int, Path], None]] = None,
                   **predictor_options: Any) -> List[Dict[str, object]]:
     """Predict every image of files / folders / globs into ``out_dir``; a bad file is reported
     in the summary and the batch goes on. Writes ``out_dir/summary.csv``; returns its rows."""
-    from .datasets import collect_images
+    from .io.discovery import collect_images
     from .outputs import write_result, write_summary
 
     paths = collect_images(inputs)
@@ -141,3 +141,17 @@ def predict_files(inputs, out_dir: "os.PathLike[str] | str", model: ModelLike = 
         if rows:
             write_summary(rows, out / "summary.csv")
     return rows
+
+
+def preview_preprocessing(image_path: PathLike, out_png: PathLike, spacing_mm: Optional[float] = None,
+                           overwrite: bool = True) -> Path:
+    """Preprocess one image and write the preview PNG (source + crop box, three channels)."""
+    from .io import write_png
+    from .transforms import preprocess
+    from .visualize import preprocessing_preview
+
+    image = read_mammogram(image_path, spacing_mm=spacing_mm)
+    prepared = preprocess(image)
+    write_png(preprocessing_preview(image.pixels, prepared.tensor, prepared.analysed_box_in_source()), out_png,
+              overwrite=overwrite)
+    return out_png

@@ -33,28 +33,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_preprocess_preview(image_path: Path, out_png: Path, spacing_mm: Optional[float] = None,
-                           overwrite: bool = True) -> Path:
-    """Preprocess one image and write the preview PNG (source + crop box, three channels)."""
-    from .io import read_mammogram, write_png
-    from .transforms import preprocess
-    from .visualize import preprocessing_preview
-
-    image = read_mammogram(image_path, spacing_mm=spacing_mm)
-    prepared = preprocess(image)
-    write_png(preprocessing_preview(image.pixels, prepared.tensor, prepared.analysed_box_in_source()), out_png,
-              overwrite=overwrite)
-    return out_png
-
-
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from .datasets import collect_images
+    from .api import preview_preprocessing
+    from .io.discovery import collect_images
 
     failures = 0
     out = Path(args.out)
     for path in collect_images(args.inputs):
         try:
-            png = run_preprocess_preview(path, out / f"{path.stem}_preprocessed.png", args.spacing, args.overwrite)
+            png = preview_preprocessing(path, out / f"{path.stem}_preprocessed.png", args.spacing, args.overwrite)
             print(f"{path}: {png}")
         except MammoPatchError as exc:
             failures += 1
@@ -63,7 +50,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _add_predict_options(parser: argparse.ArgumentParser) -> None:
-    from .modes import DEFAULT_MODE, MODES
+    from .vocabulary import DEFAULT_MODE, MODES
 
     parser.add_argument("--model", default=None, help="model file (default: the bundled default model)")
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
@@ -191,7 +178,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluation.compare import compare_backbones
+    from .training.compare import compare_backbones
 
     table = compare_backbones(args.backbones, args.data, args.out, config_path=args.config, epochs=args.epochs,
                               progress=not args.no_progress)

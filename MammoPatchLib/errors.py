@@ -7,9 +7,9 @@ single line and batch runs can report a bad file and go on.
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Optional
 
-PathLike = Union[str, "os.PathLike[str]"]
+from .vocabulary import PathLike
 
 
 class MammoPatchError(Exception):

@@ -17,7 +17,6 @@ Run it with ``python -m monai.bundle run --config_file <bundle>/configs/inferenc
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from . import __version__
 from .io.atomic import atomic_path
 from .model_file import load_model
+from .vocabulary import PathLike
 
 
 def _write_json(path: Path, value) -> None:
@@ -34,7 +34,7 @@ def _write_json(path: Path, value) -> None:
         tmp.write_text(json.dumps(value, indent=2))
 
 
-def export_bundle(model_path: "os.PathLike[str] | str", bundle_dir: "os.PathLike[str] | str") -> Path:
+def export_bundle(model_path: PathLike, bundle_dir: PathLike) -> Path:
     """Write a MONAI bundle for a MammoPatch model file; returns the bundle folder."""
     loaded = load_model(model_path)
     info = loaded.info

@@ -22,11 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from . import __version__
-from .classes import FINDING_CLASSES
 from .errors import ConfigError, ModelFileError
 from .io.atomic import atomic_path
 from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, PatchClassifier
 from .transforms import PreprocessConfig
+from .vocabulary import FINDING_CLASSES, PathLike
 
 FORMAT = "mammopatch-model"
 FORMAT_VERSION = 2
@@ -133,7 +133,7 @@ def weights_sha256(state_dict: Dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_model(network: PatchClassifier, info: ModelInfo, path: "os.PathLike[str] | str", half: bool = False,
+def save_model(network: PatchClassifier, info: ModelInfo, path: PathLike, half: bool = False,
                overwrite: bool = True) -> str:
     """Write a model file atomically; ``half`` stores fp16 weights (half the size)."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
@@ -155,7 +155,7 @@ class LoadedModel:
     sha256: str
 
 
-def read_model_payload(path: "os.PathLike[str] | str") -> Dict[str, Any]:
+def read_model_payload(path: PathLike) -> Dict[str, Any]:
     """The checked contents of a model file (format, checksum), without building the network."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -177,7 +177,7 @@ def read_model_payload(path: "os.PathLike[str] | str") -> Dict[str, Any]:
     return payload
 
 
-def load_model(path: "os.PathLike[str] | str", expected_classes: Optional[Sequence[str]] = None,
+def load_model(path: PathLike, expected_classes: Optional[Sequence[str]] = None,
                expected_backbone: Optional[str] = None, device: str = "cpu") -> LoadedModel:
     """Load a model file and rebuild its network.
 
@@ -209,7 +209,7 @@ def load_model(path: "os.PathLike[str] | str", expected_classes: Optional[Sequen
     return LoadedModel(network=network, info=info, path=path, sha256=payload["sha256"])
 
 
-def make_untrained_model(path: "os.PathLike[str] | str", backbone: str = DEFAULT_BACKBONE, seed: int = 0,
+def make_untrained_model(path: PathLike, backbone: str = DEFAULT_BACKBONE, seed: int = 0,
                          spacing_mm: Optional[float] = 0.2) -> str:
     """Write a clearly labelled untrained model (ImageNet backbone where offline, random head).
 

@@ -21,6 +21,7 @@ from .errors import MammoPatchError
 from .inference.predictor import PredictionResult
 from .io import atomic_path, write_png, write_volume
 from .visualize import heatmap_overlay
+from .vocabulary import PathLike
 
 FINDING_CSV_COLUMNS = ["image", "class", "score", "xmin_px", "ymin_px", "xmax_px", "ymax_px",
                        "xmin_mm", "ymin_mm", "xmax_mm", "ymax_mm", "area_mm2"]
@@ -37,7 +38,7 @@ def _write_text(path: Path, text: str, overwrite: bool) -> None:
         tmp.write_text(text)
 
 
-def write_result(result: PredictionResult, out_dir: "os.PathLike[str] | str", formats: Sequence[str] = ("nrrd",),
+def write_result(result: PredictionResult, out_dir: PathLike, formats: Sequence[str] = ("nrrd",),
                  overwrite: bool = False) -> Dict[str, List[str]]:
     """Write every output of one image; returns the written paths by kind.
 
@@ -87,7 +88,7 @@ def write_result(result: PredictionResult, out_dir: "os.PathLike[str] | str", fo
 SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output"]
 
 
-def write_summary(rows: List[Dict[str, object]], path: "os.PathLike[str] | str") -> str:
+def write_summary(rows: List[Dict[str, object]], path: PathLike) -> str:
     """The batch's summary CSV: one row per input, ok or failed with the error."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as handle:

@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .vocabulary import box_iou
+
 
 @dataclass
 class DetectedFinding:
@@ -62,15 +64,6 @@ class DetectionConfig:
         if not (self.grid_mm > 0 and self.min_distance_mm >= 0 and 0 < self.relative_extent <= 1
                 and self.max_per_class >= 1 and 0 < self.nms_iou <= 1):
             raise ValueError(f"invalid detection settings: {self}")
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two (xmin, ymin, xmax, ymax) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .io.atomic import atomic_path
+from .vocabulary import PathLike, VinDrSchema
 
 FINDING_KINDS: Dict[str, str] = {
     "round mass": "Mass",
@@ -206,7 +207,7 @@ def synthesize_mammogram(
 
 def write_dicom(
     mammogram: SyntheticMammogram,
-    path: "os.PathLike[str] | str",
+    path: PathLike,
     photometric: str = "MONOCHROME2",
     transfer_syntax: str = "explicit",
     bits_stored: Optional[int] = None,
@@ -274,19 +275,12 @@ def write_dicom(
     return os.fspath(path)
 
 
-VINDR_FINDING_COLUMNS = [
-    "study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
-    "breast_birads", "breast_density", "finding_categories", "finding_birads",
-    "xmin", "ymin", "xmax", "ymax", "split",
-]
-VINDR_BREAST_COLUMNS = [
-    "study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
-    "breast_birads", "breast_density", "split",
-]
+VINDR_FINDING_COLUMNS = list(VinDrSchema.FINDING_COLUMNS)
+VINDR_BREAST_COLUMNS = list(VinDrSchema.BREAST_COLUMNS)
 
 
 def make_vindr_dataset(
-    root: "os.PathLike[str] | str",
+    root: PathLike,
     n_studies: int = 4,
     shape: Tuple[int, int] = (512, 416),
     spacing_mm: float = 0.2,

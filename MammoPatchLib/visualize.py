@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-Box = Tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
+from .vocabulary import Box
 
 # One colour per finding class (model class order), distinct on a grey mammogram and on inferno.
 CLASS_COLOURS: List[Tuple[int, int, int]] = [

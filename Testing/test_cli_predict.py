@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import tiny_model_file
+
 from MammoPatchLib.cli import main
 from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+from MammoPatchLib.vocabulary import DEFAULT_MODE
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_predict_batch_skips_and_reports_a_corrupt_file(model_path, image_folder
         assert (folder / "labelmap.nrrd").exists() and (folder / "overlay.png").exists()
         assert len(list(folder.glob("heatmap_*.nrrd"))) == 10
         document = json.loads((folder / "findings.json").read_text())
-        assert document["source"]["spacing_source"] == "PixelSpacing" and document["mode"] == "exact"
+        assert document["source"]["spacing_source"] == "PixelSpacing" and document["mode"] == DEFAULT_MODE
         header = (folder / "findings.csv").read_text().splitlines()[0]
         assert header.startswith("image,class,score,xmin_px")
     # Existing outputs are kept unless --overwrite.

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from MammoPatchLib.classes import FINDING_CLASSES
 from MammoPatchLib.datasets import collect_images, read_folder, read_mias, read_vindr, split_by_patient
 from MammoPatchLib.errors import AnnotationError
 from MammoPatchLib.io import read_mammogram
+from MammoPatchLib.vocabulary import FINDING_CLASSES
 
 
 def test_vindr_reader_on_generated_layout(vindr_root):

@@ -6,11 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import probe_model, tiny_model_file
+
 from MammoPatchLib.errors import Cancelled, ConfigError
-from MammoPatchLib.inference import (DenseInferer, ExactInferer, InferenceCallback, Predictor, blend_kernel,
-                                     cells_to_source, stitch_window_grid, window_count)
+from MammoPatchLib.inference import (
+    DenseInferer,
+    ExactInferer,
+    InferenceCallback,
+    Predictor,
+    blend_kernel,
+    cells_to_source,
+    stitch_window_grid,
+    window_count,
+)
 from MammoPatchLib.inference.agreement import mode_agreement
 from MammoPatchLib.io import read_mammogram
 from MammoPatchLib.io.image import ImageGeometry, MammogramImage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from helpers import tiny_model_file
+
 from MammoPatchLib.evaluation.model_card import model_card
 
 

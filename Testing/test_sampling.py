@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from MammoPatchLib.patches import (RandFindingPatchd, SamplingConfig, crop_and_resize, draw_region, patch_target,
-                                   window_target)
+from MammoPatchLib.patches import (
+    RandFindingPatchd,
+    SamplingConfig,
+    crop_and_resize,
+    draw_region,
+    patch_target,
+    window_target,
+)
 
 POSTER = SamplingConfig(mode="poster")
 

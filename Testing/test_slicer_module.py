@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 MODULE = REPO / "MammoPatch" / "MammoPatch.py"
@@ -164,6 +163,7 @@ def test_volume_conversion_round_trip():
 
 def test_batch_script_runs_in_plain_python(tmp_path):
     from helpers import tiny_model_file
+
     from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
 
     folder = tmp_path / "in"

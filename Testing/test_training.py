@@ -114,7 +114,7 @@ def test_evaluation_report_is_written(tiny_data, straight_run, tmp_path):
 
 
 def test_compare_backbones_prints_the_poster_table(tiny_data, tmp_path):
-    from MammoPatchLib.evaluation.compare import compare_backbones
+    from MammoPatchLib.training.compare import compare_backbones
 
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**TINY, "epochs": 1, "patches_per_epoch": 16}))

@@ -1,6 +1,7 @@
 """Data set readers: each yields ImageRecords with boxes in pixel coordinates."""
 
-from .folder import collect_images, read_folder
+from ..io.discovery import collect_images
+from .folder import read_folder
 from .mias import MIAS_TO_VINDR, mias_patient_id, read_mias
 from .records import Finding, ImageRecord
 from .sources import load_records

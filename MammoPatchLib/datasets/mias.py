@@ -10,11 +10,11 @@ the patient key for splits. The database's images are research-use only (see its
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, List
 
 from ..errors import AnnotationError
+from ..vocabulary import PathLike
 from .records import Finding, ImageRecord, check_box, read_csv_rows
 
 MIAS_SPACING_MM = 0.2
@@ -51,7 +51,7 @@ def _image_path(root: Path, row: Dict[str, str]) -> Path:
     return named
 
 
-def read_mias(root: "os.PathLike[str] | str", require_files: bool = True) -> List[ImageRecord]:
+def read_mias(root: PathLike, require_files: bool = True) -> List[ImageRecord]:
     """Read the mini-MIAS folder into one :class:`ImageRecord` per image."""
     root = Path(root)
     table = root / "annotations.csv"

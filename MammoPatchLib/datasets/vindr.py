@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import ast
 import logging
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from ..classes import FINDING_CLASSES, NO_FINDING
 from ..errors import AnnotationError
+from ..vocabulary import FINDING_CLASSES, NO_FINDING, PathLike, VinDrSchema
 from .records import Finding, ImageRecord, check_box, read_csv_rows
 
 logger = logging.getLogger(__name__)
 
-FINDING_COLUMNS = [
-    "study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
-    "breast_birads", "breast_density", "finding_categories", "finding_birads",
-    "xmin", "ymin", "xmax", "ymax", "split",
-]
-BREAST_COLUMNS = ["study_id", "image_id", "laterality", "view_position", "height", "width", "split"]
+FINDING_COLUMNS = list(VinDrSchema.FINDING_COLUMNS)
+BREAST_COLUMNS = list(VinDrSchema.BREAST_COLUMNS_READ)
 
 
 def parse_categories(text: str, where: str) -> List[str]:
@@ -41,7 +36,7 @@ def parse_categories(text: str, where: str) -> List[str]:
 
 
 def read_vindr(
-    root: "os.PathLike[str] | str",
+    root: PathLike,
     classes: Sequence[str] = FINDING_CLASSES,
     require_files: bool = True,
 ) -> List[ImageRecord]:

@@ -14,8 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..classes import NO_FINDING
-from ..postprocess import box_iou
+from ..vocabulary import NO_FINDING, box_iou
 
 
 def _binary_counts(truth: np.ndarray, pred: np.ndarray) -> Tuple[int, int, int, int]:

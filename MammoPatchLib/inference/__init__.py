@@ -1,6 +1,6 @@
 """Sliding-window inference: one fully-convolutional network behind two MONAI Inferers."""
 
-from ..modes import DEFAULT_MODE, MODES
+from ..vocabulary import DEFAULT_MODE, MODES
 from .inferers import DenseInferer, ExactInferer, InferenceCallback, WindowBlocks, autocast_for
 from .predictor import DEFAULT_BATCH, CellHeatmaps, PredictionResult, Predictor, resolve_device
 from .resample import cells_to_source, detection_grid

@@ -12,7 +12,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..postprocess import box_iou
+from ..vocabulary import box_iou
 from .predictor import PredictionResult
 
 

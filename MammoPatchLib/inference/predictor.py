@@ -16,9 +16,9 @@ from ..errors import Cancelled, ConfigError, MammoPatchError
 from ..io.image import MammogramImage
 from ..model_file import LoadedModel
 from ..networks import FEATURE_STRIDE
-from ..modes import DEFAULT_MODE, MODES
 from ..postprocess import DetectedFinding, DetectionConfig, detect_findings, label_map_from_findings
 from ..transforms import PreprocessedImage, preprocess
+from ..vocabulary import DEFAULT_MODE, MODES
 from .inferers import DenseInferer, ExactInferer, InferenceCallback, ProgressFn
 from .resample import cells_to_source, detection_grid
 from .windows import BLEND_MODES

@@ -17,7 +17,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-BLEND_MODES = ("gaussian", "constant")
+from ..vocabulary import BLEND_MODES
+
 #: MONAI's Gaussian importance map, sigma = 0.125 x the window (SlidingWindowInferer default).
 SIGMA_SCALE = 0.125
 

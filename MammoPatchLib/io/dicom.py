@@ -19,6 +19,7 @@ from typing import Tuple
 import numpy as np
 
 from ..errors import ImageReadError, UnsupportedImageError
+from ..vocabulary import PathLike
 from .image import DEFAULT_SPACING_MM, ImageGeometry, MammogramImage
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _geometry(ds, spacing: Tuple[float, float]) -> ImageGeometry:
     return ImageGeometry(spacing=(spacing[1], spacing[0], 1.0), origin=origin, direction=direction)
 
 
-def read_dicom(path: "os.PathLike[str] | str", apply_voi: bool = True) -> MammogramImage:
+def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     """Read a single-frame greyscale DICOM into a :class:`MammogramImage`.
 
     Raises:

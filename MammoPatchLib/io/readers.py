@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..errors import ImageReadError, InvalidImageError, UnsupportedImageError
+from ..vocabulary import PathLike
 from .dicom import read_dicom
 from .image import DEFAULT_SPACING_MM, ImageGeometry, MammogramImage
 
@@ -34,7 +34,7 @@ def _extension(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def is_dicom_file(path: "os.PathLike[str] | str") -> bool:
+def is_dicom_file(path: PathLike) -> bool:
     """True when the file carries the DICOM Part 10 preamble ("DICM" at byte 128)."""
     try:
         with open(path, "rb") as handle:
@@ -116,7 +116,7 @@ def validate_pixels(image: MammogramImage, min_side: int = MIN_IMAGE_SIDE) -> No
 
 
 def read_mammogram(
-    path: "os.PathLike[str] | str",
+    path: PathLike,
     spacing_mm: Optional[float] = None,
     apply_voi: bool = True,
     min_side: int = MIN_IMAGE_SIDE,

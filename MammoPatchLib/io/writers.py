@@ -6,12 +6,13 @@ import os
 
 import numpy as np
 
+from ..vocabulary import PathLike
 from .atomic import atomic_path
 from .image import ImageGeometry
 
 
 def write_volume(
-    array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str", overwrite: bool = True
+    array: np.ndarray, geometry: ImageGeometry, path: PathLike, overwrite: bool = True
 ) -> str:
     """Write a 2-D map (or a channel-first stack as a multi-component image) as NRRD/NIfTI/MHA.
 
@@ -35,7 +36,7 @@ def write_volume(
     return os.fspath(path)
 
 
-def write_png(rgb_or_grey: np.ndarray, path: "os.PathLike[str] | str", overwrite: bool = True) -> str:
+def write_png(rgb_or_grey: np.ndarray, path: PathLike, overwrite: bool = True) -> str:
     """Write a uint8 greyscale or RGB(A) array as PNG, atomically."""
     from PIL import Image
 

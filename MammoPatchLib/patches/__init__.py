@@ -10,7 +10,6 @@ from .sampling import (
                        crop_and_resize,
                        draw_region,
                        draw_window,
-                       intersection,
                        patch_target,
                        window_target,
 )
@@ -18,5 +17,5 @@ from .slots import HARD_NEGATIVE_SLOT, NO_FINDING_SLOT, Slot, build_slots
 
 __all__ = ["PatchDataset", "validation_patches", "PreparedImage", "prepare_image", "prepare_images",
            "SAMPLING_MODES", "RandFindingPatchd", "SamplingConfig", "crop_and_resize", "draw_region", "draw_window",
-           "intersection", "patch_target", "window_target", "HARD_NEGATIVE_SLOT", "NO_FINDING_SLOT", "Slot",
+           "patch_target", "window_target", "HARD_NEGATIVE_SLOT", "NO_FINDING_SLOT", "Slot",
            "build_slots"]

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable
 
-Box = Tuple[float, float, float, float]  # xmin, ymin, xmax, ymax (pixels)
+from ..vocabulary import Box
 
 VINDR_SPACING_MM = 0.1
 SAMPLING_MODES = ("window", "poster")
@@ -84,15 +84,6 @@ class SamplingConfig:
         return asdict(self)
 
 
-def box_area(box: Sequence[float]) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def intersection(a: Sequence[float], b: Sequence[float]) -> float:
-    """Area of the overlap of two (xmin, ymin, xmax, ymax) boxes."""
-    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-
-
 def draw_region(rng: np.random.RandomState, box: Box, centre: Tuple[float, float], config: SamplingConfig,
                 jitter_px: float, image_shape: Tuple[int, int]) -> Box:
     """Poster mode: a random region around ``centre`` with the poster's area and aspect
@@ -132,12 +123,12 @@ def patch_target(region: Box, boxes: Sequence[Box], labels: Sequence[int], num_c
                  overlap_fraction: float = 0.5) -> np.ndarray:
     """Poster mode's multi-hot target of a region (rule in the module docstring)."""
     target = np.zeros(num_classes, dtype=np.float32)
-    region_area = box_area(region)
+    region = Box(*region)
     for box, label in zip(boxes, labels):
-        inter = intersection(region, box)
+        inter = region.intersection(box)
         if inter <= 0:
             continue
-        if inter >= overlap_fraction * box_area(box) or inter >= overlap_fraction * region_area:
+        if inter >= overlap_fraction * Box(*box).area or inter >= overlap_fraction * region.area:
             target[label] = 1.0
     return target
 
@@ -147,13 +138,12 @@ def window_target(region: Box, boxes: Sequence[Box], labels: Sequence[int], num_
     """Window mode's (target, loss mask) of a region (rule in the module docstring)."""
     target = np.zeros(num_classes, dtype=np.float32)
     ignore = np.zeros(num_classes, dtype=bool)
-    side_x, side_y = region[2] - region[0], region[3] - region[1]
-    rcx, rcy = 0.5 * (region[0] + region[2]), 0.5 * (region[1] + region[3])
-    region_area = box_area(region)
+    region = Box(*region)
+    rcx, rcy = region.centre
     for box, label in zip(boxes, labels):
-        cx, cy = 0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])
-        offset = max(abs(cx - rcx) / side_x, abs(cy - rcy) / side_y)
-        if offset <= config.positive_offset or intersection(region, box) >= config.cover_fraction * region_area:
+        cx, cy = Box(*box).centre
+        offset = max(abs(cx - rcx) / region.width, abs(cy - rcy) / region.height)
+        if offset <= config.positive_offset or region.intersection(box) >= config.cover_fraction * region.area:
             target[label] = 1.0
         elif offset <= config.ignore_offset:
             ignore[label] = True
@@ -234,7 +224,7 @@ class RandFindingPatchd(Randomizable, MapTransform):
         for _ in range(self.max_tries):
             region = draw_region(self.R, template, self._breast_point(np.asarray(d["mask"]), boxes), cfg, 0.0, shape)
             target = patch_target(region, boxes, labels, self.num_classes, cfg.overlap_fraction)
-            if not target.any() and not any(intersection(region, tuple(b)) > 0 for b in boxes):
+            if not target.any() and not any(Box(*region).intersection(b) > 0 for b in boxes):
                 break
         return region, target, ones
 

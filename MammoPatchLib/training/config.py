@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..classes import FINDING_CLASSES
 from ..errors import ConfigError, reject_unknown_fields
 from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS
 from ..patches import SamplingConfig
 from ..transforms import PreprocessConfig
+from ..vocabulary import FINDING_CLASSES
 from .augment import AugmentConfig
 
 SELECTIONS = ("froc", "loss")

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..model_file import read_model_payload
-from ..training.config import TrainConfig
-from ..training.run import train
+from ..networks import BACKBONES
+from .config import TrainConfig
+from .run import train
 
 POSTER_ROWS = ["Mass", "Suspicious Calcification", "Architectural Distortion", "Asymmetry", "Focal Asymmetry",
                "Suspicious Lymph Node"]
@@ -21,7 +22,7 @@ def compare_backbones(backbones: List[str], data: str, out_dir, config_path: Opt
     out = Path(out_dir)
     results = {}
     for name in backbones:
-        values = base.to_dict() | {"backbone": name, "pretrained": name.startswith("efficientnet-lite")}
+        values = base.to_dict() | {"backbone": name, "pretrained": BACKBONES[name].pretrained_offline}
         if epochs:
             values["epochs"] = epochs
         config = TrainConfig.from_dict(values)
