@@ -42,16 +42,6 @@ class ConfigError(MammoPatchError):
     """A configuration value is invalid; the message names the field."""
 
 
-def reject_unknown_fields(dataclass_type, values, where: str) -> None:
-    """Raise ConfigError naming any key of ``values`` that ``dataclass_type`` has no field for."""
-    from dataclasses import fields
-
-    known = {f.name for f in fields(dataclass_type)}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
-
-
 class ModelFileError(MammoPatchError):
     """A model file is unreadable, corrupted, or made for another architecture or class list."""
 

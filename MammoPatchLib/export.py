@@ -81,7 +81,7 @@ def export_bundle(model_path: PathLike, bundle_dir: PathLike) -> Path:
         "network_def": {"_target_": "MammoPatchLib.networks.PatchClassifier", "backbone": info.backbone,
                         "num_classes": len(info.classes), "hidden": info.hidden, "window": info.window},
         "network": "$@network_def.to(torch.device(@device))",
-        "preprocessing_config": info.preprocessing | {"target_spacing_mm": info.spacing_mm},
+        "preprocessing_config": info.preprocess_config().to_dict(),
         "preprocessing": "$MammoPatchLib.transforms.build_preprocessing("
                          "MammoPatchLib.transforms.PreprocessConfig.from_dict(@preprocessing_config))",
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [info.window, info.window],

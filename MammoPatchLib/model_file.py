@@ -16,20 +16,38 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from . import __version__
+from .config import config_from_dict, config_to_dict
 from .errors import ConfigError, ModelFileError
 from .io.atomic import atomic_path
 from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, PatchClassifier
+from .postprocess import DetectionConfig
 from .transforms import PreprocessConfig
 from .vocabulary import FINDING_CLASSES, PathLike
 
 FORMAT = "mammopatch-model"
 FORMAT_VERSION = 2
+
+
+@dataclass
+class InferenceDefaults:
+    """How a model is run unless the caller says otherwise, chosen on validation data.
+
+    Attributes:
+        report_classes: classes reported as findings (those the model was trained on; empty:
+            all). Heatmaps are produced for every output.
+        flip_tta: average with the mirrored image (test-time augmentation).
+        detection: how findings are picked from the heatmaps.
+    """
+
+    report_classes: List[str] = field(default_factory=list)
+    flip_tta: bool = False
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
 
 @dataclass
@@ -44,12 +62,11 @@ class ModelInfo:
         head_pooling: how the head pools a window's feature cells ("mean" or "learned").
         spacing_mm: pixel spacing the model was trained at; images are resampled to it
             (None: used at their own spacing).
-        preprocessing: :class:`PreprocessConfig` as a dict.
+        preprocessing: preprocessing parameters (:class:`PreprocessConfig`).
         thresholds: per-class probability thresholds for the label map and findings.
         library_version: MammoPatch version that wrote the file.
         trained: False for an untrained (randomly initialised) demonstration model.
-        inference: inference defaults chosen on validation data: ``flip_tta`` (bool) and
-            ``detection`` (:class:`~MammoPatchLib.postprocess.DetectionConfig` fields).
+        inference: :class:`InferenceDefaults`.
         description, training: free text / provenance (data, config, metrics).
     """
 
@@ -60,11 +77,11 @@ class ModelInfo:
     hidden: int = 512
     head_pooling: str = "mean"
     spacing_mm: Optional[float] = None
-    preprocessing: Dict[str, Any] = field(default_factory=lambda: PreprocessConfig().to_dict())
+    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     thresholds: List[float] = field(default_factory=list)
     library_version: str = __version__
     trained: bool = True
-    inference: Dict[str, Any] = field(default_factory=dict)
+    inference: InferenceDefaults = field(default_factory=InferenceDefaults)
     description: str = ""
     training: Dict[str, Any] = field(default_factory=dict)
 
@@ -86,18 +103,25 @@ class ModelInfo:
         if self.head_pooling not in HEAD_POOLINGS:
             raise ConfigError(f"model head_pooling must be one of {HEAD_POOLINGS}, got {self.head_pooling!r}")
 
-    def preprocess_config(self) -> PreprocessConfig:
-        config = PreprocessConfig.from_dict(dict(self.preprocessing))
-        config.target_spacing_mm = self.spacing_mm
-        return config
+        unknown = [c for c in self.inference.report_classes if c not in self.classes]
+        if unknown:
+            raise ConfigError(f"model inference.report_classes {unknown} are not among its classes")
+
+    def preprocess_config(self, scale: float = 1.0) -> PreprocessConfig:
+        """The preprocessing this model needs; ``scale`` multiplies its pixel spacing (a
+        window then covers ``scale`` x the tissue it was trained on: multi-scale inference)."""
+        return self.preprocessing.at_spacing(None if self.spacing_mm is None else self.spacing_mm * scale)
+
+    @property
+    def reported_classes(self) -> List[str]:
+        return list(self.inference.report_classes or self.classes)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "ModelInfo":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return config_from_dict(cls, values, "model information")
 
 
 def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:

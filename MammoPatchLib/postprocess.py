@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .config import config_from_dict, config_to_dict
 from .vocabulary import box_iou
 
 
@@ -59,6 +60,13 @@ class DetectionConfig:
     max_per_class: int = 5
     nms_iou: float = 0.3
     max_box_mm: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, object]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values) -> "DetectionConfig":
+        return config_from_dict(cls, values, "detection")
 
     def __post_init__(self) -> None:
         if not (self.grid_mm > 0 and self.min_distance_mm >= 0 and 0 < self.relative_extent <= 1

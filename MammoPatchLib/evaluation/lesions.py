@@ -14,7 +14,7 @@ users run, with bootstrap intervals over women.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -170,9 +170,8 @@ def candidate_predictor(model, mode: str = "fast", device: str = "auto", floor: 
                         max_per_class: int = 10, classes: Optional[Sequence[str]] = None, **options):
     """A Predictor whose findings are FROC candidates: every local maximum above ``floor``."""
     from ..inference import Predictor
-    from ..postprocess import DetectionConfig
 
     info = model.info
-    detection = DetectionConfig(**{**info.inference.get("detection", {}), "max_per_class": max_per_class})
+    detection = replace(info.inference.detection, max_per_class=max_per_class)
     return Predictor(model, mode=mode, device=device, thresholds=[floor] * len(info.classes), detection=detection,
                      classes=classes, **options)

@@ -52,8 +52,7 @@ def _patch_level(model, records: Sequence[ImageRecord], errors: List[str]) -> Di
     classes = list(info.classes)
     images, bad = prepare_images(records, info.preprocess_config(), classes, progress=False)
     errors.extend(bad)
-    sampling = SamplingConfig(**{k: v for k, v in (info.training or {}).get("config", {}).get("sampling", {}).items()
-                                 if k in SamplingConfig.__dataclass_fields__})
+    sampling = SamplingConfig.from_dict((info.training or {}).get("config", {}).get("sampling", {}))
     patches, targets, _, _ = validation_patches(images, len(classes), sampling, per_finding=4, per_image=2)
     out = []
     with torch.no_grad():

@@ -147,7 +147,7 @@ class Predictor:
         info = model.info
         self.model, self.mode, self.amp, self.progress, self.blend = model, mode, amp, progress, blend
         self.scales = tuple(float(x) for x in scales)
-        self.flip_tta = bool(info.inference.get("flip_tta", False)) if flip_tta is None else bool(flip_tta)
+        self.flip_tta = info.inference.flip_tta if flip_tta is None else bool(flip_tta)
         self.device = resolve_device(device)
         self.sw_batch_size = sw_batch_size or DEFAULT_BATCH.get(self.device.type, 16)
         self.network = model.network.to(self.device).eval().to(memory_format=torch.channels_last)
@@ -161,8 +161,8 @@ class Predictor:
         unknown = [c for c in (classes or []) if c not in info.classes]
         if unknown:
             raise ConfigError(f"unknown class(es) {unknown}; the model's classes are {info.classes}")
-        self.selected = list(classes) if classes else list(info.inference.get("report_classes") or info.classes)
-        self.detection = detection or DetectionConfig(**info.inference.get("detection", {}))
+        self.selected = list(classes) if classes else info.reported_classes
+        self.detection = detection or info.inference.detection
         if mode == "fast" and info.stride != FEATURE_STRIDE:
             raise ConfigError(f"fast mode needs the backbone's stride ({FEATURE_STRIDE} px) as the window stride; "
                               f"the model's is {info.stride}: use exact mode")
@@ -186,9 +186,9 @@ class Predictor:
         callback = callback or InferenceCallback()
         start = time.perf_counter()
         callback.report(0.0, "preprocessing")
-        config = info.preprocess_config()
-        if scale != 1.0:
-            config.target_spacing_mm = (info.spacing_mm or image.spacing_mm) * scale
+        config = info.preprocess_config(scale)
+        if info.spacing_mm is None and scale != 1.0:  # a model used at the image's own spacing
+            config = config.at_spacing(image.spacing_mm * scale)
         prepared = preprocess(image, config, window_grid=(info.window, info.stride))
         _add(timings, "preprocess_s", start)
 

@@ -29,7 +29,7 @@ consistency term between window-by-window and dense inference.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable
 
+from ..config import config_from_dict, config_to_dict
 from ..vocabulary import Box
 
 VINDR_SPACING_MM = 0.1
@@ -81,7 +82,11 @@ class SamplingConfig:
         return self.centre_jitter_px_at_vindr * VINDR_SPACING_MM / spacing_mm
 
     def to_dict(self) -> Dict[str, object]:
-        return asdict(self)
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> "SamplingConfig":
+        return config_from_dict(cls, values, "sampling")
 
 
 def draw_region(rng: np.random.RandomState, box: Box, centre: Tuple[float, float], config: SamplingConfig,

@@ -9,7 +9,7 @@ towards their mean (the three fused channels play the role of colour channels).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Hashable, Mapping, Tuple
 
 import torch
@@ -27,6 +27,8 @@ from monai.transforms import (
     RandScaleIntensityd,
     ThresholdIntensityd,
 )
+
+from ..config import config_from_dict, config_to_dict
 
 
 @dataclass
@@ -47,7 +49,11 @@ class AugmentConfig:
     noise_std: float = 0.02
 
     def to_dict(self) -> Dict[str, object]:
-        return asdict(self)
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> "AugmentConfig":
+        return config_from_dict(cls, values, "augmentation")
 
 
 class RandSaturationd(RandomizableTransform, MapTransform):

@@ -4,11 +4,12 @@ messages that name the bad field."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..errors import ConfigError, reject_unknown_fields
+from ..config import config_from_dict, config_to_dict
+from ..errors import ConfigError
 from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS
 from ..patches import SamplingConfig
 from ..transforms import PreprocessConfig
@@ -70,9 +71,9 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     device: str = "auto"
-    preprocessing: Dict[str, Any] = field(default_factory=lambda: PreprocessConfig().to_dict())
-    sampling: Dict[str, Any] = field(default_factory=lambda: SamplingConfig().to_dict())
-    augmentation: Dict[str, Any] = field(default_factory=lambda: AugmentConfig().to_dict())
+    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -99,45 +100,18 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        for name, cls in (("preprocessing", PreprocessConfig), ("sampling", SamplingConfig),
-                          ("augmentation", AugmentConfig)):
-            values = getattr(self, name)
-            reject_unknown_fields(cls, values, name)
-            try:
-                cls(**values)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{name}: {exc}") from None
 
     def preprocess_config(self) -> PreprocessConfig:
-        config = PreprocessConfig.from_dict(dict(self.preprocessing))
-        config.target_spacing_mm = self.spacing_mm
-        return config
-
-    def sampling_config(self) -> SamplingConfig:
-        return SamplingConfig(**dict(self.sampling))
-
-    def augment_config(self) -> AugmentConfig:
-        values = dict(self.augmentation)
-        for key in ("contrast_gamma", "saturation_range", "elastic_magnitude"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return AugmentConfig(**values)
+        """The preprocessing, resampling to the run's pixel spacing."""
+        return self.preprocessing.at_spacing(self.spacing_mm)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        reject_unknown_fields(cls, values, "training config")
-        base = cls()
-        merged = dict(values)
-        for name in ("preprocessing", "sampling", "augmentation"):  # partial sub-configs keep their defaults
-            if name in merged and isinstance(merged[name], dict):
-                merged[name] = {**getattr(base, name), **merged[name]}
-        try:
-            return cls(**merged)
-        except TypeError as exc:
-            raise ConfigError(f"training config: {exc}") from None
+        """Build from a mapping; sub-configs may be partial (their other fields keep defaults)."""
+        return config_from_dict(cls, values, "training config")
 
     @classmethod
     def load(cls, path) -> "TrainConfig":

@@ -28,7 +28,7 @@ from ..evaluation.metrics import patch_metrics
 from ..inference.inferers import autocast_for
 from ..inference.predictor import resolve_device
 from ..io.atomic import atomic_path
-from ..model_file import LoadedModel, ModelInfo, build_network, save_model
+from ..model_file import InferenceDefaults, LoadedModel, ModelInfo, build_network, save_model
 from ..patches import PatchDataset, PreparedImage, Slot, build_slots, validation_patches
 from .augment import build_augmentation
 from .config import TrainConfig
@@ -134,11 +134,11 @@ class Trainer:
     def _build(self, train_images: Sequence[PreparedImage], data_description: str) -> _Run:
         cfg = self.config
         info = ModelInfo(backbone=cfg.backbone, classes=list(cfg.classes), spacing_mm=cfg.spacing_mm,
-                         head_pooling=cfg.head_pooling, preprocessing=cfg.preprocess_config().to_dict(),
+                         head_pooling=cfg.head_pooling, preprocessing=cfg.preprocessing,
                          description=data_description,
                          training={"config": cfg.to_dict(), "library_version": __version__})
         present = sorted({int(label) for img in train_images for label in img.labels})
-        info.inference = {"report_classes": [cfg.classes[k] for k in present], "flip_tta": cfg.flip_tta}
+        info.inference = InferenceDefaults(report_classes=[cfg.classes[k] for k in present], flip_tta=cfg.flip_tta)
         network = build_network(info, pretrained=cfg.pretrained and not (cfg.backbone_weights or cfg.init_model))
         if cfg.init_model:  # fine-tuning: start from a trained model file of the same architecture
             from ..model_file import load_model
@@ -176,8 +176,8 @@ class Trainer:
             raise MammoPatchError("the training images carry no boxed finding of the configured classes")
         sampler = WeightedSlotSampler(slot_weights(slots, cfg.no_finding_share), cfg.patches_per_epoch,
                                       seed=cfg.seed, rank=self.ctx.rank, num_replicas=self.ctx.world_size)
-        dataset = PatchDataset(train_images, slots, len(cfg.classes), cfg.sampling_config(),
-                               build_augmentation(cfg.augment_config()))
+        dataset = PatchDataset(train_images, slots, len(cfg.classes), cfg.sampling,
+                               build_augmentation(cfg.augmentation))
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                             persistent_workers=False, drop_last=False, pin_memory=self.device.type == "cuda",
                             worker_init_fn=_worker_init if cfg.num_workers else None)
@@ -194,7 +194,7 @@ class Trainer:
     # ---- one epoch ----------------------------------------------------------------------
     def _train_epoch(self, run: _Run, epoch: int) -> Dict[str, float]:
         cfg = self.config
-        context = cfg.sampling_config().context_px
+        context = cfg.sampling.context_px
         margin_cells = context // 32
         run.sampler.set_epoch(epoch)
         run.model.train()
@@ -286,7 +286,7 @@ class Trainer:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         run = self._build(train_images, data_description)
-        x, y, m, _ = validation_patches(val_images, len(cfg.classes), cfg.sampling_config(),
+        x, y, m, _ = validation_patches(val_images, len(cfg.classes), cfg.sampling,
                                         cfg.validation_patches_per_finding, cfg.validation_patches_per_image)
         use_froc = cfg.selection == "froc" and bool(val_records)
         val = ValidationSet(x, y, m, list(val_records) if use_froc else [], val_mammograms if use_froc else None)
@@ -316,7 +316,7 @@ class Trainer:
             monitored = self._monitored(row, lesion, use_froc)
             self._step_scheduler(run, row)
             if epoch in mine_after:
-                hard = mine_hard_negatives(run.network, train_images, cfg.sampling_config(), len(cfg.classes),
+                hard = mine_hard_negatives(run.network, train_images, cfg.sampling, len(cfg.classes),
                                            self.device, cfg.hard_negative_per_image, cfg.hard_negative_min_score,
                                            amp=cfg.amp)
                 state["hard_negatives"] = [(s.image, list(s.region)) for s in hard]

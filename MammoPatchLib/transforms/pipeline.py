@@ -10,7 +10,7 @@ maps a heatmap computed on the preprocessed image back onto the source pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +18,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, DivisiblePadd, Spacingd, SpatialPadd
 
-from ..errors import ConfigError, reject_unknown_fields
+from ..config import config_from_dict, config_to_dict
+from ..errors import ConfigError
 from ..io.image import MammogramImage
 from .clahe import DEFAULT_SCALES, ClaheScale, FuseCLAHEd
 from .crop import BreastCropd
@@ -68,15 +69,17 @@ class PreprocessConfig:
     def channels(self) -> int:
         return 1 + len(self.clahe_scales)
 
+    def at_spacing(self, spacing_mm: Optional[float]) -> "PreprocessConfig":
+        """A copy that resamples to ``spacing_mm`` (None: keep the source spacing). The one place
+        where a model's or a run's pixel spacing becomes the pipeline's target."""
+        return replace(self, target_spacing_mm=spacing_mm)
+
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["clahe_scales"] = [list(s) for s in self.clahe_scales]
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "PreprocessConfig":
-        reject_unknown_fields(cls, values, "preprocessing")
-        return cls(**values)
+        return config_from_dict(cls, values, "preprocessing")
 
 
 def source_affine(image: MammogramImage) -> torch.Tensor:
