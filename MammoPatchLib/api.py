@@ -91,17 +91,20 @@ def output_stem(path: Path) -> str:
 def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str = DEFAULT_MODE,
                   device: str = "auto", spacing_mm: Optional[float] = None, formats: Sequence[str] = ("nrrd",),
                   overwrite: bool = False, progress: bool = True,
-                  on_image: Optional[Callable[[int, int, Path], None]] = None,
+                  on_image: Optional[Callable[[int, int, Path], None]] = None, predictor: Optional[Predictor] = None,
                   **predictor_options: Any) -> List[Dict[str, object]]:
     """Predict every image of files / folders / globs into ``out_dir``; a bad file is reported
-    in the summary and the batch goes on. Writes ``out_dir/summary.csv``; returns its rows."""
+    in the summary and the batch goes on. Writes ``out_dir/summary.csv``; returns its rows.
+    ``predictor``: an already built Predictor (then ``model``, ``mode``, ``device`` and the
+    options are not used)."""
     from .io.discovery import collect_images
     from .outputs import write_result, write_summary
 
     paths = collect_images(inputs)
     if not paths:
         raise MammoPatchError("no images found", ", ".join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)))
-    predictor = Predictor(resolve_model(model), mode=mode, device=device, progress=progress, **predictor_options)
+    if predictor is None:
+        predictor = Predictor(resolve_model(model), mode=mode, device=device, progress=progress, **predictor_options)
     out = Path(out_dir)
     rows: List[Dict[str, object]] = []
     iterator = paths

@@ -3,8 +3,11 @@
 Layout::
 
     <bundle>/configs/metadata.json   versions, input/output description, classes
-    <bundle>/configs/inference.json  network_def, preprocessing, inferer, and a "run" that
-                                     predicts every image of input_dir into output_dir
+    <bundle>/configs/inference.json  the components that run, built by MONAI's ConfigParser:
+                                     network_def (weights from models/model.pt), preprocessing,
+                                     inferer (the dense pass; swap in ExactInferer for the
+                                     window-by-window mode), detection, predictor, and a "run"
+                                     that predicts every image of input_dir into output_dir
     <bundle>/models/model.pt         the network's state dict (MONAI convention)
     <bundle>/models/mammopatch.pt    the MammoPatch model file (metadata + checksum)
     <bundle>/docs/README.md
@@ -71,24 +74,31 @@ def export_bundle(model_path: PathLike, bundle_dir: PathLike) -> Path:
         "mammopatch": info.to_dict(),
     }
     inference = {
-        "imports": ["$import torch", "$import monai", "$import MammoPatchLib", "$import MammoPatchLib.api",
-                    "$import MammoPatchLib.transforms"],
+        "imports": ["$import torch", "$import MammoPatchLib", "$import MammoPatchLib.api",
+                    "$import MammoPatchLib.model_file"],
         "bundle_root": ".",
         "input_dir": "$@bundle_root + '/input'",
         "output_dir": "$@bundle_root + '/output'",
-        "mode": "exact",
-        "device": "$'cuda' if torch.cuda.is_available() else 'cpu'",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "model_info": "$MammoPatchLib.model_file.ModelInfo.from_dict("
+                      "MammoPatchLib.model_file.read_model_payload(@bundle_root + '/models/mammopatch.pt')['info'])",
         "network_def": {"_target_": "MammoPatchLib.networks.PatchClassifier", "backbone": info.backbone,
-                        "num_classes": len(info.classes), "hidden": info.hidden, "window": info.window},
-        "network": "$@network_def.to(torch.device(@device))",
-        "preprocessing_config": info.preprocess_config().to_dict(),
-        "preprocessing": "$MammoPatchLib.transforms.build_preprocessing("
-                         "MammoPatchLib.transforms.PreprocessConfig.from_dict(@preprocessing_config))",
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [info.window, info.window],
-                    "sw_batch_size": 16, "overlap": 1.0 - info.stride / info.window, "mode": "constant"},
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
-        "run": ["$MammoPatchLib.api.predict_files(@input_dir, @output_dir, "
-                "model=@bundle_root + '/models/mammopatch.pt', mode=@mode, device=@device, progress=False, "
+                        "num_classes": len(info.classes), "hidden": info.hidden, "window": info.window,
+                        "head_pooling": info.head_pooling},
+        "network": "$@network_def.to(@device)",
+        "model": {"_target_": "MammoPatchLib.model_file.LoadedModel", "network": "@network", "info": "@model_info",
+                  "path": "$@bundle_root + '/models/mammopatch.pt'", "sha256": loaded.sha256},
+        "preprocessing": {"_target_": "MammoPatchLib.transforms.PreprocessConfig",
+                          **{k: v for k, v in info.preprocessing.to_dict().items() if k != "target_spacing_mm"}},
+        "inferer": {"_target_": "MammoPatchLib.inference.DenseInferer", "window": info.window, "stride": info.stride,
+                    "blend": "gaussian", "device": "@device"},
+        "detection": {"_target_": "MammoPatchLib.postprocess.DetectionConfig", **info.inference.detection.to_dict()},
+        "predictor": {"_target_": "MammoPatchLib.inference.Predictor", "model": "@model", "device": "$str(@device)",
+                      "inferer": "@inferer", "preprocessing": "@preprocessing", "detection": "@detection",
+                      "progress": False},
+        "initialize": ["$@network.load_state_dict(torch.load(@bundle_root + '/models/model.pt', map_location='cpu', "
+                       "weights_only=True))", "$@network.eval()"],
+        "run": ["$MammoPatchLib.api.predict_files(@input_dir, @output_dir, predictor=@predictor, progress=False, "
                 "overwrite=True)"],
         "finalize": [],
     }

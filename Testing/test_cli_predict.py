@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers import tiny_model_file
 
@@ -68,11 +69,26 @@ def test_info_prints_metadata(model_path, capsys):
     assert info["backbone"] == "efficientnet-lite0" and len(info["classes"]) == 10 and len(info["sha256"]) == 64
 
 
-def test_monai_bundle_runs(model_path, image_folder, tmp_path):
+def test_monai_bundle_runs_the_components_it_declares(model_path, image_folder, tmp_path):
+    """The exported bundle's network, preprocessing, inferer and predictor are built by MONAI's
+    ConfigParser from inference.json, and ``monai.bundle run`` gives the heatmaps
+    ``mammopatch predict`` gives."""
     pytest.importorskip("fire")
+    from monai.bundle import ConfigParser
+
+    from MammoPatchLib.inference import DenseInferer
+    from MammoPatchLib.io import read_mammogram
+
     bundle = tmp_path / "bundle"
     assert main(["export-bundle", str(model_path), "--out", str(bundle)]) == 0
     (image_folder / "corrupt.dcm").unlink()
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    parser["bundle_root"] = str(bundle)
+    parser.get_parsed_content("imports")  # as monai.bundle run does first
+    predictor = parser.get_parsed_content("predictor")
+    assert isinstance(predictor.inferer, DenseInferer) and predictor.inferer is parser.get_parsed_content("inferer")
+    assert predictor.model.network is parser.get_parsed_content("network"), "the declared network is the one used"
     out = tmp_path / "bundle-out"
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
@@ -82,6 +98,15 @@ def test_monai_bundle_runs(model_path, image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["status"] for r in rows] == ["ok", "ok"]
+    reference = tmp_path / "cli-out"
+    assert main(["predict", str(image_folder), "--model", str(model_path), "--out", str(reference),
+                 "--device", "cpu", "--no-progress"]) == 0
+    for name in ("img0", "img1"):
+        ours = read_mammogram(out / name / "heatmap_mass.nrrd", min_side=0).pixels
+        theirs = read_mammogram(reference / name / "heatmap_mass.nrrd", min_side=0).pixels
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        assert json.loads((out / name / "findings.json").read_text())["findings"] == \
+            json.loads((reference / name / "findings.json").read_text())["findings"]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 10
 

@@ -11,14 +11,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from monai.inferers import Inferer
 
 from ..errors import Cancelled, ConfigError, MammoPatchError
 from ..io.image import MammogramImage
 from ..model_file import LoadedModel
 from ..networks import FEATURE_STRIDE
 from ..postprocess import DetectedFinding, DetectionConfig, detect_findings, label_map_from_findings
-from ..transforms import PreprocessedImage, preprocess
-from ..vocabulary import DEFAULT_MODE, MODES
+from ..transforms import PreprocessConfig, PreprocessedImage, preprocess
+from ..vocabulary import DEFAULT_MODE, MODES, InferenceMode
 from .inferers import DenseInferer, ExactInferer, InferenceCallback, ProgressFn
 from .resample import cells_to_source, detection_grid
 from .windows import BLEND_MODES
@@ -129,13 +130,20 @@ class Predictor:
         flip_tta: also run the left-right mirrored image and average (test-time augmentation).
         detection: how findings are picked from the heatmaps (:class:`DetectionConfig`).
         compile: ``torch.compile`` the network (CUDA; pays off over many images).
+        inferer: an already built :class:`ExactInferer` or :class:`DenseInferer` to use instead
+            of building one from ``mode`` (how a MONAI bundle passes its declared inferer).
+        preprocessing: preprocessing parameters replacing the model's (the target spacing
+            still follows the model's spacing and ``scales``).
     """
 
     def __init__(self, model: LoadedModel, mode: str = DEFAULT_MODE, device: str = "auto",
                  sw_batch_size: Optional[int] = None, amp: bool = True, thresholds: Optional[Sequence[float]] = None,
                  classes: Optional[Sequence[str]] = None, progress: bool = False, blend: str = "gaussian",
                  scales: Sequence[float] = (1.0,), flip_tta: Optional[bool] = None,
-                 detection: Optional[DetectionConfig] = None, compile: bool = False) -> None:
+                 detection: Optional[DetectionConfig] = None, compile: bool = False,
+                 inferer: Optional[Inferer] = None, preprocessing: Optional[PreprocessConfig] = None) -> None:
+        if inferer is not None:
+            mode = InferenceMode.EXACT.value if isinstance(inferer, ExactInferer) else InferenceMode.FAST.value
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         if sw_batch_size is not None and sw_batch_size < 1:
@@ -166,7 +174,10 @@ class Predictor:
         if mode == "fast" and info.stride != FEATURE_STRIDE:
             raise ConfigError(f"fast mode needs the backbone's stride ({FEATURE_STRIDE} px) as the window stride; "
                               f"the model's is {info.stride}: use exact mode")
-        if mode == "exact":
+        self.preprocessing = preprocessing or info.preprocessing
+        if inferer is not None:
+            self.inferer = inferer
+        elif mode == "exact":
             self.inferer = ExactInferer(info.window, info.stride, self.sw_batch_size, blend, self.device, amp)
         else:
             self.inferer = DenseInferer(info.window, info.stride, blend, self.device, amp)
@@ -186,9 +197,9 @@ class Predictor:
         callback = callback or InferenceCallback()
         start = time.perf_counter()
         callback.report(0.0, "preprocessing")
-        config = info.preprocess_config(scale)
-        if info.spacing_mm is None and scale != 1.0:  # a model used at the image's own spacing
-            config = config.at_spacing(image.spacing_mm * scale)
+        spacing = info.spacing_mm * scale if info.spacing_mm is not None else (
+            image.spacing_mm * scale if scale != 1.0 else None)  # a model used at the image's own spacing
+        config = self.preprocessing.at_spacing(spacing)
         prepared = preprocess(image, config, window_grid=(info.window, info.stride))
         _add(timings, "preprocess_s", start)
 
