@@ -25,11 +25,23 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: The ten VinDr-Mammo classes (kept here so the GUI builds before dependencies are installed).
-FINDING_CLASSES = [
-    "Mass", "Suspicious Calcification", "Focal Asymmetry", "Architectural Distortion", "Asymmetry",
-    "Suspicious Lymph Node", "Skin Thickening", "Nipple Retraction", "Global Asymmetry", "Skin Retraction",
-]
+
+def _moduleRoot() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def _ensureLibraryOnPath() -> None:
+    """In the source tree MammoPatchLib is one level above this file; packaged, it is beside it."""
+    for folder in (_moduleRoot(), os.path.dirname(_moduleRoot())):
+        if os.path.isdir(os.path.join(folder, "MammoPatchLib")) and folder not in sys.path:
+            sys.path.insert(0, folder)
+            return
+
+
+_ensureLibraryOnPath()
+# The shared vocabulary (classes, modes) is pure Python: safe before any dependency is installed.
+from MammoPatchLib.vocabulary import DEFAULT_MODE, FINDING_CLASSES, MODES  # noqa: E402
+
 ALL_CLASSES = "All classes"
 LABEL_COLOURS = [
     (0.90, 0.10, 0.10), (1.00, 0.85, 0.00), (0.20, 0.60, 1.00), (0.60, 0.20, 0.80), (0.00, 0.75, 0.60),
@@ -43,10 +55,6 @@ POSTER_CITATION = (
 )
 
 
-def _moduleRoot() -> str:
-    return os.path.dirname(os.path.abspath(__file__))
-
-
 def _resourceFile(*parts: str) -> str:
     """Resources sit beside the module in a packaged extension and one level up in the source tree."""
     for base in (os.path.join(_moduleRoot(), "Resources"), os.path.join(os.path.dirname(_moduleRoot()), "Resources")):
@@ -54,14 +62,6 @@ def _resourceFile(*parts: str) -> str:
         if os.path.exists(candidate):
             return candidate
     return os.path.join(_moduleRoot(), "Resources", *parts)
-
-
-def _ensureLibraryOnPath() -> None:
-    """In the source tree MammoPatchLib is one level above this file; packaged, it is beside it."""
-    for folder in (_moduleRoot(), os.path.dirname(_moduleRoot())):
-        if os.path.isdir(os.path.join(folder, "MammoPatchLib")) and folder not in sys.path:
-            sys.path.insert(0, folder)
-            return
 
 
 #
@@ -105,7 +105,7 @@ class MammoPatchParameterNode:
     inputVolume - the mammogram (single-slice scalar volume).
     useDefaultModel - use the model bundled with the extension.
     modelPath - a model file, used when useDefaultModel is off.
-    mode - "exact" (window by window, the poster) or "fast" (one dense pass).
+    mode - "fast" (one dense pass, the default) or "exact" (window by window, the poster).
     device - "auto", "cpu" or "cuda".
     threshold - probability threshold for every class when useModelThresholds is off.
     useModelThresholds - use the per-class thresholds stored in the model file.
@@ -117,7 +117,7 @@ class MammoPatchParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     useDefaultModel: bool = True
     modelPath: pathlib.Path
-    mode: Annotated[str, Choice(["exact", "fast"])] = "exact"
+    mode: Annotated[str, Choice(list(MODES))] = DEFAULT_MODE
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     useModelThresholds: bool = True
@@ -314,7 +314,7 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
             self._predictor.cancel()
 
     def process(self, inputVolume, outputHeatmap=None, outputLabelMap=None, modelPath: Optional[str] = None,
-                mode: str = "exact", device: str = "auto", threshold: Optional[float] = None,
+                mode: str = DEFAULT_MODE, device: str = "auto", threshold: Optional[float] = None,
                 heatmapClass: str = "Mass", progressCallback: Optional[Callable[[float, str], None]] = None,
                 showResult: bool = True):
         """Analyse one mammogram volume and put the results into the scene.
@@ -426,7 +426,7 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
             nodes.append(roi)
         return nodes
 
-    def processFiles(self, inputs, outputFolder: str, modelPath: Optional[str] = None, mode: str = "exact",
+    def processFiles(self, inputs, outputFolder: str, modelPath: Optional[str] = None, mode: str = DEFAULT_MODE,
                      device: str = "auto", overwrite: bool = False):
         """Batch: the same library function as ``mammopatch predict``; returns the summary rows."""
         _ensureLibraryOnPath()

@@ -3,7 +3,7 @@
 In 3D Slicer (uses the module Logic):
 
     Slicer --no-main-window --python-script mammopatch_batch.py --input FOLDER_OR_FILES... --output OUT
-           [--model MODEL.pt] [--mode exact|fast] [--device auto|cpu|cuda] [--overwrite]
+           [--model MODEL.pt] [--mode fast|exact] [--device auto|cpu|cuda] [--overwrite]
 
 In plain Python (no Slicer; the same library function):
 
@@ -19,13 +19,17 @@ import logging
 import os
 import sys
 
+# The shared vocabulary is pure Python; in a source tree the library is two folders up.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from MammoPatchLib.vocabulary import DEFAULT_MODE, MODES  # noqa: E402
+
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description="MammoPatch batch prediction")
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    parser.add_argument("--mode", choices=["exact", "fast"], default="exact")
+    parser.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser.parse_args(argv)
@@ -56,7 +60,7 @@ def run(argv):
         sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, in a source tree
         from MammoPatchLib.api import predict_files
 
-        def run_files(inputs, output, modelPath=None, mode="exact", device="auto", overwrite=False):
+        def run_files(inputs, output, modelPath=None, mode=DEFAULT_MODE, device="auto", overwrite=False):
             return predict_files(inputs, output, model=modelPath, mode=mode, device=device, overwrite=overwrite)
 
     from MammoPatchLib.errors import MammoPatchError
