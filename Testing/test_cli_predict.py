@@ -69,6 +69,7 @@ def test_info_prints_metadata(model_path, capsys):
     assert info["backbone"] == "efficientnet-lite0" and len(info["classes"]) == 10 and len(info["sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_monai_bundle_runs_the_components_it_declares(model_path, image_folder, tmp_path):
     """The exported bundle's network, preprocessing, inferer and predictor are built by MONAI's
     ConfigParser from inference.json, and ``monai.bundle run`` gives the heatmaps

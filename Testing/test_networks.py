@@ -19,7 +19,8 @@ def test_all_six_poster_families_are_registered():
     assert set(FAMILY_REPRESENTATIVES) <= set(available_backbones()), "CI installs torchvision"
 
 
-@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("vgg19", "swin-t") else n
+                                  for n in FAMILY_REPRESENTATIVES])
 def test_backbone_builds_runs_and_round_trips(name, tmp_path):
     torch.manual_seed(0)
     info = ModelInfo(backbone=name)

@@ -73,6 +73,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
         train(TrainConfig.from_dict(TINY), tiny_data, tmp_path / "empty", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_run_one_epoch(tiny_data, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**TINY, "epochs": 1, "device": "cpu"}))
@@ -99,18 +100,30 @@ def test_config_validation_names_the_field(tmp_path):
         TrainConfig.load(bad)
 
 
-def test_evaluation_report_is_written(tiny_data, straight_run, tmp_path):
+def test_evaluation_report_counts_the_held_out_women(tiny_data, straight_run, tmp_path):
+    """evaluate recreates the run's validation split, scores every boxed finding of those women
+    once, and writes the report, plots and model card."""
     from MammoPatchLib.cli import main
+    from MammoPatchLib.datasets import group_by_split, load_records, split_by_patient
 
     run = straight_run[0]
     out = tmp_path / "report"
     assert main(["evaluate", "--model", str(run / "model.pt"), "--data", tiny_data, "--out", str(out),
-                 "--mode", "fast", "--no-progress"]) == 0
-    for name in ("report.md", "metrics.json", "per_class.csv", "model_card.md"):
+                 "--mode", "fast", "--draws", "50", "--no-progress"]) == 0
+    for name in ("report.md", "metrics.json", "per_class.csv", "model_card.md", "froc.png", "reliability.png"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["data"]["split"] == "validation" and report["patch_level"]["per_class"]["No Finding"]["support"] >= 0
-    assert "sens@1 FP/img" in (out / "report.md").read_text()
+    records, _ = load_records(tiny_data, tmp_path, 3)
+    split_by_patient(records, TINY["validation_fraction"], seed=TINY["seed"])
+    held_out = group_by_split(records)["validation"]
+    assert report["data"]["split"] == "validation" and report["data"]["images"] == len(held_out)
+    assert report["data"]["women"] == len({r.patient_id for r in held_out})
+    assert report["lesion_level"]["lesions"] == sum(len(r.findings) for r in held_out) > 0
+    assert report["image_level"]["abnormal"] == sum(not r.is_normal for r in held_out)
+    sens = report["lesion_level"]["all_classes_froc"]
+    assert [sens[k] for k in ("0.25", "0.5", "1", "2", "4")] == sorted(sens.values()), "FROC never decreases"
+    lo, hi = report["lesion_level"]["intervals"]["sens@4"]
+    assert lo <= sens["4"] <= hi
 
 
 def test_compare_backbones_prints_the_poster_table(tiny_data, tmp_path):

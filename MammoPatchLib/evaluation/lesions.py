@@ -38,6 +38,18 @@ class ImageCase:
     truths: Dict[str, List[tuple]] = field(default_factory=dict)
 
 
+def case_from_result(record: ImageRecord, result, classes: Sequence[str], reported_index: Sequence[int]) -> ImageCase:
+    """What one prediction contributes: detections and truths per class, the image score (the
+    highest heatmap value of the reported classes, on the detection grid)."""
+    grid = result.grid_heatmaps if result.grid_heatmaps is not None else result.heatmaps
+    case = ImageCase(record.image_id, record.patient_id, not record.is_normal,
+                     float(grid[list(reported_index)].max()) if len(reported_index) else 0.0)
+    for name in classes:
+        case.detections[name] = [(f.score, f.box_px, f.peak_px) for f in result.findings if f.category == name]
+        case.truths[name] = [f.box for f in record.findings if f.category == name]
+    return case
+
+
 def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[str], images=None,
                   progress: bool = False) -> Tuple[List[ImageCase], List[str]]:
     """Run ``predictor`` (built with low thresholds) on every record. ``images`` may hold the
@@ -59,12 +71,7 @@ def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[s
         except MammoPatchError as exc:
             errors.append(str(exc))
             continue
-        case = ImageCase(record.image_id, record.patient_id, not record.is_normal,
-                         float(result.heatmaps[index].max()) if index else 0.0)
-        for name in classes:
-            case.detections[name] = [(f.score, f.box_px, f.peak_px) for f in result.findings if f.category == name]
-            case.truths[name] = [f.box for f in record.findings if f.category == name]
-        cases.append(case)
+        cases.append(case_from_result(record, result, classes, index))
     return cases, errors
 
 

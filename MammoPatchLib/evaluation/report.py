@@ -21,7 +21,7 @@ from ..errors import MammoPatchError
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import load_model
-from .lesions import FP_RATES, bootstrap_intervals, candidate_predictor, collect_cases, lesion_metrics
+from .lesions import FP_RATES, bootstrap_intervals, candidate_predictor, case_from_result, lesion_metrics
 from .metrics import patch_metrics
 
 logger = logging.getLogger(__name__)
@@ -44,20 +44,18 @@ def select_evaluation_records(data: str, model_info, split: str, split_file=None
     return chosen
 
 
-def _patch_level(model, records: Sequence[ImageRecord], errors: List[str]) -> Dict[str, Any]:
+def _patch_table(model, images, classes) -> Dict[str, Any]:
     """The poster's per-class table on fixed patches around findings and from the breast."""
-    from ..patches import SamplingConfig, prepare_images, validation_patches
+    from ..patches import SamplingConfig, validation_patches
 
     info = model.info
-    classes = list(info.classes)
-    images, bad = prepare_images(records, info.preprocess_config(), classes, progress=False)
-    errors.extend(bad)
     sampling = SamplingConfig.from_dict((info.training or {}).get("config", {}).get("sampling", {}))
     patches, targets, _, _ = validation_patches(images, len(classes), sampling, per_finding=4, per_image=2)
     out = []
+    device = next(model.network.parameters()).device
     with torch.no_grad():
         for i in range(0, len(patches), 32):
-            out.append(torch.sigmoid(model.network.classify(patches[i:i + 32].float())).numpy())
+            out.append(torch.sigmoid(model.network.classify(patches[i:i + 32].float().to(device))).cpu().numpy())
     probs = np.concatenate(out) if out else np.zeros((0, len(classes)))
     return patch_metrics(targets.numpy(), probs, classes, info.thresholds)
 
@@ -65,7 +63,12 @@ def _patch_level(model, records: Sequence[ImageRecord], errors: List[str]) -> Di
 def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: str = "fast", device: str = "auto",
              max_images: Optional[int] = None, progress: bool = True, draws: int = 2000,
              flip_tta: Optional[bool] = None, scales: Sequence[float] = (1.0,), split_file=None) -> Dict[str, Any]:
-    """Evaluate a model file on held-out images and write the report files into ``out_dir``."""
+    """Evaluate a model file on held-out images and write the report files into ``out_dir``.
+
+    Each image is read and preprocessed once: the same preprocessed image feeds the patch
+    table and the Predictor."""
+    from ..patches import prepared_from
+
     model = load_model(model_path)
     info = model.info
     records = select_evaluation_records(data, info, split, split_file)
@@ -73,20 +76,28 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
         records = records[:max_images]
     classes = list(info.classes)
     errors: List[str] = []
-    patch = _patch_level(model, records, errors)
     predictor = candidate_predictor(model, mode=mode, device=device, flip_tta=flip_tta, scales=scales)
-    images = []
-    for record in records:
+    reported = list(predictor.selected)
+    index = [classes.index(c) for c in reported]
+    cases, prepared_images = [], []
+    iterator = records
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(records, desc=f"whole images ({mode})", unit="img")
+    for record in iterator:
         try:
-            images.append(read_mammogram(record.path, spacing_mm=record.spacing_mm))
+            image = read_mammogram(record.path, spacing_mm=record.spacing_mm)
+            prepared = predictor.preprocess(image)
+            result = predictor.predict_image(image, prepared=prepared)
         except MammoPatchError as exc:
-            images.append(None)
             errors.append(str(exc))
-    kept = [(r, im) for r, im in zip(records, images) if im is not None]
-    cases, bad = collect_cases(predictor, [r for r, _ in kept], classes, [im for _, im in kept], progress)
-    errors.extend(bad)
+            continue
+        prepared_images.append(prepared_from(record, prepared, classes))
+        cases.append(case_from_result(record, result, classes, index))
     if not cases:
         raise MammoPatchError("no image could be evaluated", data)
+    patch = _patch_table(model, prepared_images, classes)
     lesion = lesion_metrics(cases, classes)
     intervals = bootstrap_intervals(cases, classes, draws=draws) if draws else {}
     report = {

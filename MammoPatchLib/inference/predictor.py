@@ -188,19 +188,26 @@ class Predictor:
         if self._callback is not None:
             self._callback.cancel()
 
+    def preprocess(self, image: MammogramImage, scale: float = 1.0) -> PreprocessedImage:
+        """``image`` through the model's preprocessing at ``scale`` x its spacing, padded to
+        the window grid."""
+        info = self.model.info
+        spacing = info.spacing_mm * scale if info.spacing_mm is not None else (
+            image.spacing_mm * scale if scale != 1.0 else None)  # a model used at the image's own spacing
+        return preprocess(image, self.preprocessing.at_spacing(spacing), window_grid=(info.window, info.stride))
+
     def cell_heatmaps(self, image: MammogramImage, scale: float = 1.0,
-                      callback: Optional[InferenceCallback] = None, timings: Optional[Dict[str, float]] = None
-                      ) -> CellHeatmaps:
-        """Preprocess ``image`` at ``scale`` x the model's spacing and run the inferer."""
+                      callback: Optional[InferenceCallback] = None, timings: Optional[Dict[str, float]] = None,
+                      prepared: Optional[PreprocessedImage] = None) -> CellHeatmaps:
+        """Preprocess ``image`` at ``scale`` x the model's spacing (or take ``prepared``, made by
+        :meth:`preprocess`) and run the inferer."""
         info = self.model.info
         timings = timings if timings is not None else {}
         callback = callback or InferenceCallback()
         start = time.perf_counter()
         callback.report(0.0, "preprocessing")
-        spacing = info.spacing_mm * scale if info.spacing_mm is not None else (
-            image.spacing_mm * scale if scale != 1.0 else None)  # a model used at the image's own spacing
-        config = self.preprocessing.at_spacing(spacing)
-        prepared = preprocess(image, config, window_grid=(info.window, info.stride))
+        if prepared is None:
+            prepared = self.preprocess(image, scale)
         _add(timings, "preprocess_s", start)
 
         start = time.perf_counter()
@@ -221,7 +228,10 @@ class Predictor:
         _add(timings, "windows_s", start)
         return CellHeatmaps(cells=cells[0], prepared=prepared, stride=info.stride)
 
-    def predict_image(self, image: MammogramImage, on_progress: Optional[ProgressCallback] = None) -> PredictionResult:
+    def predict_image(self, image: MammogramImage, on_progress: Optional[ProgressCallback] = None,
+                      prepared: Optional[PreprocessedImage] = None) -> PredictionResult:
+        """Findings, label map and heatmaps of one image. ``prepared``: the image already run
+        through :meth:`preprocess` (used for scale 1)."""
         timings: Dict[str, float] = {}
         bar = None
         if self.progress:
@@ -237,7 +247,7 @@ class Predictor:
                 on_progress(fraction, text)
 
         try:
-            return self._predict(image, report, timings)
+            return self._predict(image, report, timings, prepared)
         except Cancelled as exc:
             raise Cancelled(exc.reason, image.path or None) from None
         finally:
@@ -245,7 +255,8 @@ class Predictor:
                 bar.close()
             self._callback = None
 
-    def _predict(self, image: MammogramImage, report: ProgressCallback, timings: Dict[str, float]) -> PredictionResult:
+    def _predict(self, image: MammogramImage, report: ProgressCallback, timings: Dict[str, float],
+                 prepared: Optional[PreprocessedImage] = None) -> PredictionResult:
         info = self.model.info
         n = len(self.scales)
         spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
@@ -254,7 +265,7 @@ class Predictor:
         all_maps: List[CellHeatmaps] = []
         for k, scale in enumerate(self.scales):
             self._callback = InferenceCallback(report, span=(0.9 * k / n, 0.9 * (k + 1) / n))
-            maps = self.cell_heatmaps(image, scale, self._callback, timings)
+            maps = self.cell_heatmaps(image, scale, self._callback, timings, prepared if scale == 1.0 else None)
             all_maps.append(maps)
             start = time.perf_counter()
             self._callback.report(1.0, "mapping heatmaps to the image")

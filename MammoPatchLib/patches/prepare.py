@@ -16,7 +16,7 @@ import torch
 from ..datasets import ImageRecord
 from ..errors import MammoPatchError
 from ..io import read_mammogram
-from ..transforms import OtsuBreastMask, PreprocessConfig, preprocess
+from ..transforms import OtsuBreastMask, PreprocessConfig, PreprocessedImage, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,37 @@ def _cache_key(record: ImageRecord, config: PreprocessConfig) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def prepare_image(record: ImageRecord, config: PreprocessConfig, classes: Sequence[str],
-                  cache_dir: Optional[Path] = None) -> PreparedImage:
-    """Read, preprocess and map the boxes of one record (cached as compressed .npz if asked)."""
+def _labels(record: ImageRecord, classes: Sequence[str]):
     class_index = {c: i for i, c in enumerate(classes)}
     kept = [f for f in record.findings if f.category in class_index]
     labels = np.array([class_index[f.category] for f in kept], dtype=np.int64)
-    source_boxes = np.array([f.box for f in kept], dtype=np.float64).reshape(-1, 4)
+    boxes = np.array([f.box for f in kept], dtype=np.float64).reshape(-1, 4)
+    return labels, boxes, [class_index[c] for c in record.image_labels if c in class_index]
+
+
+def _prepared(record: ImageRecord, image: torch.Tensor, boxes: np.ndarray, labels: np.ndarray,
+              image_labels: List[int], spacing: float) -> PreparedImage:
+    mask = OtsuBreastMask(subsample=2).mask2d(image[0].float().numpy())
+    return PreparedImage(image_id=record.image_id, patient_id=record.patient_id, split=record.split, image=image,
+                         mask=mask, boxes=boxes, labels=labels, image_labels=image_labels, spacing_mm=spacing,
+                         source_path=str(record.path))
+
+
+def prepared_from(record: ImageRecord, preprocessed: PreprocessedImage, classes: Sequence[str]) -> PreparedImage:
+    """A prepared image from an image already run through the preprocessing chain (window
+    padding, if any, is cut off): evaluation preprocesses each image once for both the patch
+    table and the Predictor."""
+    labels, source_boxes, image_labels = _labels(record, classes)
+    rows, cols = preprocessed.valid_shape
+    image = preprocessed.tensor.as_tensor()[:, :rows, :cols].to(torch.float16)
+    return _prepared(record, image, preprocessed.boxes_to_processed(source_boxes), labels, image_labels,
+                     preprocessed.spacing_mm)
+
+
+def prepare_image(record: ImageRecord, config: PreprocessConfig, classes: Sequence[str],
+                  cache_dir: Optional[Path] = None) -> PreparedImage:
+    """Read, preprocess and map the boxes of one record (cached as compressed .npz if asked)."""
+    labels, source_boxes, image_labels = _labels(record, classes)
     cache = cache_dir / f"{record.image_id}-{_cache_key(record, config)}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         stored = np.load(cache)
@@ -70,11 +94,7 @@ def prepare_image(record: ImageRecord, config: PreprocessConfig, classes: Sequen
             with atomic_path(cache) as tmp:
                 with open(tmp, "wb") as handle:
                     np.savez_compressed(handle, image=image.numpy(), boxes=boxes, spacing=spacing)
-    mask = OtsuBreastMask(subsample=2).mask2d(image[0].float().numpy())
-    return PreparedImage(image_id=record.image_id, patient_id=record.patient_id, split=record.split, image=image,
-                         mask=mask, boxes=boxes, labels=labels,
-                         image_labels=[class_index[c] for c in record.image_labels if c in class_index],
-                         spacing_mm=spacing, source_path=str(record.path))
+    return _prepared(record, image, boxes, labels, image_labels, spacing)
 
 
 def prepare_images(records: Sequence[ImageRecord], config: PreprocessConfig, classes: Sequence[str],
