@@ -70,7 +70,7 @@ def test_spacing_fallbacks(tmp_path, synthetic_mammo, caplog):
     with caplog.at_level(logging.WARNING):
         none = read_mammogram(write_dicom(synthetic_mammo, tmp_path / "n.dcm", spacing_tag=""))
     assert none.spacing_source == "default" and none.geometry.spacing[0] == pytest.approx(0.1)
-    assert "no PixelSpacing" in caplog.text
+    assert "states no pixel spacing" in caplog.text and any("0.1 mm assumed" in w for w in none.warnings)
     assert none.metadata()["spacing_source"] == "default"
 
 

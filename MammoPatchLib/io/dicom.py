@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -29,31 +29,58 @@ DECODER_HINT = "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg (JPEG
 
 def _spacing(ds, path: str) -> Tuple[Tuple[float, float], str]:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = getattr(ds, keyword, None)
-        if value is not None and len(value) == 2:
-            try:
-                row, col = float(value[0]), float(value[1])
-            except (TypeError, ValueError):
-                continue
-            if row > 0 and col > 0:
-                return (row, col), keyword
-    logger.warning("%s: no PixelSpacing or ImagerPixelSpacing; assuming %.2f mm", path, DEFAULT_SPACING_MM)
+        value = _numbers(ds, keyword, 2)
+        if value is not None and np.all(np.isfinite(value)) and np.all(value > 0):
+            return (float(value[0]), float(value[1])), keyword
     return (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM), "default"
 
 
-def _geometry(ds, spacing: Tuple[float, float]) -> ImageGeometry:
+def _numbers(ds, keyword: str, count: int) -> Optional[np.ndarray]:
+    """A multi-valued numeric attribute as floats, None when absent or unreadable."""
+    try:
+        value = ds.get(keyword, None)
+        if value is None:
+            return None
+        numbers = np.asarray([float(v) for v in (value if hasattr(value, "__len__") else [value])], dtype=float)
+    except (TypeError, ValueError):
+        return np.full(count, np.nan)
+    return numbers if len(numbers) == count else np.full(count, np.nan)
+
+
+def _geometry(ds, spacing: Tuple[float, float], warnings: List[str]) -> ImageGeometry:
+    """Origin and direction from ImagePositionPatient / ImageOrientationPatient; unusable values
+    (not numbers, not finite, not two orthonormal vectors) fall back to the identity, with a
+    warning: mammograms often carry no patient geometry, and heatmaps stay aligned to pixels."""
     origin = (0.0, 0.0, 0.0)
     direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-    position = getattr(ds, "ImagePositionPatient", None)
-    orientation = getattr(ds, "ImageOrientationPatient", None)
-    if position is not None and len(position) == 3:
-        origin = tuple(float(v) for v in position)
-    if orientation is not None and len(orientation) == 6:
-        row_dir = np.asarray([float(v) for v in orientation[:3]])
-        col_dir = np.asarray([float(v) for v in orientation[3:]])
-        normal = np.cross(row_dir, col_dir)
-        direction = tuple(float(v) for v in np.stack([row_dir, col_dir, normal], axis=1).reshape(-1))
+    position = _numbers(ds, "ImagePositionPatient", 3)
+    if position is not None:
+        if np.all(np.isfinite(position)):
+            origin = tuple(float(v) for v in position)
+        else:
+            warnings.append("ImagePositionPatient is not three numbers; outputs use origin (0, 0, 0)")
+    orientation = _numbers(ds, "ImageOrientationPatient", 6)
+    if orientation is not None:
+        row_dir, col_dir = orientation[:3], orientation[3:]
+        usable = (np.all(np.isfinite(orientation)) and abs(np.linalg.norm(row_dir) - 1) < 1e-3
+                  and abs(np.linalg.norm(col_dir) - 1) < 1e-3 and abs(float(row_dir @ col_dir)) < 1e-3)
+        if usable:
+            normal = np.cross(row_dir, col_dir)
+            direction = tuple(float(v) for v in np.stack([row_dir, col_dir, normal], axis=1).reshape(-1))
+        else:
+            warnings.append(f"ImageOrientationPatient {list(orientation)} is not two orthonormal directions; "
+                            "outputs use the identity orientation")
     return ImageGeometry(spacing=(spacing[1], spacing[0], 1.0), origin=origin, direction=direction)
+
+
+def _lut_functions():
+    """pydicom 3 keeps the LUT functions in ``pydicom.pixels``; pydicom 2.4 (3D Slicer 5.6-5.10)
+    in ``pydicom.pixel_data_handlers.util``."""
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    return apply_modality_lut, apply_voi_lut
 
 
 def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
@@ -65,14 +92,25 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    apply_modality_lut, apply_voi_lut = _lut_functions()
     path = os.fspath(path)
+    warnings: List[str] = []
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
-        raise ImageReadError("not a DICOM file (no DICM preamble)", path) from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        # No Part 10 preamble: many archives store bare data sets. Accept one that parses
+        # and carries the attributes an image needs.
+        try:
+            ds = pydicom.dcmread(path, force=True)
+            if "PixelData" not in ds and "SOPClassUID" not in ds:
+                raise InvalidDicomError("no image attributes")
+        except Exception:  # noqa: BLE001 - whatever forced parsing raises, it is not DICOM
+            raise ImageReadError("not a DICOM file (no DICM preamble, and not a readable data set)", path) from None
+        warnings.append("DICOM file without the Part 10 preamble (read as a bare data set)")
+    except PermissionError:
+        raise ImageReadError("permission denied", path) from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ImageReadError(f"cannot parse DICOM ({type(exc).__name__}: {exc}); the file may be truncated", path) from None
 
     if "PixelData" not in ds:
@@ -101,8 +139,11 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
                 f"transfer syntax {syntax_name} ({syntax}) cannot be decoded here: {DECODER_HINT}", path
             ) from exc
         raise ImageReadError(f"pixel data cannot be decoded ({exc})", path) from exc
-    except (ValueError, EOFError, OSError, AttributeError, KeyError) as exc:
-        raise ImageReadError(f"pixel data cannot be read; the file may be truncated ({exc})", path) from exc
+    except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError) as exc:
+        compressed = syntax is not None and getattr(syntax, "is_compressed", False)
+        what = "the compressed pixel data cannot be decoded (truncated or corrupt stream" if compressed else \
+            "the pixel data is shorter than the image it describes (truncated file"
+        raise ImageReadError(f"{what}: {exc})", path) from None
 
     if stored.ndim != 2:
         raise UnsupportedImageError(f"pixel array has shape {stored.shape}; expected a 2-D image", path)
@@ -110,8 +151,14 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     values = apply_modality_lut(stored, ds)
     voi_applied = "none"
     if apply_voi and ("VOILUTSequence" in ds or "WindowCenter" in ds):
-        values = apply_voi_lut(values, ds, index=0)
-        voi_applied = "VOILUTSequence" if "VOILUTSequence" in ds else "Window"
+        try:
+            windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
+            if not np.isfinite(windowed).all() or float(windowed.max()) == float(windowed.min()):
+                raise ValueError("the window maps every pixel to one value")
+            values = windowed
+            voi_applied = "VOILUTSequence" if "VOILUTSequence" in ds else "Window"
+        except (ValueError, TypeError, ZeroDivisionError, IndexError, KeyError, AttributeError) as exc:
+            warnings.append(f"the VOI LUT / window cannot be applied ({exc}); modality values are used")
     pixels = np.asarray(values, dtype=np.float32)
     if photometric == "MONOCHROME1":
         pixels = pixels.max() + pixels.min() - pixels
@@ -125,7 +172,7 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     }
     return MammogramImage(
         pixels=pixels,
-        geometry=_geometry(ds, spacing),
+        geometry=_geometry(ds, spacing, warnings),
         path=path,
         laterality=laterality[:1] if laterality in ("L", "R") else "",
         view_position=str(getattr(ds, "ViewPosition", "") or "").strip().upper(),
@@ -133,5 +180,8 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
         bits_stored=int(getattr(ds, "BitsStored", stored.dtype.itemsize * 8)),
         spacing_source=spacing_source,
         uids=uids,
-        extra={"transfer_syntax": str(syntax) if syntax else "", "voi": voi_applied, "modality": str(getattr(ds, "Modality", ""))},
+        extra={"transfer_syntax": str(syntax) if syntax else "", "voi": voi_applied,
+               "modality": str(getattr(ds, "Modality", "") or ""),
+               "presentation_intent": str(getattr(ds, "PresentationIntentType", "") or "")},
+        warnings=warnings,
     )

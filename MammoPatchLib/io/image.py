@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -77,6 +77,9 @@ class MammogramImage:
             "ImagerPixelSpacing", "file header", "given" or "default".
         uids: DICOM identifiers (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, PatientID).
         extra: other format-specific facts (transfer syntax, VOI choice, ...).
+        warnings: doubts about the input found while reading it (non-mammography modality,
+            unusable orientation, content that does not look like a mammogram); they are
+            copied into every output.
     """
 
     pixels: np.ndarray
@@ -89,6 +92,7 @@ class MammogramImage:
     spacing_source: str = "default"
     uids: Dict[str, str] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def shape(self) -> Tuple[int, int]:
@@ -111,5 +115,6 @@ class MammogramImage:
             "spacing_source": self.spacing_source,
             "geometry": self.geometry.to_dict(),
             "uids": dict(self.uids),
+            "warnings": list(self.warnings),
             **{k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool, list))},
         }

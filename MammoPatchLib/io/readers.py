@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +20,7 @@ from ..errors import ImageReadError, InvalidImageError, UnsupportedImageError
 from ..vocabulary import PathLike
 from .dicom import read_dicom
 from .image import DEFAULT_SPACING_MM, ImageGeometry, MammogramImage
+from .validate import MAX_SOURCE_PIXELS, check_spacing_value, content_warnings, kind_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -47,28 +51,68 @@ def is_dicom_file(path: PathLike) -> bool:
 def _read_pillow(path: Path) -> MammogramImage:
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = MAX_SOURCE_PIXELS // 2  # Pillow refuses above twice this
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_SOURCE_PIXELS:
+                raise InvalidImageError(f"image is {img.height} x {img.width} px, above the "
+                                        f"{MAX_SOURCE_PIXELS / 1e6:.0f} Mpx limit", path)
             img.load()
             mode = img.mode
             if mode in ("RGB", "RGBA", "P", "CMYK", "LA"):
                 raise UnsupportedImageError(f"colour image (mode {mode}); expected a greyscale mammogram", path)
             pixels = np.asarray(img)
-    except UnsupportedImageError:
+    except (UnsupportedImageError, InvalidImageError):
         raise
+    except Image.DecompressionBombError as exc:
+        raise InvalidImageError(f"image is too large to read safely ({exc})", path) from None
     except UnidentifiedImageError:
         raise ImageReadError("not a readable image file", path) from None
+    except PermissionError:
+        raise ImageReadError("permission denied", path) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read image ({exc}); the file may be truncated", path) from None
     bits = 8 if pixels.dtype == np.uint8 else 16 if pixels.dtype in (np.uint16, np.int16, np.int32) else 32
     return MammogramImage(pixels=pixels.astype(np.float32), path=str(path), bits_stored=bits, spacing_source="default")
 
 
+def _header_states_spacing(path: Path, ext: str) -> bool:
+    """Whether an NRRD / MetaImage header gives a pixel spacing (ITK silently uses 1 mm when it
+    does not, which would be read as a 1 mm mammogram). NIfTI always stores one."""
+    if ext not in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        return True
+    with open(path, "rb") as handle:
+        header = handle.read(65536)
+    end = header.find(b"\n\n") if ext in (".nrrd", ".nhdr") else header.find(b"ElementDataFile")
+    text = header[: end if end >= 0 else len(header)].decode("latin-1").lower()
+    keys = ("spacings:", "space directions:") if ext in (".nrrd", ".nhdr") else ("elementspacing", "elementsize")
+    return any(key in text for key in keys)
+
+
+def _itk_readable_name(path: Path, stack: contextlib.ExitStack) -> str:
+    """SimpleITK aborts the whole process on a file name that is not valid UTF-8; such files
+    are read through a temporary link with a plain name (detached-header formats refused)."""
+    name = os.fsencode(path)
+    try:
+        name.decode("utf-8")
+        return str(path)
+    except UnicodeDecodeError:
+        pass
+    if _extension(path) in (".nhdr", ".mhd"):
+        raise ImageReadError("file name is not valid UTF-8 and the header names a separate data file; "
+                             "rename the files", path)
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mammopatch-"))
+    link = os.path.join(folder, "image" + _extension(path))
+    os.symlink(os.path.abspath(name), os.fsencode(link))
+    return link
+
+
 def _read_itk(path: Path) -> MammogramImage:
     import SimpleITK as sitk
 
     try:
-        img = sitk.ReadImage(str(path))
+        with contextlib.ExitStack() as stack:
+            img = sitk.ReadImage(_itk_readable_name(path, stack))
     except RuntimeError as exc:
         raise ImageReadError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path) from None
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -94,9 +138,9 @@ def _read_itk(path: Path) -> MammogramImage:
     else:
         raise UnsupportedImageError(f"{dim}-D image; expected a 2-D mammogram", path)
     bits = 8 * pixels.dtype.itemsize if pixels.dtype.kind in "ui" else 32
-    return MammogramImage(
-        pixels=pixels.astype(np.float32), geometry=geometry, path=str(path), bits_stored=bits, spacing_source="file header"
-    )
+    stated = _header_states_spacing(path, _extension(path))
+    return MammogramImage(pixels=pixels.astype(np.float32), geometry=geometry, path=str(path), bits_stored=bits,
+                          spacing_source="file header" if stated else "default")
 
 
 def validate_pixels(image: MammogramImage, min_side: int = MIN_IMAGE_SIDE) -> None:
@@ -140,6 +184,8 @@ def read_mammogram(
         raise ImageReadError("is a folder, not an image file", file)
     if file.stat().st_size == 0:
         raise ImageReadError("file is empty (0 bytes)", file)
+    if not os.access(file, os.R_OK):
+        raise ImageReadError("permission denied", file)
     ext = _extension(file)
     if is_dicom_file(file) or ext in DICOM_EXTENSIONS:
         image = read_dicom(file, apply_voi=apply_voi)
@@ -154,12 +200,18 @@ def read_mammogram(
         )
     if image.spacing_source == "default":
         if spacing_mm is not None:
-            if spacing_mm <= 0:
-                raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
+            spacing_mm = check_spacing_value(spacing_mm, "spacing_mm")
             image.geometry = ImageGeometry(spacing=(spacing_mm, spacing_mm, 1.0), origin=image.geometry.origin,
                                            direction=image.geometry.direction)
             image.spacing_source = "given"
-        elif ext in PILLOW_EXTENSIONS:
-            logger.warning("%s: format stores no pixel spacing; assuming %.2f mm (pass spacing_mm)", file, DEFAULT_SPACING_MM)
+        else:
+            image.geometry = ImageGeometry(spacing=(DEFAULT_SPACING_MM, DEFAULT_SPACING_MM, 1.0),
+                                           origin=image.geometry.origin, direction=image.geometry.direction)
+            image.warnings.append(f"the file states no pixel spacing; {DEFAULT_SPACING_MM} mm assumed "
+                                  "(pass --spacing / spacing_mm)")
     validate_pixels(image, min_side=min_side)
+    image.warnings.extend(kind_warnings(image))
+    image.warnings.extend(content_warnings(image))
+    for warning in image.warnings:
+        logger.warning("%s: %s", file, warning)
     return image

@@ -1,0 +1,117 @@
+"""Checks at the boundary, done once per image before any work: geometry (spacing, orientation,
+the size the analysis will have), content (blank, binary, noise-like) and what kind of image
+it is (modality, "For Processing" raw data).
+
+Hard failures raise :class:`~MammoPatchLib.errors.InvalidImageError` /
+:class:`~MammoPatchLib.errors.UnsupportedImageError` naming the file and the problem;
+doubtful inputs are analysed with a warning in ``MammogramImage.warnings`` that travels into
+every output (findings.json, summary.csv) and is printed by the command line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import InvalidImageError, UnsupportedImageError
+from .image import MammogramImage
+
+#: Pixel spacings a mammogram can have (mm): digital detectors are 0.05-0.1 mm, scanned film
+#: up to ~0.2 mm (mini-MIAS), downsampled copies up to ~0.5 mm.
+MIN_SPACING_MM = 0.02
+MAX_SPACING_MM = 1.0
+#: Largest source image read (pixels): 20,000 x 20,000 would be 1.6 GB of float32 before any work.
+MAX_SOURCE_PIXELS = 120_000_000
+#: Bytes the analysis needs per pixel of the resampled image (three fused channels, window
+#: padding, features and heatmaps), used to refuse what the machine's memory cannot hold.
+BYTES_PER_ANALYSED_PIXEL = 400
+#: Modalities analysed without a warning.
+MAMMOGRAPHY_MODALITIES = ("MG", "")
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Physical memory available now (Linux / macOS sysconf), None when unknown."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_spacing_value(spacing_mm: float, what: str = "pixel spacing") -> float:
+    """A usable spacing or ValueError naming the range (for argument parsers and configs)."""
+    value = float(spacing_mm)
+    if not math.isfinite(value) or not MIN_SPACING_MM <= value <= MAX_SPACING_MM:
+        raise ValueError(f"{what} must be a number of mm in [{MIN_SPACING_MM}, {MAX_SPACING_MM}], got {spacing_mm}")
+    return value
+
+
+def check_geometry(image: MammogramImage, target_spacing_mm: Optional[float] = None,
+                   scales: Sequence[float] = (1.0,), window: int = 256,
+                   memory_bytes: Optional[int] = None) -> None:
+    """Refuse a geometry that cannot be analysed: spacing outside the mammography range or not
+    finite, an image that would be smaller than one window or larger than memory allows once
+    resampled to ``target_spacing_mm`` x each scale."""
+    where = image.path or "<array>"
+    row, col = image.geometry.row_spacing, image.geometry.col_spacing
+    for name, value in (("row", row), ("column", col)):
+        if not math.isfinite(value) or not MIN_SPACING_MM <= value <= MAX_SPACING_MM:
+            raise InvalidImageError(
+                f"{name} pixel spacing {value} mm (from {image.spacing_source}) is outside the range of mammograms "
+                f"[{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm; pass the right spacing (--spacing)", where)
+    rows, cols = image.shape
+    if rows * cols > MAX_SOURCE_PIXELS:
+        raise InvalidImageError(f"image is {rows} x {cols} px, above the {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx limit", where)
+    memory = memory_bytes if memory_bytes is not None else available_memory_bytes()
+    for scale in scales:
+        target = (target_spacing_mm or image.spacing_mm) * float(scale)
+        out_rows, out_cols = rows * row / target, cols * col / target
+        if min(out_rows, out_cols) < window / 4:
+            raise InvalidImageError(
+                f"at {target:.3g} mm per pixel the image is only {out_rows:.0f} x {out_cols:.0f} px, far smaller "
+                f"than one {window} px window: check the pixel spacing or the scales", where)
+        needed = out_rows * out_cols * BYTES_PER_ANALYSED_PIXEL
+        if memory is not None and needed > memory:
+            raise InvalidImageError(
+                f"analysing the image at {target:.3g} mm per pixel ({out_rows:.0f} x {out_cols:.0f} px) needs "
+                f"~{needed / 2**30:.1f} GiB, more than the {memory / 2**30:.1f} GiB available: check the pixel "
+                "spacing or the scales", where)
+
+
+def content_warnings(image: MammogramImage) -> list:
+    """Warnings for images that are probably not mammograms: almost blank, two-level (binary)
+    or noise-like (neighbouring pixels unrelated, where a mammogram is smooth)."""
+    pixels = image.pixels
+    step = max(1, int(math.sqrt(pixels.size / 250_000)))
+    sample = pixels[::step, ::step]
+    warnings = []
+    distinct = np.unique(sample[:: max(1, sample.shape[0] // 64), :: max(1, sample.shape[1] // 64)])
+    lo, hi = np.percentile(sample, [1, 99])
+    if len(distinct) <= 2:
+        warnings.append(f"the image has only {len(distinct)} grey levels (binary?); it does not look like a mammogram")
+    elif hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
+        warnings.append("98 % of the image has one value (nearly blank); findings are unlikely to mean anything")
+    else:
+        a, b = sample[:, :-1].ravel(), sample[:, 1:].ravel()
+        if a.std() > 0 and b.std() > 0:
+            correlation = float(np.corrcoef(a, b)[0, 1])
+            if correlation < 0.5:
+                warnings.append(f"neighbouring pixels are nearly unrelated (correlation {correlation:.2f}): the "
+                                "image looks like noise, not a mammogram")
+    return warnings
+
+
+def kind_warnings(image: MammogramImage) -> list:
+    """Refuse "For Processing" (raw detector) images; warn for non-mammography modalities."""
+    where = image.path or "<array>"
+    intent = str(image.extra.get("presentation_intent", "")).upper()
+    if intent == "FOR PROCESSING":
+        raise UnsupportedImageError(
+            "a 'FOR PROCESSING' mammogram (raw detector data, before the manufacturer's image processing); "
+            "MammoPatch analyses 'FOR PRESENTATION' images, which is what radiologists read", where)
+    modality = str(image.extra.get("modality", "")).upper()
+    if modality not in MAMMOGRAPHY_MODALITIES:
+        return [f"modality {modality} is not mammography (MG); MammoPatch's findings are meaningless on it"]
+    return []
