@@ -90,60 +90,100 @@ def output_stem(path: Path) -> str:
 
 def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str = DEFAULT_MODE,
                   device: str = "auto", spacing_mm: Optional[float] = None, formats: Sequence[str] = ("nrrd",),
-                  overwrite: bool = False, progress: bool = True,
-                  on_image: Optional[Callable[[int, int, Path], None]] = None, predictor: Optional[Predictor] = None,
-                  **predictor_options: Any) -> List[Dict[str, object]]:
-    """Predict every image of files / folders / globs into ``out_dir``; a bad file is reported
-    in the summary and the batch goes on. Writes ``out_dir/summary.csv``; returns its rows.
-    ``predictor``: an already built Predictor (then ``model``, ``mode``, ``device`` and the
-    options are not used)."""
+                  overwrite: bool = False, resume: bool = False, progress: bool = True,
+                  on_image: Optional[Callable[[int, int, Path], None]] = None,
+                  on_result: Optional[Callable[[Dict[str, object]], None]] = None,
+                  predictor: Optional[Predictor] = None, **predictor_options: Any) -> List[Dict[str, object]]:
+    """Predict every image of files / folders / globs into ``out_dir``, crash-safely
+    (:mod:`MammoPatchLib.batch`): a bad file is reported and the batch goes on; each image's
+    folder appears only when complete; ``out_dir/summary.csv`` is rewritten after every image.
+
+    Args:
+        resume: skip images whose output folder exists (done by an earlier, maybe killed, run).
+        overwrite: recompute those and replace their folders.
+        on_image: called with (index, count, path) before each image.
+        on_result: called with each image's summary row as soon as it is done.
+        predictor: an already built Predictor (then ``model``, ``mode``, ``device`` and the
+            options are not used).
+
+    Raises:
+        OutputError: ``out_dir`` cannot be written or another run holds it (before any image).
+        MammoPatchError: no images found, or the model cannot be loaded.
+    """
+    from .batch import OutputFolder, unique_names
     from .io.discovery import collect_images
     from .outputs import write_result, write_summary
 
     paths = collect_images(inputs)
     if not paths:
         raise MammoPatchError("no images found", ", ".join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)))
-    if predictor is None:
-        predictor = Predictor(resolve_model(model), mode=mode, device=device, progress=progress, **predictor_options)
-    out = Path(out_dir)
     rows: List[Dict[str, object]] = []
-    iterator = paths
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with OutputFolder(out_dir) as out:
+        if predictor is None:
+            predictor = Predictor(resolve_model(model), mode=mode, device=device, progress=progress,
+                                  **predictor_options)
+        names = unique_names(output_stem(p) for p in paths)
+        iterator = list(zip(paths, names))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        iterator = bar = tqdm(paths, desc="images", unit="img")
-    used_names: Dict[str, int] = {}
-    try:
-        for index, path in enumerate(iterator):
-            if on_image is not None:
-                on_image(index, len(paths), path)
-            stem = output_stem(path)
-            used_names[stem] = used_names.get(stem, 0) + 1
-            folder = out / (stem if used_names[stem] == 1 else f"{stem}_{used_names[stem]}")
-            row: Dict[str, object] = {"image": str(path), "output": str(folder)}
-            try:
-                result = predictor.predict_image(read_mammogram(path, spacing_mm=spacing_mm))
-                write_result(result, folder, formats=formats, overwrite=overwrite)
-                top = result.findings[0] if result.findings else None
-                row.update(status="ok", error="", findings=len(result.findings),
-                           top_class=top.category if top else "", top_score=f"{top.score:.4f}" if top else "",
-                           seconds=f"{sum(result.timings.values()):.2f}")
-            except Cancelled:
-                raise
-            except MammoPatchError as exc:
-                logger.error("%s", exc)
-                row.update(status="failed", error=str(exc), output="")
-            except Exception as exc:  # noqa: BLE001 - one unexpected failure must not end the batch
-                logger.exception("%s: unexpected error", path)
-                row.update(status="failed", error=f"{path}: unexpected {type(exc).__name__}: {exc}", output="")
-            rows.append(row)
-    finally:
-        if bar is not None:
-            bar.close()
-        if rows:
-            write_summary(rows, out / "summary.csv")
+            iterator = bar = tqdm(iterator, desc="images", unit="img")
+        try:
+            for index, (path, name) in enumerate(iterator):
+                if on_image is not None:
+                    on_image(index, len(paths), path)
+                row = _predict_one(predictor, path, name, out, spacing_mm, formats, overwrite, resume, write_result)
+                rows.append(row)
+                write_summary(rows, out.root / "summary.csv")
+                if on_result is not None:
+                    on_result(row)
+        finally:
+            if bar is not None:
+                bar.close()
     return rows
+
+
+def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, formats, overwrite: bool,
+                 resume: bool, write_result) -> Dict[str, object]:
+    """One image of a batch: its summary row; every failure is caught and reported in it."""
+    folder = out.root / name
+    row: Dict[str, object] = {"image": str(path), "output": str(folder), "warnings": ""}
+    if out.is_complete(name) and resume and not overwrite:
+        row.update(status="done earlier", error="")
+        return row
+    if out.is_complete(name) and not overwrite:
+        row.update(status="failed", output="",
+                   error=str(MammoPatchError("outputs exist already (--resume skips them, --overwrite replaces them)",
+                                             folder)))
+        return row
+    partial = None
+    try:
+        image = read_mammogram(path, spacing_mm=spacing_mm)
+        result = predictor.predict_image(image)
+        partial = out.partial(name)
+        write_result(result, partial, formats=formats, overwrite=True)
+        out.publish(partial, name, overwrite=True)
+        top = result.findings[0] if result.findings else None
+        row.update(status="ok", error="", findings=len(result.findings),
+                   top_class=top.category if top else "", top_score=f"{top.score:.4f}" if top else "",
+                   seconds=f"{sum(result.timings.values()):.2f}", warnings="; ".join(image.warnings))
+    except Cancelled:
+        raise
+    except MammoPatchError as exc:
+        logger.debug("%s", exc)
+        row.update(status="failed", error=str(exc), output="")
+    except MemoryError:
+        row.update(status="failed", error=f"{path}: out of memory", output="")
+    except Exception as exc:  # noqa: BLE001 - one unexpected failure must not end the batch
+        logger.debug("%s: unexpected error", path, exc_info=True)
+        row.update(status="failed", error=f"{path}: unexpected {type(exc).__name__}: {exc}", output="")
+    finally:
+        if partial is not None and partial.exists():
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)
+    return row
 
 
 def preview_preprocessing(image_path: PathLike, out_png: PathLike, spacing_mm: Optional[float] = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -14,6 +15,51 @@ from . import __version__
 from .errors import MammoPatchError
 
 logger = logging.getLogger("mammopatch")
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_CANNOT_WRITE = 0, 1, 2, 3
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _spacing(text: str) -> float:
+    from .io.validate import check_spacing_value
+
+    try:
+        return check_spacing_value(_number(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _scale(text: str) -> float:
+    value = _number(text)
+    if not 0.25 <= value <= 4.0:
+        raise argparse.ArgumentTypeError(f"scale {value} is outside [0.25, 4] (a window scale relative to the model)")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold {value} is not a probability in [0, 1]")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -57,7 +103,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                         help="exact: window by window (the poster); fast: one dense pass (default: %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then Apple MPS, then CPU), cpu, mps or cuda[:N] (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
                         help="windows per forward pass in exact mode (default: 256 on CUDA, 64 on MPS, 8 on CPU)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (CUDA; pays off over many images)")
@@ -65,14 +111,16 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                         help="test-time augmentation: also run the mirrored image and average (default: the model's)")
     parser.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian",
                         help="how overlapping windows are averaged (default: %(default)s)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+    parser.add_argument("--scales", type=_scale, nargs="+", default=[1.0],
                         help="multi-scale inference: window scales relative to the model's spacing, e.g. 0.75 1 1.5 "
                              "(heatmaps averaged; default: 1)")
     parser.add_argument("--classes", nargs="+", default=None, help="report only these classes")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=None,
+    parser.add_argument("--thresholds", type=_probability, nargs="+", default=None,
                         help="per-class probability thresholds (one per model class)")
     parser.add_argument("--format", nargs="+", choices=["nrrd", "nifti"], default=["nrrd"], dest="formats")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist and replace them")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip images whose outputs exist (finish a run that was stopped)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -80,25 +128,33 @@ def _predict_kwargs(args: argparse.Namespace) -> dict:
     return dict(model=args.model, mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
                 scales=args.scales, flip_tta=args.flip_tta, compile=args.compile,
                 classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
-                progress=not args.no_progress)
+                resume=getattr(args, "resume", False), progress=not args.no_progress)
 
 
-def _print_batch(rows, out: Path) -> int:
-    failed = [r for r in rows if r["status"] != "ok"]
-    for row in rows:
-        if row["status"] == "ok":
-            print(f"{row['image']}: {row['findings']} finding(s) -> {row['output']}")
-        else:
-            print(f"error: {row['error']}", file=sys.stderr)
+def _print_row(row) -> None:
+    """One line per image, as soon as it is done; each error printed once."""
+    if row["status"] == "ok":
+        print(f"{row['image']}: {row['findings']} finding(s) -> {row['output']}", flush=True)
+    elif row["status"] == "done earlier":
+        print(f"{row['image']}: done earlier -> {row['output']}", flush=True)
+    else:
+        print(f"error: {row['error']}", file=sys.stderr, flush=True)
+
+
+def _batch_exit(rows, out: Path) -> int:
+    failed = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows) - len(failed)} of {len(rows)} image(s) done; summary: {out / 'summary.csv'}")
-    return 1 if failed else 0
+    if failed:
+        print(f"{len(failed)} image(s) failed: " + ", ".join(str(r["image"]) for r in failed), file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict_files
 
-    rows = predict_files(args.inputs, args.out, spacing_mm=args.spacing, **_predict_kwargs(args))
-    return _print_batch(rows, Path(args.out))
+    rows = predict_files(args.inputs, args.out, spacing_mm=args.spacing, on_result=_print_row,
+                         **_predict_kwargs(args))
+    return _batch_exit(rows, Path(args.out))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -117,8 +173,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("NOTE: no bundled trained model found; using an UNTRAINED model: the heatmaps are meaningless.")
     kwargs = _predict_kwargs(args)
     kwargs.update(model=str(model), overwrite=True)
-    rows = predict_files([sample], out / "results", **kwargs)
-    code = _print_batch(rows, out / "results")
+    rows = predict_files([sample], out / "results", on_result=_print_row, **kwargs)
+    code = _batch_exit(rows, out / "results")
     print(f"sample mammogram: {sample}\noverlay: {out / 'results' / 'sample_mammogram' / 'overlay.png'}")
     for f in mammo.findings:
         print(f"  drawn in the sample: {f.category} at box {tuple(round(v) for v in f.box)}")
@@ -200,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="heatmaps, label maps and findings for mammograms")
     predict.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
     predict.add_argument("--out", required=True, help="output folder (one sub-folder per image + summary.csv)")
-    predict.add_argument("--spacing", type=float, default=None, help="pixel spacing (mm) for files that store none")
+    predict.add_argument("--spacing", type=_spacing, default=None, help="pixel spacing (mm) for files that store none")
     _add_predict_options(predict)
     predict.set_defaults(func=_cmd_predict)
 
@@ -254,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("preprocess", help="write preprocessing previews (channels + crop) for images")
     pre.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
     pre.add_argument("--out", required=True, help="output folder")
-    pre.add_argument("--spacing", type=float, default=None, help="pixel spacing (mm) for files that store none")
+    pre.add_argument("--spacing", type=_spacing, default=None, help="pixel spacing (mm) for files that store none")
     pre.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     pre.set_defaults(func=_cmd_preprocess)
 
@@ -275,14 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit codes: 0 all done, 1 some images failed (listed), 2 usage or configuration error
+    (bad arguments, model file, data set), 3 the outputs cannot be written (checked before the
+    first image), 130 interrupted."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("MammoPatchLib").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from .batch import OutputError
+
     try:
         return int(args.func(args) or 0)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_WRITE
     except MammoPatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -85,7 +85,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Sequence[
     return written
 
 
-SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output"]
+SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output", "warnings"]
 
 
 def write_summary(rows: List[Dict[str, object]], path: PathLike) -> str:

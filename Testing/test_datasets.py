@@ -57,14 +57,28 @@ def test_vindr_missing_columns(vindr_root, tmp_path):
     assert "finding_annotations.csv" in str(info.value)
 
 
-def test_vindr_box_outside_image(vindr_root, tmp_path):
+def test_vindr_boxes_overhanging_the_border_are_clipped_and_impossible_ones_dropped(vindr_root, tmp_path, caplog):
+    """Real VinDr-Mammo boxes overhang the border by tens of pixels: they are clipped with one
+    summary warning; a box that cannot be one drops that finding only; the counts say so."""
+    import logging
+
     def edit(cols, rows):
-        row = next(r for r in rows if r["xmin"])
-        row["xmax"] = str(float(row["width"]) + 50)
+        boxed = [r for r in rows if r["xmin"]]
+        boxed[0]["xmax"] = str(float(boxed[0]["width"]) + 40)  # overhangs the right border
+        boxed[1]["xmin"], boxed[1]["xmax"] = boxed[1]["xmax"], boxed[1]["xmin"]  # inverted
+        boxed[2]["ymin"] = "n/a"  # not a number
         return cols, rows
 
-    with pytest.raises(AnnotationError, match="outside the"):
-        read_vindr(_rewrite(vindr_root, tmp_path, edit), require_files=False)
+    root = _rewrite(vindr_root, tmp_path, edit)
+    counts = {}
+    with caplog.at_level(logging.WARNING):
+        records = read_vindr(root, require_files=False, counts=counts)
+    original = read_vindr(vindr_root, require_files=False)
+    assert counts["clipped"] == 1 and counts["dropped"] == 2
+    assert counts["findings"] == sum(len(r.findings) for r in original) - 2 == sum(len(r.findings) for r in records)
+    assert "1 box(es) overhanging the image clipped" in caplog.text and "2 finding(s) without a usable box" in caplog.text
+    widths = {r.image_id: r.size[1] for r in records}
+    assert all(f.box[2] <= widths[r.image_id] for r in records for f in r.findings)
 
 
 def test_vindr_bad_category_string(vindr_root, tmp_path):

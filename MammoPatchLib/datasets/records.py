@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -90,3 +91,29 @@ def check_box(box: Tuple[float, float, float, float], size: Optional[Tuple[int, 
             raise AnnotationError(f"box {box} lies outside the {rows} x {cols} image", where)
         box = (max(0.0, x0), max(0.0, y0), min(float(cols), x1), min(float(rows), y1))
     return box
+
+
+#: A box keeps its finding when at least this share of its area lies on the image.
+MIN_INSIDE_FRACTION = 0.5
+
+
+def fit_box(box: Tuple[float, float, float, float], size: Optional[Tuple[int, int]]
+            ) -> Tuple[Optional[Tuple[float, float, float, float]], str]:
+    """A box clipped to the image, and what happened: "ok", "clipped" (it overhung the border,
+    as real VinDr-Mammo boxes do by up to tens of pixels), or why it is no box: "not finite",
+    "empty" (xmax <= xmin or ymax <= ymin), "outside" (less than half of it on the image)."""
+    x0, y0, x1, y1 = box
+    if not all(math.isfinite(v) for v in box):
+        return None, "not finite"
+    if not (x1 > x0 and y1 > y0):
+        return None, "empty"
+    if size is None:
+        return box, "ok"
+    rows, cols = size
+    clipped = (max(0.0, x0), max(0.0, y0), min(float(cols), x1), min(float(rows), y1))
+    if clipped == tuple(box):
+        return box, "ok"
+    inside = max(0.0, clipped[2] - clipped[0]) * max(0.0, clipped[3] - clipped[1])
+    if inside < MIN_INSIDE_FRACTION * (x1 - x0) * (y1 - y0):
+        return None, "outside"
+    return clipped, "clipped"

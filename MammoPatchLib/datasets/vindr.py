@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 import logging
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..errors import AnnotationError
 from ..vocabulary import FINDING_CLASSES, NO_FINDING, PathLike, VinDrSchema
-from .records import Finding, ImageRecord, check_box, read_csv_rows
+from .records import Finding, ImageRecord, fit_box, read_csv_rows
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def read_vindr(
     root: PathLike,
     classes: Sequence[str] = FINDING_CLASSES,
     require_files: bool = True,
+    counts: Optional[Dict[str, int]] = None,
 ) -> List[ImageRecord]:
     """Read a VinDr-Mammo tree into one :class:`ImageRecord` per image.
 
@@ -47,9 +48,16 @@ def read_vindr(
         classes: the finding classes kept; other categories are ignored with a warning.
         require_files: skip (with one warning) images whose DICOM is missing, e.g. a partial
             download; False keeps them.
+        counts: filled with what was read: images, findings, boxes clipped to the image,
+            findings dropped (no usable box), images without a file.
+
+    Boxes overhanging the image border (common in the real annotations) are clipped; a box
+    that cannot be one (not numbers, empty, mostly outside the image) drops that finding only.
+    One summary warning reports both, with the first examples.
 
     Raises:
-        AnnotationError: missing CSV or columns, malformed category lists, boxes outside the image.
+        AnnotationError: missing CSV or columns, malformed category lists, image sizes that are
+            not numbers.
     """
     root = Path(root)
     table = root / "finding_annotations.csv"
@@ -60,6 +68,8 @@ def read_vindr(
     known = {c.lower(): c for c in classes}
     records: Dict[str, ImageRecord] = {}
     ignored: Dict[str, int] = {}
+    tally = {"findings": 0, "clipped": 0, "dropped": 0, "missing_files": 0}
+    examples: List[str] = []
 
     def record_for(row: Dict[str, str], line: str) -> ImageRecord:
         image_id = row["image_id"]
@@ -93,20 +103,36 @@ def read_vindr(
             category = known[name.lower()]
             if has_box:
                 try:
-                    box = tuple(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
+                    raw = tuple(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
+                    box, status = fit_box(raw, record.size)  # type: ignore[arg-type]
                 except ValueError:
-                    raise AnnotationError("xmin/ymin/xmax/ymax must be numbers", line) from None
-                record.findings.append(Finding(category, check_box(box, record.size, line)))  # type: ignore[arg-type]
+                    box, status = None, "not numbers"
+                if box is None:
+                    tally["dropped"] += 1
+                    if len(examples) < 3:
+                        examples.append(f"line {index}: {status}")
+                    continue
+                tally["clipped"] += status == "clipped"
+                tally["findings"] += 1
+                record.findings.append(Finding(category, box))
             elif category not in record.image_labels:
                 record.image_labels.append(category)
     if ignored:
         logger.warning("%s: ignored categories not in the class list: %s", table, ignored)
+    if tally["clipped"] or tally["dropped"]:
+        logger.warning("%s: %d box(es) overhanging the image clipped to it; %d finding(s) without a usable box "
+                       "dropped%s", table, tally["clipped"], tally["dropped"],
+                       f" ({'; '.join(examples)})" if examples else "")
 
     result = list(records.values())
     if require_files:
         present = [r for r in result if r.path.is_file()]
+        tally["missing_files"] = len(result) - len(present)
         if len(present) < len(result):
             logger.warning("%s: %d of %d annotated images have no DICOM file; skipped", root,
                            len(result) - len(present), len(result))
         result = present
+    tally["images"] = len(result)
+    if counts is not None:
+        counts.update(tally)
     return result

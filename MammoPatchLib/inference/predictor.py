@@ -15,6 +15,7 @@ from monai.inferers import Inferer
 
 from ..errors import Cancelled, ConfigError, MammoPatchError
 from ..io.image import MammogramImage
+from ..io.validate import check_geometry
 from ..model_file import LoadedModel
 from ..networks import FEATURE_STRIDE
 from ..postprocess import DetectedFinding, DetectionConfig, detect_findings, label_map_from_findings
@@ -258,6 +259,7 @@ class Predictor:
     def _predict(self, image: MammogramImage, report: ProgressCallback, timings: Dict[str, float],
                  prepared: Optional[PreprocessedImage] = None) -> PredictionResult:
         info = self.model.info
+        check_geometry(image, info.spacing_mm, self.scales, info.window)
         n = len(self.scales)
         spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
         factor, grid_rows, grid_cols = detection_grid(image.shape, image.spacing_mm, self.detection.grid_mm)
