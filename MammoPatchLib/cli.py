@@ -334,6 +334,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit codes: 0 all done, 1 some images failed (listed), 2 usage or configuration error
     (bad arguments, model file, data set), 3 the outputs cannot be written (checked before the
     first image), 130 interrupted."""
+    for stream in (sys.stdout, sys.stderr):  # file names need not be valid UTF-8: never crash printing one
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("MammoPatchLib").setLevel(logging.DEBUG if args.verbose else logging.INFO)

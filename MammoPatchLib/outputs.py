@@ -73,7 +73,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Sequence[
     _write_text(out / "findings.json", json.dumps(document, indent=1), True)
     written["findings"].append(str(out / "findings.json"))
     with atomic_path(out / "findings.csv") as tmp:
-        with open(tmp, "w", newline="") as handle:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
             writer.writerow(FINDING_CSV_COLUMNS)
             for f in result.findings:
@@ -91,7 +91,7 @@ SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_sco
 def write_summary(rows: List[Dict[str, object]], path: PathLike) -> str:
     """The batch's summary CSV: one row per input, ok or failed with the error."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)

@@ -174,7 +174,7 @@ class Predictor:
         self.detection = detection or info.inference.detection
         if mode == "fast" and info.stride != FEATURE_STRIDE:
             raise ConfigError(f"fast mode needs the backbone's stride ({FEATURE_STRIDE} px) as the window stride; "
-                              f"the model's is {info.stride}: use exact mode")
+                              f"the model's is {info.stride}: use exact mode", model.path or None)
         self.preprocessing = preprocessing or info.preprocessing
         if inferer is not None:
             self.inferer = inferer

@@ -73,6 +73,14 @@ def _geometry(ds, spacing: Tuple[float, float], warnings: List[str]) -> ImageGeo
     return ImageGeometry(spacing=(spacing[1], spacing[0], 1.0), origin=origin, direction=direction)
 
 
+def _has_pixel_data_tag(path: str) -> bool:
+    """Whether the file holds a (7FE0,0010) Pixel Data tag that pydicom dropped because the
+    file ends inside it."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return b"\xe0\x7f\x10\x00" in data
+
+
 def _lut_functions():
     """pydicom 3 keeps the LUT functions in ``pydicom.pixels``; pydicom 2.4 (3D Slicer 5.6-5.10)
     in ``pydicom.pixel_data_handlers.util``."""
@@ -114,6 +122,8 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
         raise ImageReadError(f"cannot parse DICOM ({type(exc).__name__}: {exc}); the file may be truncated", path) from None
 
     if "PixelData" not in ds:
+        if _has_pixel_data_tag(path):
+            raise ImageReadError("the pixel data is cut short (truncated file); it cannot be decoded", path)
         raise ImageReadError("DICOM without pixel data (not an image, e.g. a report or structured document)", path)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:

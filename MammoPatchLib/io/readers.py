@@ -51,7 +51,7 @@ def is_dicom_file(path: PathLike) -> bool:
 def _read_pillow(path: Path) -> MammogramImage:
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_SOURCE_PIXELS // 2  # Pillow refuses above twice this
+    Image.MAX_IMAGE_PIXELS = MAX_SOURCE_PIXELS  # Pillow warns above this and refuses above twice it
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_SOURCE_PIXELS:
@@ -64,8 +64,9 @@ def _read_pillow(path: Path) -> MammogramImage:
             pixels = np.asarray(img)
     except (UnsupportedImageError, InvalidImageError):
         raise
-    except Image.DecompressionBombError as exc:
-        raise InvalidImageError(f"image is too large to read safely ({exc})", path) from None
+    except Image.DecompressionBombError:
+        raise InvalidImageError(f"image is far above the {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx limit (not read)",
+                                path) from None
     except UnidentifiedImageError:
         raise ImageReadError("not a readable image file", path) from None
     except PermissionError:

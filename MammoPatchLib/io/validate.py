@@ -89,10 +89,10 @@ def content_warnings(image: MammogramImage) -> list:
     warnings = []
     distinct = np.unique(sample[:: max(1, sample.shape[0] // 64), :: max(1, sample.shape[1] // 64)])
     lo, hi = np.percentile(sample, [1, 99])
-    if len(distinct) <= 2:
-        warnings.append(f"the image has only {len(distinct)} grey levels (binary?); it does not look like a mammogram")
-    elif hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
+    if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
         warnings.append("98 % of the image has one value (nearly blank); findings are unlikely to mean anything")
+    elif len(distinct) <= 2:
+        warnings.append(f"the image has only {len(distinct)} grey levels (binary?); it does not look like a mammogram")
     else:
         a, b = sample[:, :-1].ravel(), sample[:, 1:].ravel()
         if a.std() > 0 and b.std() > 0:

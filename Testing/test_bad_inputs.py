@@ -1,0 +1,189 @@
+"""Every case of the bad-input corpus (bad_inputs.py) gives exactly its outcome through the
+batch path `mammopatch predict` uses: one clear error naming the file, an analysis with a
+warning, or a clean analysis; and the batch always finishes with a complete summary."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+from bad_inputs import corpus
+from helpers import probe_model
+
+CASES = corpus()
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tmp_path_factory):
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.inference import Predictor
+
+    folder = tmp_path_factory.mktemp("corpus")
+    inputs = []
+    for index, case in enumerate(CASES):
+        case_folder = folder / f"{index:02d}-{case.name}"
+        case_folder.mkdir()
+        inputs.append(case.make(case_folder))
+    out = folder / "out"
+    predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
+    rows = predict_files(inputs, out, predictor=predictor, progress=False)
+    return inputs, rows, out
+
+
+def test_corpus_is_large_and_covers_every_outcome():
+    outcomes = [c.outcome for c in CASES]
+    assert len(CASES) >= 60 and {"error", "warning", "ok"} == set(outcomes)
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+def test_batch_finishes_with_one_summary_row_per_input(corpus_run):
+    inputs, rows, out = corpus_run
+    assert [r["image"] for r in rows] == [str(p) for p in inputs]
+    summary = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8", errors="surrogateescape")))
+    assert len(summary) == len(inputs)
+    assert not [p for p in os.listdir(out) if p.startswith(".partial-")], "no partial folders left"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_each_bad_input_gives_its_outcome(corpus_run, case):
+    inputs, rows, _ = corpus_run
+    row = rows[CASES.index(case)]
+    if case.outcome == "error":
+        assert row["status"] == "failed", row
+        message = row["error"]
+        assert "\n" not in message and "Traceback" not in message and "unexpected" not in message, message
+        assert Path(row["image"]).name in message or os.fsdecode(row["image"]) in message, message
+        assert case.reason.lower() in message.lower(), message
+    else:
+        assert row["status"] == "ok", row
+        assert Path(row["output"]).is_dir() and (Path(row["output"]) / "findings.json").is_file()
+        if case.outcome == "warning":
+            assert case.reason.lower() in row["warnings"].lower(), row
+        else:
+            assert row["warnings"] == "", row
+
+
+# ---- the command line: usage errors (2), outputs that cannot be written (3), model files ----
+
+@pytest.fixture(scope="module")
+def one_image(tmp_path_factory):
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    folder = tmp_path_factory.mktemp("one")
+    return Path(write_dicom(synthesize_mammogram((512, 416), 0.2, "L", "CC", [], seed=1), folder / "a.dcm"))
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    from helpers import tiny_model_file
+
+    return tiny_model_file(tmp_path_factory.mktemp("model") / "m.pt", spacing_mm=0.4)
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--spacing", "-1"], ["--spacing", "0"], ["--spacing", "nan"], ["--spacing", "inf"], ["--spacing", "5"],
+    ["--scales", "0.01"], ["--scales", "nan"], ["--scales", "1000"], ["--thresholds", "nan"],
+    ["--thresholds", "1.5"], ["--batch-size", "0"], ["--mode", "turbo"],
+], ids=lambda a: " ".join(a))
+def test_bad_arguments_are_usage_errors(arguments, one_image, tmp_path, capsys):
+    from MammoPatchLib.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["predict", str(one_image), "--out", str(tmp_path / "o"), *arguments])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+
+
+def _cli(*arguments) -> tuple:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "MammoPatchLib.cli", *map(str, arguments)], capture_output=True,
+                          text=True, timeout=300, errors="backslashreplace")
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_outputs_that_cannot_be_written_stop_before_any_image(one_image, small_model, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out, reason in [(a_file, "not a folder"), (Path("/proc/mammopatch-out"), "cannot write")]:
+        code, _, err = _cli("predict", one_image, "--model", small_model, "--out", out, "--no-progress")
+        assert code == 3, err
+        assert reason in err and err.count("error:") == 1 and "Traceback" not in err
+
+
+def test_a_second_run_on_a_locked_output_folder_is_refused(one_image, small_model, tmp_path):
+    from MammoPatchLib.batch import OutputFolder
+
+    with OutputFolder(tmp_path / "out"):
+        code, _, err = _cli("predict", one_image, "--model", small_model, "--out", tmp_path / "out", "--no-progress")
+    assert code == 3 and "another MammoPatch run" in err
+    code, _, err = _cli("predict", one_image, "--model", small_model, "--out", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"window": 0}, "window"), ({"stride": 64}, "fast mode needs"), ({"spacing_mm": -0.2}, "spacing_mm"),
+    ({"thresholds": [float("nan")] * 10}, "thresholds"), ({"classes": ["Mass"] * 10}, "unique"),
+    ({"unexpected": 1}, "unknown field"), ({"head_pooling": "max"}, "head_pooling"),
+], ids=["window-0", "stride-64", "negative-spacing", "nan-thresholds", "duplicate-classes", "unknown-key",
+        "unknown-pooling"])
+def test_bad_model_files_are_refused_before_any_image(change, reason, one_image, small_model, tmp_path):
+    import torch
+
+    from MammoPatchLib.model_file import weights_sha256
+
+    payload = torch.load(small_model, weights_only=True)
+    payload["info"].update(change)
+    payload["sha256"] = weights_sha256(payload["state_dict"])
+    torch.save(payload, tmp_path / "bad.pt")
+    code, out, err = _cli("predict", one_image, "--model", tmp_path / "bad.pt", "--out", tmp_path / "o", "--no-progress")
+    assert code == 2 and reason in err and "bad.pt" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o" / "a").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_batch_resumes_to_the_outputs_of_an_uninterrupted_one(small_model, tmp_path):
+    """SIGKILL while images are being written: the re-run with --resume completes the batch,
+    skips the finished images, leaves no partial folder, and its outputs equal those of a run
+    that was never interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    from MammoPatchLib.io import read_mammogram
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    images = tmp_path / "in"
+    for k in range(6):
+        write_dicom(synthesize_mammogram((768, 640), 0.2, "L", "CC", ["round mass"], seed=k), images / f"img{k}.dcm")
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    command = [sys.executable, "-m", "MammoPatchLib.cli", "predict", str(images), "--model", str(small_model),
+               "--mode", "exact", "--device", "cpu", "--no-progress"]
+    process = subprocess.Popen(command + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        summary = killed / "summary.csv"
+        if summary.exists() and len(summary.read_text().splitlines()) >= 3:  # header + 2 images
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = sorted(p.name for p in killed.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert 2 <= len(done_before) < 6, done_before
+    assert all((killed / name / "overlay.png").exists() for name in done_before), "published folders are complete"
+    assert subprocess.run(command + ["--out", str(killed), "--resume"], capture_output=True).returncode == 0
+    assert subprocess.run(command + ["--out", str(clean)], capture_output=True).returncode == 0
+    rows = {r["image"]: r["status"] for r in csv.DictReader(open(killed / "summary.csv"))}
+    assert sorted(s for s in rows.values()) == sorted(["done earlier"] * len(done_before) + ["ok"] * (6 - len(done_before)))
+    assert not [p for p in killed.iterdir() if p.name.startswith((".partial-", ".replaced-"))]
+    for k in range(6):
+        a = read_mammogram(killed / f"img{k}" / "heatmap_mass.nrrd", min_side=0).pixels
+        b = read_mammogram(clean / f"img{k}" / "heatmap_mass.nrrd", min_side=0).pixels
+        np.testing.assert_array_equal(a, b)
