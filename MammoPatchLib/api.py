@@ -93,6 +93,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
                   overwrite: bool = False, resume: bool = False, progress: bool = True,
                   on_image: Optional[Callable[[int, int, Path], None]] = None,
                   on_result: Optional[Callable[[Dict[str, object]], None]] = None,
+                  on_progress: Optional[Callable[[float, str], None]] = None,
                   predictor: Optional[Predictor] = None, **predictor_options: Any) -> List[Dict[str, object]]:
     """Predict every image of files / folders / globs into ``out_dir``, crash-safely
     (:mod:`MammoPatchLib.batch`): a bad file is reported and the batch goes on; each image's
@@ -103,6 +104,8 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
         overwrite: recompute those and replace their folders.
         on_image: called with (index, count, path) before each image.
         on_result: called with each image's summary row as soon as it is done.
+        on_progress: called with (fraction of the whole batch, text) while it runs; raising
+            :class:`~MammoPatchLib.errors.Cancelled` from it stops the batch.
         predictor: an already built Predictor (then ``model``, ``mode``, ``device`` and the
             options are not used).
 
@@ -133,7 +136,12 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
             for index, (path, name) in enumerate(iterator):
                 if on_image is not None:
                     on_image(index, len(paths), path)
-                row = _predict_one(predictor, path, name, out, spacing_mm, formats, overwrite, resume, write_result)
+                image_progress = None
+                if on_progress is not None:
+                    def image_progress(fraction, text, index=index, name=name):
+                        on_progress((index + fraction) / len(paths), f"{name}: {text}")
+                row = _predict_one(predictor, path, name, out, spacing_mm, formats, overwrite, resume, write_result,
+                                   image_progress)
                 rows.append(row)
                 write_summary(rows, out.root / "summary.csv")
                 if on_result is not None:
@@ -145,7 +153,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
 
 
 def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, formats, overwrite: bool,
-                 resume: bool, write_result) -> Dict[str, object]:
+                 resume: bool, write_result, on_progress=None) -> Dict[str, object]:
     """One image of a batch: its summary row; every failure is caught and reported in it."""
     folder = out.root / name
     row: Dict[str, object] = {"image": str(path), "output": str(folder), "warnings": ""}
@@ -160,7 +168,7 @@ def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, f
     partial = None
     try:
         image = read_mammogram(path, spacing_mm=spacing_mm)
-        result = predictor.predict_image(image)
+        result = predictor.predict_image(image, on_progress=on_progress)
         partial = out.partial(name)
         write_result(result, partial, formats=formats, overwrite=True)
         out.publish(partial, name, overwrite=True)

@@ -149,11 +149,30 @@ def _batch_exit(rows, out: Path) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+PROGRESS_PREFIX = "MAMMOPATCH-PROGRESS"
+
+
+def _progress_reporter(args: argparse.Namespace):
+    """For a caller that runs the command as a worker process (the Slicer module): progress as
+    machine-readable lines, and a cancel file whose appearance stops the run."""
+    if not args.progress_lines and not args.cancel_file:
+        return None
+    from .errors import Cancelled
+
+    def report(fraction: float, text: str) -> None:
+        if args.cancel_file and Path(args.cancel_file).exists():
+            raise Cancelled("cancelled by the user")
+        if args.progress_lines:
+            print(f"{PROGRESS_PREFIX} {fraction:.4f} {text}", flush=True)
+
+    return report
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict_files
 
     rows = predict_files(args.inputs, args.out, spacing_mm=args.spacing, on_result=_print_row,
-                         **_predict_kwargs(args))
+                         on_progress=_progress_reporter(args), **_predict_kwargs(args))
     return _batch_exit(rows, Path(args.out))
 
 
@@ -257,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
     predict.add_argument("--out", required=True, help="output folder (one sub-folder per image + summary.csv)")
     predict.add_argument("--spacing", type=_spacing, default=None, help="pixel spacing (mm) for files that store none")
+    predict.add_argument("--progress-lines", action="store_true",
+                         help=f"print progress as '{PROGRESS_PREFIX} <fraction> <text>' lines (for programs running this)")
+    predict.add_argument("--cancel-file", default=None, help="stop (exit 130) as soon as this file exists")
     _add_predict_options(predict)
     predict.set_defaults(func=_cmd_predict)
 
@@ -341,12 +363,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("MammoPatchLib").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from .batch import OutputError
+    from .errors import Cancelled
 
     try:
         return int(args.func(args) or 0)
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_WRITE
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
     except MammoPatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -205,6 +205,15 @@ def synthesize_mammogram(
     return SyntheticMammogram(pixels, spacing_mm, laterality, view_position, drawn, mask)
 
 
+def save_dicom(ds, path) -> None:
+    """Save as a DICOM Part 10 file (preamble and file meta) with pydicom 3, or pydicom 2.4 as
+    3D Slicer 5.6-5.10 bundle it (``enforce_file_format`` is new in pydicom 3)."""
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except TypeError:  # pydicom < 3
+        ds.save_as(path, write_like_original=False)
+
+
 def write_dicom(
     mammogram: SyntheticMammogram,
     path: PathLike,
@@ -271,7 +280,7 @@ def write_dicom(
     if transfer_syntax != "explicit":
         ds.compress(UID(TRANSFER_SYNTAXES[transfer_syntax]), stored)
     with atomic_path(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
+        save_dicom(ds, tmp)
     return os.fspath(path)
 
 

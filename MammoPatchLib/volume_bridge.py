@@ -7,7 +7,7 @@ mammogram in Slicer is a single-slice volume whose array is (1, rows, columns): 
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -43,15 +43,31 @@ def volume_array_from_map(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values[np.newaxis])
 
 
-def box_to_ras(box_px: Tuple[float, float, float, float], ijk_to_ras: np.ndarray
-               ) -> Tuple[np.ndarray, np.ndarray]:
-    """Centre and size (RAS, mm) of a pixel box (xmin, ymin, xmax, ymax) on slice K = 0,
-    for a markups ROI. The size is measured along the volume's own axes."""
+def box_to_roi(box_px: Tuple[float, float, float, float], ijk_to_ras: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A markups ROI for a pixel box (xmin, ymin, xmax, ymax) on slice K = 0: its 4 x 4
+    ObjectToNode matrix (axes along the volume's I, J, K directions, origin at the box centre,
+    RAS) and its size in mm along those axes. A box drawn on a rotated or flipped volume stays
+    on the same pixels."""
     matrix = np.asarray(ijk_to_ras, dtype=float)
-    x0, y0, x1, y1 = box_px
-    corners = np.array([[x0 - 0.5, y0 - 0.5, 0, 1], [x1 - 0.5, y1 - 0.5, 0, 1]], dtype=float)
-    ras = (matrix @ corners.T).T[:, :3]
-    centre = ras.mean(axis=0)
+    x0, y0, x1, y1 = (float(v) for v in box_px)
+    centre = matrix @ np.array([(x0 + x1) / 2 - 0.5, (y0 + y1) / 2 - 0.5, 0.0, 1.0])
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    axes = matrix[:3, :3] / np.where(spacing == 0, 1.0, spacing)
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = axes
+    object_to_node[:3, 3] = centre[:3]
     size = np.array([(x1 - x0) * spacing[0], (y1 - y0) * spacing[1], max(spacing[2], 1.0)])
-    return centre, size
+    return object_to_node, size
+
+
+def dicom_source_file(instance_uids: Optional[str], file_for_instance: Optional[Callable[[str], str]]) -> Optional[str]:
+    """The DICOM file a volume node was loaded from, from its "DICOM.instanceUIDs" attribute
+    (space-separated SOP Instance UIDs, set by Slicer's DICOM scalar volume plugin) and the
+    DICOM database's fileForInstance; None for a volume that did not come from one DICOM file."""
+    if not instance_uids or file_for_instance is None:
+        return None
+    uids = instance_uids.split()
+    if len(uids) != 1:
+        return None
+    path = file_for_instance(uids[0])
+    return path or None

@@ -40,6 +40,8 @@ def test_dicom_monochrome1_is_inverted(tmp_path, synthetic_mammo):
 def test_dicom_compressed_syntaxes_are_lossless(tmp_path, synthetic_mammo, syntax):
     if syntax == "jpegls":
         pytest.importorskip("jpeg_ls")
+    if syntax == "jpeg2000" and int(pydicom.__version__.split(".")[0]) < 3:
+        pytest.skip("pydicom < 3 cannot encode JPEG 2000 (only the test data writer needs it; reading works)")
     path = write_dicom(synthetic_mammo, tmp_path / f"{syntax}.dcm", transfer_syntax=syntax, bits_stored=12)
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID.is_compressed
     image = read_mammogram(path)

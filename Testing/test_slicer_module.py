@@ -145,7 +145,7 @@ def test_requirements_leave_slicer_packages_alone():
 
 def test_volume_conversion_round_trip():
     from MammoPatchLib.io.image import ImageGeometry
-    from MammoPatchLib.volume_bridge import box_to_ras, image_from_volume_array, volume_array_from_map
+    from MammoPatchLib.volume_bridge import box_to_roi, image_from_volume_array, volume_array_from_map
 
     geometry = ImageGeometry(spacing=(0.07, 0.08, 1.0), origin=(5.0, -3.0, 0.0))
     matrix = geometry.ijk_to_ras()
@@ -156,7 +156,8 @@ def test_volume_conversion_round_trip():
     assert image.geometry.origin == pytest.approx(geometry.origin)
     assert np.allclose(image.geometry.ijk_to_ras(), matrix)
     assert volume_array_from_map(image.pixels).shape == (1, 300, 280)
-    centre, size = box_to_ras((10, 20, 30, 60), matrix)
+    object_to_node, size = box_to_roi((10, 20, 30, 60), matrix)
+    centre = object_to_node[:3, 3]
     # RAS = -LPS in x and y: column 19.5 -> L = 5 + 19.5 * 0.07 -> R = -(that)
     assert centre[0] == pytest.approx(-(5.0 + 19.5 * 0.07)) and centre[1] == pytest.approx(-(-3.0 + 39.5 * 0.08))
     assert size[:2] == pytest.approx((20 * 0.07, 40 * 0.08))
@@ -184,3 +185,59 @@ def test_batch_script_runs_in_plain_python(tmp_path):
     rows = {Path(r["image"]).name: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert rows["a.dcm"]["status"] == "ok" and rows["broken.dcm"]["status"] == "failed"
     assert (out / "a" / "labelmap.nrrd").exists()
+
+
+def test_roi_follows_a_rotated_volume_onto_the_boxed_pixels():
+    """On a volume whose axes are rotated and flipped in RAS, the ROI's axes follow the volume,
+    so its corners land on the corners of the pixel box (sizes along RAS axes would not)."""
+    from MammoPatchLib.io.image import ImageGeometry
+    from MammoPatchLib.volume_bridge import box_to_roi
+
+    angle = np.deg2rad(30)
+    direction = (np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0, 0.0, 0.0, -1.0)
+    matrix = ImageGeometry(spacing=(0.1, 0.2, 1.0), origin=(3.0, 4.0, 5.0), direction=direction).ijk_to_ras()
+    box = (40, 10, 100, 70)
+    object_to_node, size = box_to_roi(box, matrix)
+    for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+        corner_roi = object_to_node @ np.array([sx * size[0] / 2, sy * size[1] / 2, 0.0, 1.0])
+        x = box[0] if sx < 0 else box[2]
+        y = box[1] if sy < 0 else box[3]
+        corner_pixels = matrix @ np.array([x - 0.5, y - 0.5, 0.0, 1.0])
+        np.testing.assert_allclose(corner_roi[:3], corner_pixels[:3], atol=1e-9)
+
+
+def test_dicom_volumes_are_analysed_from_their_own_file():
+    from MammoPatchLib.volume_bridge import dicom_source_file
+
+    files = {"1.2.3": "/data/a.dcm"}
+    assert dicom_source_file("1.2.3", files.get) == "/data/a.dcm"
+    assert dicom_source_file("1.2.3 1.2.4", files.get) is None, "a multi-file series is exported instead"
+    assert dicom_source_file(None, files.get) is None and dicom_source_file("1.2.3", None) is None
+
+
+@pytest.mark.parametrize("photometric, window", [("MONOCHROME2", False), ("MONOCHROME1", True)])
+def test_slicer_and_the_command_line_give_the_same_heatmaps(photometric, window, tmp_path):
+    """Same input, same answer. A DICOM volume is analysed from its file (the Logic passes it to
+    the worker, as mammopatch predict reads it, VOI and MONOCHROME1 included); any other
+    volume goes through the array Slicer holds and its IJK-to-RAS matrix, saved as NRRD. Both
+    give the heatmaps the command line gives for the same pixels."""
+    from helpers import probe_model
+
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.io import read_mammogram, write_volume
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+    from MammoPatchLib.volume_bridge import image_from_volume_array, volume_array_from_map
+
+    mammo = synthesize_mammogram((640, 512), 0.2, "L", "CC", ["round mass"], seed=4)
+    path = write_dicom(mammo, tmp_path / "m.dcm", photometric=photometric, window=window)
+    predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
+    cli = predictor.predict_image(read_mammogram(path))
+    # The array a Slicer volume would hold after the library read the file, with its matrix:
+    image = read_mammogram(path)
+    array, matrix = volume_array_from_map(image.pixels), image.geometry.ijk_to_ras()
+    bridged = image_from_volume_array(array, matrix, "volume")
+    exported = tmp_path / "input.nrrd"
+    write_volume(bridged.pixels, bridged.geometry, exported)
+    via_nrrd = predictor.predict_image(read_mammogram(exported))
+    np.testing.assert_allclose(via_nrrd.heatmaps, cli.heatmaps, atol=1e-6)
+    assert [(f.category, f.box_px) for f in via_nrrd.findings] == [(f.category, f.box_px) for f in cli.findings]

@@ -32,6 +32,7 @@ def parse_arguments(argv):
     parser.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--resume", action="store_true", help="skip images whose outputs exist")
     return parser.parse_args(argv)
 
 
@@ -60,18 +61,19 @@ def run(argv):
         sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, in a source tree
         from MammoPatchLib.api import predict_files
 
-        def run_files(inputs, output, modelPath=None, mode=DEFAULT_MODE, device="auto", overwrite=False):
-            return predict_files(inputs, output, model=modelPath, mode=mode, device=device, overwrite=overwrite)
+        def run_files(inputs, output, modelPath=None, mode=DEFAULT_MODE, device="auto", overwrite=False, resume=False):
+            return predict_files(inputs, output, model=modelPath, mode=mode, device=device, overwrite=overwrite,
+                                 resume=resume, progress=False)
 
     from MammoPatchLib.errors import MammoPatchError
 
     try:
         rows = run_files(args.input, args.output, modelPath=args.model, mode=args.mode, device=args.device,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, resume=args.resume)
     except MammoPatchError as exc:
         logging.error("%s", exc)
         return 2
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] == "failed"]
     for row in failed:
         logging.error("skipped: %s", row["error"])
     logging.info("%d of %d image(s) done; summary: %s", len(rows) - len(failed), len(rows),
@@ -79,10 +81,25 @@ def run(argv):
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    status = run(sys.argv[1:])
-    if _in_slicer():
-        import slicer
+def main() -> None:
+    """Run, and always end the process with a status: inside Slicer (--python-script keeps
+    the application running after the script) any failure, not only MammoPatch's own errors,
+    must still end it, or a window-less Slicer would run forever."""
+    status = 2
+    try:
+        status = run(sys.argv[1:])
+    except SystemExit as exc:  # argparse: usage errors
+        status = exc.code if isinstance(exc.code, int) else 2
+    except BaseException:  # noqa: BLE001 - import errors, install failures, anything
+        logging.exception("MammoPatch batch failed")
+        status = 2
+    finally:
+        if _in_slicer():
+            import slicer
 
-        slicer.util.exit(status)
+            slicer.util.exit(status)
     sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
