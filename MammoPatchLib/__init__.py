@@ -7,7 +7,7 @@ data set readers, a synthetic mammogram generator, and (in later modules) the pa
 classifier and its sliding-window heatmaps.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import (
     AnnotationError,

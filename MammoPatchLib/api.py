@@ -91,6 +91,8 @@ def output_stem(path: Path) -> str:
 def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str = DEFAULT_MODE,
                   device: str = "auto", spacing_mm: Optional[float] = None, formats: Sequence[str] = ("nrrd",),
                   overwrite: bool = False, resume: bool = False, progress: bool = True,
+                  heatmaps: str = "selected", heatmap_spacing_mm: Optional[float] = None,
+                  heatmap_dtype: str = "float32", dicom: bool = False,
                   on_image: Optional[Callable[[int, int, Path], None]] = None,
                   on_result: Optional[Callable[[Dict[str, object]], None]] = None,
                   on_progress: Optional[Callable[[float, str], None]] = None,
@@ -101,6 +103,9 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
 
     Args:
         resume: skip images whose output folder exists (done by an earlier, maybe killed, run).
+        heatmaps, heatmap_spacing_mm, heatmap_dtype, dicom: which heatmaps are written, at what
+            spacing and type, and whether DICOM SEG / SC / SR are too
+            (:class:`~MammoPatchLib.outputs.OutputOptions`).
         overwrite: recompute those and replace their folders.
         on_image: called with (index, count, path) before each image.
         on_result: called with each image's summary row as soon as it is done.
@@ -115,8 +120,10 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
     """
     from .batch import OutputFolder, unique_names
     from .io.discovery import collect_images
-    from .outputs import write_result, write_summary
+    from .outputs import OutputOptions, write_result, write_summary
 
+    options = OutputOptions(formats=tuple(formats), heatmaps=heatmaps, heatmap_spacing_mm=heatmap_spacing_mm,
+                            heatmap_dtype=heatmap_dtype, dicom=dicom)
     paths = collect_images(inputs)
     if not paths:
         raise MammoPatchError("no images found", ", ".join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)))
@@ -140,7 +147,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
                 if on_progress is not None:
                     def image_progress(fraction, text, index=index, name=name):
                         on_progress((index + fraction) / len(paths), f"{name}: {text}")
-                row = _predict_one(predictor, path, name, out, spacing_mm, formats, overwrite, resume, write_result,
+                row = _predict_one(predictor, path, name, out, spacing_mm, options, overwrite, resume, write_result,
                                    image_progress)
                 rows.append(row)
                 write_summary(rows, out.root / "summary.csv")
@@ -152,7 +159,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
     return rows
 
 
-def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, formats, overwrite: bool,
+def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, options, overwrite: bool,
                  resume: bool, write_result, on_progress=None) -> Dict[str, object]:
     """One image of a batch: its summary row; every failure is caught and reported in it."""
     folder = out.root / name
@@ -170,7 +177,7 @@ def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, f
         image = read_mammogram(path, spacing_mm=spacing_mm)
         result = predictor.predict_image(image, on_progress=on_progress)
         partial = out.partial(name)
-        write_result(result, partial, formats=formats, overwrite=True)
+        write_result(result, partial, overwrite=True, options=options, selected_classes=predictor.selected)
         out.publish(partial, name, overwrite=True)
         top = result.findings[0] if result.findings else None
         row.update(status="ok", error="", findings=len(result.findings),

@@ -52,6 +52,13 @@ def _probability(text: str) -> float:
     return value
 
 
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -118,6 +125,14 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", type=_probability, nargs="+", default=None,
                         help="per-class probability thresholds (one per model class)")
     parser.add_argument("--format", nargs="+", choices=["nrrd", "nifti"], default=["nrrd"], dest="formats")
+    parser.add_argument("--heatmaps", choices=["none", "selected", "all"], default="selected",
+                        help="heatmap files: none, the reported classes (default) or all ten")
+    parser.add_argument("--heatmap-spacing", type=_positive_number, default=None, metavar="MM",
+                        help="write heatmaps at this pixel spacing (e.g. 1) instead of the source's")
+    parser.add_argument("--heatmap-dtype", choices=["float32", "uint8"], default="float32",
+                        help="heatmap values: float32 probabilities or uint8 (probability x 255)")
+    parser.add_argument("--dicom-out", action="store_true",
+                        help="also write DICOM SEG, heatmap SEG, overlay Secondary Capture and SR (DICOM inputs)")
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist and replace them")
     parser.add_argument("--resume", action="store_true",
                         help="skip images whose outputs exist (finish a run that was stopped)")
@@ -128,7 +143,8 @@ def _predict_kwargs(args: argparse.Namespace) -> dict:
     return dict(model=args.model, mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
                 scales=args.scales, flip_tta=args.flip_tta, compile=args.compile,
                 classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
-                resume=getattr(args, "resume", False), progress=not args.no_progress)
+                resume=getattr(args, "resume", False), progress=not args.no_progress, heatmaps=args.heatmaps,
+                heatmap_spacing_mm=args.heatmap_spacing, heatmap_dtype=args.heatmap_dtype, dicom=args.dicom_out)
 
 
 def _print_row(row) -> None:

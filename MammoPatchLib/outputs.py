@@ -14,12 +14,16 @@ import csv
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .errors import MammoPatchError
 from .inference.predictor import PredictionResult
 from .io import atomic_path, write_png, write_volume
+from .io.image import ImageGeometry
 from .visualize import heatmap_overlay
 from .vocabulary import PathLike
 
@@ -38,26 +42,95 @@ def _write_text(path: Path, text: str, overwrite: bool) -> None:
         tmp.write_text(text)
 
 
-def write_result(result: PredictionResult, out_dir: PathLike, formats: Sequence[str] = ("nrrd",),
-                 overwrite: bool = False) -> Dict[str, List[str]]:
+HEATMAP_CHOICES = ("none", "selected", "all")
+HEATMAP_DTYPES = ("float32", "uint8")
+
+
+@dataclass
+class OutputOptions:
+    """What is written per image besides findings (JSON, CSV), label map and overlay, which are
+    always written.
+
+    Attributes:
+        formats: volume formats of the heatmaps and label map ("nrrd", "nifti").
+        heatmaps: "none", "selected" (the classes reported: ``--classes``, else the model's
+            trained classes; the default, sized for batch runs) or "all" (every output).
+        heatmap_spacing_mm: write heatmaps at this pixel spacing (e.g. 1.0 mm) instead of the
+            source's: a 3000 x 2400 heatmap at 0.085 mm is 29 MB of float32, at 1 mm 0.2 MB.
+        heatmap_dtype: "float32" probabilities, or "uint8" (probability x 255, a quarter of the
+            size; NRRD / NIfTI writers have no float16).
+        dicom: also write DICOM SEG, heatmap SEG, overlay SC and SR (DICOM inputs only).
+    """
+
+    formats: Tuple[str, ...] = ("nrrd",)
+    heatmaps: str = "selected"
+    heatmap_spacing_mm: Optional[float] = None
+    heatmap_dtype: str = "float32"
+    dicom: bool = False
+
+    def __post_init__(self) -> None:
+        self.formats = tuple(self.formats)
+        unknown = [f for f in self.formats if f not in VOLUME_FORMATS]
+        if unknown:
+            raise MammoPatchError(f"unknown output format(s) {unknown}; choose from {sorted(VOLUME_FORMATS)}")
+        if self.heatmaps not in HEATMAP_CHOICES:
+            raise MammoPatchError(f"heatmaps must be one of {HEATMAP_CHOICES}, got {self.heatmaps!r}")
+        if self.heatmap_dtype not in HEATMAP_DTYPES:
+            raise MammoPatchError(f"heatmap dtype must be one of {HEATMAP_DTYPES}, got {self.heatmap_dtype!r}")
+        if self.heatmap_spacing_mm is not None and not self.heatmap_spacing_mm > 0:
+            raise MammoPatchError(f"heatmap spacing must be positive, got {self.heatmap_spacing_mm}")
+
+
+def heatmap_classes(result: PredictionResult, choice: str, selected: Optional[Sequence[str]] = None) -> List[str]:
+    """The classes whose heatmaps are written for ``choice``."""
+    if choice == "none":
+        return []
+    if choice == "all":
+        return list(result.classes)
+    wanted = selected or result.model_info.get("reported_classes") or result.classes
+    return [c for c in result.classes if c in wanted]
+
+
+def _downsampled(result: PredictionResult, spacing_mm: Optional[float]):
+    """(maps, geometry) of the heatmaps at ``spacing_mm`` (every step-th pixel's block centre)."""
+    geometry = result.image.geometry
+    step = 1 if spacing_mm is None else max(1, int(round(spacing_mm / geometry.mean_spacing)))
+    if step == 1:
+        return result.heatmaps, geometry, 1
+    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+    shift = direction @ np.array([(step - 1) / 2 * geometry.spacing[0], (step - 1) / 2 * geometry.spacing[1], 0.0])
+    coarse = ImageGeometry(spacing=(geometry.spacing[0] * step, geometry.spacing[1] * step, geometry.spacing[2]),
+                           origin=tuple(float(o + d) for o, d in zip(geometry.origin, shift)),
+                           direction=geometry.direction)
+    return result.heatmaps_every(step), coarse, step
+
+
+def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[Sequence[str]] = None,
+                 overwrite: bool = False, options: Optional[OutputOptions] = None,
+                 selected_classes: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
     """Write every output of one image; returns the written paths by kind.
 
     Raises:
         MammoPatchError: when outputs exist already and ``overwrite`` is False (nothing is
-            written then), or an unknown format is asked for.
+            written then), or an option is invalid.
     """
+    options = options or OutputOptions()
+    if formats is not None:
+        options = OutputOptions(**{**options.__dict__, "formats": tuple(formats)})
     out = Path(out_dir)
-    unknown = [f for f in formats if f not in VOLUME_FORMATS]
-    if unknown:
-        raise MammoPatchError(f"unknown output format(s) {unknown}; choose from {sorted(VOLUME_FORMATS)}")
     if not overwrite and (out / "findings.json").exists():
         raise MammoPatchError("outputs exist already (use --overwrite / overwrite=True to replace them)", out)
     geometry = result.image.geometry
-    written: Dict[str, List[str]] = {"heatmaps": [], "labelmap": [], "findings": [], "overlay": []}
-    for fmt in formats:
+    written: Dict[str, List[str]] = {"heatmaps": [], "labelmap": [], "findings": [], "overlay": [], "dicom": []}
+    classes = heatmap_classes(result, options.heatmaps, selected_classes)
+    maps, map_geometry, step = _downsampled(result, options.heatmap_spacing_mm) if classes else (None, None, 1)
+    for fmt in options.formats:
         ext = VOLUME_FORMATS[fmt]
-        for k, name in enumerate(result.classes):
-            written["heatmaps"].append(write_volume(result.heatmaps[k], geometry, out / f"heatmap_{class_slug(name)}{ext}"))
+        for name in classes:
+            values = maps[result.classes.index(name)]
+            if options.heatmap_dtype == "uint8":
+                values = np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
+            written["heatmaps"].append(write_volume(values, map_geometry, out / f"heatmap_{class_slug(name)}{ext}"))
         written["labelmap"].append(write_volume(result.label_map, geometry, out / f"labelmap{ext}"))
     labels = {"0": "No Finding", **{str(k + 1): name for k, name in enumerate(result.classes)}}
     _write_text(out / "labelmap.json", json.dumps(labels, indent=1), True)
@@ -67,6 +140,9 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Sequence[
         "mode": result.mode,
         "classes": result.classes,
         "thresholds": result.thresholds,
+        "heatmaps": {"classes": classes, "spacing_mm": [map_geometry.spacing[1], map_geometry.spacing[0]]
+                     if classes else None, "every_nth_pixel": step, "dtype": options.heatmap_dtype,
+                     "scale": (1 / 255) if options.heatmap_dtype == "uint8" else 1.0},
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "findings": [f.to_dict() for f in result.findings],
     }
@@ -80,9 +156,26 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Sequence[
                 writer.writerow([result.image.path, f.category, f"{f.score:.4f}", *f.box_px,
                                  *(f"{v:.2f}" for v in f.box_mm), f"{f.area_mm2:.1f}"])
     written["findings"].append(str(out / "findings.csv"))
-    overlay = heatmap_overlay(result.image.pixels, result.heatmaps.max(axis=0), result.findings, result.classes)
+    overlay_step = max(1, int(np.ceil(max(result.image.shape) / 1400)))
+    shown = [result.classes.index(c) for c in (heatmap_classes(result, "selected", selected_classes) or result.classes)]
+    overlay = heatmap_overlay(result.image.pixels, result.heatmaps_every(overlay_step)[shown].max(axis=0),
+                              result.findings, result.classes)
     written["overlay"].append(write_png(overlay, out / "overlay.png"))
+    if options.dicom:
+        from .dicom_outputs import write_dicom_outputs
+
+        for path in write_dicom_outputs(result, out, classes, overlay_rgb=_full_size(overlay, result.image.shape)).values():
+            written["dicom"].append(path)
     return written
+
+
+def _full_size(rgb: np.ndarray, shape) -> np.ndarray:
+    """The overlay at the source's size (a Secondary Capture shows it in the source's place)."""
+    from PIL import Image
+
+    if rgb.shape[:2] == tuple(shape):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
 SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output", "warnings"]

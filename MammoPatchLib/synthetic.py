@@ -258,6 +258,12 @@ def write_dicom(
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.PatientID = patient_id
     ds.PatientName = "Synthetic^Phantom"
+    # The patient / study attributes the MG IOD requires (type 2: present, may be empty).
+    ds.PatientBirthDate, ds.PatientSex = "", "F"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "1", "", ""
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.Manufacturer = "MammoPatch synthetic"
+    ds.PatientOrientation = ["A", "R"] if mammogram.laterality == "L" else ["P", "L"]
     ds.Modality = "MG"
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImageLaterality = mammogram.laterality

@@ -47,6 +47,23 @@ FINDING_CLASSES: List[str] = FindingClass.values()
 NO_FINDING = "No Finding"
 
 
+#: Coded concepts of the finding classes for DICOM outputs (SEG segment types, SR finding
+#: types): SNOMED CT codes from DICOM's mammography context groups (CID 6014-6016, via
+#: pydicom's code dictionary); Global Asymmetry has none there and uses a private scheme.
+FINDING_CODES = {
+    "Mass": ("4147007", "SCT", "Mass"),
+    "Suspicious Calcification": ("129769006", "SCT", "Calcification Cluster"),
+    "Focal Asymmetry": ("129789007", "SCT", "Focal asymmetric breast tissue"),
+    "Architectural Distortion": ("129792006", "SCT", "Architectural distortion of breast"),
+    "Asymmetry": ("129790003", "SCT", "Asymmetric breast tissue"),
+    "Suspicious Lymph Node": ("59441001", "SCT", "Lymph Node"),
+    "Skin Thickening": ("129797000", "SCT", "Skin thickening of breast"),
+    "Nipple Retraction": ("271955004", "SCT", "Nipple retraction"),
+    "Global Asymmetry": ("GLOBAL-ASYMMETRY", "99MAMMOPATCH", "Global asymmetry"),
+    "Skin Retraction": ("129796009", "SCT", "Skin retraction of breast"),
+}
+
+
 def class_index(name: str, classes: Sequence[str] = FINDING_CLASSES) -> int:
     """Index of ``name`` in ``classes`` (case-insensitive); ValueError names the choices."""
     lowered = [c.lower() for c in classes]

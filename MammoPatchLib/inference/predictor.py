@@ -75,10 +75,11 @@ class PredictionResult:
     model_info: Dict[str, Any] = field(default_factory=dict)
     grid_heatmaps: Optional[np.ndarray] = None
     grid_factor: int = 1
-    make_heatmaps: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False)
+    make_heatmaps: Optional[Callable[..., np.ndarray]] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._heatmaps: Optional[np.ndarray] = None
+        self._sampler = self.make_heatmaps
 
     @property
     def heatmaps(self) -> np.ndarray:
@@ -88,9 +89,20 @@ class PredictionResult:
                 raise RuntimeError("this result carries no heatmaps")
             start = time.perf_counter()
             self._heatmaps = self.make_heatmaps()
-            self.make_heatmaps = None  # frees the cell maps (and their GPU memory)
             _add(self.timings, "heatmaps_s", start)
         return self._heatmaps
+
+    def heatmaps_every(self, step: int) -> np.ndarray:
+        """(classes, ceil(H / step), ceil(W / step)) heatmaps sampled at the centre of every
+        ``step`` x ``step`` block of source pixels (for writing smaller heatmap files)."""
+        if step <= 1:
+            return self.heatmaps
+        if self._sampler is None:
+            return self.heatmaps[:, step // 2::step, step // 2::step]
+        height, width = self.image.shape
+        rows = np.arange(0, height, step, dtype=np.float64) + (step - 1) / 2.0
+        cols = np.arange(0, width, step, dtype=np.float64) + (step - 1) / 2.0
+        return self._sampler(rows, cols)
 
     def max_probability(self) -> Dict[str, float]:
         """Each class's highest heatmap value (on the detection grid)."""
@@ -287,17 +299,19 @@ class Predictor:
                                 thresholds=list(self.thresholds), image=image, mode=self.mode, timings=timings,
                                 model_info={"path": self.model.path, "sha256": self.model.sha256,
                                             "backbone": info.backbone, "trained": info.trained,
-                                            "flip_tta": self.flip_tta, "scales": list(self.scales)},
+                                            "flip_tta": self.flip_tta, "scales": list(self.scales),
+                                            "reported_classes": list(self.selected)},
                                 grid_heatmaps=grid, grid_factor=factor,
-                                make_heatmaps=lambda: source_heatmaps(all_maps))
+                                make_heatmaps=lambda rows=None, cols=None: source_heatmaps(all_maps, rows, cols))
 
 
-def source_heatmaps(all_maps: Sequence[CellHeatmaps]) -> np.ndarray:
-    """(classes, H, W) float32 heatmaps at every source pixel: the mean over scales of each
-    scale's cell maps mapped through its preprocessing chain (on the compute device)."""
+def source_heatmaps(all_maps: Sequence[CellHeatmaps], rows=None, cols=None) -> np.ndarray:
+    """(classes, H, W) float32 heatmaps at every source pixel (or at ``rows`` x ``cols``): the
+    mean over scales of each scale's cell maps mapped through its preprocessing chain (on the
+    compute device)."""
     total = None
     for maps in all_maps:
-        at_pixels = cells_to_source(maps.cells, maps.prepared, maps.stride)
+        at_pixels = cells_to_source(maps.cells, maps.prepared, maps.stride, rows, cols)
         total = at_pixels if total is None else total + at_pixels
     return (total / len(all_maps)).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
 

@@ -1,0 +1,117 @@
+"""DICOM outputs (highdicom): the findings SEG, the heatmap SEG, the overlay Secondary Capture
+and the SR are read back and checked against the prediction: UIDs, references, geometry,
+values and codes. Output control: which heatmaps, at what spacing and type."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from helpers import probe_model
+
+hd = pytest.importorskip("highdicom")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    folder = tmp_path_factory.mktemp("dicom")
+    source = write_dicom(synthesize_mammogram((640, 512), 0.2, "L", "CC", ["round mass"], seed=2), folder / "m.dcm",
+                         window=True)
+    predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu", classes=["Mass", "Asymmetry"])
+    rows = predict_files([source], folder / "out", predictor=predictor, dicom=True, progress=False)
+    assert rows[0]["status"] == "ok", rows
+    result = predictor.predict_image(__import__("MammoPatchLib.io", fromlist=["x"]).read_mammogram(source))
+    return pydicom.dcmread(source), folder / "out" / "m", result
+
+
+def _segments(seg):
+    """{segment number: frame} of a single-source SEG, read with pydicom (highdicom's reader
+    wants a slice thickness that a projection mammogram does not have)."""
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    numbers = [int((f if "SegmentIdentificationSequence" in f else shared).SegmentIdentificationSequence[0]
+                   .ReferencedSegmentNumber) for f in seg.PerFrameFunctionalGroupsSequence]
+    return dict(zip(numbers, frames))
+
+
+def test_findings_segmentation_is_the_label_map(run):
+    source, out, result = run
+    seg = pydicom.dcmread(out / "findings_seg.dcm")
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.PatientID == source.PatientID
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        source.SOPInstanceUID
+    assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+    assert seg.SegmentationType == "BINARY" and seg.SeriesNumber == 9001
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentLabel == "Mass" and segment.SegmentAlgorithmType == "AUTOMATIC"
+    code = segment.SegmentedPropertyTypeCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator) == ("4147007", "SCT")
+    mask = _segments(seg)[1]
+    np.testing.assert_array_equal(mask > 0, result.label_map == 1)
+    assert mask.any()
+
+
+def test_heatmap_segmentation_holds_the_probabilities(run):
+    source, out, result = run
+    seg = pydicom.dcmread(out / "heatmaps_seg.dcm")
+    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "PROBABILITY"
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Mass", "Asymmetry"], "the reported classes, in order"
+    assert seg.MaximumFractionalValue == 255
+    stored = _segments(seg)[1]
+    np.testing.assert_allclose(stored.astype(float), np.round(result.heatmaps[0] * 255), atol=1)
+
+
+def test_overlay_secondary_capture_belongs_to_the_study(run):
+    source, out, _ = run
+    sc = pydicom.dcmread(out / "overlay_sc.dcm")
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "RGB"
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
+    assert sc.pixel_array.shape == (source.Rows, source.Columns, 3)
+
+
+def test_structured_report_lists_each_finding_with_its_box_score_and_algorithm(run):
+    from MammoPatchLib import __version__
+
+    source, out, result = run
+    report = hd.sr.srread(out / "findings_sr.dcm")
+    assert report.StudyInstanceUID == source.StudyInstanceUID
+    groups = report.content.get_planar_roi_measurement_groups()
+    assert len(groups) == len(result.findings) > 0
+    for group, finding in zip(groups, result.findings):
+        assert group.finding_type.meaning == "Mass" and group.finding_type.value == "4147007"
+        x0, y0, x1, y1 = finding.box_px
+        np.testing.assert_allclose(group.roi.value, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
+        assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        (measurement,) = group.get_measurements()
+        assert measurement.name.meaning == "Probability" and measurement.value == pytest.approx(finding.score, abs=1e-5)
+        texts = {item.ConceptNameCodeSequence[0].CodeMeaning: getattr(item, "TextValue", None)
+                 for item in measurement[0].ContentSequence}
+        assert texts["Algorithm Name"] == "MammoPatch" and texts["Algorithm Version"] == __version__
+
+
+def test_output_control_writes_fewer_smaller_heatmaps(run, tmp_path):
+    from MammoPatchLib.io import read_mammogram
+    from MammoPatchLib.outputs import OutputOptions, write_result
+
+    _, _, result = run
+    none = write_result(result, tmp_path / "none", options=OutputOptions(heatmaps="none"))
+    assert none["heatmaps"] == [] and none["labelmap"] and (tmp_path / "none" / "overlay.png").exists()
+    small = write_result(result, tmp_path / "small", options=OutputOptions(heatmaps="all", heatmap_spacing_mm=1.0,
+                                                                           heatmap_dtype="uint8"))
+    assert len(small["heatmaps"]) == 10
+    heat = read_mammogram(tmp_path / "small" / "heatmap_mass.nrrd", min_side=0)
+    assert heat.shape == (128, 103) and heat.geometry.spacing[:2] == pytest.approx((1.0, 1.0))
+    assert heat.pixels.max() <= 255 and heat.pixels.max() > 1, "uint8: probability x 255"
+    expected = result.heatmaps[0][2::5, 2::5]
+    np.testing.assert_allclose(heat.pixels[:, :expected.shape[1]] / 255, expected, atol=0.03)
+    # The coarse pixel (i, j) covers source pixels 5i..5i+4: its centre is where it says.
+    assert heat.geometry.origin[0] == pytest.approx(result.image.geometry.origin[0] + 2 * 0.2)
+    document = json.loads((tmp_path / "small" / "findings.json").read_text())
+    assert document["heatmaps"]["every_nth_pixel"] == 5 and document["heatmaps"]["dtype"] == "uint8"
