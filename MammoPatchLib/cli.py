@@ -187,8 +187,26 @@ def _progress_reporter(args: argparse.Namespace):
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict_files
 
-    rows = predict_files(args.inputs, args.out, spacing_mm=args.spacing, on_result=_print_row,
-                         on_progress=_progress_reporter(args), **_predict_kwargs(args))
+    inputs = list(args.inputs)
+    kwargs = _predict_kwargs(args)
+    if args.from_dicomweb:
+        from .dicomweb import fetch_study
+
+        if not args.study:
+            raise MammoPatchError("--from-dicomweb needs --study STUDY_INSTANCE_UID")
+        inputs += [str(p) for p in fetch_study(args.from_dicomweb, args.study, Path(args.out) / ".dicomweb-input")]
+        print(f"fetched {len(inputs)} mammogram(s) of study {args.study}")
+    if args.to_dicomweb:
+        kwargs["dicom"] = True
+    if not inputs:
+        raise MammoPatchError("no inputs: give files, folders or --from-dicomweb URL --study UID")
+    rows = predict_files(inputs, args.out, spacing_mm=args.spacing, on_result=_print_row,
+                         on_progress=_progress_reporter(args), **kwargs)
+    if args.to_dicomweb:
+        from .dicomweb import store
+
+        results = [f for r in rows if r["status"] == "ok" for f in sorted(Path(str(r["output"])).glob("*.dcm"))]
+        print(f"stored {store(args.to_dicomweb, results)} DICOM result(s) on {args.to_dicomweb}")
     return _batch_exit(rows, Path(args.out))
 
 
@@ -289,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     predict = sub.add_parser("predict", help="heatmaps, label maps and findings for mammograms")
-    predict.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
+    predict.add_argument("inputs", nargs="*", help="files, folders or glob patterns")
+    predict.add_argument("--from-dicomweb", metavar="URL", default=None,
+                         help="fetch the mammograms of --study from this DICOMweb server")
+    predict.add_argument("--study", default=None, help="StudyInstanceUID to fetch (with --from-dicomweb)")
+    predict.add_argument("--to-dicomweb", metavar="URL", default=None,
+                         help="store the DICOM results (SEG, SC, SR) on this DICOMweb server")
     predict.add_argument("--out", required=True, help="output folder (one sub-folder per image + summary.csv)")
     predict.add_argument("--spacing", type=_spacing, default=None, help="pixel spacing (mm) for files that store none")
     predict.add_argument("--progress-lines", action="store_true",

@@ -121,11 +121,13 @@ def _class_candidates(heat: np.ndarray, klass: int, threshold: float, config: De
         region[r0:r1, c0:c1] = (basins[r0:r1, c0:c1] == index) & (heat[r0:r1, c0:c1] >= config.relative_extent * value)
         region[r, c] = True
         rows, cols = np.nonzero(region)
-        top = region & (heat >= config.centre_fraction * value)
-        tr, tc = np.nonzero(top)
-        weights = heat[tr, tc]
-        centre = (int(round(float((tr * weights).sum() / weights.sum()))),
-                  int(round(float((tc * weights).sum() / weights.sum()))))
+        centre = (int(r), int(c))
+        if config.centre_fraction < 1.0:
+            top = region & (heat >= config.centre_fraction * value)
+            tr, tc = np.nonzero(top)
+            weights = heat[tr, tc]
+            centre = (int(round(float((tr * weights).sum() / weights.sum()))),
+                      int(round(float((tc * weights).sum() / weights.sum()))))
         out.append(_Candidate(klass, float(value), region,
                               (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1),
                               centre))

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .io.atomic import atomic_path
+from .io.dicom import save_dicom
 from .vocabulary import PathLike, VinDrSchema
 
 FINDING_KINDS: Dict[str, str] = {
@@ -203,15 +204,6 @@ def synthesize_mammogram(
         drawn = [SyntheticFinding(f.kind, f.category, (cols - 1 - f.box[2], f.box[1], cols - 1 - f.box[0], f.box[3]))
                  for f in drawn]
     return SyntheticMammogram(pixels, spacing_mm, laterality, view_position, drawn, mask)
-
-
-def save_dicom(ds, path) -> None:
-    """Save as a DICOM Part 10 file (preamble and file meta) with pydicom 3, or pydicom 2.4 as
-    3D Slicer 5.6-5.10 bundle it (``enforce_file_format`` is new in pydicom 3)."""
-    try:
-        ds.save_as(path, enforce_file_format=True)
-    except TypeError:  # pydicom < 3
-        ds.save_as(path, write_like_original=False)
 
 
 def write_dicom(

@@ -73,6 +73,15 @@ def _geometry(ds, spacing: Tuple[float, float], warnings: List[str]) -> ImageGeo
     return ImageGeometry(spacing=(spacing[1], spacing[0], 1.0), origin=origin, direction=direction)
 
 
+def save_dicom(ds, path) -> None:
+    """Save as a DICOM Part 10 file (preamble and file meta) with pydicom 3, or pydicom 2.4 as
+    3D Slicer 5.6-5.10 bundle it (``enforce_file_format`` is new in pydicom 3)."""
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except TypeError:  # pydicom < 3
+        ds.save_as(path, write_like_original=False)
+
+
 def _has_pixel_data_tag(path: str) -> bool:
     """Whether the file holds a (7FE0,0010) Pixel Data tag that pydicom dropped because the
     file ends inside it."""
