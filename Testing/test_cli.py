@@ -15,7 +15,14 @@ def test_demo_writes_outputs(tmp_path, capsys):
     assert (tmp_path / "sample_mammogram.dcm").stat().st_size > 0
     result = tmp_path / "results" / "sample_mammogram"
     assert (result / "overlay.png").stat().st_size > 0 and (result / "findings.json").exists()
-    assert len(list(result.glob("heatmap_*.nrrd"))) == 10
+    from MammoPatchLib.api import resolve_model
+
+    reported = resolve_model().info.reported_classes  # the bundled model's trained classes
+    assert len(list(result.glob("heatmap_*.nrrd"))) == len(reported) == 4
+    import json
+
+    document = json.loads((result / "findings.json").read_text())
+    assert {f["category"] for f in document["findings"]} <= set(reported)
 
 
 def test_synth_vindr_layout(tmp_path):

@@ -32,6 +32,9 @@ def select_evaluation_records(data: str, model_info, split: str, split_file=None
     ``split_file`` when given, else by the training config's fractions and seed."""
     training = (model_info.training or {}).get("config", {})
     records, _ = load_records(data, Path("."), int(training.get("seed", 0)))
+    split_file = split_file or training.get("split_file")
+    if split_file and not Path(split_file).is_file():
+        raise MammoPatchError("the split file of the model's training run is not here; pass --split-file", split_file)
     if split_file:
         records = apply_split_file(records, split_file)
     else:
