@@ -92,7 +92,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
                   device: str = "auto", spacing_mm: Optional[float] = None, formats: Sequence[str] = ("nrrd",),
                   overwrite: bool = False, resume: bool = False, progress: bool = True,
                   heatmaps: str = "selected", heatmap_spacing_mm: Optional[float] = None,
-                  heatmap_dtype: str = "float32", dicom: bool = False,
+                  heatmap_dtype: str = "float32", dicom: bool = False, activation_maps: int = 0,
                   on_image: Optional[Callable[[int, int, Path], None]] = None,
                   on_result: Optional[Callable[[Dict[str, object]], None]] = None,
                   on_progress: Optional[Callable[[float, str], None]] = None,
@@ -106,6 +106,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
         heatmaps, heatmap_spacing_mm, heatmap_dtype, dicom: which heatmaps are written, at what
             spacing and type, and whether DICOM SEG / SC / SR are too
             (:class:`~MammoPatchLib.outputs.OutputOptions`).
+        activation_maps: also write Grad-CAM maps of this many top findings per image.
         overwrite: recompute those and replace their folders.
         on_image: called with (index, count, path) before each image.
         on_result: called with each image's summary row as soon as it is done.
@@ -148,7 +149,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
                     def image_progress(fraction, text, index=index, name=name):
                         on_progress((index + fraction) / len(paths), f"{name}: {text}")
                 row = _predict_one(predictor, path, name, out, spacing_mm, options, overwrite, resume, write_result,
-                                   image_progress)
+                                   image_progress, activation_maps)
                 rows.append(row)
                 write_summary(rows, out.root / "summary.csv")
                 if on_result is not None:
@@ -160,7 +161,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
 
 
 def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, options, overwrite: bool,
-                 resume: bool, write_result, on_progress=None) -> Dict[str, object]:
+                 resume: bool, write_result, on_progress=None, activation_count: int = 0) -> Dict[str, object]:
     """One image of a batch: its summary row; every failure is caught and reported in it."""
     folder = out.root / name
     row: Dict[str, object] = {"image": str(path), "output": str(folder), "warnings": ""}
@@ -178,6 +179,10 @@ def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, o
         result = predictor.predict_image(image, on_progress=on_progress)
         partial = out.partial(name)
         write_result(result, partial, overwrite=True, options=options, selected_classes=predictor.selected)
+        if activation_count and result.findings:
+            from .activation import activation_maps, write_activation_maps
+
+            write_activation_maps(activation_maps(predictor, image, result, activation_count), image.geometry, partial)
         out.publish(partial, name, overwrite=True)
         top = result.findings[0] if result.findings else None
         row.update(status="ok", error="", findings=len(result.findings),

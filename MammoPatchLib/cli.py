@@ -131,6 +131,8 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                         help="write heatmaps at this pixel spacing (e.g. 1) instead of the source's")
     parser.add_argument("--heatmap-dtype", choices=["float32", "uint8"], default="float32",
                         help="heatmap values: float32 probabilities or uint8 (probability x 255)")
+    parser.add_argument("--activation-maps", type=int, default=0, metavar="N",
+                        help="also write Grad-CAM maps (NRRD + PNG) of the N top findings per image")
     parser.add_argument("--dicom-out", action="store_true",
                         help="also write DICOM SEG, heatmap SEG, overlay Secondary Capture and SR (DICOM inputs)")
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist and replace them")
@@ -144,7 +146,8 @@ def _predict_kwargs(args: argparse.Namespace) -> dict:
                 scales=args.scales, flip_tta=args.flip_tta, compile=args.compile,
                 classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
                 resume=getattr(args, "resume", False), progress=not args.no_progress, heatmaps=args.heatmaps,
-                heatmap_spacing_mm=args.heatmap_spacing, heatmap_dtype=args.heatmap_dtype, dicom=args.dicom_out)
+                heatmap_spacing_mm=args.heatmap_spacing, heatmap_dtype=args.heatmap_dtype, dicom=args.dicom_out,
+                activation_maps=args.activation_maps)
 
 
 def _print_row(row) -> None:
@@ -286,6 +289,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .evaluation.calibration import calibrate_model
+
+    result = calibrate_model(args.model, args.data, args.out, split=args.split, device=args.device)
+    temperatures = ", ".join(f"{c} {t:.3f}" for c, t in result["temperatures"].items() if t != 1.0)
+    print(f"temperatures: {temperatures or 'all 1'}; ECE {result['before']['ece']:.4f} -> "
+          f"{result['after']['ece']:.4f} on the {args.split} patches; calibrated model: {args.out}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .training.compare import compare_backbones
 
@@ -352,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-images", type=int, default=None)
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    calibrate = sub.add_parser("calibrate", help="fit per-class temperatures on held-out women; write a new model")
+    calibrate.add_argument("--model", required=True)
+    calibrate.add_argument("--data", required=True, help="the data set the model was trained on")
+    calibrate.add_argument("--out", required=True, help="the calibrated model file to write")
+    calibrate.add_argument("--split", default="validation", help="women to fit on (default: validation)")
+    calibrate.add_argument("--device", default="auto")
+    calibrate.set_defaults(func=_cmd_calibrate)
 
     compare = sub.add_parser("compare-backbones", help="train and evaluate several backbones with one budget")
     compare.add_argument("--data", required=True)

@@ -43,11 +43,14 @@ class InferenceDefaults:
             all). Heatmaps are produced for every output.
         flip_tta: average with the mirrored image (test-time augmentation).
         detection: how findings are picked from the heatmaps.
+        temperatures: per-class calibration temperatures (empty: none; probability =
+            sigmoid(logit / T); see evaluation.calibration).
     """
 
     report_classes: List[str] = field(default_factory=list)
     flip_tta: bool = False
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    temperatures: List[float] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +106,10 @@ class ModelInfo:
         if self.head_pooling not in HEAD_POOLINGS:
             raise ConfigError(f"model head_pooling must be one of {HEAD_POOLINGS}, got {self.head_pooling!r}")
 
+        temperatures = self.inference.temperatures
+        if temperatures and (len(temperatures) != len(self.classes) or not all(
+                isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in temperatures)):
+            raise ConfigError(f"model inference.temperatures must be {len(self.classes)} positive numbers")
         unknown = [c for c in self.inference.report_classes if c not in self.classes]
         if unknown:
             raise ConfigError(f"model inference.report_classes {unknown} are not among its classes")

@@ -58,7 +58,10 @@ def _patch_table(model, images, classes) -> Dict[str, Any]:
     device = next(model.network.parameters()).device
     with torch.no_grad():
         for i in range(0, len(patches), 32):
-            out.append(torch.sigmoid(model.network.classify(patches[i:i + 32].float().to(device))).cpu().numpy())
+            logits = model.network.classify(patches[i:i + 32].float().to(device)).cpu()
+            if info.inference.temperatures:
+                logits = logits / torch.tensor(info.inference.temperatures)[None, :]
+            out.append(torch.sigmoid(logits).numpy())
     probs = np.concatenate(out) if out else np.zeros((0, len(classes)))
     return patch_metrics(targets.numpy(), probs, classes, info.thresholds)
 

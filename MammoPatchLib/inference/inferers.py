@@ -18,7 +18,7 @@ real neighbouring tissue (dense); models trained with the consistency term agree
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
@@ -74,15 +74,19 @@ class WindowBlocks(nn.Module):
     """(B, C, window, window) windows -> (B, classes, cells, cells) probability blocks."""
 
     def __init__(self, network: nn.Module, cells: int, amp: bool, device: torch.device,
-                 on_batch: Optional[Callable[[int], None]] = None) -> None:
+                 on_batch: Optional[Callable[[int], None]] = None, temperatures: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.network, self.cells, self.amp, self.device, self.on_batch = network, cells, amp, device, on_batch
+        self.temperatures = temperatures
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         windows = windows.contiguous(memory_format=torch.channels_last)
         with autocast_for(self.device, self.amp):
             logits = self.network(windows)
-        probs = torch.sigmoid(logits.float().flatten(1))
+        logits = logits.float().flatten(1)
+        if self.temperatures is not None:
+            logits = logits / self.temperatures
+        probs = torch.sigmoid(logits)
         if self.on_batch is not None:
             self.on_batch(windows.shape[0])
         return probs[:, :, None, None].expand(-1, -1, self.cells, self.cells).contiguous()
@@ -97,15 +101,18 @@ class ExactInferer(Inferer):
         blend: "gaussian" or "constant" (MONAI's importance map).
         device: compute device: the image is moved there and stitched there.
         amp: bf16 autocast on CUDA.
+        temperatures: per-class calibration temperatures (logits are divided by them).
     """
 
     def __init__(self, window: int = 256, stride: int = 32, sw_batch_size: int = 16, blend: str = "gaussian",
-                 device: Optional[torch.device] = None, amp: bool = True) -> None:
+                 device: Optional[torch.device] = None, amp: bool = True,
+                 temperatures: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         self.window, self.stride, self.amp = window, stride, amp
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.temperatures = _temperatures(temperatures, self.device)
         self.sliding = SlidingWindowInferer(roi_size=(window, window), sw_batch_size=sw_batch_size,
                                             overlap=1.0 - stride / window, mode=blend, sigma_scale=SIGMA_SCALE,
                                             sw_device=self.device, device=self.device, progress=False)
@@ -121,7 +128,8 @@ class ExactInferer(Inferer):
             if callback is not None:
                 callback.windows(done[0], total)
 
-        blocks = WindowBlocks(network, self.window // self.stride, self.amp, self.device, on_batch)
+        blocks = WindowBlocks(network, self.window // self.stride, self.amp, self.device, on_batch,
+                              None if self.temperatures is None else self.temperatures[None, :])
         batch = torch.as_tensor(inputs).float().to(self.device, non_blocking=True)
         return torch.as_tensor(self.sliding(batch, blocks)).float()
 
@@ -134,12 +142,14 @@ class DenseInferer(Inferer):
     """
 
     def __init__(self, window: int = 256, stride: int = 32, blend: str = "gaussian",
-                 device: Optional[torch.device] = None, amp: bool = True) -> None:
+                 device: Optional[torch.device] = None, amp: bool = True,
+                 temperatures: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         self.window, self.stride, self.amp = window, stride, amp
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.temperatures = _temperatures(temperatures, self.device)
         self.kernel = blend_kernel(window, stride, blend, device=self.device)
 
     @torch.no_grad()
@@ -151,10 +161,19 @@ class DenseInferer(Inferer):
         batch = torch.as_tensor(inputs).float().to(self.device, non_blocking=True)
         with autocast_for(self.device, self.amp):
             logits = network(batch.contiguous(memory_format=torch.channels_last))
-        probs = torch.sigmoid(logits.float())
+        logits = logits.float()
+        if self.temperatures is not None:
+            logits = logits / self.temperatures[None, :, None, None]
+        probs = torch.sigmoid(logits)
         if callback is not None:
             callback.windows(total, total)
         return stitch_window_grid(probs, self.kernel)
+
+
+def _temperatures(values: Optional[Sequence[float]], device: torch.device) -> Optional[torch.Tensor]:
+    if not values or all(float(v) == 1.0 for v in values):
+        return None
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
 
 
 def _windows(shape, window: int, stride: int) -> int:

@@ -188,12 +188,14 @@ class Predictor:
             raise ConfigError(f"fast mode needs the backbone's stride ({FEATURE_STRIDE} px) as the window stride; "
                               f"the model's is {info.stride}: use exact mode", model.path or None)
         self.preprocessing = preprocessing or info.preprocessing
+        temperatures = info.inference.temperatures or None
         if inferer is not None:
             self.inferer = inferer
         elif mode == "exact":
-            self.inferer = ExactInferer(info.window, info.stride, self.sw_batch_size, blend, self.device, amp)
+            self.inferer = ExactInferer(info.window, info.stride, self.sw_batch_size, blend, self.device, amp,
+                                        temperatures)
         else:
-            self.inferer = DenseInferer(info.window, info.stride, blend, self.device, amp)
+            self.inferer = DenseInferer(info.window, info.stride, blend, self.device, amp, temperatures)
         self._callback: Optional[InferenceCallback] = None
 
     def cancel(self) -> None:
