@@ -92,81 +92,78 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
                   device: str = "auto", spacing_mm: Optional[float] = None, formats: Sequence[str] = ("nrrd",),
                   overwrite: bool = False, resume: bool = False, progress: bool = True,
                   heatmaps: str = "selected", heatmap_spacing_mm: Optional[float] = None,
-                  heatmap_dtype: str = "float32", dicom: bool = False, activation_maps: int = 0,
+                  heatmap_dtype: str = "float32", dicom: bool = False, activation_maps: int = 0, workers: int = 2,
                   on_image: Optional[Callable[[int, int, Path], None]] = None,
                   on_result: Optional[Callable[[Dict[str, object]], None]] = None,
                   on_progress: Optional[Callable[[float, str], None]] = None,
                   predictor: Optional[Predictor] = None, **predictor_options: Any) -> List[Dict[str, object]]:
-    """Predict every image of files / folders / globs into ``out_dir``, crash-safely
-    (:mod:`MammoPatchLib.batch`): a bad file is reported and the batch goes on; each image's
-    folder appears only when complete; ``out_dir/summary.csv`` is rewritten after every image.
+    """Predict every image of files / folders / globs / manifest CSVs into ``out_dir``,
+    crash-safely (:mod:`MammoPatchLib.batch`) and, under torchrun, sharded over the ranks
+    (:mod:`MammoPatchLib.runner`): a bad file is reported and the batch goes on; each image's
+    folder appears only when complete; ``out_dir/summary.csv`` lists every input.
 
     Args:
         resume: skip images whose output folder exists (done by an earlier, maybe killed, run).
+        overwrite: recompute those and replace their folders.
         heatmaps, heatmap_spacing_mm, heatmap_dtype, dicom: which heatmaps are written, at what
             spacing and type, and whether DICOM SEG / SC / SR are too
             (:class:`~MammoPatchLib.outputs.OutputOptions`).
         activation_maps: also write Grad-CAM maps of this many top findings per image.
-        overwrite: recompute those and replace their folders.
+        workers: threads reading and preprocessing the next images while the network runs.
         on_image: called with (index, count, path) before each image.
         on_result: called with each image's summary row as soon as it is done.
-        on_progress: called with (fraction of the whole batch, text) while it runs; raising
+        on_progress: called with (fraction of the batch, text) while it runs; raising
             :class:`~MammoPatchLib.errors.Cancelled` from it stops the batch.
         predictor: an already built Predictor (then ``model``, ``mode``, ``device`` and the
             options are not used).
 
     Raises:
         OutputError: ``out_dir`` cannot be written or another run holds it (before any image).
-        MammoPatchError: no images found, or the model cannot be loaded.
+        MammoPatchError: no images found, a bad manifest, or the model cannot be loaded.
     """
-    from .batch import OutputFolder, unique_names
-    from .io.discovery import collect_images
-    from .outputs import OutputOptions, write_result, write_summary
+    from .outputs import OutputOptions, write_result
+    from .runner import init_ranks, plan_jobs, run_batch
 
     options = OutputOptions(formats=tuple(formats), heatmaps=heatmaps, heatmap_spacing_mm=heatmap_spacing_mm,
                             heatmap_dtype=heatmap_dtype, dicom=dicom)
-    paths = collect_images(inputs)
-    if not paths:
+    jobs = plan_jobs(inputs, spacing_mm)
+    if not jobs:
         raise MammoPatchError("no images found", ", ".join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)))
-    rows: List[Dict[str, object]] = []
-    with OutputFolder(out_dir) as out:
+    ctx = init_ranks(device if predictor is None else "cpu")
+    try:
         if predictor is None:
-            predictor = Predictor(resolve_model(model), mode=mode, device=device, progress=progress,
-                                  **predictor_options)
-        names = unique_names(output_stem(p) for p in paths)
-        iterator = list(zip(paths, names))
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+            if ctx.distributed and device in ("auto", "cuda"):
+                import torch
 
-            iterator = bar = tqdm(iterator, desc="images", unit="img")
-        try:
-            for index, (path, name) in enumerate(iterator):
-                if on_image is not None:
-                    on_image(index, len(paths), path)
-                image_progress = None
-                if on_progress is not None:
-                    def image_progress(fraction, text, index=index, name=name):
-                        on_progress((index + fraction) / len(paths), f"{name}: {text}")
-                row = _predict_one(predictor, path, name, out, spacing_mm, options, overwrite, resume, write_result,
-                                   image_progress, activation_maps)
-                rows.append(row)
-                write_summary(rows, out.root / "summary.csv")
-                if on_result is not None:
-                    on_result(row)
-        finally:
-            if bar is not None:
-                bar.close()
-    return rows
+                device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
+            predictor = Predictor(resolve_model(model), mode=mode, device=device,
+                                  progress=progress and not ctx.distributed, **predictor_options)
+        out = Path(out_dir)
+
+        def done_earlier(job) -> bool:
+            return resume and not overwrite and (out / job.name).is_dir()
+
+        def predict_one(job, loaded, image_progress) -> Dict[str, object]:
+            from .batch import OutputFolder
+
+            return _predict_one(predictor, job, loaded, OutputFolder(out), options, overwrite, resume, write_result,
+                                image_progress, activation_maps)
+
+        return run_batch(jobs, out, predictor, predict_one, should_skip=done_earlier, ctx=ctx, workers=workers,
+                         progress=progress, on_result=on_result, on_progress=on_progress, on_image=on_image)
+    finally:
+        ctx.close()
 
 
-def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, options, overwrite: bool,
-                 resume: bool, write_result, on_progress=None, activation_count: int = 0) -> Dict[str, object]:
-    """One image of a batch: its summary row; every failure is caught and reported in it."""
+def _predict_one(predictor: Predictor, job, loaded, out, options, overwrite: bool, resume: bool, write_result,
+                 on_progress=None, activation_count: int = 0, retry: bool = True) -> Dict[str, object]:
+    """One image of a batch: its summary row; every failure is caught and reported in it. An
+    unexpected error (not a bad input) is retried once, reading the file again."""
+    name, path = job.name, job.path
     folder = out.root / name
     row: Dict[str, object] = {"image": str(path), "output": str(folder), "warnings": ""}
     if out.is_complete(name) and resume and not overwrite:
-        row.update(status="done earlier", error="")
+        row.update(status="done earlier", error="", **_earlier_findings(folder))
         return row
     if out.is_complete(name) and not overwrite:
         row.update(status="failed", output="",
@@ -175,8 +172,14 @@ def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, o
         return row
     partial = None
     try:
-        image = read_mammogram(path, spacing_mm=spacing_mm)
-        result = predictor.predict_image(image, on_progress=on_progress)
+        if isinstance(loaded, BaseException):
+            raise loaded
+        if loaded is None:
+            image = read_mammogram(path, spacing_mm=job.spacing_mm)
+            prepared = None
+        else:
+            image, prepared = loaded
+        result = predictor.predict_image(image, on_progress=on_progress, prepared=prepared)
         partial = out.partial(name)
         write_result(result, partial, overwrite=True, options=options, selected_classes=predictor.selected)
         if activation_count and result.findings:
@@ -196,6 +199,10 @@ def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, o
     except MemoryError:
         row.update(status="failed", error=f"{path}: out of memory", output="")
     except Exception as exc:  # noqa: BLE001 - one unexpected failure must not end the batch
+        if retry:
+            logger.warning("%s: unexpected %s (%s); retrying once", path, type(exc).__name__, exc)
+            return _predict_one(predictor, job, None, out, options, overwrite, resume, write_result, on_progress,
+                                activation_count, retry=False)
         logger.debug("%s: unexpected error", path, exc_info=True)
         row.update(status="failed", error=f"{path}: unexpected {type(exc).__name__}: {exc}", output="")
     finally:
@@ -204,6 +211,20 @@ def _predict_one(predictor: Predictor, path: Path, name: str, out, spacing_mm, o
 
             shutil.rmtree(partial, ignore_errors=True)
     return row
+
+
+def _earlier_findings(folder: Path) -> Dict[str, object]:
+    """The summary columns of an image done by an earlier run, read from its findings.json, so
+    a resumed batch's summary matches an uninterrupted one."""
+    import json
+
+    try:
+        findings = json.loads((folder / "findings.json").read_text(encoding="utf-8"))["findings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    top = findings[0] if findings else None
+    return {"findings": len(findings), "top_class": top["category"] if top else "",
+            "top_score": f"{top['score']:.4f}" if top else ""}
 
 
 def preview_preprocessing(image_path: PathLike, out_png: PathLike, spacing_mm: Optional[float] = None,

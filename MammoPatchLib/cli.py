@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -59,14 +60,22 @@ def _positive_number(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -131,6 +140,9 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                         help="write heatmaps at this pixel spacing (e.g. 1) instead of the source's")
     parser.add_argument("--heatmap-dtype", choices=["float32", "uint8"], default="float32",
                         help="heatmap values: float32 probabilities or uint8 (probability x 255)")
+    parser.add_argument("--workers", type=_non_negative_int, default=2,
+                        help="threads reading and preprocessing the next images while the network runs "
+                             "(default: 2; 0 reads each image when its turn comes)")
     parser.add_argument("--activation-maps", type=int, default=0, metavar="N",
                         help="also write Grad-CAM maps (NRRD + PNG) of the N top findings per image")
     parser.add_argument("--dicom-out", action="store_true",
@@ -147,7 +159,7 @@ def _predict_kwargs(args: argparse.Namespace) -> dict:
                 classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
                 resume=getattr(args, "resume", False), progress=not args.no_progress, heatmaps=args.heatmaps,
                 heatmap_spacing_mm=args.heatmap_spacing, heatmap_dtype=args.heatmap_dtype, dicom=args.dicom_out,
-                activation_maps=args.activation_maps)
+                activation_maps=args.activation_maps, workers=args.workers)
 
 
 def _print_row(row) -> None:
@@ -192,6 +204,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     inputs = list(args.inputs)
     kwargs = _predict_kwargs(args)
+    rank = int(os.environ.get("RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.from_dicomweb or args.to_dicomweb):
+        raise MammoPatchError("--from-dicomweb / --to-dicomweb run in one process, not under torchrun")
     if args.from_dicomweb:
         from .dicomweb import fetch_study
 
@@ -210,6 +225,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         results = [f for r in rows if r["status"] == "ok" for f in sorted(Path(str(r["output"])).glob("*.dcm"))]
         print(f"stored {store(args.to_dicomweb, results)} DICOM result(s) on {args.to_dicomweb}")
+    if rank != 0:  # rank 0 reports the merged batch; the others only their own failures (above)
+        return EXIT_OK
     return _batch_exit(rows, Path(args.out))
 
 
@@ -320,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     predict = sub.add_parser("predict", help="heatmaps, label maps and findings for mammograms")
-    predict.add_argument("inputs", nargs="*", help="files, folders or glob patterns")
+    predict.add_argument("inputs", nargs="*",
+                         help="files, folders, glob patterns or manifest CSVs (a 'path' column, optional 'spacing_mm')")
     predict.add_argument("--from-dicomweb", metavar="URL", default=None,
                          help="fetch the mammograms of --study from this DICOMweb server")
     predict.add_argument("--study", default=None, help="StudyInstanceUID to fetch (with --from-dicomweb)")

@@ -178,7 +178,8 @@ def _full_size(rgb: np.ndarray, shape) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
-SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output", "warnings"]
+SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output", "warnings",
+                   "rank"]
 
 
 def write_summary(rows: List[Dict[str, object]], path: PathLike) -> str:

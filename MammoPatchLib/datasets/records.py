@@ -76,7 +76,13 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
         missing = [c for c in required if c not in header]
         if missing:
             raise AnnotationError(f"missing column(s) {missing}; found {header}", path)
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        rows = []
+        for row in reader:
+            if None in row:  # DictReader's key for the fields beyond the header
+                raise AnnotationError(f"line {reader.line_num}: more fields than the {len(header)} columns of the "
+                                      "header (an unquoted comma?)", path)
+            rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
+        return rows
 
 
 def check_box(box: Tuple[float, float, float, float], size: Optional[Tuple[int, int]], where: str,

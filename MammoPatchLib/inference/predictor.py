@@ -203,6 +203,11 @@ class Predictor:
         if self._callback is not None:
             self._callback.cancel()
 
+    def check(self, image: MammogramImage) -> None:
+        """Refuse an image this Predictor cannot analyse (spacing, size vs memory; before any work)."""
+        info = self.model.info
+        check_geometry(image, info.spacing_mm, self.scales, info.window)
+
     def preprocess(self, image: MammogramImage, scale: float = 1.0) -> PreprocessedImage:
         """``image`` through the model's preprocessing at ``scale`` x its spacing, padded to
         the window grid."""
@@ -273,7 +278,7 @@ class Predictor:
     def _predict(self, image: MammogramImage, report: ProgressCallback, timings: Dict[str, float],
                  prepared: Optional[PreprocessedImage] = None) -> PredictionResult:
         info = self.model.info
-        check_geometry(image, info.spacing_mm, self.scales, info.window)
+        self.check(image)
         n = len(self.scales)
         spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
         factor, grid_rows, grid_cols = detection_grid(image.shape, image.spacing_mm, self.detection.grid_mm)

@@ -1,0 +1,194 @@
+"""Archive-scale batches: manifests, deterministic sharding over torchrun ranks, prefetching
+workers, and a real two-process gloo run (kill and resume included)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import tiny_model_file
+from MammoPatchLib.errors import MammoPatchError
+from MammoPatchLib.runner import plan_jobs, read_manifest, shard
+from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.pt", spacing_mm=0.4)
+
+
+def _folder(root: Path, count: int, corrupt: bool = True, shape=(400, 320)) -> Path:
+    for k in range(count):
+        write_dicom(synthesize_mammogram(shape, 0.2, "L", "CC", ["round mass"], seed=k), root / f"img{k}.dcm")
+    if corrupt:
+        (root / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 50)
+    return root
+
+
+def test_manifest_paths_are_relative_to_it_and_carry_spacing(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    manifest = sub / "batch.csv"
+    manifest.write_text(f"path,spacing_mm\n../a.png,0.1\n{tmp_path / 'b.png'},\n../a.png,0.1\nc.dcm,0.07\n")
+    entries = read_manifest(manifest)
+    assert entries[0] == (sub / "../a.png", 0.1)
+    assert entries[1] == (tmp_path / "b.png", None)
+    assert entries[3] == (sub / "c.dcm", 0.07)
+    jobs = plan_jobs([manifest], spacing_mm=0.2)
+    # the repeated row is one job; a row without spacing takes the command's --spacing
+    assert [j.index for j in jobs] == [0, 1, 2]
+    assert [j.spacing_mm for j in jobs] == [0.1, 0.2, 0.07]
+    assert [j.name for j in jobs] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("file\nx.dcm\n", "missing column(s) ['path']"),
+    ("path,spacing_mm\nx.dcm,abc\n", "line 2"),
+    ("path,spacing_mm\nx.dcm,0.1\ny.dcm,-1\n", "line 3"),
+    ("path\n\n\"\"\n", "empty path"),
+    ("path\nx.dcm,0.1\n", "more fields"),
+])
+def test_a_bad_manifest_is_refused_naming_file_and_line(tmp_path, content, expected):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(content)
+    with pytest.raises(MammoPatchError) as info:
+        plan_jobs([manifest])
+    assert expected in str(info.value) and "m.csv" in str(info.value)
+
+
+def test_job_order_and_sharding_are_deterministic_and_complete(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ["b.png", "a.png", "d.dcm", "c.png", "e.dcm"]:
+        (folder / name).write_bytes(b"")
+    first, second = plan_jobs([folder]), plan_jobs([str(folder)])
+    assert first == second and [j.index for j in first] == list(range(5))
+    for world in (1, 2, 3, 8):
+        shares = [shard(first, r, world) for r in range(world)]
+        indices = sorted(j.index for share in shares for j in share)
+        assert indices == list(range(5)), "every job on exactly one rank"
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1, "even shares"
+
+
+def test_prefetching_workers_give_the_outputs_of_reading_in_turn(model_path, tmp_path):
+    """The threads that read and preprocess the next images change nothing in what is written,
+    and a corrupt file in the middle is still reported at its place."""
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.io import read_mammogram
+
+    folder = _folder(tmp_path / "in", 3)
+    serial = predict_files([folder], tmp_path / "w0", model=model_path, device="cpu", progress=False, workers=0)
+    threaded = predict_files([folder], tmp_path / "w2", model=model_path, device="cpu", progress=False, workers=2)
+    assert [r["status"] for r in serial] == [r["status"] for r in threaded] == ["failed", "ok", "ok", "ok"]
+    assert "corrupt.dcm" in str(threaded[0]["error"])
+    for k in range(3):
+        a = read_mammogram(tmp_path / "w0" / f"img{k}" / "heatmap_mass.nrrd", min_side=0).pixels
+        b = read_mammogram(tmp_path / "w2" / f"img{k}" / "heatmap_mass.nrrd", min_side=0).pixels
+        assert (a == b).all()
+        assert (json.loads((tmp_path / "w0" / f"img{k}" / "findings.json").read_text())["findings"]
+                == json.loads((tmp_path / "w2" / f"img{k}" / "findings.json").read_text())["findings"])
+
+
+def test_a_resumed_summary_keeps_the_findings_of_images_done_earlier(model_path, tmp_path):
+    from MammoPatchLib.api import predict_files
+
+    folder = _folder(tmp_path / "in", 2, corrupt=False)
+    first = predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False)
+    again = predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False, resume=True)
+    assert [r["status"] for r in again] == ["done earlier"] * 2
+    for a, b in zip(first, again):
+        assert (a["findings"], a["top_class"], a["top_score"]) == (b["findings"], b["top_class"], b["top_score"])
+
+
+def _torchrun(inputs, out: Path, model: Path, *extra: str):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "MammoPatchLib.cli", "predict", *map(str, inputs), "--model", str(model), "--mode", "exact",
+            "--device", "cpu", "--no-progress", "--out", str(out), *extra]
+
+
+def _children(pid: int):
+    """The processes whose parent is ``pid`` (torchrun starts each worker in its own session)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _rank_of(pid: int) -> int:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(int(e.split(b"=")[1]) for e in environ if e.startswith(b"RANK="))
+
+
+def _rows(summary: Path):
+    with open(summary, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_share_a_batch_and_resume_after_a_kill(model_path, tmp_path):
+    """torchrun with 2 CPU processes (gloo): every good image is done exactly once across the
+    ranks, the corrupt one is reported, summary.csv lists all; a run killed mid-batch and
+    resumed gives the outputs of an uninterrupted run."""
+    from MammoPatchLib.io import read_mammogram
+
+    folder = _folder(tmp_path / "in", 6, shape=(560, 448))
+    names = [f"img{k}" for k in range(6)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    clean = tmp_path / "clean"
+    run = subprocess.run(_torchrun([folder], clean, model_path), capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1, run.stderr[-3000:]  # 1 = some image failed (the corrupt one)
+    per_rank = [_rows(clean / f"results-rank{r}.csv") for r in (0, 1)]
+    done = [row["image"] for rows in per_rank for row in rows if row["status"] == "ok"]
+    assert sorted(Path(p).stem for p in done) == names, "each good image exactly once"
+    assert all(rows for rows in per_rank), "both ranks worked"
+    summary = _rows(clean / "summary.csv")
+    assert len(summary) == 7 and {r["rank"] for r in summary} == {"0", "1"}
+    failed = [r for r in summary if r["status"] == "failed"]
+    assert len(failed) == 1 and "corrupt.dcm" in failed[0]["error"]
+
+    # SIGKILL rank 1 mid-batch: torchrun stops rank 0 too and the launch fails
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_torchrun([folder], killed, model_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        finished = [p for p in killed.glob("img*") if p.is_dir()] if killed.is_dir() else []
+        if len(finished) >= 2:
+            break
+        time.sleep(0.05)
+    victim = next(pid for pid in _children(process.pid) if _rank_of(pid) == 1)
+    os.kill(victim, signal.SIGKILL)
+    assert process.wait(timeout=120) != 0
+    done_before = sorted(p.name for p in killed.glob("img*") if p.is_dir())
+    assert 2 <= len(done_before) < 6, done_before
+    assert not (killed / "summary.csv").exists()
+
+    resumed = subprocess.run(_torchrun([folder], killed, model_path, "--resume"), capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 1, resumed.stderr[-3000:]
+    rows = _rows(killed / "summary.csv")
+    assert [r["image"] for r in rows] == [r["image"] for r in summary]
+    assert sorted(r["status"] for r in rows if r["status"] != "failed") == sorted(
+        ["done earlier"] * len(done_before) + ["ok"] * (6 - len(done_before)))
+    for a, b in zip(rows, summary):
+        assert (a["findings"], a["top_class"], a["top_score"]) == (b["findings"], b["top_class"], b["top_score"])
+    assert not [p for p in killed.iterdir() if p.name.startswith((".partial-", ".replaced-"))]
+    for name in names:
+        a = read_mammogram(killed / name / "heatmap_mass.nrrd", min_side=0).pixels
+        b = read_mammogram(clean / name / "heatmap_mass.nrrd", min_side=0).pixels
+        assert (a == b).all()
