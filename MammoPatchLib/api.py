@@ -128,7 +128,8 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
                             heatmap_dtype=heatmap_dtype, dicom=dicom)
     jobs = plan_jobs(inputs, spacing_mm)
     if not jobs:
-        raise MammoPatchError("no images found", ", ".join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)))
+        given = [inputs] if isinstance(inputs, (str, Path)) else inputs
+        raise MammoPatchError("no images found", ", ".join(str(i) for i in given))
     ctx = init_ranks(device if predictor is None else "cpu")
     try:
         if predictor is None:
@@ -156,9 +157,12 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
 
 
 def _predict_one(predictor: Predictor, job, loaded, out, options, overwrite: bool, resume: bool, write_result,
-                 on_progress=None, activation_count: int = 0, retry: bool = True) -> Dict[str, object]:
-    """One image of a batch: its summary row; every failure is caught and reported in it. An
-    unexpected error (not a bad input) is retried once, reading the file again."""
+                 on_progress=None, activation_count: int = 0, retry: bool = True):
+    """One image of a batch, in two stages: the network's work here (on the thread that owns the
+    device), then a ``finish()`` callable that writes and publishes the outputs and returns the
+    summary row (the batch runs it on its writer thread, overlapped with the next image). An
+    image that fails or needs no work returns its row directly. Every failure is caught and
+    reported in the row; an unexpected error (not a bad input) is retried once."""
     name, path = job.name, job.path
     folder = out.root / name
     row: Dict[str, object] = {"image": str(path), "output": str(folder), "warnings": ""}
@@ -170,7 +174,6 @@ def _predict_one(predictor: Predictor, job, loaded, out, options, overwrite: boo
                    error=str(MammoPatchError("outputs exist already (--resume skips them, --overwrite replaces them)",
                                              folder)))
         return row
-    partial = None
     try:
         if isinstance(loaded, BaseException):
             raise loaded
@@ -180,36 +183,64 @@ def _predict_one(predictor: Predictor, job, loaded, out, options, overwrite: boo
         else:
             image, prepared = loaded
         result = predictor.predict_image(image, on_progress=on_progress, prepared=prepared)
-        partial = out.partial(name)
-        write_result(result, partial, overwrite=True, options=options, selected_classes=predictor.selected)
+        maps = []
         if activation_count and result.findings:
-            from .activation import activation_maps, write_activation_maps
+            from .activation import activation_maps
 
-            write_activation_maps(activation_maps(predictor, image, result, activation_count), image.geometry, partial)
-        out.publish(partial, name, overwrite=True)
+            maps = activation_maps(predictor, image, result, activation_count)
+    except Cancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        if retry and _unexpected(exc):
+            logger.warning("%s: unexpected %s (%s); retrying once", path, type(exc).__name__, exc)
+            return _predict_one(predictor, job, None, out, options, overwrite, resume, write_result, on_progress,
+                                activation_count, retry=False)
+        return _failed(row, path, exc)
+
+    def finish(retry: bool = True) -> Dict[str, object]:
+        partial = None
+        try:
+            partial = out.partial(name)
+            write_result(result, partial, overwrite=True, options=options, selected_classes=predictor.selected)
+            if maps:
+                from .activation import write_activation_maps
+
+                write_activation_maps(maps, image.geometry, partial)
+            out.publish(partial, name, overwrite=True)
+        except Exception as exc:  # noqa: BLE001 - reported in the row
+            if retry and _unexpected(exc):
+                logger.warning("%s: unexpected %s while writing (%s); retrying once", path, type(exc).__name__, exc)
+                return finish(retry=False)
+            return _failed(row, path, exc)
+        finally:
+            if partial is not None and partial.exists():
+                import shutil
+
+                shutil.rmtree(partial, ignore_errors=True)
         top = result.findings[0] if result.findings else None
         row.update(status="ok", error="", findings=len(result.findings),
                    top_class=top.category if top else "", top_score=f"{top.score:.4f}" if top else "",
                    seconds=f"{sum(result.timings.values()):.2f}", warnings="; ".join(image.warnings))
-    except Cancelled:
-        raise
-    except MammoPatchError as exc:
-        logger.debug("%s", exc)
-        row.update(status="failed", error=str(exc), output="")
-    except MemoryError:
-        row.update(status="failed", error=f"{path}: out of memory", output="")
-    except Exception as exc:  # noqa: BLE001 - one unexpected failure must not end the batch
-        if retry:
-            logger.warning("%s: unexpected %s (%s); retrying once", path, type(exc).__name__, exc)
-            return _predict_one(predictor, job, None, out, options, overwrite, resume, write_result, on_progress,
-                                activation_count, retry=False)
-        logger.debug("%s: unexpected error", path, exc_info=True)
-        row.update(status="failed", error=f"{path}: unexpected {type(exc).__name__}: {exc}", output="")
-    finally:
-        if partial is not None and partial.exists():
-            import shutil
+        return row
 
-            shutil.rmtree(partial, ignore_errors=True)
+    return finish
+
+
+def _unexpected(exc: BaseException) -> bool:
+    """Worth a second try: not a bad input (MammoPatchError) and not memory."""
+    return not isinstance(exc, (MammoPatchError, MemoryError))
+
+
+def _failed(row: Dict[str, object], path: Path, exc: BaseException) -> Dict[str, object]:
+    if isinstance(exc, MammoPatchError):
+        logger.debug("%s", exc)
+        error = str(exc)
+    elif isinstance(exc, MemoryError):
+        error = f"{path}: out of memory"
+    else:
+        logger.debug("%s: unexpected error", path, exc_info=exc)
+        error = f"{path}: unexpected {type(exc).__name__}: {exc}"
+    row.update(status="failed", error=error, output="")
     return row
 
 

@@ -97,7 +97,7 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             instance_number=1, series_description="MammoPatch findings", **common)
         written["seg"] = _save(seg, out / "findings_seg.dcm")
     if heatmap_classes:
-        maps = np.stack([result.heatmaps[result.classes.index(name)] for name in heatmap_classes], axis=-1)[None]
+        maps = np.moveaxis(result.heatmaps_every(1, [result.classes.index(name) for name in heatmap_classes]), 0, -1)[None]
         heat = hd.seg.Segmentation(
             source_images=[source], pixel_array=maps.astype(np.float32),
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,

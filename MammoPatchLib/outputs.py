@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -91,18 +92,20 @@ def heatmap_classes(result: PredictionResult, choice: str, selected: Optional[Se
     return [c for c in result.classes if c in wanted]
 
 
-def _downsampled(result: PredictionResult, spacing_mm: Optional[float]):
-    """(maps, geometry) of the heatmaps at ``spacing_mm`` (every step-th pixel's block centre)."""
+def _downsampled(result: PredictionResult, spacing_mm: Optional[float], classes: Sequence[str]):
+    """(maps of ``classes``, geometry, step) of the heatmaps at ``spacing_mm`` (every step-th
+    pixel's block centre)."""
     geometry = result.image.geometry
+    channels = [result.classes.index(c) for c in classes]
     step = 1 if spacing_mm is None else max(1, int(round(spacing_mm / geometry.mean_spacing)))
     if step == 1:
-        return result.heatmaps, geometry, 1
+        return result.heatmaps_every(1, channels), geometry, 1
     direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
     shift = direction @ np.array([(step - 1) / 2 * geometry.spacing[0], (step - 1) / 2 * geometry.spacing[1], 0.0])
     coarse = ImageGeometry(spacing=(geometry.spacing[0] * step, geometry.spacing[1] * step, geometry.spacing[2]),
                            origin=tuple(float(o + d) for o, d in zip(geometry.origin, shift)),
                            direction=geometry.direction)
-    return result.heatmaps_every(step), coarse, step
+    return result.heatmaps_every(step, channels), coarse, step
 
 
 def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[Sequence[str]] = None,
@@ -123,15 +126,19 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     geometry = result.image.geometry
     written: Dict[str, List[str]] = {"heatmaps": [], "labelmap": [], "findings": [], "overlay": [], "dicom": []}
     classes = heatmap_classes(result, options.heatmaps, selected_classes)
-    maps, map_geometry, step = _downsampled(result, options.heatmap_spacing_mm) if classes else (None, None, 1)
+    maps, map_geometry, step = _downsampled(result, options.heatmap_spacing_mm, classes) if classes else (None, None, 1)
+    volumes = []  # (kind, array, geometry, path): compressed in parallel threads (SimpleITK releases the GIL)
     for fmt in options.formats:
         ext = VOLUME_FORMATS[fmt]
-        for name in classes:
-            values = maps[result.classes.index(name)]
+        for name, values in zip(classes, maps if classes else []):
             if options.heatmap_dtype == "uint8":
                 values = np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
-            written["heatmaps"].append(write_volume(values, map_geometry, out / f"heatmap_{class_slug(name)}{ext}"))
-        written["labelmap"].append(write_volume(result.label_map, geometry, out / f"labelmap{ext}"))
+            volumes.append(("heatmaps", values, map_geometry, out / f"heatmap_{class_slug(name)}{ext}"))
+        volumes.append(("labelmap", result.label_map, geometry, out / f"labelmap{ext}"))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(volumes), os.cpu_count() or 1, 8))) as pool:
+        paths = list(pool.map(lambda v: write_volume(v[1], v[2], v[3]), volumes))
+    for (kind, *_), path in zip(volumes, paths):
+        written[kind].append(path)
     labels = {"0": "No Finding", **{str(k + 1): name for k, name in enumerate(result.classes)}}
     _write_text(out / "labelmap.json", json.dumps(labels, indent=1), True)
     document = {
@@ -158,7 +165,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     written["findings"].append(str(out / "findings.csv"))
     overlay_step = max(1, int(np.ceil(max(result.image.shape) / 1400)))
     shown = [result.classes.index(c) for c in (heatmap_classes(result, "selected", selected_classes) or result.classes)]
-    overlay = heatmap_overlay(result.image.pixels, result.heatmaps_every(overlay_step)[shown].max(axis=0),
+    overlay = heatmap_overlay(result.image.pixels, result.heatmaps_every(overlay_step, shown).max(axis=0),
                               result.findings, result.classes)
     written["overlay"].append(write_png(overlay, out / "overlay.png"))
     if options.dicom:

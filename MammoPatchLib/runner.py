@@ -9,9 +9,12 @@ inference, crash-safe outputs (:mod:`.batch`) and one merged summary.
   and the final gather of every rank's rows into ``summary.csv``. Each rank also keeps
   ``results-rank<r>.csv`` up to date, so a rank that dies loses only its image in flight, and a
   re-run with ``--resume`` finishes the batch (failed images are retried: they have no output).
-- Per rank, ``workers`` threads read and preprocess the next images (a bounded queue of
-  ``2 x workers``) while the main thread runs the network and writes outputs; OpenCV, NumPy and
-  PyTorch release the GIL in the heavy parts. ``workers=0`` reads each image on the main thread.
+- Per rank, three stages overlap: ``workers`` threads read and preprocess the next images (a
+  bounded queue of ``2 x workers``), the main thread runs the network (it owns the device), and
+  one writer thread computes the full-size heatmaps and writes and publishes the outputs of the
+  previous image (at most ``MAX_PENDING_WRITES`` waiting). OpenCV, NumPy, PyTorch and
+  SimpleITK release the GIL in the heavy parts. ``workers=0`` runs the three stages in turn on
+  the main thread.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from .batch import OutputFolder, unique_names
 from .errors import Cancelled, MammoPatchError
@@ -137,6 +141,10 @@ def init_ranks(device: str = "auto") -> RankContext:
     return RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, owns_group=owns)
 
 
+#: Images whose outputs may wait for the writer thread while the network runs the next one
+#: (each holds its result, ~100 MB for a 3000 x 2400 image).
+MAX_PENDING_WRITES = 1
+
 RESULT_COLUMNS = ["index", "image", "status", "error", "findings", "top_class", "top_score", "seconds", "output",
                   "warnings", "rank"]
 
@@ -158,9 +166,11 @@ def run_batch(jobs: Sequence[Job], out_dir: PathLike, predictor, predict_one: Ca
               on_progress: Optional[Callable[[float, str], None]] = None,
               on_image: Optional[Callable[[int, int, Path], None]] = None) -> List[Dict[str, object]]:
     """Run this rank's share of ``jobs``; returns every rank's rows (merged on every rank) and
-    writes ``summary.csv`` (rank 0). ``predict_one(job, loaded, image_progress)`` does one image;
-    ``loaded`` is what the prefetching threads made: (image, prepared), the exception, or None
-    for a job ``should_skip`` says needs no reading (done earlier)."""
+    writes ``summary.csv`` (rank 0). ``predict_one(job, loaded, image_progress)`` does one
+    image's network work and returns its summary row, or a callable that writes its outputs and
+    returns the row (run on the writer thread); ``loaded`` is what the prefetching threads made:
+    (image, prepared), the exception, or None for a job ``should_skip`` says needs no reading
+    (done earlier)."""
     import time
 
     from .outputs import write_summary
@@ -184,15 +194,29 @@ def run_batch(jobs: Sequence[Job], out_dir: PathLike, predictor, predict_one: Ca
         except Exception as exc:  # noqa: BLE001 - reported by predict_one in order
             return exc
 
+    def record(row: Dict[str, object], job: Job, start: float) -> None:
+        row.setdefault("seconds", f"{time.perf_counter() - start:.2f}")
+        row.update(index=job.index, rank=ctx.rank)
+        rows.append(row)
+        if rank_file is not None:
+            _write_rows(rows, rank_file)
+        else:
+            write_summary(rows, out.root / "summary.csv")
+        if on_result is not None:
+            on_result(row)
+        if bar is not None:
+            bar.update(1)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(mine), desc=f"images (rank {ctx.rank})" if ctx.distributed else "images", unit="img")
     pending: Dict[int, Future] = {}
+    writing: Deque[Tuple[Job, Future, float]] = deque()
     todo = list(mine)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as writer:
             def refill(position: int) -> None:
                 if workers == 0:  # read on this thread, in predict_one
                     return
@@ -211,18 +235,21 @@ def run_batch(jobs: Sequence[Job], out_dir: PathLike, predictor, predict_one: Ca
                 future = pending.pop(job.index, None)
                 loaded = future.result() if future is not None else None
                 start = time.perf_counter()
-                row = predict_one(job, loaded, image_progress)
-                row.setdefault("seconds", f"{time.perf_counter() - start:.2f}")
-                row.update(index=job.index, rank=ctx.rank)
-                rows.append(row)
-                if rank_file is not None:
-                    _write_rows(rows, rank_file)
+                outcome = predict_one(job, loaded, image_progress)
+                done: Future = Future()
+                if callable(outcome) and workers == 0:
+                    done.set_result(outcome())
+                elif callable(outcome):  # outputs to write: on the writer thread, while the next image runs
+                    done = writer.submit(outcome)
                 else:
-                    write_summary(rows, out.root / "summary.csv")
-                if on_result is not None:
-                    on_result(row)
-                if bar is not None:
-                    bar.update(1)
+                    done.set_result(outcome)
+                writing.append((job, done, start))
+                while len(writing) > MAX_PENDING_WRITES or (writing and writing[0][1].done()):
+                    first, finished, began = writing.popleft()
+                    record(finished.result(), first, began)
+            while writing:
+                first, finished, began = writing.popleft()
+                record(finished.result(), first, began)
     except Cancelled:
         for future in pending.values():
             future.cancel()

@@ -115,3 +115,10 @@ def test_output_control_writes_fewer_smaller_heatmaps(run, tmp_path):
     assert heat.geometry.origin[0] == pytest.approx(result.image.geometry.origin[0] + 2 * 0.2)
     document = json.loads((tmp_path / "small" / "findings.json").read_text())
     assert document["heatmaps"]["every_nth_pixel"] == 5 and document["heatmaps"]["dtype"] == "uint8"
+
+
+def test_heatmaps_of_some_classes_equal_the_same_classes_of_all(run):
+    """Writers compute only the classes they write; the values must be those of the full set."""
+    _, _, result = run
+    for step in (1, 4):
+        np.testing.assert_allclose(result.heatmaps_every(step, [3, 0]), result.heatmaps_every(step)[[3, 0]], atol=1e-6)

@@ -192,3 +192,29 @@ def test_two_gloo_ranks_share_a_batch_and_resume_after_a_kill(model_path, tmp_pa
         a = read_mammogram(killed / name / "heatmap_mass.nrrd", min_side=0).pixels
         b = read_mammogram(clean / name / "heatmap_mass.nrrd", min_side=0).pixels
         assert (a == b).all()
+
+
+@pytest.mark.parametrize("failures, status", [(1, "ok"), (2, "failed")])
+def test_an_unexpected_error_is_retried_once(model_path, tmp_path, failures, status):
+    """A transient failure (not a bad input) gets one more try, reading the file again."""
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.model_file import load_model
+
+    folder = _folder(tmp_path / "in", 1, corrupt=False)
+    predictor = Predictor(load_model(model_path), device="cpu", progress=False)
+    calls = []
+    real = predictor.predict_image
+
+    def flaky(image, **kwargs):
+        calls.append(image.path)
+        if len(calls) <= failures:
+            raise RuntimeError("device lost")
+        return real(image, **kwargs)
+
+    predictor.predict_image = flaky
+    (row,) = predict_files([folder], tmp_path / "o", predictor=predictor, progress=False)
+    assert row["status"] == status and len(calls) == 2
+    assert (tmp_path / "o" / "img0").is_dir() == (status == "ok")
+    if status == "failed":
+        assert "unexpected RuntimeError: device lost" in row["error"] and "img0.dcm" in row["error"]

@@ -92,17 +92,22 @@ class PredictionResult:
             _add(self.timings, "heatmaps_s", start)
         return self._heatmaps
 
-    def heatmaps_every(self, step: int) -> np.ndarray:
+    def heatmaps_every(self, step: int, channels: Optional[Sequence[int]] = None) -> np.ndarray:
         """(classes, ceil(H / step), ceil(W / step)) heatmaps sampled at the centre of every
-        ``step`` x ``step`` block of source pixels (for writing smaller heatmap files)."""
-        if step <= 1:
-            return self.heatmaps
+        ``step`` x ``step`` block of source pixels (for writing smaller heatmap files); only
+        the classes at ``channels`` when given (computing four of ten full-size maps costs
+        0.4 of the time and memory)."""
+        picked = slice(None) if channels is None else list(channels)
         if self._sampler is None:
-            return self.heatmaps[:, step // 2::step, step // 2::step]
-        height, width = self.image.shape
-        rows = np.arange(0, height, step, dtype=np.float64) + (step - 1) / 2.0
-        cols = np.arange(0, width, step, dtype=np.float64) + (step - 1) / 2.0
-        return self._sampler(rows, cols)
+            return self.heatmaps[picked, step // 2::step, step // 2::step] if step > 1 else self.heatmaps[picked]
+        if step <= 1 and self._heatmaps is not None:
+            return self._heatmaps[picked]
+        rows = cols = None
+        if step > 1:
+            height, width = self.image.shape
+            rows = np.arange(0, height, step, dtype=np.float64) + (step - 1) / 2.0
+            cols = np.arange(0, width, step, dtype=np.float64) + (step - 1) / 2.0
+        return self._sampler(rows, cols, channels)
 
     def max_probability(self) -> Dict[str, float]:
         """Each class's highest heatmap value (on the detection grid)."""
@@ -309,16 +314,19 @@ class Predictor:
                                             "flip_tta": self.flip_tta, "scales": list(self.scales),
                                             "reported_classes": list(self.selected)},
                                 grid_heatmaps=grid, grid_factor=factor,
-                                make_heatmaps=lambda rows=None, cols=None: source_heatmaps(all_maps, rows, cols))
+                                make_heatmaps=lambda rows=None, cols=None, channels=None: source_heatmaps(
+                                    all_maps, rows, cols, channels))
 
 
-def source_heatmaps(all_maps: Sequence[CellHeatmaps], rows=None, cols=None) -> np.ndarray:
-    """(classes, H, W) float32 heatmaps at every source pixel (or at ``rows`` x ``cols``): the
-    mean over scales of each scale's cell maps mapped through its preprocessing chain (on the
-    compute device)."""
+def source_heatmaps(all_maps: Sequence[CellHeatmaps], rows=None, cols=None,
+                    channels: Optional[Sequence[int]] = None) -> np.ndarray:
+    """(classes, H, W) float32 heatmaps at every source pixel (or at ``rows`` x ``cols``; of
+    the classes at ``channels``): the mean over scales of each scale's cell maps mapped
+    through its preprocessing chain (on the compute device)."""
     total = None
     for maps in all_maps:
-        at_pixels = cells_to_source(maps.cells, maps.prepared, maps.stride, rows, cols)
+        cells = maps.cells if channels is None else maps.cells[list(channels)]
+        at_pixels = cells_to_source(cells, maps.prepared, maps.stride, rows, cols)
         total = at_pixels if total is None else total + at_pixels
     return (total / len(all_maps)).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
 
