@@ -218,3 +218,13 @@ def test_an_unexpected_error_is_retried_once(model_path, tmp_path, failures, sta
     assert (tmp_path / "o" / "img0").is_dir() == (status == "ok")
     if status == "failed":
         assert "unexpected RuntimeError: device lost" in row["error"] and "img0.dcm" in row["error"]
+
+
+def test_a_vindr_tree_is_a_batch_of_its_images(vindr_root):
+    """The VinDr-Mammo layout (images/<study>/<image>.dicom beside its CSVs) is a valid input:
+    one job per image, named by image id, in a stable order."""
+    jobs = plan_jobs([vindr_root])
+    dicoms = sorted(vindr_root.rglob("*.dicom"))
+    assert len(jobs) == len(dicoms) > 0
+    assert sorted(j.path for j in jobs) == dicoms
+    assert sorted(j.name for j in jobs) == sorted(p.stem for p in dicoms)
