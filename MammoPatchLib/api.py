@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .batch import output_stem  # noqa: F401 - part of the API
 from .errors import Cancelled, MammoPatchError, ModelFileError
 from .inference.predictor import PredictionResult, Predictor
 from .io import MammogramImage, read_mammogram
@@ -75,17 +76,6 @@ def predict(source, model: ModelLike = None, mode: str = DEFAULT_MODE, device: s
     """
     predictor = Predictor(resolve_model(model), mode=mode, device=device, **predictor_options)
     return predictor.predict_image(as_image(source, spacing_mm))
-
-
-def output_stem(path: Path) -> str:
-    """The file name without a known image extension ("1.2.840.5.dcm" -> "1.2.840.5")."""
-    from .io.readers import SUPPORTED_EXTENSIONS
-
-    lowered = path.name.lower()
-    for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
-        if lowered.endswith(ext) and len(path.name) > len(ext):
-            return path.name[: -len(ext)]
-    return path.name
 
 
 def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str = DEFAULT_MODE,

@@ -122,6 +122,17 @@ class OutputFolder:
         return final
 
 
+def output_stem(path: Path) -> str:
+    """The file name without a known image extension ("1.2.840.5.dcm" -> "1.2.840.5")."""
+    from .io.readers import SUPPORTED_EXTENSIONS  # the readers' list, imported when first needed
+
+    lowered = path.name.lower()
+    for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
+        if lowered.endswith(ext) and len(path.name) > len(ext):
+            return path.name[: -len(ext)]
+    return path.name
+
+
 def unique_names(stems: Iterable[str]) -> List[str]:
     """Folder names for a batch's inputs in order: repeated names get _2, _3, ... (the same
     inputs always get the same names, so a resumed run finds its folders)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-from .batch import OutputFolder, unique_names
+from .batch import OutputFolder, output_stem, unique_names
 from .errors import Cancelled, MammoPatchError
 from .io import read_mammogram
 from .vocabulary import PathLike
@@ -75,7 +75,6 @@ def is_manifest(path: PathLike) -> bool:
 
 def plan_jobs(inputs, spacing_mm: Optional[float] = None) -> List[Job]:
     """The batch's jobs, in a deterministic order (inputs in the order given, folders sorted)."""
-    from .api import output_stem
     from .io.discovery import collect_images
 
     if isinstance(inputs, (str, os.PathLike)):
