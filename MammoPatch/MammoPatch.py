@@ -44,6 +44,8 @@ _ensureLibraryOnPath()
 from MammoPatchLib.vocabulary import DEFAULT_MODE, FINDING_CLASSES, MODES  # noqa: E402
 
 ALL_CLASSES = "All classes"
+#: Findings (highest scores first) whose Grad-CAM map is made when "activation maps" is on.
+ACTIVATION_MAPS = 3
 LABEL_COLOURS = [
     (0.90, 0.10, 0.10), (1.00, 0.85, 0.00), (0.20, 0.60, 1.00), (0.60, 0.20, 0.80), (0.00, 0.75, 0.60),
     (1.00, 0.50, 0.00), (0.55, 0.35, 0.15), (1.00, 0.40, 0.70), (0.50, 0.80, 0.20), (0.40, 0.40, 0.40),
@@ -131,6 +133,8 @@ class MammoPatchParameterNode:
     threshold - probability threshold for every class when useModelThresholds is off.
     useModelThresholds - use the per-class thresholds stored in the model file.
     heatmapClass - the class shown in outputHeatmap, or "All classes" (one volume per class).
+    activationMaps - also load Grad-CAM activation maps of the top findings (one volume each,
+        linked to its finding's ROI; like the poster's activation figure).
     outputHeatmap - probability map of heatmapClass, in the input's geometry.
     outputLabelMap - 0 = no finding, k = k-th class.
     """
@@ -143,6 +147,7 @@ class MammoPatchParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     useModelThresholds: bool = True
     heatmapClass: Annotated[str, Choice([ALL_CLASSES] + FINDING_CLASSES)] = "Mass"
+    activationMaps: bool = False
     outputHeatmap: vtkMRMLScalarVolumeNode
     outputLabelMap: vtkMRMLLabelMapVolumeNode
 
@@ -268,7 +273,8 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node.inputVolume, node.outputHeatmap, node.outputLabelMap,
                 modelPath=None if node.useDefaultModel else str(node.modelPath), mode=node.mode, device=node.device,
                 threshold=None if node.useModelThresholds else node.threshold, heatmapClass=node.heatmapClass,
-                progressCallback=self._onProgress, finishedCallback=self._onFinished)
+                progressCallback=self._onProgress, finishedCallback=self._onFinished,
+                activationMaps=ACTIVATION_MAPS if node.activationMaps else 0)
         if self._run is None:
             return
         self.ui.applyButton.text = _("Cancel")
@@ -386,6 +392,7 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
         self.lastHeatmapNode = None
         self.lastLabelMapNode = None
         self.lastFindingNodes: List = []
+        self.lastActivationNodes: List = []
         self.lastOutcome = None
 
     def getParameterNode(self):
@@ -509,7 +516,8 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
         return path
 
     def workerCommand(self, inputFile: str, outputFolder: str, cancelFile: str, modelPath: Optional[str],
-                      mode: str, device: str, threshold: Optional[float], classes: List[str]) -> List[str]:
+                      mode: str, device: str, threshold: Optional[float], classes: List[str],
+                      activationMaps: int = 0) -> List[str]:
         import shutil
 
         python = shutil.which("PythonSlicer") or sys.executable
@@ -520,12 +528,15 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
             command += ["--model", modelPath]
         if threshold is not None:
             command += ["--thresholds", *[str(float(threshold))] * len(classes)]
+        if activationMaps:
+            command += ["--activation-maps", str(int(activationMaps))]
         return command
 
     def startProcessing(self, inputVolume, outputHeatmap=None, outputLabelMap=None, modelPath: Optional[str] = None,
                         mode: str = DEFAULT_MODE, device: str = "auto", threshold: Optional[float] = None,
                         heatmapClass: str = "Mass", progressCallback: Optional[Callable[[float, str], None]] = None,
-                        finishedCallback: Optional[Callable] = None, showResult: bool = True) -> WorkerRun:
+                        finishedCallback: Optional[Callable] = None, showResult: bool = True,
+                        activationMaps: int = 0) -> WorkerRun:
         """Start analysing one mammogram volume in a worker process; returns at once. The results
         are loaded into the scene when it ends, then ``finishedCallback(RunOutcome)`` is called."""
         if not inputVolume:
@@ -538,7 +549,7 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
         outputFolder = os.path.join(folder, "results")
         cancelFile = os.path.join(folder, "cancel")
         command = self.workerCommand(inputFile, outputFolder, cancelFile, modelPath, mode, device, threshold,
-                                     FINDING_CLASSES)
+                                     FINDING_CLASSES, activationMaps)
         libraryRoot = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["MammoPatchLib"].__file__)))
         environment = {"PYTHONPATH": os.pathsep.join(p for p in (libraryRoot, os.environ.get("PYTHONPATH")) if p),
                        "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
@@ -585,11 +596,11 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolume, outputHeatmap=None, outputLabelMap=None, modelPath: Optional[str] = None,
                 mode: str = DEFAULT_MODE, device: str = "auto", threshold: Optional[float] = None,
                 heatmapClass: str = "Mass", progressCallback: Optional[Callable[[float, str], None]] = None,
-                showResult: bool = True):
+                showResult: bool = True, activationMaps: int = 0):
         """Analyse one mammogram volume and wait for the results (Python console, tests).
         Returns the RunOutcome; raises RuntimeError when the worker failed."""
         run = self.startProcessing(inputVolume, outputHeatmap, outputLabelMap, modelPath, mode, device, threshold,
-                                   heatmapClass, progressCallback, None, showResult)
+                                   heatmapClass, progressCallback, None, showResult, activationMaps)
         run.wait()
         if self.lastOutcome.error:
             raise RuntimeError(self.lastOutcome.error)
@@ -628,6 +639,39 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
                                                "vtkMRMLLabelMapVolumeNode", inputVolume)
         self.lastLabelMapNode.GetDisplayNode().SetAndObserveColorNodeID(self._classColorNode(classes).GetID())
         self.lastFindingNodes = self._writeFindings(inputVolume, outcome.findings)
+        self.lastActivationNodes = self._loadActivationMaps(inputVolume, resultFolder, self.lastFindingNodes)
+
+    def _loadActivationMaps(self, inputVolume, resultFolder: str, findingNodes) -> list:
+        """The Grad-CAM maps the worker wrote (activation_<n>_<class>.nrrd, n = the finding's rank),
+        one volume each, reused on reruns; each finding's ROI names its map's node in the
+        "MammoPatch.activationMap" attribute (see showActivationMap)."""
+        from MammoPatchLib.volume_bridge import activation_map_files
+
+        nodes = []
+        for index, path in activation_map_files(resultFolder):
+            if index >= len(findingNodes):
+                continue
+            finding = findingNodes[index]
+            nodeName = f"{inputVolume.GetName()} activation {finding.GetName()}"
+            node = self._loadInto(slicer.mrmlScene.GetFirstNodeByName(nodeName), path, nodeName,
+                                  "vtkMRMLScalarVolumeNode", inputVolume)
+            display = node.GetDisplayNode()
+            display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileInferno.txt")
+            display.AutoWindowLevelOff()
+            display.SetWindowLevelMinMax(0.0, 1.0)
+            finding.SetAttribute("MammoPatch.activationMap", node.GetID())
+            nodes.append(node)
+        return nodes
+
+    def showActivationMap(self, findingNode) -> bool:
+        """Show a finding's activation map over the mammogram (foreground layer); False when the
+        run made none for it."""
+        nodeId = findingNode.GetAttribute("MammoPatch.activationMap") if findingNode else None
+        node = slicer.mrmlScene.GetNodeByID(nodeId) if nodeId else None
+        if node is None:
+            return False
+        slicer.util.setSliceViewerLayers(foreground=node, foregroundOpacity=0.5)
+        return True
 
     @staticmethod
     def _loadInto(node, path: str, name: str, className: str, inputVolume):
@@ -771,4 +815,10 @@ class MammoPatchTest(ScriptedLoadableModuleTest):
         volumes = len(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
         logic.process(inputVolume, modelPath=modelPath, mode="fast", device="cpu", heatmapClass="Mass")
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")), volumes)
+        # Activation maps (threshold 0: every class fires, so there are findings to explain).
+        outcome = logic.process(inputVolume, modelPath=modelPath, mode="fast", device="cpu", threshold=0.0,
+                                heatmapClass="Mass", activationMaps=2)
+        self.assertEqual(len(logic.lastActivationNodes), min(2, len(outcome.findings)))
+        self.assertTrue(logic.showActivationMap(logic.lastFindingNodes[0]))
+        self.assertEqual(slicer.util.arrayFromVolume(logic.lastActivationNodes[0]).shape, (1, 512, 416))
         self.delayDisplay("MammoPatch test passed")

@@ -7,7 +7,9 @@ mammogram in Slicer is a single-slice volume whose array is (1, rows, columns): 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import os
+import re
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -71,3 +73,19 @@ def dicom_source_file(instance_uids: Optional[str], file_for_instance: Optional[
         return None
     path = file_for_instance(uids[0])
     return path or None
+
+
+ACTIVATION_FILE = re.compile(r"^activation_(\d+)_[a-z0-9_]+\.nrrd$")
+
+
+def activation_map_files(result_folder: str) -> List[Tuple[int, str]]:
+    """(finding index from 0, path) of the activation maps in a result folder, in finding order
+    (``activation_<rank>_<class>.nrrd``, written by :func:`MammoPatchLib.activation.write_activation_maps`)."""
+    if not os.path.isdir(result_folder):
+        return []
+    found = []
+    for name in os.listdir(result_folder):
+        match = ACTIVATION_FILE.match(name)
+        if match:
+            found.append((int(match.group(1)) - 1, os.path.join(result_folder, name)))
+    return sorted(found)

@@ -3,6 +3,8 @@ written as NRRD and PNG."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -32,5 +34,13 @@ def test_activation_maps_cover_the_finding_window(tmp_path):
         outside = np.ones(image.shape, bool)
         outside[y0:y1, x0:x1] = False
         assert item.source_map[outside].max() == 0.0
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "activation_notes.txt").write_text("not a map")
     written = write_activation_maps(maps, image.geometry, tmp_path / "out")
     assert len(written) == 4 and read_mammogram(written[0], min_side=0).shape == image.shape
+    # the Slicer module links each map to its finding by the rank in the file name
+    from MammoPatchLib.volume_bridge import activation_map_files
+
+    found = activation_map_files(str(tmp_path / "out"))
+    assert [index for index, _ in found] == [0, 1]
+    assert [Path(path).name for _, path in found] == [Path(p).name for p in written if p.endswith(".nrrd")]
