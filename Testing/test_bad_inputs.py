@@ -131,7 +131,7 @@ def test_a_second_run_on_a_locked_output_folder_is_refused(one_image, small_mode
     ({"unexpected": 1}, "unknown field"), ({"head_pooling": "max"}, "head_pooling"),
 ], ids=["window-0", "stride-64", "negative-spacing", "nan-thresholds", "duplicate-classes", "unknown-key",
         "unknown-pooling"])
-def test_bad_model_files_are_refused_before_any_image(change, reason, one_image, small_model, tmp_path):
+def test_bad_model_files_are_refused_before_any_image(change, reason, one_image, small_model, tmp_path, capsys):
     import torch
 
     from MammoPatchLib.model_file import weights_sha256
@@ -140,7 +140,11 @@ def test_bad_model_files_are_refused_before_any_image(change, reason, one_image,
     payload["info"].update(change)
     payload["sha256"] = weights_sha256(payload["state_dict"])
     torch.save(payload, tmp_path / "bad.pt")
-    code, out, err = _cli("predict", one_image, "--model", tmp_path / "bad.pt", "--out", tmp_path / "o", "--no-progress")
+    from MammoPatchLib.cli import main  # in this process: the same code path, without a start-up per case
+
+    code = main(["predict", str(one_image), "--model", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "o"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
     assert code == 2 and reason in err and "bad.pt" in err and "Traceback" not in err, err
     assert not (tmp_path / "o" / "a").exists()
 
