@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from datetime import timedelta
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -134,7 +135,10 @@ def init_ranks(device: str = "auto") -> RankContext:
     use_cuda = device != "cpu" and torch.cuda.is_available()
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # The final gather waits for the slowest rank; a rank that dies ends the launch anyway
+        # (torchrun stops the others), so the default 10-30 min collective timeout would only
+        # cut a long but healthy run short.
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(hours=48))
     if use_cuda:
         torch.cuda.set_device(local)
     return RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, owns_group=owns)
