@@ -189,11 +189,11 @@ SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_sco
                    "rank"]
 
 
-def write_summary(rows: List[Dict[str, object]], path: PathLike) -> str:
-    """The batch's summary CSV: one row per input, ok or failed with the error."""
+def write_summary(rows: List[Dict[str, object]], path: PathLike, columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
+    """The batch's summary CSV: one row per input, ok or failed with the error (atomically)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
     return os.fspath(path)

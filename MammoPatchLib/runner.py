@@ -19,7 +19,6 @@ inference, crash-safe outputs (:mod:`.batch`) and one merged summary.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from datetime import timedelta
@@ -32,6 +31,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from .batch import OutputFolder, output_stem, unique_names
 from .errors import Cancelled, MammoPatchError
 from .io import read_mammogram
+from .outputs import SUMMARY_COLUMNS, write_summary
 from .vocabulary import PathLike
 
 logger = logging.getLogger(__name__)
@@ -148,18 +148,8 @@ def init_ranks(device: str = "auto") -> RankContext:
 #: (each holds its result, ~100 MB for a 3000 x 2400 image).
 MAX_PENDING_WRITES = 1
 
-RESULT_COLUMNS = ["index", "image", "status", "error", "findings", "top_class", "top_score", "seconds", "output",
-                  "warnings", "rank"]
-
-
-def _write_rows(rows: List[Dict[str, object]], path: Path) -> None:
-    from .io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+#: A rank's results file: the summary's columns and the input's place in the batch.
+RESULT_COLUMNS = ["index", *SUMMARY_COLUMNS]
 
 
 def run_batch(jobs: Sequence[Job], out_dir: PathLike, predictor, predict_one: Callable[..., Dict[str, object]],
@@ -175,8 +165,6 @@ def run_batch(jobs: Sequence[Job], out_dir: PathLike, predictor, predict_one: Ca
     (image, prepared), the exception, or None for a job ``should_skip`` says needs no reading
     (done earlier)."""
     import time
-
-    from .outputs import write_summary
 
     ctx = ctx or RankContext()
     out = OutputFolder(out_dir)
@@ -202,7 +190,7 @@ def run_batch(jobs: Sequence[Job], out_dir: PathLike, predictor, predict_one: Ca
         row.update(index=job.index, rank=ctx.rank)
         rows.append(row)
         if rank_file is not None:
-            _write_rows(rows, rank_file)
+            write_summary(rows, rank_file, RESULT_COLUMNS)
         else:
             write_summary(rows, out.root / "summary.csv")
         if on_result is not None:
