@@ -129,18 +129,18 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
                 device = f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
             predictor = Predictor(resolve_model(model), mode=mode, device=device,
                                   progress=progress and not ctx.distributed, **predictor_options)
-        out = Path(out_dir)
+        from .batch import OutputFolder
+
+        folder = OutputFolder(out_dir)  # run_batch holds its lock; used here for names and publishing
 
         def done_earlier(job) -> bool:
-            return resume and not overwrite and (out / job.name).is_dir()
+            return resume and not overwrite and folder.is_complete(job.name)
 
-        def predict_one(job, loaded, image_progress) -> Dict[str, object]:
-            from .batch import OutputFolder
-
-            return _predict_one(predictor, job, loaded, OutputFolder(out), options, overwrite, resume, write_result,
+        def predict_one(job, loaded, image_progress):
+            return _predict_one(predictor, job, loaded, folder, options, overwrite, resume, write_result,
                                 image_progress, activation_maps)
 
-        return run_batch(jobs, out, predictor, predict_one, should_skip=done_earlier, ctx=ctx, workers=workers,
+        return run_batch(jobs, out_dir, predictor, predict_one, should_skip=done_earlier, ctx=ctx, workers=workers,
                          progress=progress, on_result=on_result, on_progress=on_progress, on_image=on_image)
     finally:
         ctx.close()
