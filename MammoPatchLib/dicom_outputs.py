@@ -62,9 +62,11 @@ def _save(dataset, path: Path) -> str:
 
 
 def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str],
-                        overlay_rgb: Optional[np.ndarray] = None) -> Dict[str, str]:
+                        overlay_rgb: Optional[np.ndarray] = None,
+                        heatmaps: Optional[np.ndarray] = None) -> Dict[str, str]:
     """Write SEG, heatmap SEG, overlay SC and SR for a prediction of a DICOM mammogram into
-    ``out_dir``; returns {kind: path}."""
+    ``out_dir``; returns {kind: path}. ``heatmaps``: the (len(heatmap_classes), H, W) maps at
+    every source pixel when the caller has them already (else they are computed)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -97,7 +99,9 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             instance_number=1, series_description="MammoPatch findings", **common)
         written["seg"] = _save(seg, out / "findings_seg.dcm")
     if heatmap_classes:
-        maps = np.moveaxis(result.heatmaps_every(1, [result.classes.index(name) for name in heatmap_classes]), 0, -1)[None]
+        if heatmaps is None:
+            heatmaps = result.heatmaps_every(1, [result.classes.index(name) for name in heatmap_classes])
+        maps = np.moveaxis(heatmaps, 0, -1)[None]
         heat = hd.seg.Segmentation(
             source_images=[source], pixel_array=maps.astype(np.float32),
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,

@@ -171,7 +171,9 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     if options.dicom:
         from .dicom_outputs import write_dicom_outputs
 
-        for path in write_dicom_outputs(result, out, classes, overlay_rgb=_full_size(overlay, result.image.shape)).values():
+        full_size = maps if step == 1 else None  # the SEG needs every pixel: reuse what the volumes had
+        for path in write_dicom_outputs(result, out, classes, overlay_rgb=_full_size(overlay, result.image.shape),
+                                        heatmaps=full_size).values():
             written["dicom"].append(path)
     return written
 
