@@ -92,7 +92,25 @@ class WindowBlocks(nn.Module):
         return probs[:, :, None, None].expand(-1, -1, self.cells, self.cells).contiguous()
 
 
-class ExactInferer(Inferer):
+class _WindowGridInferer(Inferer):
+    """What both inferers share: the window grid, blend mode, compute device, precision and
+    calibration temperatures."""
+
+    def __init__(self, window: int, stride: int, blend: str, device: Optional[torch.device], amp: bool,
+                 temperatures: Optional[Sequence[float]]) -> None:
+        super().__init__()
+        if blend not in BLEND_MODES:
+            raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+        self.window, self.stride, self.amp = window, stride, amp
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.temperatures = _temperatures(temperatures, self.device)
+
+    def window_count(self, inputs: torch.Tensor) -> int:
+        """Windows on the grid of a (B, C, H, W) batch."""
+        return _windows(inputs.shape[-2:], self.window, self.stride) * inputs.shape[0]
+
+
+class ExactInferer(_WindowGridInferer):
     """Window by window on MONAI's ``SlidingWindowInferer`` (built once, reused per image).
 
     Args:
@@ -107,12 +125,7 @@ class ExactInferer(Inferer):
     def __init__(self, window: int = 256, stride: int = 32, sw_batch_size: int = 16, blend: str = "gaussian",
                  device: Optional[torch.device] = None, amp: bool = True,
                  temperatures: Optional[Sequence[float]] = None) -> None:
-        super().__init__()
-        if blend not in BLEND_MODES:
-            raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
-        self.window, self.stride, self.amp = window, stride, amp
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.temperatures = _temperatures(temperatures, self.device)
+        super().__init__(window, stride, blend, device, amp, temperatures)
         self.sliding = SlidingWindowInferer(roi_size=(window, window), sw_batch_size=sw_batch_size,
                                             overlap=1.0 - stride / window, mode=blend, sigma_scale=SIGMA_SCALE,
                                             sw_device=self.device, device=self.device, progress=False)
@@ -120,7 +133,7 @@ class ExactInferer(Inferer):
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, network: nn.Module,
                  callback: Optional[InferenceCallback] = None) -> torch.Tensor:  # type: ignore[override]
-        total = _windows(inputs.shape[-2:], self.window, self.stride) * inputs.shape[0]
+        total = self.window_count(inputs)
         done = [0]
 
         def on_batch(n: int) -> None:
@@ -134,7 +147,7 @@ class ExactInferer(Inferer):
         return torch.as_tensor(self.sliding(batch, blocks)).float()
 
 
-class DenseInferer(Inferer):
+class DenseInferer(_WindowGridInferer):
     """One forward pass over the whole padded image gives every window's logits; stitched
     with the same blend weights as :class:`ExactInferer`.
 
@@ -144,18 +157,13 @@ class DenseInferer(Inferer):
     def __init__(self, window: int = 256, stride: int = 32, blend: str = "gaussian",
                  device: Optional[torch.device] = None, amp: bool = True,
                  temperatures: Optional[Sequence[float]] = None) -> None:
-        super().__init__()
-        if blend not in BLEND_MODES:
-            raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
-        self.window, self.stride, self.amp = window, stride, amp
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.temperatures = _temperatures(temperatures, self.device)
+        super().__init__(window, stride, blend, device, amp, temperatures)
         self.kernel = blend_kernel(window, stride, blend, device=self.device)
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, network: nn.Module,
                  callback: Optional[InferenceCallback] = None) -> torch.Tensor:  # type: ignore[override]
-        total = _windows(inputs.shape[-2:], self.window, self.stride) * inputs.shape[0]
+        total = self.window_count(inputs)
         if callback is not None:
             callback.report(0.0, f"dense pass over {total} windows")
         batch = torch.as_tensor(inputs).float().to(self.device, non_blocking=True)
