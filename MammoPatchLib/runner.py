@@ -19,6 +19,7 @@ inference, crash-safe outputs (:mod:`.batch`) and one merged summary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from datetime import timedelta
@@ -168,91 +169,91 @@ def run_batch(jobs: Sequence[Job], out_dir: PathLike, predictor, predict_one: Ca
 
     ctx = ctx or RankContext()
     out = OutputFolder(out_dir)
-    if ctx.rank == 0:
-        out.__enter__()  # lock, clean stale partial folders
-    else:
-        out.check_writable()
-    _barrier(ctx)
-    mine = shard(jobs, ctx.rank, ctx.world_size)
-    rows: List[Dict[str, object]] = []
-    rank_file = out.root / f"results-rank{ctx.rank}.csv" if ctx.distributed else None
-
-    def load(job: Job):
-        try:
-            image = read_mammogram(job.path, spacing_mm=job.spacing_mm)
-            predictor.check(image)
-            return image, predictor.preprocess(image) if predictor.scales == (1.0,) else None
-        except Exception as exc:  # noqa: BLE001 - reported by predict_one in order
-            return exc
-
-    def record(row: Dict[str, object], job: Job, start: float) -> None:
-        row.setdefault("seconds", f"{time.perf_counter() - start:.2f}")
-        row.update(index=job.index, rank=ctx.rank)
-        rows.append(row)
-        if rank_file is not None:
-            write_summary(rows, rank_file, RESULT_COLUMNS)
+    with contextlib.ExitStack() as held:
+        if ctx.rank == 0:
+            held.enter_context(out)  # lock, clean stale partial folders; released however the run ends
         else:
-            write_summary(rows, out.root / "summary.csv")
-        if on_result is not None:
-            on_result(row)
-        if bar is not None:
-            bar.update(1)
+            out.check_writable()
+        _barrier(ctx)
+        mine = shard(jobs, ctx.rank, ctx.world_size)
+        rows: List[Dict[str, object]] = []
+        rank_file = out.root / f"results-rank{ctx.rank}.csv" if ctx.distributed else None
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        def load(job: Job):
+            try:
+                image = read_mammogram(job.path, spacing_mm=job.spacing_mm)
+                predictor.check(image)
+                return image, predictor.preprocess(image) if predictor.scales == (1.0,) else None
+            except Exception as exc:  # noqa: BLE001 - reported by predict_one in order
+                return exc
 
-        bar = tqdm(total=len(mine), desc=f"images (rank {ctx.rank})" if ctx.distributed else "images", unit="img")
-    pending: Dict[int, Future] = {}
-    writing: Deque[Tuple[Job, Future, float]] = deque()
-    todo = list(mine)
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as writer:
-            def refill(position: int) -> None:
-                if workers == 0:  # read on this thread, in predict_one
-                    return
-                for job in todo[position:position + 2 * workers]:
-                    if job.index not in pending and not should_skip(job):
-                        pending[job.index] = pool.submit(load, job)
+        def record(row: Dict[str, object], job: Job, start: float) -> None:
+            row.setdefault("seconds", f"{time.perf_counter() - start:.2f}")
+            row.update(index=job.index, rank=ctx.rank)
+            rows.append(row)
+            if rank_file is not None:
+                write_summary(rows, rank_file, RESULT_COLUMNS)
+            else:
+                write_summary(rows, out.root / "summary.csv")
+            if on_result is not None:
+                on_result(row)
+            if bar is not None:
+                bar.update(1)
 
-            for position, job in enumerate(todo):
-                refill(position)
-                if on_image is not None:
-                    on_image(position, len(todo), job.path)
-                image_progress = None
-                if on_progress is not None:
-                    def image_progress(fraction, text, position=position, name=job.name):
-                        on_progress((position + fraction) / max(len(todo), 1), f"{name}: {text}")
-                future = pending.pop(job.index, None)
-                loaded = future.result() if future is not None else None
-                start = time.perf_counter()
-                outcome = predict_one(job, loaded, image_progress)
-                done: Future = Future()
-                if callable(outcome) and workers == 0:
-                    done.set_result(outcome())
-                elif callable(outcome):  # outputs to write: on the writer thread, while the next image runs
-                    done = writer.submit(outcome)
-                else:
-                    done.set_result(outcome)
-                writing.append((job, done, start))
-                while len(writing) > MAX_PENDING_WRITES or (writing and writing[0][1].done()):
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc=f"images (rank {ctx.rank})" if ctx.distributed else "images", unit="img")
+        pending: Dict[int, Future] = {}
+        writing: Deque[Tuple[Job, Future, float]] = deque()
+        todo = list(mine)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as writer:
+                def refill(position: int) -> None:
+                    if workers == 0:  # read on this thread, in predict_one
+                        return
+                    for job in todo[position:position + 2 * workers]:
+                        if job.index not in pending and not should_skip(job):
+                            pending[job.index] = pool.submit(load, job)
+
+                for position, job in enumerate(todo):
+                    refill(position)
+                    if on_image is not None:
+                        on_image(position, len(todo), job.path)
+                    image_progress = None
+                    if on_progress is not None:
+                        def image_progress(fraction, text, position=position, name=job.name):
+                            on_progress((position + fraction) / max(len(todo), 1), f"{name}: {text}")
+                    future = pending.pop(job.index, None)
+                    loaded = future.result() if future is not None else None
+                    start = time.perf_counter()
+                    outcome = predict_one(job, loaded, image_progress)
+                    done: Future = Future()
+                    if callable(outcome) and workers == 0:
+                        done.set_result(outcome())
+                    elif callable(outcome):  # outputs to write: on the writer thread, while the next image runs
+                        done = writer.submit(outcome)
+                    else:
+                        done.set_result(outcome)
+                    writing.append((job, done, start))
+                    while len(writing) > MAX_PENDING_WRITES or (writing and writing[0][1].done()):
+                        first, finished, began = writing.popleft()
+                        record(finished.result(), first, began)
+                while writing:
                     first, finished, began = writing.popleft()
                     record(finished.result(), first, began)
-            while writing:
-                first, finished, began = writing.popleft()
-                record(finished.result(), first, began)
-    except Cancelled:
-        for future in pending.values():
-            future.cancel()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    merged = _gather(rows, ctx)
-    if ctx.rank == 0:
-        write_summary(merged, out.root / "summary.csv")
-        out.__exit__(None, None, None)
-    return merged
+        except Cancelled:
+            for future in pending.values():
+                future.cancel()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        merged = _gather(rows, ctx)
+        if ctx.rank == 0:
+            write_summary(merged, out.root / "summary.csv")
+        return merged
 
 
 def _barrier(ctx: RankContext) -> None:

@@ -228,3 +228,22 @@ def test_a_vindr_tree_is_a_batch_of_its_images(vindr_root):
     assert len(jobs) == len(dicoms) > 0
     assert sorted(j.path for j in jobs) == dicoms
     assert sorted(j.name for j in jobs) == sorted(p.stem for p in dicoms)
+
+
+def test_a_cancelled_batch_releases_its_output_folder(model_path, tmp_path):
+    """Cancel (Slicer's button, the Python API) ends the run without keeping the folder's lock,
+    so the same process can resume into it."""
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.errors import Cancelled
+
+    folder = _folder(tmp_path / "in", 2, corrupt=False)
+
+    def cancel(fraction, text):
+        raise Cancelled("cancelled by the user")
+
+    # the traceback stays alive, as in Slicer's Python console (sys.last_traceback)
+    with pytest.raises(Cancelled) as cancelled:
+        predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False, on_progress=cancel)
+    rows = predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False, resume=True)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert cancelled.traceback
