@@ -325,6 +325,42 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_crossval(args: argparse.Namespace) -> int:
+    from .training.cell_bundle import write_bundled_model
+    from .training.cell_recipe import CellHeadRecipe
+    from .training.crossval import REPORT_MD, crossval
+
+    recipes = [CellHeadRecipe.load(path) for path in args.config]
+    report = crossval(recipes, args.data, args.folds, args.out, cache_dir=args.cache, baseline=args.baseline,
+                      progress=not args.no_progress, draws=args.draws)
+    for name, row in report["recipes"].items():
+        sens, iv = row["sensitivity_at_fp"], row["intervals"]
+        print(f"{name}: sensitivity at 1 FP/image {sens['1']:.3f} ({iv['sens@1'][0]:.2f}-{iv['sens@1'][1]:.2f}), "
+              f"image AUC {row['image_auc']:.3f} ({iv['image_auc'][0]:.2f}-{iv['image_auc'][1]:.2f})")
+    if args.model_out:
+        path = write_bundled_model(report["outcomes"][0], args.model_out, args.data)
+        print(f"model built from {recipes[0].name}: {path}")
+    print(f"report: {Path(args.out) / REPORT_MD}")
+    return 0
+
+
+def _add_crossval_parser(sub) -> None:
+    crossval = sub.add_parser("crossval", help="cross-validate cell-head recipes by woman (pooled out-of-fold "
+                                               "FROC, AUC, paired intervals); optionally build the model")
+    crossval.add_argument("--config", required=True, nargs="+", help="recipe JSON file(s), judged on the same folds")
+    crossval.add_argument("--data", required=True, help="mini-MIAS or VinDr-layout folder, or synthetic:N")
+    crossval.add_argument("--folds", type=int, default=5)
+    crossval.add_argument("--out", required=True, help="report folder (its folds.csv is reused by later runs)")
+    crossval.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature-cache)")
+    crossval.add_argument("--baseline", default=None, help="recipe the others are compared with (default: the first)")
+    crossval.add_argument("--draws", type=int, default=1000, help="bootstrap draws over women")
+    crossval.add_argument("--model-out", default=None,
+                          help="also write the model the first recipe makes (its fold ensemble or one head on all "
+                               "women, as the recipe's 'bundle' says), thresholds fitted out of fold")
+    crossval.add_argument("--no-progress", action="store_true")
+    crossval.set_defaults(func=_cmd_crossval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mammopatch", description="Sliding-patch detection of mammographic findings.")
     parser.add_argument("--version", action="version", version=f"MammoPatch {__version__}")
@@ -401,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--epochs", type=int, default=None)
     compare.add_argument("--no-progress", action="store_true")
     compare.set_defaults(func=_cmd_compare)
+
+    _add_crossval_parser(sub)
 
     bundle = sub.add_parser("export-bundle", help="export a model file as a MONAI bundle")
     bundle.add_argument("model", help="model file")

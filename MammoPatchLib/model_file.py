@@ -25,7 +25,7 @@ from . import __version__
 from .config import config_from_dict, config_to_dict
 from .errors import ConfigError, ModelFileError
 from .io.atomic import atomic_path
-from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, PatchClassifier
+from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, HEAD_TYPES, PatchClassifier
 from .postprocess import DetectionConfig
 from .transforms import PreprocessConfig
 from .vocabulary import FINDING_CLASSES, PathLike
@@ -62,7 +62,13 @@ class ModelInfo:
         classes: output classes, in output order.
         window, stride: sliding-window patch side and step in pixels (at ``spacing_mm``).
         hidden: head hidden units.
-        head_pooling: how the head pools a window's feature cells ("mean" or "learned").
+        head_pooling: how the window head pools a window's feature cells ("mean" or "learned").
+        head: "window" (the poster: one output per window) or "cell" (one per 32 px cell,
+            from a ``neighbourhood x neighbourhood`` block of cells).
+        neighbourhood: the cell head's block side in cells.
+        bottleneck: the cell head's 1 x 1 bottleneck channels.
+        ensemble: heads over the one backbone whose probabilities are averaged (e.g. the
+            fold models of a cross-validation); 1: a single head.
         spacing_mm: pixel spacing the model was trained at; images are resampled to it
             (None: used at their own spacing).
         preprocessing: preprocessing parameters (:class:`PreprocessConfig`).
@@ -79,6 +85,10 @@ class ModelInfo:
     stride: int = 32
     hidden: int = 512
     head_pooling: str = "mean"
+    head: str = "window"
+    neighbourhood: int = 3
+    bottleneck: int = 128
+    ensemble: int = 1
     spacing_mm: Optional[float] = None
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     thresholds: List[float] = field(default_factory=list)
@@ -105,6 +115,14 @@ class ModelInfo:
             raise ConfigError(f"model spacing_mm must be a positive number or null, got {self.spacing_mm}")
         if self.head_pooling not in HEAD_POOLINGS:
             raise ConfigError(f"model head_pooling must be one of {HEAD_POOLINGS}, got {self.head_pooling!r}")
+        if self.head not in HEAD_TYPES:
+            raise ConfigError(f"model head must be one of {HEAD_TYPES}, got {self.head!r}")
+        if not isinstance(self.neighbourhood, int) or self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
+            raise ConfigError(f"model neighbourhood must be an odd number >= 1, got {self.neighbourhood!r}")
+        for name in ("bottleneck", "ensemble"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
 
         temperatures = self.inference.temperatures
         if temperatures and (len(temperatures) != len(self.classes) or not all(
@@ -134,7 +152,9 @@ class ModelInfo:
 def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:
     """The PatchClassifier a :class:`ModelInfo` describes."""
     return PatchClassifier(info.backbone, num_classes=len(info.classes), hidden=info.hidden,
-                           pretrained=pretrained, window=info.window, head_pooling=info.head_pooling)
+                           pretrained=pretrained, window=info.window, head_pooling=info.head_pooling,
+                           head=info.head, neighbourhood=info.neighbourhood, bottleneck=info.bottleneck,
+                           ensemble=info.ensemble)
 
 
 def _upgrade_v1_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

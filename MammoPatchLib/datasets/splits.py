@@ -96,3 +96,71 @@ def apply_split_file(records: Sequence[ImageRecord], path) -> List[ImageRecord]:
             record.split = splits[record.image_id]
             kept.append(record)
     return kept
+
+
+def folds_by_patient(records: Sequence[ImageRecord], folds: int = 5, seed: int = 0) -> Dict[str, int]:
+    """{patient_id: fold} for ``folds``-fold cross-validation: women, never images, are
+    assigned; within each stratum (first finding class, or "normal") they are dealt round the
+    folds in a random order from a rotating start, so every class reaches every fold where the
+    counts allow and the folds differ in size by at most about one woman per stratum."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    patients: Dict[str, List[ImageRecord]] = {}
+    for record in records:
+        patients.setdefault(record.patient_id, []).append(record)
+    if len(patients) < folds:
+        raise ValueError(f"{len(patients)} women cannot fill {folds} folds")
+    strata: Dict[str, List[str]] = {}
+    for patient in sorted(patients):
+        strata.setdefault(_stratum(patients[patient]), []).append(patient)
+    rng = np.random.default_rng(seed)
+    assignment: Dict[str, int] = {}
+    offset = 0
+    sizes = [0] * folds
+    for name in sorted(strata, key=lambda n: (len(strata[n]), n)):
+        group = [strata[name][i] for i in rng.permutation(len(strata[name]))]
+        order = sorted(range(folds), key=lambda f: (sizes[f], (f - offset) % folds))
+        for rank, patient in enumerate(group):
+            fold = order[rank % folds]
+            assignment[patient] = fold
+            sizes[fold] += 1
+        offset += len(group)
+    return assignment
+
+
+FOLD_COLUMNS = ["image_id", "patient_id", "fold"]
+
+
+def write_fold_file(records: Sequence[ImageRecord], assignment: Dict[str, int], path) -> None:
+    """The fold of every image, as a CSV that later runs reuse (``read_fold_file``)."""
+    import csv
+    from pathlib import Path
+
+    from ..io.atomic import atomic_path
+
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FOLD_COLUMNS)
+        for record in sorted(records, key=lambda r: r.image_id):
+            writer.writerow([record.image_id, record.patient_id, assignment[record.patient_id]])
+
+
+def read_fold_file(path) -> Dict[str, int]:
+    """{image_id: fold} from a fold file; refuses a file that splits a woman across folds."""
+    from pathlib import Path
+
+    from ..errors import AnnotationError
+    from .records import read_csv_rows
+
+    rows = read_csv_rows(Path(path), FOLD_COLUMNS)
+    by_patient: Dict[str, int] = {}
+    out: Dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            fold = int(row["fold"])
+        except ValueError:
+            raise AnnotationError(f"line {line}: fold {row['fold']!r} is not a whole number", path) from None
+        if by_patient.setdefault(row["patient_id"], fold) != fold:
+            raise AnnotationError(f"line {line}: woman {row['patient_id']} is in two folds", path)
+        out[row["image_id"]] = fold
+    return out

@@ -8,7 +8,9 @@ and return (B, classes, H / stride, W / stride) probabilities, stitched the same
   compute device). Each window's probabilities come back as a ``cells x cells`` block, so
   MONAI stitches a 1/stride-scale heatmap instead of 256 x 256 x classes floats per window.
 - :class:`DenseInferer`: one forward pass over the whole image gives every window's logits
-  at once (the network is fully convolutional); the same blend weights stitch them.
+  at once (the network is fully convolutional); the same blend weights stitch them. With the
+  cell head the pass gives every cell's output directly, which is what the stitched window
+  blocks approximate.
 
 They differ only where a window's features near its border see zero padding (exact) or the
 real neighbouring tissue (dense); models trained with the consistency term agree closely
@@ -70,8 +72,16 @@ def autocast_for(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+def is_per_cell(network: nn.Module) -> bool:
+    """Whether ``network`` outputs one value per 32 px cell (the cell head) rather than one
+    per window position (the poster's window head)."""
+    return bool(getattr(network, "per_cell", False))
+
+
 class WindowBlocks(nn.Module):
-    """(B, C, window, window) windows -> (B, classes, cells, cells) probability blocks."""
+    """(B, C, window, window) windows -> (B, classes, cells, cells) probability blocks: the
+    window head's one probability painted over the window's cells, or the cell head's own
+    block of cell probabilities."""
 
     def __init__(self, network: nn.Module, cells: int, amp: bool, device: torch.device,
                  on_batch: Optional[Callable[[int], None]] = None, temperatures: Optional[torch.Tensor] = None) -> None:
@@ -83,13 +93,15 @@ class WindowBlocks(nn.Module):
         windows = windows.contiguous(memory_format=torch.channels_last)
         with autocast_for(self.device, self.amp):
             logits = self.network(windows)
-        logits = logits.float().flatten(1)
+        logits = logits.float()
         if self.temperatures is not None:
-            logits = logits / self.temperatures
+            logits = logits / self.temperatures[:, :, None, None]
         probs = torch.sigmoid(logits)
         if self.on_batch is not None:
             self.on_batch(windows.shape[0])
-        return probs[:, :, None, None].expand(-1, -1, self.cells, self.cells).contiguous()
+        if probs.shape[-2:] == (self.cells, self.cells) and is_per_cell(self.network):
+            return probs.contiguous()
+        return probs.flatten(2)[:, :, :1, None].expand(-1, -1, self.cells, self.cells).contiguous()
 
 
 class _WindowGridInferer(Inferer):
@@ -175,6 +187,8 @@ class DenseInferer(_WindowGridInferer):
         probs = torch.sigmoid(logits)
         if callback is not None:
             callback.windows(total, total)
+        if is_per_cell(network):
+            return probs  # already one value per cell: every window's block at once
         return stitch_window_grid(probs, self.kernel)
 
 

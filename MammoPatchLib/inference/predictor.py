@@ -282,31 +282,39 @@ class Predictor:
 
     def _predict(self, image: MammogramImage, report: ProgressCallback, timings: Dict[str, float],
                  prepared: Optional[PreprocessedImage] = None) -> PredictionResult:
-        info = self.model.info
         self.check(image)
         n = len(self.scales)
-        spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
-        factor, grid_rows, grid_cols = detection_grid(image.shape, image.spacing_mm, self.detection.grid_mm)
-        grid_heat = None
         all_maps: List[CellHeatmaps] = []
         for k, scale in enumerate(self.scales):
             self._callback = InferenceCallback(report, span=(0.9 * k / n, 0.9 * (k + 1) / n))
-            maps = self.cell_heatmaps(image, scale, self._callback, timings, prepared if scale == 1.0 else None)
-            all_maps.append(maps)
-            start = time.perf_counter()
+            all_maps.append(self.cell_heatmaps(image, scale, self._callback, timings,
+                                               prepared if scale == 1.0 else None))
             self._callback.report(1.0, "mapping heatmaps to the image")
+        result = self.result_from_cells(image, all_maps, timings)
+        report(1.0, "done")
+        return result
+
+    def result_from_cells(self, image: MammogramImage, all_maps: Sequence[CellHeatmaps],
+                          timings: Optional[Dict[str, float]] = None) -> PredictionResult:
+        """Findings, label map and heatmaps of ``image`` from its cell heatmaps (one per
+        scale): the second half of :meth:`predict_image`, also used by cross-validation, whose
+        cell maps come from cached backbone features instead of a fresh pass."""
+        info = self.model.info
+        timings = timings if timings is not None else {}
+        start = time.perf_counter()
+        spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
+        factor, grid_rows, grid_cols = detection_grid(image.shape, image.spacing_mm, self.detection.grid_mm)
+        grid_heat = None
+        for maps in all_maps:
             at_grid = cells_to_source(maps.cells, maps.prepared, maps.stride, grid_rows, grid_cols)
             grid_heat = at_grid if grid_heat is None else grid_heat + at_grid
-            _add(timings, "postprocess_s", start)
-        start = time.perf_counter()
-        grid = (grid_heat / n).clamp_(0.0, 1.0).cpu().numpy()
+        grid = (grid_heat / len(all_maps)).clamp_(0.0, 1.0).cpu().numpy()
         thresholds = [t if c in self.selected else np.inf for c, t in zip(info.classes, self.thresholds)]
         window_px = info.window * (info.spacing_mm or image.spacing_mm) / image.spacing_mm
         findings, regions = detect_findings(grid, info.classes, thresholds, factor, spacing_rc, image.shape,
                                             self.detection, max_box_px=window_px)
         label_map = label_map_from_findings(regions, grid.shape[1:], factor, image.shape)
         _add(timings, "postprocess_s", start)
-        report(1.0, "done")
         return PredictionResult(label_map=label_map, findings=findings, classes=list(info.classes),
                                 thresholds=list(self.thresholds), image=image, mode=self.mode, timings=timings,
                                 model_info={"path": self.model.path, "sha256": self.model.sha256,

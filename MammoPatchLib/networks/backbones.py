@@ -98,6 +98,19 @@ def _lite_features_class():
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
             return self.extract_features(inputs)
 
+        def trunk(self, inputs: torch.Tensor) -> torch.Tensor:
+            """Stem and blocks (320 channels at stride 32): what a frozen-trunk training run
+            caches once per image, so the last stage (:meth:`tail`) can still be trained."""
+            x = self._swish(self._bn0(self._conv_stem(inputs)))
+            for block in self._blocks:
+                x = block(x, drop_connect_rate=0.0)  # eval-time blocks: no drop connect
+            return x
+
+        def tail(self, trunk_features: torch.Tensor) -> torch.Tensor:
+            """The last stage, the head convolution: trunk features -> the 1280 output channels.
+            ``tail(trunk(x))`` equals ``forward(x)`` in eval mode."""
+            return self._swish(self._bn1(self._conv_head(trunk_features)))
+
     return EfficientNetLiteFeatures
 
 

@@ -12,6 +12,12 @@ So one forward serves both inference modes:
 - a (B, 3, 256, 256) batch of windows gives (B, classes, 1, 1) logits (exact mode);
 - a (B, 3, 256 + 32 i, 256 + 32 j) image gives (B, classes, i + 1, j + 1): the logits of every
   256 px window at a 32 px stride, in one pass (the dense pass, fast mode).
+
+A window's single label cannot say where in its 51 mm the finding lies, so its heatmap peak
+rarely sits on the lesion. The cell head (``head="cell"``) scores every 32 px feature cell from
+a small ``neighbourhood x neighbourhood`` block of cells around it (3 x 3: 96 px of context):
+a window then returns its own 8 x 8 block of cell outputs, which MONAI's SlidingWindowInferer
+stitches, and the whole image gives every cell at once (one value per cell, no stitching).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from ..errors import PathLike
 from .backbones import DEFAULT_BACKBONE, FEATURE_STRIDE, build_backbone
 
 HEAD_POOLINGS = ("mean", "learned")
+#: "window": the poster's one output per 256 px window; "cell": one output per 32 px cell.
+HEAD_TYPES = ("window", "cell")
 
 
 class WindowHead(nn.Module):
@@ -59,6 +67,48 @@ class WindowHead(nn.Module):
         return self.out(self.act(self.hidden(self.dropout(self.pool(features)))))
 
 
+class CellHead(nn.Module):
+    """Score every feature cell from its ``neighbourhood x neighbourhood`` block of cells.
+
+    A 1 x 1 bottleneck first maps the backbone's channels to ``bottleneck`` (a linear map: with
+    a frozen backbone it is fitted once, as the principal components of the features, which
+    keeps the head small enough to train on 45 lesions), then the poster's MLP (``hidden``
+    units, ReLU, one logit per class) with its first layer a ``neighbourhood``-wide
+    convolution, i.e. the MLP applied to the flattened block of bottleneck features.
+
+    Shapes: (B, C, h, w) features -> (B, classes, h, w) logits (zero padding at the border).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 256, neighbourhood: int = 3,
+                 bottleneck: int = 128, dropout: float = 0.2) -> None:
+        super().__init__()
+        if neighbourhood < 1 or neighbourhood % 2 == 0:
+            raise ValueError(f"cell head neighbourhood must be an odd number >= 1, got {neighbourhood}")
+        self.neighbourhood = neighbourhood
+        self.reduce = nn.Conv2d(in_channels, bottleneck, kernel_size=1)
+        self.hidden = nn.Conv2d(bottleneck, hidden, kernel_size=neighbourhood, padding=neighbourhood // 2)
+        self.act = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Conv2d(hidden, num_classes, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(self.act(self.hidden(self.reduce(features)))))
+
+
+class EnsembleHead(nn.Module):
+    """Several heads over one (frozen) backbone's features, e.g. the five fold models of a
+    cross-validation: the output is the logit of their mean probability, so the inferers'
+    sigmoid (and calibration temperatures) see one averaged model."""
+
+    def __init__(self, heads) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(heads)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.sigmoid(head(features)) for head in self.members]).mean(0)
+        return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+
+
 class PatchClassifier(nn.Module):
     """Multi-label sliding-patch classifier (backbone + window head).
 
@@ -71,33 +121,60 @@ class PatchClassifier(nn.Module):
         backbone_weights: local state dict file for the backbone.
         window: patch side in pixels (256 in the poster); a multiple of 32.
         head_pooling: "mean" or "learned" (:class:`WindowHead`).
+        head: "window" (:class:`WindowHead`, the poster) or "cell" (:class:`CellHead`).
+        neighbourhood: cells of context per side of the cell head's block (odd).
+        bottleneck: the cell head's 1 x 1 bottleneck channels.
+        ensemble: heads averaged over the one backbone (:class:`EnsembleHead`; 1: a plain head).
 
-    Shapes: ``forward`` (B, 3, window + 32 i, window + 32 j) -> (B, classes, i + 1, j + 1)
-    logits; ``classify`` (B, 3, window, window) -> (B, classes).
+    Shapes, window head: ``forward`` (B, 3, window + 32 i, window + 32 j) -> (B, classes,
+    i + 1, j + 1) logits; ``classify`` (B, 3, window, window) -> (B, classes).
+    Cell head: ``forward`` (B, 3, 32 h, 32 w) -> (B, classes, h, w) logits.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = 10, hidden: int = 512,
                  dropout: float = 0.2, pretrained: bool = False, backbone_weights: Optional[PathLike] = None,
-                 window: int = 256, head_pooling: str = "mean") -> None:
+                 window: int = 256, head_pooling: str = "mean", head: str = "window",
+                 neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1) -> None:
         super().__init__()
         if window <= 0 or window % FEATURE_STRIDE:
             raise ValueError(f"window must be a positive multiple of {FEATURE_STRIDE}, got {window}")
         self.backbone_name = backbone
         self.window = window
         self.cells = window // FEATURE_STRIDE
+        if head not in HEAD_TYPES:
+            raise ValueError(f"head must be one of {HEAD_TYPES}, got {head!r}")
+        self.head_type = head
         self.features = build_backbone(backbone, pretrained=pretrained, weights=backbone_weights)
-        self.head = WindowHead(self.features.out_channels, num_classes, hidden, self.cells, dropout, head_pooling)
+        channels = self.features.out_channels
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1 heads, got {ensemble}")
+
+        def make_head() -> nn.Module:
+            if head == "cell":
+                return CellHead(channels, num_classes, hidden, neighbourhood, bottleneck, dropout)
+            return WindowHead(channels, num_classes, hidden, self.cells, dropout, head_pooling)
+
+        self.head: nn.Module = make_head() if ensemble == 1 else EnsembleHead([make_head() for _ in range(ensemble)])
+        self._num_classes = num_classes
+
+    @property
+    def per_cell(self) -> bool:
+        """True when the output has one value per 32 px cell (the cell head), False when it has
+        one per window position (the window head)."""
+        return self.head_type == "cell"
 
     @property
     def num_classes(self) -> int:
-        return self.head.out.out_channels
+        return self._num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
     def classify(self, windows: torch.Tensor) -> torch.Tensor:
-        """(B, classes) logits of a batch of window-sized patches."""
-        return self.forward(windows).flatten(1)
+        """(B, classes) logits of a batch of window-sized patches (for the cell head: its most
+        confident cell, the window-level reading of a cell map)."""
+        logits = self.forward(windows)
+        return logits.amax(dim=(-2, -1)) if self.per_cell else logits.flatten(1)
 
     def window_logits_in_context(self, context: torch.Tensor, margin_cells: int) -> torch.Tensor:
         """(B, classes) logits of the central window of larger crops, computed from the

@@ -1,0 +1,209 @@
+"""Train a cell head on cached frozen-backbone features, and turn it into a model.
+
+The head (:class:`~MammoPatchLib.networks.CellHead`) is a 1 x 1 bottleneck, a
+``neighbourhood``-wide convolution and a 1 x 1 output. With the backbone frozen:
+
+1. the bottleneck is fitted once, without labels, as the whitened principal components of the
+   training images' features (so 1280 channels become ``bottleneck`` well-conditioned ones);
+2. every cell's ``neighbourhood x neighbourhood`` block of bottleneck features is gathered
+   once (``F.unfold``, with the same zero padding as the convolution), so the convolution
+   becomes a plain MLP over those vectors;
+3. each epoch draws every positive cell and a sample of negative cells (uniform, or partly
+   among the highest-scoring negatives: hard-negative rounds), with the poster's focal loss;
+4. the MLP's weights are reshaped back into the head's convolutions, so the model file's
+   network gives, on a whole image, exactly the cells trained and evaluated here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..networks import CellHead
+from .cell_recipe import CellHeadRecipe
+from .cell_targets import cell_targets
+from .feature_cache import CachedImage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Projection:
+    """The fitted bottleneck: ``(x - mean) @ components.T / scale`` per cell."""
+
+    weight: torch.Tensor  # (bottleneck, C): components / scale
+    bias: torch.Tensor  # (bottleneck,)
+
+
+def fit_projection(images: Sequence[CachedImage], bottleneck: int, max_cells: int = 40000,
+                   seed: int = 0) -> Projection:
+    """Whitened principal components of a sample of the images' feature cells."""
+    rng = np.random.default_rng(seed)
+    cells = torch.cat([im.features.flatten(2).permute(0, 2, 1).reshape(-1, im.features.shape[1]) for im in images])
+    if len(cells) > max_cells:
+        cells = cells[torch.as_tensor(rng.choice(len(cells), max_cells, replace=False))]
+    cells = cells.float()
+    mean = cells.mean(0)
+    _, singular, vh = torch.linalg.svd(cells - mean, full_matrices=False)
+    keep = min(bottleneck, vh.shape[0])
+    scale = singular[:keep] / np.sqrt(max(len(cells) - 1, 1)) + 1e-6
+    weight = vh[:keep] / scale[:, None]
+    if keep < bottleneck:  # fewer cells than components: pad with zero components
+        weight = torch.cat([weight, torch.zeros(bottleneck - keep, weight.shape[1])])
+    return Projection(weight=weight, bias=-(weight @ mean))
+
+
+def neighbourhood_vectors(features: torch.Tensor, projection: Projection, neighbourhood: int) -> torch.Tensor:
+    """(V, C, gh, gw) features -> (V, gh * gw, bottleneck * n * n) float16 block vectors, in
+    the order ``nn.Conv2d`` flattens its kernel (channel, row, column)."""
+    reduced = F.conv2d(features.float(), projection.weight[:, :, None, None], projection.bias)
+    blocks = F.unfold(reduced, neighbourhood, padding=neighbourhood // 2)
+    return blocks.permute(0, 2, 1).contiguous().half()
+
+
+class CellMLP(nn.Module):
+    """The head after the bottleneck, as an MLP over gathered block vectors."""
+
+    def __init__(self, inputs: int, hidden: int, classes: int, dropout: float) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(inputs, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(torch.relu(self.hidden(x))))
+
+
+@dataclass
+class FittedCellHead:
+    """A trained head: its bottleneck and MLP, and how to score cached images with it."""
+
+    projection: Projection
+    mlp: CellMLP
+    neighbourhood: int
+    classes: List[str]
+
+    @torch.no_grad()
+    def cell_logits(self, image: CachedImage, views: int = 2) -> torch.Tensor:
+        """(views, classes, gh, gw) logits of the image (and of its mirror, in mirrored
+        coordinates) from its cached features."""
+        self.mlp.eval()
+        vectors = neighbourhood_vectors(image.features[:views], self.projection, self.neighbourhood)
+        logits = self.mlp(vectors.float())
+        gh, gw = image.grid_shape
+        return logits.permute(0, 2, 1).reshape(views, -1, gh, gw)
+
+    def cell_probabilities(self, image: CachedImage, flip_tta: bool) -> torch.Tensor:
+        """(classes, gh, gw) probabilities, averaged with the mirror image's when ``flip_tta``."""
+        logits = self.cell_logits(image, views=2 if flip_tta else 1)
+        probs = torch.sigmoid(logits)
+        if flip_tta:
+            return 0.5 * (probs[0] + torch.flip(probs[1], dims=(-1,)))
+        return probs[0]
+
+    def to_cell_head(self, in_channels: int) -> CellHead:
+        """The same head as the network's :class:`CellHead` (eval mode)."""
+        bottleneck = self.projection.weight.shape[0]
+        hidden = self.mlp.hidden.out_features
+        head = CellHead(in_channels, len(self.classes), hidden, self.neighbourhood, bottleneck)
+        n = self.neighbourhood
+        with torch.no_grad():
+            head.reduce.weight.copy_(self.projection.weight[:, :, None, None])
+            head.reduce.bias.copy_(self.projection.bias)
+            head.hidden.weight.copy_(self.mlp.hidden.weight.reshape(hidden, bottleneck, n, n))
+            head.hidden.bias.copy_(self.mlp.hidden.bias)
+            head.out.weight.copy_(self.mlp.out.weight[:, :, None, None])
+            head.out.bias.copy_(self.mlp.out.bias)
+        return head.eval()
+
+
+def training_cells(images: Sequence[CachedImage], projection: Projection, recipe: CellHeadRecipe,
+                   classes: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vectors (N, D) fp16, targets (N, K) fp16, masks (N, K) bool) of every cell of the
+    images (and of their mirrors when ``recipe.flip_augment``)."""
+    views = 2 if recipe.flip_augment else 1
+    xs, ts, ms = [], [], []
+    for image in images:
+        targets, mask = cell_targets(image.record, image.geometry, image.grid_shape, classes, recipe.classes,
+                                     radius_px=recipe.radius_px, extent=recipe.extent, ignore_px=recipe.ignore_px)
+        t = torch.from_numpy(targets)
+        m = torch.from_numpy(mask)
+        t_views = [t, torch.flip(t, dims=(-1,))][:views]
+        m_views = [m, torch.flip(m, dims=(-1,))][:views]
+        xs.append(neighbourhood_vectors(image.features[:views], projection, recipe.neighbourhood).reshape(
+            -1, projection.weight.shape[0] * recipe.neighbourhood ** 2))
+        ts.append(torch.stack(t_views).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)).half())
+        ms.append(torch.stack(m_views).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)))
+    return torch.cat(xs), torch.cat(ts), torch.cat(ms)
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """The poster's focal loss, averaged over the cells and classes that count."""
+    from monai.losses import FocalLoss
+
+    per_cell = FocalLoss(gamma=gamma, use_softmax=False, reduction="none")(logits, targets)
+    weight = mask.float()
+    return (per_cell * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str],
+                  seed: Optional[int] = None) -> FittedCellHead:
+    """Train a head on ``images`` (their cached features) with ``recipe``; ``classes`` are the
+    model's outputs (the recipe's classes are trained, the others ignored)."""
+    seed = recipe.seed if seed is None else seed
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    projection = fit_projection(images, recipe.bottleneck, seed=seed)
+    x, t, m = training_cells(images, projection, recipe, classes)
+    positive = ((t > 0.5) & m).any(1)
+    negative_rows = torch.nonzero(~positive & m.any(1)).flatten().numpy()
+    positive_rows = torch.nonzero(positive).flatten().numpy()
+    mlp = CellMLP(x.shape[1], recipe.hidden, len(classes), recipe.dropout)
+    optimiser = torch.optim.Adam(mlp.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=recipe.epochs)
+    n_neg = min(recipe.negatives_per_epoch, len(negative_rows))
+    hard_scores: Optional[np.ndarray] = None
+    for epoch in range(recipe.epochs):
+        if recipe.hard_negative_share > 0 and epoch >= recipe.hard_negative_after and (
+                hard_scores is None or epoch % 5 == 0):
+            hard_scores = _negative_scores(mlp, x, t, m, negative_rows)
+        negatives = _draw_negatives(negative_rows, n_neg, rng, hard_scores, recipe.hard_negative_share)
+        rows = rng.permutation(np.concatenate([positive_rows, negatives]))
+        mlp.train()
+        for start in range(0, len(rows), recipe.batch_cells):
+            batch = torch.as_tensor(rows[start:start + recipe.batch_cells])
+            loss = focal_loss(mlp(x[batch].float()), t[batch].float(), m[batch])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        schedule.step()
+    return FittedCellHead(projection, mlp.eval(), recipe.neighbourhood, list(classes))
+
+
+@torch.no_grad()
+def _negative_scores(mlp: CellMLP, x, t, m, rows: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Each negative cell's highest probability over the classes that count there."""
+    mlp.eval()
+    scores = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        index = torch.as_tensor(rows[start:start + chunk])
+        probs = torch.sigmoid(mlp(x[index].float())) * m[index]
+        scores[start:start + len(index)] = probs.max(1).values.numpy()
+    return scores
+
+
+def _draw_negatives(rows: np.ndarray, n: int, rng: np.random.Generator, scores: Optional[np.ndarray],
+                    hard_share: float) -> np.ndarray:
+    if scores is None or hard_share <= 0:
+        return rng.choice(rows, n, replace=False)
+    n_hard = int(round(n * hard_share))
+    hardest = rows[np.argsort(-scores)[:4 * n_hard]]  # the hardest quarter-pool, drawn from at random
+    hard = rng.choice(hardest, min(n_hard, len(hardest)), replace=False)
+    rest = rng.choice(np.setdiff1d(rows, hard, assume_unique=False), n - len(hard), replace=False)
+    return np.concatenate([hard, rest])

@@ -1,0 +1,116 @@
+"""The recipe of a cell-head model trained on a frozen backbone's cached features: one JSON
+file, validated on load with messages that name the bad field (``config_from_dict``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..config import config_from_dict, config_to_dict
+from ..errors import ConfigError
+from ..networks import BACKBONES, DEFAULT_BACKBONE
+from ..transforms import PreprocessConfig
+
+#: How an image's abnormality score is read from its cell heatmaps (image-level AUC, and the
+#: image-level view of a finding): the highest cell, or the mean of the ``image_top_k``
+#: highest cells of the best class (less at the mercy of one noisy cell).
+IMAGE_SCORES = ("max", "top-k")
+
+
+@dataclass
+class CellHeadRecipe:
+    """Parameters of a cell-head training run (and of its cross-validation).
+
+    Attributes:
+        name: the recipe's name in reports.
+        backbone, spacing_mm, preprocessing: the frozen backbone and the images it sees.
+        classes: classes the head is trained on and reports (others are ignored in the loss).
+        neighbourhood: cells per side of the block a cell is scored from (odd).
+        bottleneck: principal components of the features kept (the head's 1 x 1 bottleneck).
+        hidden, dropout: the MLP's hidden units and dropout.
+        radius_px, extent, ignore_px: cell targets (:mod:`.cell_targets`).
+        epochs, learning_rate, weight_decay, batch_cells: optimisation (Adam).
+        negatives_per_epoch: negative cells drawn per epoch (all positive cells are used).
+        hard_negative_share: share of those drawn among the highest-scoring negatives, from
+            ``hard_negative_after`` epochs on (0: uniform sampling only).
+        flip_augment: train on the mirrored images too.
+        flip_tta: average the image and its mirror at inference.
+        image_score, image_top_k: how the image-level score is read (:data:`IMAGE_SCORES`).
+        fp_per_image: false positives per image the operating thresholds allow per class.
+        bundle: "ensemble" (the fold models' heads averaged over one backbone) or "single"
+            (one head trained on every woman).
+        seed: random seed (folds, initialisation, sampling).
+    """
+
+    name: str = "cell-head"
+    backbone: str = DEFAULT_BACKBONE
+    spacing_mm: float = 0.2
+    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
+    classes: List[str] = field(default_factory=lambda: ["Mass", "Suspicious Calcification",
+                                                        "Architectural Distortion", "Asymmetry"])
+    neighbourhood: int = 3
+    bottleneck: int = 128
+    hidden: int = 256
+    dropout: float = 0.2
+    radius_px: float = 32.0
+    extent: float = 0.0
+    ignore_px: float = 32.0
+    epochs: int = 40
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_cells: int = 1024
+    negatives_per_epoch: int = 16384
+    hard_negative_share: float = 0.0
+    hard_negative_after: int = 10
+    flip_augment: bool = True
+    flip_tta: bool = False
+    image_score: str = "max"
+    image_top_k: int = 4
+    fp_per_image: float = 0.25
+    bundle: str = "ensemble"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.backbone in BACKBONES, f"backbone must be one of {sorted(BACKBONES)}"),
+            (self.spacing_mm > 0, "spacing_mm must be positive"),
+            (bool(self.classes) and len(set(self.classes)) == len(self.classes), "classes must be unique, non-empty"),
+            (self.neighbourhood >= 1 and self.neighbourhood % 2 == 1, "neighbourhood must be an odd number >= 1"),
+            (self.bottleneck >= 1 and self.hidden >= 1, "bottleneck and hidden must be >= 1"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.radius_px > 0 and self.extent >= 0 and self.ignore_px >= 0, "radius_px > 0, extent and ignore_px >= 0"),
+            (self.epochs >= 1 and self.batch_cells >= 1 and self.negatives_per_epoch >= 1, "epochs, batch_cells, "
+             "negatives_per_epoch must be >= 1"),
+            (self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate > 0, weight_decay >= 0"),
+            (0.0 <= self.hard_negative_share <= 1.0, "hard_negative_share must be in [0, 1]"),
+            (self.image_score in IMAGE_SCORES, f"image_score must be one of {IMAGE_SCORES}"),
+            (self.image_top_k >= 1, "image_top_k must be >= 1"),
+            (self.fp_per_image > 0, "fp_per_image must be positive"),
+            (self.bundle in ("ensemble", "single"), "bundle must be 'ensemble' or 'single'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"cell-head recipe: {message}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], where: str = "cell-head recipe") -> "CellHeadRecipe":
+        return config_from_dict(cls, values, where)
+
+    @classmethod
+    def load(cls, path, overrides: Optional[Dict[str, Any]] = None) -> "CellHeadRecipe":
+        """A recipe from a JSON file (``overrides`` replace its fields)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a JSON recipe ({exc})") from None
+        values.setdefault("name", path.stem)
+        values.update(overrides or {})
+        return cls.from_dict(values, str(path))

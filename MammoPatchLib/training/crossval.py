@@ -1,0 +1,322 @@
+"""Cross-validation by woman: the one yardstick for every model decision.
+
+``mammopatch crossval --config RECIPE --data D --folds 5 --out DIR``:
+
+1. Folds: women (never images) dealt into ``folds`` folds, stratified by finding class, and
+   written to ``DIR/folds.csv``; a later run into the same folder reuses that file, so every
+   recipe is judged on the same folds (paired).
+2. Features: the frozen backbone's dense features of every image and its mirror, computed
+   once through the Predictor's preprocessing and network (``feature_cache``).
+3. Per fold: a head trained on the other folds' women; its cell heatmaps of the held-out
+   women go through the Predictor's own second half (``Predictor.result_from_cells``: cells ->
+   source geometry -> findings), as ``predict`` would give them.
+4. Pooled out-of-fold figures over every lesion with coordinates (FROC at 0.25 ... 4 FP per
+   image, per class and all classes; image AUC; bootstrap 95 % intervals over women), each
+   fold's figures beside them, and the image-level view at operating thresholds fitted, for
+   each fold, on the other folds' out-of-fold predictions (nested: never on the fold judged).
+5. Each recipe's out-of-fold cases are kept under ``DIR/recipes/<name>/``; the report lists
+   every recipe ever run into ``DIR`` with its paired difference (bootstrap over women)
+   against the baseline recipe, losers included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..datasets import ImageRecord, load_records
+from ..datasets.splits import folds_by_patient, read_fold_file, write_fold_file
+from ..errors import MammoPatchError
+from ..evaluation.lesions import (FP_RATES, ImageCase, bootstrap_intervals, candidate_predictor, case_from_result,
+                                  lesion_metrics, operating_thresholds)
+from ..evaluation.metrics import is_hit
+from ..evaluation.paired import paired_difference
+from ..inference.predictor import CellHeatmaps
+from ..io import read_mammogram
+from ..io.atomic import atomic_path
+from ..model_file import InferenceDefaults, ModelInfo
+from ..vocabulary import FINDING_CLASSES
+from .cell_head_fit import FittedCellHead, fit_cell_head
+from .cell_recipe import CellHeadRecipe
+from .feature_cache import CachedImage, build_cache, frozen_backbone_model
+
+logger = logging.getLogger(__name__)
+
+FOLD_FILE = "folds.csv"
+RECIPES_DIR = "recipes"
+CASES_FILE = "cases.json"
+OUTCOME_FILE = "outcome.json"
+REPORT_JSON = "crossval.json"
+REPORT_MD = "crossval.md"
+FROC_PLOT = "froc.png"
+
+
+def cell_model_info(recipe: CellHeadRecipe, ensemble: int = 1) -> ModelInfo:
+    """The model information of a cell-head model made with ``recipe``."""
+    return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head="cell",
+                     neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
+                     spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
+                     inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta))
+
+
+@dataclass
+class RecipeOutcome:
+    """What one recipe's cross-validation gives."""
+
+    recipe: CellHeadRecipe
+    cases: List[ImageCase]
+    fold_of_image: Dict[str, int]
+    heads: List[FittedCellHead] = field(default_factory=list)
+    seconds: float = 0.0
+    cached: List[CachedImage] = field(default_factory=list, repr=False)
+
+
+def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, seed: int = 0) -> Dict[str, int]:
+    """{image_id: fold}: read from ``out_dir/folds.csv`` when it exists (the same folds for
+    every recipe), else made and written there."""
+    path = out_dir / FOLD_FILE
+    if path.is_file():
+        fold_of = read_fold_file(path)
+        missing = [r.image_id for r in records if r.image_id not in fold_of]
+        if missing:
+            raise MammoPatchError(f"the fold file lacks {len(missing)} image(s) of the data, e.g. {missing[0]}; "
+                                  "use a new --out folder for another data set", path)
+        found = len(set(fold_of.values()))
+        if found != folds:
+            raise MammoPatchError(f"the fold file has {found} folds, --folds asks for {folds}", path)
+        return {r.image_id: fold_of[r.image_id] for r in records}
+    by_patient = folds_by_patient(records, folds, seed)
+    write_fold_file(records, by_patient, path)
+    return {r.image_id: by_patient[r.patient_id] for r in records}
+
+
+def _image_score(probs: torch.Tensor, reported: Sequence[int], recipe: CellHeadRecipe) -> Optional[float]:
+    if recipe.image_score == "max":
+        return None  # the Predictor's own: the highest heatmap value
+    cells = probs[list(reported)].flatten(1)
+    k = min(recipe.image_top_k, cells.shape[1])
+    return float(cells.topk(k, dim=1).values.mean(1).max())
+
+
+def out_of_fold_cases(head: FittedCellHead, images: Sequence[CachedImage], recipe: CellHeadRecipe,
+                      predictor) -> List[ImageCase]:
+    """The held-out images' cases: cell heatmaps from the cached features, findings from the
+    Predictor's own mapping and detection."""
+    classes = list(FINDING_CLASSES)
+    reported = [classes.index(c) for c in predictor.selected]
+    cases = []
+    for image in images:
+        probs = head.cell_probabilities(image, recipe.flip_tta)
+        source = read_mammogram(image.record.path, spacing_mm=image.record.spacing_mm)
+        result = predictor.result_from_cells(source, [CellHeatmaps(probs, image.geometry, 32)])  # type: ignore[arg-type]
+        case = case_from_result(image.record, result, classes, reported)
+        score = _image_score(probs, reported, recipe)
+        if score is not None:
+            case.image_score = score
+        cases.append(case)
+    return cases
+
+
+def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: Dict[str, int],
+               progress: bool = True) -> RecipeOutcome:
+    """Train one head per fold on the other folds and predict the held-out women."""
+    start = time.perf_counter()
+    folds = sorted(set(fold_of.values()))
+    predictor = candidate_predictor(frozen_backbone_model(cell_model_info(recipe)), device="cpu",
+                                    classes=recipe.classes)
+    cases: List[ImageCase] = []
+    heads: List[FittedCellHead] = []
+    for fold in folds:
+        train = [c for c in cached if fold_of[c.record.image_id] != fold]
+        held = [c for c in cached if fold_of[c.record.image_id] == fold]
+        fold_start = time.perf_counter()
+        head = fit_cell_head(train, recipe, list(FINDING_CLASSES), seed=recipe.seed + fold)
+        heads.append(head)
+        cases.extend(out_of_fold_cases(head, held, recipe, predictor))
+        if progress:
+            print(f"  {recipe.name}: fold {fold + 1}/{len(folds)} ({len(train)} training, {len(held)} held-out "
+                  f"images) in {time.perf_counter() - fold_start:.1f} s", flush=True)
+    return RecipeOutcome(recipe, cases, dict(fold_of), heads, time.perf_counter() - start, list(cached))
+
+
+def image_level_view(cases: Sequence[ImageCase], thresholds: Dict[str, float]) -> Dict[str, float]:
+    """At per-class thresholds: share of abnormal images with a finding, of normal images
+    with none, false findings per image and the share of lesions hit by a finding."""
+    abnormal = [c for c in cases if c.abnormal]
+    normal = [c for c in cases if not c.abnormal]
+
+    def findings(case: ImageCase):
+        return [(name, d) for name, dets in case.detections.items() if name in thresholds
+                for d in dets if d[0] >= thresholds[name]]
+
+    false, hit, lesions = 0, 0, 0
+    for case in cases:
+        kept = findings(case)
+        for name, (score, box, peak) in kept:
+            if not any(is_hit(box, peak, t) for t in case.truths.get(name, [])):
+                false += 1
+        for name, truths in case.truths.items():
+            if name not in thresholds:
+                continue
+            for truth in truths:
+                lesions += 1
+                hit += any(n == name and is_hit(b, p, truth) for n, (s, b, p) in kept)
+    return {"abnormal_with_finding": float(np.mean([bool(findings(c)) for c in abnormal])) if abnormal else float("nan"),
+            "normal_without_finding": float(np.mean([not findings(c) for c in normal])) if normal else float("nan"),
+            "false_findings_per_image": false / max(len(cases), 1),
+            "lesions_hit": hit / max(lesions, 1), "lesions": lesions,
+            "abnormal": len(abnormal), "normal": len(normal)}
+
+
+def nested_operating_view(outcome: RecipeOutcome) -> Dict[str, Any]:
+    """The image-level view with each fold's thresholds fitted on the other folds' out-of-fold
+    predictions, pooled over folds."""
+    recipe = outcome.recipe
+    judged: List[ImageCase] = []
+    fold_thresholds = {}
+    for fold in sorted(set(outcome.fold_of_image.values())):
+        others = [c for c in outcome.cases if outcome.fold_of_image[c.image_id] != fold]
+        mine = [c for c in outcome.cases if outcome.fold_of_image[c.image_id] == fold]
+        values = operating_thresholds(others, recipe.classes, fp_per_image=recipe.fp_per_image)
+        fold_thresholds[fold] = dict(zip(recipe.classes, values))
+        for case in mine:
+            judged.append(_with_threshold_tag(case, fold_thresholds[fold]))
+    view = _pooled_view(judged)
+    view["thresholds_by_fold"] = {str(k): v for k, v in fold_thresholds.items()}
+    return view
+
+
+def _with_threshold_tag(case: ImageCase, thresholds: Dict[str, float]) -> ImageCase:
+    kept = {name: [d for d in case.detections.get(name, []) if d[0] >= thresholds[name]] for name in thresholds}
+    return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score, kept, case.truths)
+
+
+def _pooled_view(cases: Sequence[ImageCase]) -> Dict[str, Any]:
+    everything = {name: 0.0 for c in cases for name in c.detections}
+    return image_level_view(cases, everything)
+
+
+def summarise(outcome: RecipeOutcome, draws: int = 1000) -> Dict[str, Any]:
+    """Pooled and per-fold figures with bootstrap intervals, and the nested image-level view."""
+    classes = outcome.recipe.classes
+    pooled = lesion_metrics(outcome.cases, classes)
+    per_fold = []
+    for fold in sorted(set(outcome.fold_of_image.values())):
+        mine = [c for c in outcome.cases if outcome.fold_of_image[c.image_id] == fold]
+        m = lesion_metrics(mine, classes)
+        per_fold.append({"fold": fold, "images": m["images"], "lesions": m["lesions"],
+                         "sensitivity_at_fp": m["all_classes_froc"], "image_auc": m["image_auc"]})
+    return {"recipe": outcome.recipe.to_dict(), "seconds": round(outcome.seconds, 1),
+            "images": pooled["images"], "women": len({c.patient_id for c in outcome.cases}),
+            "lesions": pooled["lesions"], "sensitivity_at_fp": pooled["all_classes_froc"],
+            "score": pooled["score"], "image_auc": pooled["image_auc"],
+            "per_class": {k: {"lesions": v["lesions"], "sensitivity_at_fp": v["froc"]}
+                          for k, v in pooled["per_class"].items()},
+            "intervals": bootstrap_intervals(outcome.cases, classes, draws=draws),
+            "per_fold": per_fold, "operating": nested_operating_view(outcome),
+            "curve": pooled["all_classes_curve"]}
+
+
+# --- persistence: every recipe's out-of-fold cases stay in the folder --------------------------
+
+def _case_to_dict(case: ImageCase) -> Dict[str, Any]:
+    return {"image_id": case.image_id, "patient_id": case.patient_id, "abnormal": case.abnormal,
+            "image_score": case.image_score,
+            "detections": {k: [[float(s), list(map(float, b)), list(map(float, p))] for s, b, p in v]
+                           for k, v in case.detections.items()},
+            "truths": {k: [list(map(float, b)) for b in v] for k, v in case.truths.items()}}
+
+
+def _case_from_dict(d: Dict[str, Any]) -> ImageCase:
+    return ImageCase(d["image_id"], d["patient_id"], bool(d["abnormal"]), float(d["image_score"]),
+                     {k: [(s, tuple(b), tuple(p)) for s, b, p in v] for k, v in d["detections"].items()},
+                     {k: [tuple(b) for b in v] for k, v in d["truths"].items()})
+
+
+def save_outcome(outcome: RecipeOutcome, summary: Dict[str, Any], out_dir: Path) -> Path:
+    folder = out_dir / RECIPES_DIR / outcome.recipe.name
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / CASES_FILE) as tmp:
+        tmp.write_text(json.dumps({"fold_of_image": outcome.fold_of_image,
+                                   "cases": [_case_to_dict(c) for c in outcome.cases]}), encoding="utf-8")
+    with atomic_path(folder / OUTCOME_FILE) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
+    return folder
+
+
+def load_outcomes(out_dir: Path) -> Dict[str, Dict[str, Any]]:
+    """{recipe name: {"summary", "cases"}} of every recipe run into ``out_dir``."""
+    found: Dict[str, Dict[str, Any]] = {}
+    for folder in sorted((out_dir / RECIPES_DIR).glob("*")):
+        if not (folder / CASES_FILE).is_file() or not (folder / OUTCOME_FILE).is_file():
+            continue
+        cases = json.loads((folder / CASES_FILE).read_text(encoding="utf-8"))
+        found[folder.name] = {"summary": json.loads((folder / OUTCOME_FILE).read_text(encoding="utf-8")),
+                              "cases": [_case_from_dict(c) for c in cases["cases"]]}
+    return found
+
+
+def compare_all(out_dir: Path, baseline: str, classes: Sequence[str], draws: int = 1000) -> Dict[str, Any]:
+    """Every recipe in ``out_dir`` with its paired difference against ``baseline``."""
+    outcomes = load_outcomes(out_dir)
+    if baseline not in outcomes:
+        raise MammoPatchError(f"baseline recipe {baseline!r} has no out-of-fold results here", out_dir)
+    rows = {}
+    for name, found in outcomes.items():
+        row = dict(found["summary"])
+        row.pop("curve", None)
+        if name != baseline:
+            row["paired_vs_baseline"] = paired_difference(outcomes[baseline]["cases"], found["cases"], classes,
+                                                          draws=draws)
+        rows[name] = row
+    return {"baseline": baseline, "recipes": rows,
+            "curves": {n: o["summary"].get("curve", []) for n, o in outcomes.items()}}
+
+
+def crossval(recipes: Sequence[CellHeadRecipe], data: str, folds: int, out_dir, cache_dir=None,
+             baseline: Optional[str] = None, progress: bool = True, draws: int = 1000,
+             fold_seed: int = 0) -> Dict[str, Any]:
+    """Cross-validate each recipe on the same folds, keep its out-of-fold results, and write
+    the report of every recipe in ``out_dir`` (``crossval.json``, ``crossval.md``, ``froc.png``).
+    Returns the report; ``report["outcomes"]`` holds this run's :class:`RecipeOutcome`s."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records, description = load_records(data, work_dir=out_dir)
+    fold_of = fold_assignment(records, folds, out_dir, seed=fold_seed)
+    cache = Path(cache_dir) if cache_dir else out_dir / "feature-cache"
+    outcomes = []
+    cached_by_key: Dict[tuple, List[CachedImage]] = {}
+    for recipe in recipes:
+        key = (recipe.backbone, recipe.spacing_mm, json.dumps(recipe.preprocessing.__dict__, sort_keys=True, default=str))
+        if key not in cached_by_key:
+            cached, errors = build_cache(records, cell_model_info(recipe), cache, progress=progress)
+            if errors:
+                raise MammoPatchError(f"{len(errors)} image(s) could not be read for cross-validation: {errors[0]}")
+            cached_by_key[key] = cached
+        outcome = run_recipe(recipe, cached_by_key[key], fold_of, progress)
+        save_outcome(outcome, summarise(outcome, draws=draws), out_dir)
+        outcomes.append(outcome)
+    names = [p.name for p in sorted((out_dir / RECIPES_DIR).glob("*"))]
+    report = compare_all(out_dir, baseline or (recipes[0].name if recipes else names[0]),
+                         recipes[0].classes if recipes else list(FINDING_CLASSES), draws=draws)
+    report["data"] = description
+    report["folds"] = folds
+    from ..evaluation.crossval_report import write_crossval_plot, write_crossval_report
+
+    with atomic_path(out_dir / REPORT_JSON) as tmp:
+        tmp.write_text(json.dumps(report, indent=1, default=float), encoding="utf-8")
+    write_crossval_report(report, out_dir / REPORT_MD)
+    write_crossval_plot(report, out_dir / FROC_PLOT)
+    report["outcomes"] = outcomes
+    return report
+
+
+__all__ = ["crossval", "run_recipe", "summarise", "cell_model_info", "fold_assignment", "RecipeOutcome",
+           "FP_RATES", "image_level_view", "nested_operating_view", "load_outcomes", "compare_all"]

@@ -1,0 +1,153 @@
+"""Frozen-backbone features of whole images, computed once and reused by every training run.
+
+With the backbone frozen, the only thing training changes is the head, so the backbone's
+dense features of each image (and of its mirror image, the flip augmentation) are computed
+once, through the same preprocessing and network the Predictor runs, and stored on disk. A
+head then trains on every cell of every image exactly as the dense pass sees it, in seconds
+per epoch on a CPU, instead of recomputing the backbone for each patch.
+
+Each image's entry holds the (2, C, gh, gw) fp16 features ([image, mirrored image], the
+mirrored one in mirrored coordinates), and the geometry that maps its cells back to source
+pixels (:class:`CellGeometry`): what ``inference.resample.cells_to_source`` needs.
+The cache key covers the backbone, its weights, the preprocessing, the pixel spacing and
+the window grid, so a changed setting never reads stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..datasets import ImageRecord
+from ..errors import MammoPatchError
+from ..inference import Predictor
+from ..io import read_mammogram
+from ..io.atomic import atomic_path
+from ..io.image import MammogramImage
+from ..model_file import LoadedModel, ModelInfo, build_network, weights_sha256
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CellGeometry:
+    """Where a preprocessed image's cells lie in its source image: the 3 x 3 index matrix
+    (source (row, col, 1) -> preprocessed), the source shape and the analysed (unpadded)
+    preprocessed shape. It answers what :func:`cells_to_source` asks of a PreprocessedImage."""
+
+    matrix: Tuple[Tuple[float, ...], ...]
+    source_shape: Tuple[int, int]
+    valid_shape: Tuple[int, int]
+
+    def index_matrix(self) -> np.ndarray:
+        return np.asarray(self.matrix, dtype=np.float64)
+
+    def to_processed(self, points_rc: np.ndarray) -> np.ndarray:
+        """(N, 2) source (row, col) -> preprocessed (row, col)."""
+        points = np.asarray(points_rc, dtype=np.float64).reshape(-1, 2)
+        full = np.c_[points, np.ones(len(points))] @ self.index_matrix().T
+        return full[:, :2]
+
+    @property
+    def scale(self) -> float:
+        """Preprocessed pixels per source pixel (mean of the two axes)."""
+        m = self.index_matrix()
+        return float(0.5 * (abs(m[0, 0]) + abs(m[1, 1])))
+
+
+@dataclass
+class CachedImage:
+    """One image's cached features and what training and evaluation need beside them."""
+
+    record: ImageRecord
+    features: torch.Tensor  # (2, C, gh, gw) float16: [image, mirrored image]
+    geometry: CellGeometry
+
+    @property
+    def grid_shape(self) -> Tuple[int, int]:
+        return int(self.features.shape[-2]), int(self.features.shape[-1])
+
+
+def frozen_backbone_model(info: ModelInfo) -> LoadedModel:
+    """The pretrained backbone (and an untrained head) that the cache's features come from."""
+    network = build_network(info, pretrained=True).eval()
+    return LoadedModel(network=network, info=info, path="", sha256=weights_sha256(network.features.state_dict()))
+
+
+def cache_key(model: LoadedModel) -> str:
+    """Hash of everything the features depend on."""
+    info = model.info
+    described = {"backbone": info.backbone, "weights": model.sha256, "spacing_mm": info.spacing_mm,
+                 "window": info.window, "stride": info.stride, "preprocessing": info.preprocessing.__dict__}
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def image_features(predictor: Predictor, image: MammogramImage) -> Tuple[torch.Tensor, CellGeometry]:
+    """(2, C, gh, gw) backbone features of ``image`` and its mirror, through the Predictor's
+    own preprocessing (window grid included) and network."""
+    prepared = predictor.preprocess(image)
+    batch = prepared.tensor.as_tensor()[None].float()
+    both = torch.cat([batch, torch.flip(batch, dims=(-1,))])
+    features = predictor.network.features(both.contiguous(memory_format=torch.channels_last))
+    matrix = prepared.index_matrix()
+    geometry = CellGeometry(tuple(tuple(float(v) for v in row) for row in matrix),
+                            tuple(int(v) for v in prepared.source_shape), tuple(int(v) for v in prepared.valid_shape))
+    return features.contiguous().half(), geometry
+
+
+def build_cache(records: Sequence[ImageRecord], info: ModelInfo, cache_dir: Path,
+                progress: bool = True) -> Tuple[List[CachedImage], List[str]]:
+    """Features of every record, read from ``cache_dir`` where present, computed (and stored
+    atomically, one file per image) where not. Returns (cached images, errors naming the
+    files that could not be read)."""
+    model = frozen_backbone_model(info)
+    predictor = Predictor(model, mode="fast", device="cpu", thresholds=[0.5] * len(info.classes))
+    folder = Path(cache_dir) / f"{info.backbone}-{cache_key(model)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    cached: List[CachedImage] = []
+    errors: List[str] = []
+    iterator = records
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(records, desc="backbone features", unit="img")
+    for record in iterator:
+        path = folder / f"{record.image_id}.pt"
+        entry = _read_entry(path)
+        if entry is None:
+            try:
+                image = read_mammogram(record.path, spacing_mm=record.spacing_mm)
+                predictor.check(image)
+                features, geometry = image_features(predictor, image)
+            except MammoPatchError as exc:
+                errors.append(str(exc))
+                continue
+            with atomic_path(path) as tmp:
+                torch.save({"features": features, "matrix": torch.tensor(geometry.matrix, dtype=torch.float64),
+                            "source_shape": list(geometry.source_shape),
+                            "valid_shape": list(geometry.valid_shape)}, tmp)
+            entry = (features, geometry)
+        cached.append(CachedImage(record, *entry))
+    return cached, errors
+
+
+def _read_entry(path: Path) -> Optional[Tuple[torch.Tensor, CellGeometry]]:
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        matrix = tuple(tuple(float(v) for v in row) for row in payload["matrix"].tolist())
+        geometry = CellGeometry(matrix, tuple(payload["source_shape"]), tuple(payload["valid_shape"]))
+        return payload["features"], geometry
+    except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
+        logger.warning("recomputing the damaged feature cache entry %s (%s)", path, type(exc).__name__)
+        return None
