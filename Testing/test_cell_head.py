@@ -1,0 +1,213 @@
+"""The cell head, its training on cached features, and cross-validation by woman."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from MammoPatchLib.datasets import Finding, ImageRecord
+from MammoPatchLib.datasets.splits import folds_by_patient, read_fold_file, write_fold_file
+from MammoPatchLib.errors import AnnotationError, MammoPatchError
+from MammoPatchLib.evaluation.lesions import ImageCase
+from MammoPatchLib.evaluation.paired import paired_difference
+from MammoPatchLib.inference.inferers import DenseInferer, ExactInferer
+from MammoPatchLib.networks import CellHead, PatchClassifier
+from MammoPatchLib.training.cell_head_fit import fit_cell_head
+from MammoPatchLib.training.cell_recipe import CellHeadRecipe
+from MammoPatchLib.training.cell_targets import cell_targets
+from MammoPatchLib.training.feature_cache import CachedImage, CellGeometry
+
+IDENTITY = CellGeometry(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), (320, 320), (320, 320))
+
+
+class CellLocal(nn.Module):
+    """A per-cell network whose output at a cell depends on that cell's pixels alone, so a
+    window's block of cells equals the same cells of the whole-image pass."""
+
+    per_cell = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(32)
+        self.mix = nn.Conv2d(3, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.pool(x))
+
+
+def test_exact_mode_stitches_each_windows_block_of_cells():
+    torch.manual_seed(0)
+    network = CellLocal().eval()
+    image = torch.rand(1, 3, 384, 320)
+    exact = ExactInferer(256, 32, sw_batch_size=7, amp=False)(image, network)
+    dense = DenseInferer(256, 32, amp=False)(image, network)
+    assert exact.shape == dense.shape == (1, 10, 12, 10)
+    assert torch.allclose(exact, dense, atol=1e-5)
+    assert dense[0, 0].std() > 0  # cells differ: not one value painted over a window
+
+
+def test_cell_head_model_outputs_one_value_per_cell_and_window_head_stays():
+    cell = PatchClassifier(head="cell", neighbourhood=3, bottleneck=8, hidden=16).eval()
+    window = PatchClassifier(head="window").eval()
+    x = torch.rand(1, 3, 320, 288)
+    with torch.no_grad():
+        assert cell(x).shape == (1, 10, 10, 9) and cell.per_cell
+        assert window(x).shape == (1, 10, 3, 2) and not window.per_cell
+        assert cell.classify(torch.rand(2, 3, 256, 256)).shape == (2, 10)
+    with pytest.raises(ValueError, match="odd"):
+        CellHead(16, 10, neighbourhood=2)
+
+
+def test_lite_trunk_then_tail_is_the_backbone():
+    net = PatchClassifier(pretrained=True).eval()
+    x = torch.rand(1, 3, 256, 224)
+    with torch.no_grad():
+        assert torch.allclose(net.features.tail(net.features.trunk(x)), net.features(x), atol=1e-5)
+
+
+def _record(findings=(), labels=(), image_id="a", patient="w1") -> ImageRecord:
+    return ImageRecord(path=Path(f"{image_id}.png"), image_id=image_id, patient_id=patient,
+                       findings=list(findings), image_labels=list(labels))
+
+
+def test_cell_targets_mark_the_lesion_cell_ignore_its_rim_and_image_level_labels():
+    classes = ["Mass", "Suspicious Calcification", "Asymmetry"]
+    mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))  # centre (165, 165): cell (5, 5)
+    record = _record([mass], labels=["Suspicious Calcification"])
+    targets, mask = cell_targets(record, IDENTITY, (10, 10), classes, ["Mass", "Suspicious Calcification"],
+                                 radius_px=20, ignore_px=32)
+    assert targets[0, 5, 5] == 1 and mask[0, 5, 5]
+    assert targets[0].sum() == 1  # radius 20 px reaches only the cell whose centre is 7 px away
+    assert not mask[0, 5, 6] and not mask[0, 4, 5]  # the next cells (25 px away) are the ignore band
+    assert mask[0, 0, 0] and targets[0, 0, 0] == 0  # far away: a negative
+    assert not mask[1].any()  # an image-level calcification: no cell can say yes or no
+    assert not mask[2].any()  # a class not trained
+
+
+def test_folds_keep_women_together_spread_classes_and_round_trip(tmp_path):
+    records = []
+    for w in range(20):
+        findings = [Finding("Mass", (0, 0, 10, 10))] if w % 4 == 0 else []
+        records += [_record(findings, image_id=f"i{w}a", patient=f"w{w}"), _record(image_id=f"i{w}b", patient=f"w{w}")]
+    folds = folds_by_patient(records, 5, seed=3)
+    assert sorted(set(folds.values())) == [0, 1, 2, 3, 4]
+    assert sorted(np.bincount(list(folds.values()))) == [4] * 5
+    mass_women = [f"w{w}" for w in range(0, 20, 4)]
+    assert sorted(folds[w] for w in mass_women) == [0, 1, 2, 3, 4]  # one woman with a mass in each fold
+    path = tmp_path / "folds.csv"
+    write_fold_file(records, folds, path)
+    by_image = read_fold_file(path)
+    assert all(by_image[r.image_id] == folds[r.patient_id] for r in records)
+    path.write_text("image_id,patient_id,fold\na,w1,0\nb,w1,1\n", encoding="utf-8")
+    with pytest.raises(AnnotationError, match="two folds"):
+        read_fold_file(path)
+    with pytest.raises(ValueError, match="cannot fill"):
+        folds_by_patient(records[:4], 5)
+
+
+def _case(i: int, hit: bool, score: float = 0.9) -> ImageCase:
+    truth = (10.0, 10.0, 30.0, 30.0)
+    box = truth if hit else (200.0, 200.0, 220.0, 220.0)
+    return ImageCase(f"im{i}", f"w{i // 2}", True, score, {"Mass": [(score, box, ((box[0] + box[2]) / 2,
+                                                                                   (box[1] + box[3]) / 2))]},
+                     {"Mass": [truth]})
+
+
+def test_paired_difference_is_zero_for_a_model_against_itself_and_positive_for_a_better_one():
+    worse = [_case(i, hit=i % 3 == 0) for i in range(24)]
+    better = [_case(i, hit=i % 3 != 2) for i in range(24)]
+    same = paired_difference(worse, worse, ["Mass"], draws=100)
+    assert same["sens@1"]["difference"] == 0 and same["sens@1"]["low"] == same["sens@1"]["high"] == 0
+    gain = paired_difference(worse, better, ["Mass"], draws=200)
+    assert gain["sens@4"]["difference"] > 0.2 and gain["sens@4"]["low"] > 0 and gain["sens@4"]["share_better"] > 0.95
+    with pytest.raises(MammoPatchError, match="same images"):
+        paired_difference(worse, better[:-1], ["Mass"])
+
+
+def test_a_fitted_head_becomes_the_networks_cell_head():
+    torch.manual_seed(0)
+    features = torch.randn(2, 1280, 10, 10).half()
+    mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))
+    images = [CachedImage(_record([mass], image_id=f"i{k}"), features + 0.1 * k, IDENTITY) for k in range(3)]
+    recipe = CellHeadRecipe(classes=["Mass"], bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=64)
+    fitted = fit_cell_head(images, recipe, ["Mass", "Asymmetry"])
+    head = fitted.to_cell_head(1280)
+    with torch.no_grad():
+        direct = head(images[0].features.float())
+    from_cache = fitted.cell_logits(images[0])
+    assert torch.allclose(direct, from_cache, atol=2e-2), (direct - from_cache).abs().max()
+
+
+@pytest.fixture(scope="module")
+def crossval_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv")
+    recipe = {"name": "tiny", "bottleneck": 8, "hidden": 16, "epochs": 2, "negatives_per_epoch": 256,
+              "classes": ["Mass", "Suspicious Calcification"]}
+    config = out / "tiny.json"
+    config.write_text(json.dumps(recipe), encoding="utf-8")
+    command = [sys.executable, "-m", "MammoPatchLib.cli", "crossval", "--config", str(config), "--data", "synthetic:4",
+               "--folds", "2", "--out", str(out / "report"), "--draws", "20", "--no-progress",
+               "--model-out", str(out / "model.pt")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out, done.stdout
+
+
+def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
+    out, stdout = crossval_run
+    report = json.loads((out / "report" / "crossval.json").read_text(encoding="utf-8"))
+    row = report["recipes"]["tiny"]
+    assert set(row["sensitivity_at_fp"]) == {"0.25", "0.5", "1", "2", "4"}
+    assert len(row["per_fold"]) == 2 and sum(f["images"] for f in row["per_fold"]) == row["images"] == 16
+    assert row["women"] == 4 and "sens@1" in row["intervals"]
+    assert set(row["operating"]["thresholds_by_fold"]) == {"0", "1"}
+    assert (out / "report" / "froc.png").stat().st_size > 1000
+    assert "tiny" in (out / "report" / "crossval.md").read_text(encoding="utf-8")
+    folds = read_fold_file(out / "report" / "folds.csv")
+    assert len(folds) == 16 and set(folds.values()) == {0, 1}
+
+    from MammoPatchLib.model_file import load_model
+
+    model = load_model(out / "model.pt")
+    assert model.info.head == "cell" and model.info.ensemble == 2
+    assert model.info.training["cross_validation"]["images"] == 16
+    assert "sensitivity at 1 FP/image" in stdout
+
+
+def test_out_of_fold_findings_equal_the_predict_path(crossval_run, tmp_path):
+    """A fold head saved as a model and run by the Predictor on a held-out image gives the
+    findings cross-validation scored from the cached features."""
+    out, _ = crossval_run
+    from MammoPatchLib.datasets import load_records
+    from MammoPatchLib.evaluation.lesions import candidate_predictor
+    from MammoPatchLib.io import read_mammogram
+    from MammoPatchLib.model_file import build_network, load_model, save_model
+    from MammoPatchLib.training.crossval import cell_model_info, out_of_fold_cases
+    from MammoPatchLib.training.feature_cache import build_cache
+
+    recipe = CellHeadRecipe(name="tiny", bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=256,
+                            classes=["Mass", "Suspicious Calcification"])
+    records, _ = load_records("synthetic:4", work_dir=out / "report")
+    cached, errors = build_cache(records, cell_model_info(recipe), out / "report" / "feature-cache", progress=False)
+    assert not errors and len(cached) == 16
+    fitted = fit_cell_head(cached[4:], recipe, list(cell_model_info(recipe).classes))
+    info = cell_model_info(recipe)
+    network = build_network(info, pretrained=True).eval()
+    network.head.load_state_dict(fitted.to_cell_head(network.features.out_channels).state_dict())
+    save_model(network, info, tmp_path / "fold.pt")
+    model = load_model(tmp_path / "fold.pt")
+    predictor = candidate_predictor(model, device="cpu", classes=recipe.classes)
+    held = cached[:2]
+    cases = out_of_fold_cases(fitted, held, recipe, predictor)
+    for image, case in zip(held, cases):
+        result = predictor.predict_image(read_mammogram(image.record.path))
+        fresh = sorted((f.category, round(f.score, 2), tuple(f.peak_px)) for f in result.findings)
+        cached_view = sorted((name, round(s, 2), tuple(p)) for name, dets in case.detections.items() for s, b, p in dets)
+        assert fresh == cached_view
