@@ -138,11 +138,30 @@ def test_a_fitted_head_becomes_the_networks_cell_head():
     images = [CachedImage(_record([mass], image_id=f"i{k}"), features + 0.1 * k, IDENTITY) for k in range(3)]
     recipe = CellHeadRecipe(classes=["Mass"], bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=64)
     fitted = fit_cell_head(images, recipe, ["Mass", "Asymmetry"])
-    head = fitted.to_cell_head(1280)
+    head = fitted.to_head(1280)
     with torch.no_grad():
         direct = head(images[0].features.float())
     from_cache = fitted.cell_logits(images[0])
     assert torch.allclose(direct, from_cache, atol=2e-2), (direct - from_cache).abs().max()
+
+
+def test_a_fitted_window_head_becomes_the_posters_window_head():
+    """The poster's head trained the same way: its heatmap from the cache equals the dense
+    pass's stitched windows of the network it becomes."""
+    torch.manual_seed(1)
+    features = torch.randn(2, 1280, 12, 11).half()
+    mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))
+    images = [CachedImage(_record([mass], image_id=f"i{k}"), features + 0.1 * k, IDENTITY) for k in range(3)]
+    recipe = CellHeadRecipe(head="window", radius_px=48, classes=["Mass"], bottleneck=8, hidden=16, epochs=2,
+                            negatives_per_epoch=16)
+    fitted = fit_cell_head(images, recipe, ["Mass", "Asymmetry"])
+    head = fitted.to_head(1280)
+    from MammoPatchLib.inference.windows import blend_kernel, stitch_window_grid
+
+    with torch.no_grad():
+        dense = stitch_window_grid(torch.sigmoid(head(images[0].features[:1].float())), blend_kernel())[0]
+    assert dense.shape == (2, 12, 11)
+    assert torch.allclose(dense, fitted.cell_probabilities(images[0], flip_tta=False), atol=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +219,7 @@ def test_out_of_fold_findings_equal_the_predict_path(crossval_run, tmp_path):
     fitted = fit_cell_head(cached[4:], recipe, list(cell_model_info(recipe).classes))
     info = cell_model_info(recipe)
     network = build_network(info, pretrained=True).eval()
-    network.head.load_state_dict(fitted.to_cell_head(network.features.out_channels).state_dict())
+    network.head.load_state_dict(fitted.to_head(network.features.out_channels).state_dict())
     save_model(network, info, tmp_path / "fold.pt")
     model = load_model(tmp_path / "fold.pt")
     predictor = candidate_predictor(model, device="cpu", classes=recipe.classes)

@@ -35,7 +35,7 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     with torch.no_grad():
         targets = [network.head] if len(heads) == 1 else list(network.head.members)
         for target, head in zip(targets, heads):
-            target.load_state_dict(head.to_cell_head(channels).state_dict())
+            target.load_state_dict(head.to_head(channels).state_dict())
     fitted = operating_thresholds(outcome.cases, recipe.classes, fp_per_image=recipe.fp_per_image)
     by_class = dict(zip(recipe.classes, fitted))
     thresholds = [by_class.get(c, 0.5) for c in info.classes]

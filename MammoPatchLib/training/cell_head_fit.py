@@ -59,12 +59,37 @@ def fit_projection(images: Sequence[CachedImage], bottleneck: int, max_cells: in
     return Projection(weight=weight, bias=-(weight @ mean))
 
 
+#: Cells per side of a window (256 px / 32 px): what the poster's window head averages.
+WINDOW_CELLS = 8
+
+
 def neighbourhood_vectors(features: torch.Tensor, projection: Projection, neighbourhood: int) -> torch.Tensor:
     """(V, C, gh, gw) features -> (V, gh * gw, bottleneck * n * n) float16 block vectors, in
     the order ``nn.Conv2d`` flattens its kernel (channel, row, column)."""
     reduced = F.conv2d(features.float(), projection.weight[:, :, None, None], projection.bias)
     blocks = F.unfold(reduced, neighbourhood, padding=neighbourhood // 2)
     return blocks.permute(0, 2, 1).contiguous().half()
+
+
+def window_vectors(features: torch.Tensor, projection: Projection) -> torch.Tensor:
+    """(V, C, gh, gw) features -> (V, windows, bottleneck) float16: the mean of each window's
+    8 x 8 cells (every window position at a 32 px stride), as the poster's window head sees it."""
+    reduced = F.conv2d(features.float(), projection.weight[:, :, None, None], projection.bias)
+    pooled = F.avg_pool2d(reduced, WINDOW_CELLS, stride=1)
+    return pooled.flatten(2).permute(0, 2, 1).contiguous().half()
+
+
+def head_grid(grid_shape: Tuple[int, int], head: str) -> Tuple[int, int]:
+    """The grid the head scores: every cell, or every window position."""
+    if head == "window":
+        return grid_shape[0] - WINDOW_CELLS + 1, grid_shape[1] - WINDOW_CELLS + 1
+    return grid_shape
+
+
+def head_vectors(features: torch.Tensor, projection: Projection, head: str, neighbourhood: int) -> torch.Tensor:
+    if head == "window":
+        return window_vectors(features, projection)
+    return neighbourhood_vectors(features, projection, neighbourhood)
 
 
 class CellMLP(nn.Module):
@@ -88,27 +113,39 @@ class FittedCellHead:
     mlp: CellMLP
     neighbourhood: int
     classes: List[str]
+    head: str = "cell"
 
     @torch.no_grad()
     def cell_logits(self, image: CachedImage, views: int = 2) -> torch.Tensor:
         """(views, classes, gh, gw) logits of the image (and of its mirror, in mirrored
-        coordinates) from its cached features."""
+        coordinates) from its cached features: per cell, or per window position for the
+        window head."""
         self.mlp.eval()
-        vectors = neighbourhood_vectors(image.features[:views], self.projection, self.neighbourhood)
+        vectors = head_vectors(image.features[:views], self.projection, self.head, self.neighbourhood)
         logits = self.mlp(vectors.float())
-        gh, gw = image.grid_shape
+        gh, gw = head_grid(image.grid_shape, self.head)
         return logits.permute(0, 2, 1).reshape(views, -1, gh, gw)
 
     def cell_probabilities(self, image: CachedImage, flip_tta: bool) -> torch.Tensor:
-        """(classes, gh, gw) probabilities, averaged with the mirror image's when ``flip_tta``."""
+        """(classes, gh, gw) cell probabilities, averaged with the mirror image's when
+        ``flip_tta``; the window head's are stitched as the dense pass stitches them."""
         logits = self.cell_logits(image, views=2 if flip_tta else 1)
         probs = torch.sigmoid(logits)
         if flip_tta:
-            return 0.5 * (probs[0] + torch.flip(probs[1], dims=(-1,)))
-        return probs[0]
+            probs = 0.5 * (probs[0] + torch.flip(probs[1], dims=(-1,)))
+        else:
+            probs = probs[0]
+        if self.head == "window":
+            from ..inference.windows import blend_kernel, stitch_window_grid
 
-    def to_cell_head(self, in_channels: int) -> CellHead:
-        """The same head as the network's :class:`CellHead` (eval mode)."""
+            probs = stitch_window_grid(probs[None], blend_kernel())[0]
+        return probs
+
+    def to_head(self, in_channels: int) -> nn.Module:
+        """The same head as the network's (eval mode): a :class:`CellHead`, or for the window
+        head a mean-pooling :class:`WindowHead` with the bottleneck folded into its hidden layer."""
+        if self.head == "window":
+            return self._to_window_head(in_channels)
         bottleneck = self.projection.weight.shape[0]
         hidden = self.mlp.hidden.out_features
         head = CellHead(in_channels, len(self.classes), hidden, self.neighbourhood, bottleneck)
@@ -122,6 +159,18 @@ class FittedCellHead:
             head.out.bias.copy_(self.mlp.out.bias)
         return head.eval()
 
+    def _to_window_head(self, in_channels: int) -> nn.Module:
+        from ..networks import WindowHead
+
+        hidden = self.mlp.hidden.out_features
+        head = WindowHead(in_channels, len(self.classes), hidden, WINDOW_CELLS, pooling="mean")
+        with torch.no_grad():
+            head.hidden.weight.copy_((self.mlp.hidden.weight @ self.projection.weight)[:, :, None, None])
+            head.hidden.bias.copy_(self.mlp.hidden.weight @ self.projection.bias + self.mlp.hidden.bias)
+            head.out.weight.copy_(self.mlp.out.weight[:, :, None, None])
+            head.out.bias.copy_(self.mlp.out.bias)
+        return head.eval()
+
 
 def training_cells(images: Sequence[CachedImage], projection: Projection, recipe: CellHeadRecipe,
                    classes: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,15 +178,18 @@ def training_cells(images: Sequence[CachedImage], projection: Projection, recipe
     images (and of their mirrors when ``recipe.flip_augment``)."""
     views = 2 if recipe.flip_augment else 1
     xs, ts, ms = [], [], []
+    size = WINDOW_CELLS * 32 if recipe.head == "window" else 0
     for image in images:
-        targets, mask = cell_targets(image.record, image.geometry, image.grid_shape, classes, recipe.classes,
-                                     radius_px=recipe.radius_px, extent=recipe.extent, ignore_px=recipe.ignore_px)
+        grid = head_grid(image.grid_shape, recipe.head)
+        targets, mask = cell_targets(image.record, image.geometry, grid, classes, recipe.classes,
+                                     radius_px=recipe.radius_px, extent=recipe.extent, ignore_px=recipe.ignore_px,
+                                     size=size)
         t = torch.from_numpy(targets)
         m = torch.from_numpy(mask)
         t_views = [t, torch.flip(t, dims=(-1,))][:views]
         m_views = [m, torch.flip(m, dims=(-1,))][:views]
-        xs.append(neighbourhood_vectors(image.features[:views], projection, recipe.neighbourhood).reshape(
-            -1, projection.weight.shape[0] * recipe.neighbourhood ** 2))
+        vectors = head_vectors(image.features[:views], projection, recipe.head, recipe.neighbourhood)
+        xs.append(vectors.reshape(-1, vectors.shape[-1]))
         ts.append(torch.stack(t_views).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)).half())
         ms.append(torch.stack(m_views).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)))
     return torch.cat(xs), torch.cat(ts), torch.cat(ms)
@@ -183,7 +235,7 @@ def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes
             loss.backward()
             optimiser.step()
         schedule.step()
-    return FittedCellHead(projection, mlp.eval(), recipe.neighbourhood, list(classes))
+    return FittedCellHead(projection, mlp.eval(), recipe.neighbourhood, list(classes), recipe.head)
 
 
 @torch.no_grad()

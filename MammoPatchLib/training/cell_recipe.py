@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from ..config import config_from_dict, config_to_dict
 from ..errors import ConfigError
-from ..networks import BACKBONES, DEFAULT_BACKBONE
+from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_TYPES
 from ..transforms import PreprocessConfig
 
 #: How an image's abnormality score is read from its cell heatmaps (image-level AUC, and the
@@ -27,6 +27,9 @@ class CellHeadRecipe:
         name: the recipe's name in reports.
         backbone, spacing_mm, preprocessing: the frozen backbone and the images it sees.
         classes: classes the head is trained on and reports (others are ignored in the loss).
+        head: "cell" (a value per 32 px cell) or "window" (the poster's head: the mean of a
+            window's 8 x 8 cells, one value per window, stitched; its targets are windows whose
+            centre lies within ``radius_px`` of a lesion centre, 48 px in the poster's reading).
         neighbourhood: cells per side of the block a cell is scored from (odd).
         bottleneck: principal components of the features kept (the head's 1 x 1 bottleneck).
         hidden, dropout: the MLP's hidden units and dropout.
@@ -50,6 +53,7 @@ class CellHeadRecipe:
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     classes: List[str] = field(default_factory=lambda: ["Mass", "Suspicious Calcification",
                                                         "Architectural Distortion", "Asymmetry"])
+    head: str = "cell"
     neighbourhood: int = 3
     bottleneck: int = 128
     hidden: int = 256
@@ -77,6 +81,7 @@ class CellHeadRecipe:
             (self.backbone in BACKBONES, f"backbone must be one of {sorted(BACKBONES)}"),
             (self.spacing_mm > 0, "spacing_mm must be positive"),
             (bool(self.classes) and len(set(self.classes)) == len(self.classes), "classes must be unique, non-empty"),
+            (self.head in HEAD_TYPES, f"head must be one of {HEAD_TYPES}"),
             (self.neighbourhood >= 1 and self.neighbourhood % 2 == 1, "neighbourhood must be an odd number >= 1"),
             (self.bottleneck >= 1 and self.hidden >= 1, "bottleneck and hidden must be >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),

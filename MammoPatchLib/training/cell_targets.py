@@ -18,24 +18,27 @@ import numpy as np
 from .feature_cache import CellGeometry
 
 
-def cell_centres(grid_shape: Tuple[int, int], stride: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Preprocessed (row, col) pixel coordinates of the cell centres, as two 1-D arrays."""
-    centre = (stride - 1) / 2.0
+def cell_centres(grid_shape: Tuple[int, int], stride: int, size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Preprocessed (row, col) pixel coordinates of the centres of the ``size``-pixel squares
+    (default: one cell, ``stride``) placed every ``stride`` pixels, as two 1-D arrays."""
+    centre = ((size or stride) - 1) / 2.0
     return np.arange(grid_shape[0]) * stride + centre, np.arange(grid_shape[1]) * stride + centre
 
 
 def cell_targets(record, geometry: CellGeometry, grid_shape: Tuple[int, int], classes: Sequence[str],
                  trained: Sequence[str], stride: int = 32, radius_px: float = 32.0, extent: float = 0.0,
-                 ignore_px: float = 32.0) -> Tuple[np.ndarray, np.ndarray]:
+                 ignore_px: float = 32.0, size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(targets, mask), each (len(classes), gh, gw): targets in {0, 1}; mask False where a cell
-    does not count (ignored, or a class outside ``trained``)."""
+    does not count (ignored, or a class outside ``trained``). ``size``: the side of the
+    squares scored (0: a cell; the window, 256, for the poster's window targets, where a window
+    is positive when a lesion centre lies within ``radius_px`` of the window's centre)."""
     k = len(classes)
     targets = np.zeros((k, *grid_shape), dtype=np.float32)
     mask = np.zeros((k, *grid_shape), dtype=bool)
     for index, name in enumerate(classes):
         if name in trained and name not in record.image_labels:
             mask[index] = True
-    rows, cols = cell_centres(grid_shape, stride)
+    rows, cols = cell_centres(grid_shape, stride, size)
     for finding in record.findings:
         if finding.category not in classes or finding.category not in trained:
             continue

@@ -60,7 +60,7 @@ FROC_PLOT = "froc.png"
 
 def cell_model_info(recipe: CellHeadRecipe, ensemble: int = 1) -> ModelInfo:
     """The model information of a cell-head model made with ``recipe``."""
-    return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head="cell",
+    return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
                      neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
                      spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
                      inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta))
