@@ -95,3 +95,58 @@ def write_crossval_plot(report: Dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, Any], command: str,
+               seconds_per_image: Dict[str, float], sha256: str) -> str:
+    """The bundled model's card: pooled out-of-fold figures and intervals first, then the
+    image-level view at the default thresholds, the recipe table and how to rebuild it."""
+    recipe = summary["recipe"]
+    sens, iv = summary["sensitivity_at_fp"], summary["intervals"]
+    op = summary["operating"]
+    thresholds = ", ".join(f"{c} {t:.2f}" for c, t in zip(info["classes"], info["thresholds"])
+                           if c in info["inference"]["report_classes"])
+    heads = info.get("ensemble", 1)
+    lines = [
+        "# Model card: mammopatch-default.pt", "",
+        "## How well it detects (pooled out-of-fold, cross-validation by woman)", "",
+        f"{report.get('folds')}-fold cross-validation over all {summary['women']} women ({summary['images']} images, "
+        f"{summary['lesions']} lesions with coordinates) of mini-MIAS: each fold's model was trained on the other "
+        "folds' women and judged on its own; the figures pool every fold's out-of-fold predictions. 95 % intervals "
+        "from the bootstrap over women. These are estimates for new women from the same source (scanned film, "
+        "200 um); on other data, expect them to fall.", "",
+        "| FP / image | " + " | ".join(str(r) for r in FP_RATES) + " |",
+        "|---|" + "---|" * len(FP_RATES),
+        "| sensitivity | " + " | ".join(_f(sens.get(str(r))) for r in FP_RATES) + " |",
+        "| 95 % CI | " + " | ".join(_ci(iv.get(f"sens@{r}")).strip(" ()") for r in FP_RATES) + " |", "",
+        f"Image level (abnormal vs normal): ROC AUC {_f(summary['image_auc'], 3)}{_ci(iv.get('image_auc'))}. "
+        f"Per fold at 1 FP/image: {', '.join(_f(f['sensitivity_at_fp'].get('1')) for f in summary['per_fold'])}.", "",
+        "What a user sees at the default thresholds (thresholds fitted, for each fold, on the other folds' "
+        f"out-of-fold predictions): {_f(100 * op['abnormal_with_finding'], 0)} % of abnormal images get a finding, "
+        f"{_f(100 * op['normal_without_finding'], 0)} % of normal images get none; "
+        f"{_f(op['false_findings_per_image'])} false findings per image; {_f(100 * op['lesions_hit'], 0)} % of "
+        "lesions are hit by a finding.", "",
+        "Per class (pooled out-of-fold):", "", *per_class_table(summary), "",
+        "## What it is", "",
+        f"- **Network**: {info['backbone']} (ImageNet weights, frozen) + {'the poster' + chr(39) + 's window head' if info['head'] == 'window' else 'a cell head: every 32 px cell scored from its %d x %d block of cells (a %d-component bottleneck, then an MLP of %d hidden units as convolutions)' % (info['neighbourhood'], info['neighbourhood'], info['bottleneck'], info['hidden'])}; "
+        f"{'an ensemble of the %d fold models (probabilities averaged over one backbone)' % heads if heads > 1 else 'one head trained on every woman'}.",
+        f"- **Input**: {info['window']} px windows at {info['spacing_mm']} mm, stride {info['stride']} px; images are "
+        "resampled to that spacing.",
+        f"- **Reported classes**: {', '.join(info['inference']['report_classes'])}; the other VinDr outputs are "
+        "untrained and never reported unless asked for.",
+        f"- **Thresholds** (at most {recipe['fp_per_image']} false positives per image per class on the pooled "
+        f"out-of-fold predictions): {thresholds}.",
+        f"- **Inference defaults**: flip test-time augmentation {info['inference']['flip_tta']}.",
+        f"- **Seconds per image** (2-core CPU, fast mode, 1024 x 1024 mini-MIAS image, model loaded): "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in seconds_per_image.items()) + ".",
+        f"- **Weights**: SHA-256 `{sha256}`.", "",
+        "## How it was chosen", "",
+        "Every recipe was cross-validated on the same folds (`Resources/Models/training/folds.csv`); the paired "
+        "columns give the bootstrap over women of the difference against the baseline recipe. Losers are kept.", "",
+        *recipe_table(report), "",
+        "## Rebuild", "", "```bash", command, "```", "",
+        "## Data and licence", "",
+        "Trained on the mini-MIAS database (J. Suckling et al. (1994), \"The Mammographic Image Analysis Society "
+        "Digital Mammogram Database\", Excerpta Medica, International Congress Series 1069, pp. 375-378); research "
+        "use only. Not a medical device.", ""]
+    return "\n".join(lines)

@@ -41,19 +41,24 @@ class Projection:
     bias: torch.Tensor  # (bottleneck,)
 
 
-def fit_projection(images: Sequence[CachedImage], bottleneck: int, max_cells: int = 40000,
+def fit_projection(images: Sequence[CachedImage], bottleneck: int, max_cells: int = 12000,
                    seed: int = 0) -> Projection:
     """Whitened principal components of a sample of the images' feature cells."""
     rng = np.random.default_rng(seed)
-    cells = torch.cat([im.features.flatten(2).permute(0, 2, 1).reshape(-1, im.features.shape[1]) for im in images])
-    if len(cells) > max_cells:
-        cells = cells[torch.as_tensor(rng.choice(len(cells), max_cells, replace=False))]
-    cells = cells.float()
+    per_image = max(1, max_cells // max(len(images), 1))
+    picked = []
+    for im in images:  # an even sample of every image's cells (both views)
+        flat = im.features.flatten(2).permute(0, 2, 1).reshape(-1, im.features.shape[1])
+        picked.append(flat[torch.as_tensor(rng.choice(len(flat), min(per_image, len(flat)), replace=False))])
+    cells = torch.cat(picked).float()
     mean = cells.mean(0)
-    _, singular, vh = torch.linalg.svd(cells - mean, full_matrices=False)
-    keep = min(bottleneck, vh.shape[0])
-    scale = singular[:keep] / np.sqrt(max(len(cells) - 1, 1)) + 1e-6
-    weight = vh[:keep] / scale[:, None]
+    centred = cells - mean
+    covariance = (centred.T @ centred).double() / max(len(cells) - 1, 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    keep = min(bottleneck, len(cells))
+    order = torch.argsort(eigenvalues, descending=True)[:keep]
+    scale = eigenvalues[order].clamp(min=0).sqrt().float() + 1e-6
+    weight = eigenvectors[:, order].T.float() / scale[:, None]
     if keep < bottleneck:  # fewer cells than components: pad with zero components
         weight = torch.cat([weight, torch.zeros(bottleneck - keep, weight.shape[1])])
     return Projection(weight=weight, bias=-(weight @ mean))

@@ -55,17 +55,17 @@ class CellHeadRecipe:
                                                         "Architectural Distortion", "Asymmetry"])
     head: str = "cell"
     neighbourhood: int = 3
-    bottleneck: int = 128
-    hidden: int = 256
+    bottleneck: int = 64
+    hidden: int = 128
     dropout: float = 0.2
     radius_px: float = 32.0
     extent: float = 0.0
     ignore_px: float = 32.0
-    epochs: int = 40
+    epochs: int = 20
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    batch_cells: int = 1024
-    negatives_per_epoch: int = 16384
+    batch_cells: int = 2048
+    negatives_per_epoch: int = 8192
     hard_negative_share: float = 0.0
     hard_negative_after: int = 10
     flip_augment: bool = True
