@@ -57,7 +57,8 @@ def fit_projection(images: Sequence[CachedImage], bottleneck: int, max_cells: in
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
     keep = min(bottleneck, len(cells))
     order = torch.argsort(eigenvalues, descending=True)[:keep]
-    scale = eigenvalues[order].clamp(min=0).sqrt().float() + 1e-6
+    floor = float(eigenvalues.max().clamp(min=1e-12)) * 1e-6  # rank-deficient samples: no blow-up
+    scale = eigenvalues[order].clamp(min=floor).sqrt().float()
     weight = eigenvectors[:, order].T.float() / scale[:, None]
     if keep < bottleneck:  # fewer cells than components: pad with zero components
         weight = torch.cat([weight, torch.zeros(bottleneck - keep, weight.shape[1])])
