@@ -27,10 +27,10 @@ class _WindowClassifier(nn.Module):
     def __init__(self, network) -> None:
         super().__init__()
         self.features = network.features
-        self.head = network.head
+        self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)).flatten(1)
+        return self.network.classify(x)  # one logit per class (the cell head: its strongest cell)
 
 
 @dataclass

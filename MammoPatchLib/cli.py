@@ -338,10 +338,19 @@ def _cmd_crossval(args: argparse.Namespace) -> int:
         print(f"{name}: sensitivity at 1 FP/image {sens['1']:.3f} ({iv['sens@1'][0]:.2f}-{iv['sens@1'][1]:.2f}), "
               f"image AUC {row['image_auc']:.3f} ({iv['image_auc'][0]:.2f}-{iv['image_auc'][1]:.2f})")
     if args.model_out:
-        path = write_bundled_model(report["outcomes"][0], args.model_out, args.data)
+        path = write_bundled_model(report["outcomes"][0], args.model_out, args.data, report=report,
+                                   command=_crossval_command(args))
         print(f"model built from {recipes[0].name}: {path}")
     print(f"report: {Path(args.out) / REPORT_MD}")
     return 0
+
+
+def _crossval_command(args: argparse.Namespace) -> str:
+    """The command line that rebuilds a model, for its card (the data and report folders as
+    placeholders: they are the user's)."""
+    configs = " ".join(Path(c).as_posix() if not Path(c).is_absolute() else Path(c).name for c in args.config)
+    return (f"mammopatch crossval --config {configs} --data DATA --folds {args.folds} --out REPORT "
+            f"--model-out {Path(args.model_out).name}")
 
 
 def _add_crossval_parser(sub) -> None:

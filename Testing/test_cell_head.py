@@ -198,6 +198,30 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     assert model.info.head == "cell" and model.info.ensemble == 2
     assert model.info.training["cross_validation"]["images"] == 16
     assert "sensitivity at 1 FP/image" in stdout
+    card = (out / "model.md").read_text(encoding="utf-8")
+    assert "pooled out-of-fold" in card and "tiny" in card and "--folds 2" in card
+
+
+def test_the_ensemble_model_runs_in_both_modes_with_activation_maps(crossval_run, tmp_path):
+    out, _ = crossval_run
+    from MammoPatchLib.activation import activation_maps
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.model_file import load_model
+    from MammoPatchLib.synthetic import synthesize_mammogram
+
+    model = load_model(out / "model.pt")
+    from MammoPatchLib.io.image import ImageGeometry, MammogramImage
+
+    phantom = synthesize_mammogram(shape=(480, 400), spacing_mm=0.2, seed=5)
+    image = MammogramImage(pixels=phantom.pixels.astype(np.float32), geometry=ImageGeometry(spacing=(0.2, 0.2, 1.0)))
+    fast = Predictor(model, mode="fast", device="cpu", thresholds=[0.0] * 10)
+    exact = Predictor(model, mode="exact", device="cpu", thresholds=[0.0] * 10)
+    a, b = fast.predict_image(image), exact.predict_image(image)
+    assert a.heatmaps.shape == b.heatmaps.shape == (10, 480, 400)
+    r = np.corrcoef(a.grid_heatmaps[0].ravel(), b.grid_heatmaps[0].ravel())[0, 1]
+    assert r > 0.5, r  # the same cells seen with and without the neighbouring tissue
+    maps = activation_maps(fast, image, a, count=1)
+    assert len(maps) == 1 and maps[0].source_map.shape == (480, 400)
 
 
 def test_out_of_fold_findings_equal_the_predict_path(crossval_run, tmp_path):

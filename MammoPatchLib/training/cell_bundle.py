@@ -7,20 +7,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
+from ..evaluation.crossval_report import model_card
 from ..evaluation.lesions import operating_thresholds
+from ..io.atomic import atomic_path
 from ..model_file import build_network, save_model
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import fit_cell_head
 from .crossval import RecipeOutcome, cell_model_info, summarise
 
 
-def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, draws: int = 1000) -> Path:
-    """Write the model file ``outcome``'s recipe makes; ``cached`` (the cached images) is
-    needed for ``bundle: "single"``."""
+def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, draws: int = 1000,
+                        report: Optional[Dict[str, Any]] = None, command: str = "") -> Path:
+    """Write the model file ``outcome``'s recipe makes, and its card beside it (``.md``);
+    ``cached`` (the cached images) is needed for ``bundle: "single"``; ``report`` (the
+    cross-validation report) gives the card its recipe table."""
     recipe = outcome.recipe
     cached = cached if cached is not None else (outcome.cached or None)
     if recipe.bundle == "single":
@@ -39,8 +43,9 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     fitted = operating_thresholds(outcome.cases, recipe.classes, fp_per_image=recipe.fp_per_image)
     by_class = dict(zip(recipe.classes, fitted))
     thresholds = [by_class.get(c, 0.5) for c in info.classes]
-    summary = summarise(outcome, draws=draws)
+    summary = dict((report or {}).get("recipes", {}).get(recipe.name) or summarise(outcome, draws=draws))
     summary.pop("curve", None)
+    summary.pop("paired_vs_baseline", None)
     provenance: Dict[str, Any] = {"data": data, "recipe": recipe.to_dict(), "bundle": recipe.bundle,
                                   "heads": len(heads), "cross_validation": summary,
                                   "thresholds": "fitted on the pooled out-of-fold predictions, at most "
@@ -51,5 +56,42 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
                                f"{'ensemble of %d fold heads' % len(heads) if len(heads) > 1 else 'one head'}; "
                                f"recipe {recipe.name}")
     path = Path(path)
-    save_model(network, info, path, half=True)
+    sha256 = save_model(network, info, path, half=True)
+    sample = outcome.cases and next((c for c in (cached or []) if c.record.image_id == outcome.cases[0].image_id), None)
+    timing = seconds_per_image(path, sample.record if sample else None, single_head=heads[0])
+    card = model_card(info.to_dict(), summary, report or {"recipes": {}, "folds": len(set(outcome.fold_of_image.values()))},
+                      command, timing, sha256)
+    with atomic_path(path.with_suffix(".md")) as tmp:
+        tmp.write_text(card, encoding="utf-8")
     return path
+
+
+def seconds_per_image(model_path: Path, record, single_head=None, repeats: int = 2) -> Dict[str, float]:
+    """Fast-mode seconds per image on the CPU (model loaded, best of ``repeats``): the model
+    file, and one fold head alone for comparison when the file holds an ensemble."""
+    import time
+
+    from ..inference import Predictor
+    from ..io import read_mammogram
+    from ..model_file import LoadedModel, load_model
+
+    if record is None:
+        return {}
+    image = read_mammogram(record.path, spacing_mm=record.spacing_mm)
+    model = load_model(model_path)
+    candidates = {"this model": model}
+    if model.info.ensemble > 1 and single_head is not None:
+        info = replace(model.info, ensemble=1)
+        network = build_network(info, pretrained=True).eval()
+        network.head.load_state_dict(single_head.to_head(network.features.out_channels).state_dict())
+        candidates["one fold head"] = LoadedModel(network, info, "", "")
+    out = {}
+    for name, candidate in candidates.items():
+        predictor = Predictor(candidate, mode="fast", device="cpu")
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor.predict_image(image)
+            best = min(best, time.perf_counter() - start)
+        out[name] = best
+    return out
