@@ -254,3 +254,35 @@ def test_out_of_fold_findings_equal_the_predict_path(crossval_run, tmp_path):
         fresh = sorted((f.category, round(f.score, 2), tuple(f.peak_px)) for f in result.findings)
         cached_view = sorted((name, round(s, 2), tuple(p)) for name, dets in case.detections.items() for s, b, p in dets)
         assert fresh == cached_view
+
+
+def test_bootstraps_fast_figures_equal_the_froc_of_lesion_metrics():
+    """The bootstrap's image-local matching gives exactly lesion_metrics' pooled figures,
+    with repeated images, second detections of a lesion, wrong classes and tied scores."""
+    from MammoPatchLib.evaluation.lesions import image_outcomes, lesion_metrics, pooled_figures
+
+    rng = np.random.default_rng(7)
+    classes = ["Mass", "Asymmetry"]
+    cases = []
+    for i in range(30):
+        truths = {c: [tuple(float(v) for v in (x, y, x + 40, y + 40))
+                      for x, y in rng.integers(0, 300, (int(rng.integers(0, 3)), 2))] for c in classes}
+        detections = {}
+        for c in classes:
+            dets = []
+            for _ in range(int(rng.integers(0, 6))):
+                if truths[c] and rng.random() < 0.5:
+                    t = truths[c][int(rng.integers(len(truths[c])))]
+                    box = t
+                else:
+                    x, y = rng.integers(0, 300, 2)
+                    box = (float(x), float(y), float(x + 30), float(y + 30))
+                dets.append((float(np.round(rng.random(), 1)), box, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)))
+            detections[c] = dets
+        cases.append(ImageCase(f"i{i}", f"w{i // 2}", any(truths.values()), float(rng.random()), detections, truths))
+    for drawn in (cases, [cases[k] for k in rng.integers(0, 30, 30)]):
+        slow = lesion_metrics(drawn, classes)
+        fast = pooled_figures([image_outcomes(c, classes) for c in drawn])
+        for rate, value in slow["all_classes_froc"].items():
+            assert fast[f"sens@{rate}"] == pytest.approx(value), rate
+        assert fast["image_auc"] == pytest.approx(slow["image_auc"])

@@ -104,23 +104,74 @@ def lesion_metrics(cases: Sequence[ImageCase], classes: Sequence[str]) -> Dict[s
             "image_auc": roc_auc(labels, scores), "abnormal": int(labels.sum()), "normal": int((~labels).sum())}
 
 
+@dataclass
+class ImageOutcomes:
+    """One image's pooled FROC candidates, matched once: the scores of the detections that
+    found a new lesion (``hit``) or no lesion (false positives), in the order ``froc`` takes
+    them; second detections of a found lesion count as neither. Matching is image-local, so a
+    resample of images only re-sorts these: the bootstrap need not match boxes again."""
+
+    scores: np.ndarray
+    hit: np.ndarray
+    lesions: int
+    abnormal: bool
+    image_score: float
+
+
+def image_outcomes(case: ImageCase, classes: Sequence[str]) -> ImageOutcomes:
+    detections = [(s, c, b, p) for c in classes for s, b, p in case.detections.get(c, [])]
+    truths = [(c, b) for c in classes for b in case.truths.get(c, [])]
+    found: set = set()
+    scores, hits = [], []
+    for score, name, box, peak in sorted(detections, key=lambda d: -d[0]):
+        match = next((j for j, (c, t) in enumerate(truths) if j not in found and c == name and is_hit(box, peak, t)),
+                     None)
+        if match is None and any(c == name and is_hit(box, peak, t) for c, t in truths):
+            continue
+        if match is not None:
+            found.add(match)
+        scores.append(score)
+        hits.append(match is not None)
+    return ImageOutcomes(np.asarray(scores, float), np.asarray(hits, bool), len(truths), case.abnormal,
+                         case.image_score)
+
+
+def pooled_figures(outcomes: Sequence[ImageOutcomes]) -> Dict[str, float]:
+    """"sens@<rate>", "score" and "image_auc" of the images (repeats allowed), equal to
+    :func:`lesion_metrics`' pooled figures."""
+    n_images = len(outcomes)
+    lesions = sum(o.lesions for o in outcomes)
+    scores = np.concatenate([o.scores for o in outcomes]) if outcomes else np.zeros(0)
+    hits = np.concatenate([o.hit for o in outcomes]) if outcomes else np.zeros(0, bool)
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(hits[order])
+    fp = np.cumsum(~hits[order])
+    out: Dict[str, float] = {}
+    for rate in FP_RATES:
+        if not lesions:
+            out[f"sens@{rate}"] = float("nan")
+            continue
+        within = np.nonzero(fp / max(n_images, 1) <= rate)[0]
+        out[f"sens@{rate}"] = float(tp[within[-1]] / lesions) if len(within) else 0.0
+    out["score"] = float(np.mean([out[f"sens@{r}"] for r in FP_RATES])) if lesions else float("nan")
+    out["image_auc"] = roc_auc(np.array([o.abnormal for o in outcomes]), np.array([o.image_score for o in outcomes]))
+    return out
+
+
 def bootstrap_intervals(cases: Sequence[ImageCase], classes: Sequence[str], draws: int = 2000, seed: int = 0
                         ) -> Dict[str, Tuple[float, float]]:
     """95 % intervals of the pooled sensitivities, the score and the image AUC, resampling
     women (all images of a drawn woman together)."""
-    women: Dict[str, List[ImageCase]] = {}
+    women: Dict[str, List[ImageOutcomes]] = {}
     for case in cases:
-        women.setdefault(case.patient_id, []).append(case)
+        women.setdefault(case.patient_id, []).append(image_outcomes(case, classes))
     names = sorted(women)
     rng = np.random.default_rng(seed)
     samples: Dict[str, List[float]] = {}
     for _ in range(draws):
         drawn = [c for k in rng.integers(0, len(names), len(names)) for c in women[names[k]]]
-        m = lesion_metrics(drawn, classes)
-        for rate, value in m["all_classes_froc"].items():
-            samples.setdefault(f"sens@{rate}", []).append(value)
-        samples.setdefault("score", []).append(m["score"])
-        samples.setdefault("image_auc", []).append(m["image_auc"])
+        for key, value in pooled_figures(drawn).items():
+            samples.setdefault(key, []).append(value)
     out = {}
     for key, values in samples.items():
         finite = np.asarray([v for v in values if np.isfinite(v)])

@@ -15,17 +15,10 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from ..errors import MammoPatchError
-from .lesions import FP_RATES, ImageCase, lesion_metrics
+from .lesions import FP_RATES, ImageCase, image_outcomes, pooled_figures
 
 #: The figures compared: pooled sensitivity at each rate, the FROC score and the image AUC.
 COMPARED = tuple(f"sens@{r}" for r in FP_RATES) + ("score", "image_auc")
-
-
-def _figures(metrics) -> Dict[str, float]:
-    out = {f"sens@{rate}": value for rate, value in metrics["all_classes_froc"].items()}
-    out["score"] = metrics["score"]
-    out["image_auc"] = metrics["image_auc"]
-    return out
 
 
 def paired_difference(baseline: Sequence[ImageCase], other: Sequence[ImageCase], classes: Sequence[str],
@@ -37,16 +30,17 @@ def paired_difference(baseline: Sequence[ImageCase], other: Sequence[ImageCase],
     women: Dict[str, List[int]] = {}
     for index, case in enumerate(baseline):
         women.setdefault(case.patient_id, []).append(index)
-    matched = [by_image[c.image_id] for c in baseline]
+    first = [image_outcomes(c, classes) for c in baseline]
+    second = [image_outcomes(by_image[c.image_id], classes) for c in baseline]
     names = sorted(women)
-    observed = {k: _figures(lesion_metrics(other, classes))[k] - _figures(lesion_metrics(baseline, classes))[k]
-                for k in COMPARED}
+    a_all, b_all = pooled_figures(first), pooled_figures(second)
+    observed = {k: b_all[k] - a_all[k] for k in COMPARED}
     rng = np.random.default_rng(seed)
     samples: Dict[str, List[float]] = {k: [] for k in COMPARED}
     for _ in range(draws):
         drawn = [i for k in rng.integers(0, len(names), len(names)) for i in women[names[k]]]
-        a = _figures(lesion_metrics([baseline[i] for i in drawn], classes))
-        b = _figures(lesion_metrics([matched[i] for i in drawn], classes))
+        a = pooled_figures([first[i] for i in drawn])
+        b = pooled_figures([second[i] for i in drawn])
         for key in COMPARED:
             if np.isfinite(a[key]) and np.isfinite(b[key]):
                 samples[key].append(b[key] - a[key])
