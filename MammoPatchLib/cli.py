@@ -330,6 +330,9 @@ def _cmd_crossval(args: argparse.Namespace) -> int:
     from .training.cell_recipe import CellHeadRecipe
     from .training.crossval import REPORT_MD, crossval
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     recipes = [CellHeadRecipe.load(path) for path in args.config]
     report = crossval(recipes, args.data, args.folds, args.out, cache_dir=args.cache, baseline=args.baseline,
                       progress=not args.no_progress, draws=args.draws)
@@ -363,6 +366,9 @@ def _add_crossval_parser(sub) -> None:
     crossval.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature-cache)")
     crossval.add_argument("--baseline", default=None, help="recipe the others are compared with (default: the first)")
     crossval.add_argument("--draws", type=int, default=1000, help="bootstrap draws over women")
+    crossval.add_argument("--threads", type=int, default=1,
+                          help="torch threads (default 1: the head's small matrix products gain nothing from more, "
+                               "and on a busy machine two spinning threads ran 5-10x slower than one)")
     crossval.add_argument("--model-out", default=None,
                           help="also write the model the first recipe makes (its fold ensemble or one head on all "
                                "women, as the recipe's 'bundle' says), thresholds fitted out of fold")

@@ -64,7 +64,7 @@ class CellHeadRecipe:
     epochs: int = 20
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    batch_cells: int = 2048
+    batch_cells: int = 256
     negatives_per_epoch: int = 8192
     hard_negative_share: float = 0.0
     hard_negative_after: int = 10
