@@ -75,7 +75,7 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
     out = Path(out_dir)
     written: Dict[str, str] = {}
     algorithm_name = "MammoPatch"
-    sha = str(result.model_info.get("sha256", ""))
+    sha = str(result.model_sha256 or "")
     algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence,
                                                    parameters={"model_sha256": sha} if sha else None)

@@ -1,259 +1,229 @@
-"""Running a batch: the list of jobs (files, folders, glob patterns and manifests), their
-deterministic sharding over torchrun ranks, decoding and preprocessing overlapped with
-inference, crash-safe outputs (:mod:`.batch`) and one merged summary.
+"""Running a batch: the stage order, the threads, retries, resuming and the ranks, around the
+three stages of one image (:class:`~MammoPatchLib.stages.ImagePipeline`: load, infer, write).
 
-- A manifest is a CSV with a ``path`` column (relative paths are relative to the manifest) and
-  an optional ``spacing_mm`` column for files that store no spacing.
 - Launched by torchrun (WORLD_SIZE > 1), rank r takes jobs r, r + W, r + 2W, ... of the sorted
-  job list; the process group (gloo on CPU, NCCL on GPUs) is used only for the start barrier
-  and the final gather of every rank's rows into ``summary.csv``. Each rank also keeps
-  ``results-rank<r>.csv`` up to date, so a rank that dies loses only its image in flight, and a
-  re-run with ``--resume`` finishes the batch (failed images are retried: they have no output).
-- Per rank, three stages overlap: ``workers`` threads read and preprocess the next images (a
-  bounded queue of ``2 x workers``), the main thread runs the network (it owns the device), and
-  one writer thread computes the full-size heatmaps and writes and publishes the outputs of the
-  previous image (at most ``MAX_PENDING_WRITES`` waiting). OpenCV, NumPy, PyTorch and
-  SimpleITK release the GIL in the heavy parts. ``workers=0`` runs the three stages in turn on
-  the main thread.
+  job list (:mod:`.jobs`); the process group (gloo on CPU, NCCL on GPUs; :mod:`.distributed`)
+  is used only for the start barrier and the final gather of every rank's rows into
+  ``summary.csv``. Each rank also keeps ``results-rank<r>.csv`` up to date, so a rank that dies
+  loses only its image in flight, and a re-run with ``--resume`` finishes the batch (failed
+  images are retried: they have no output).
+- Per rank, the three stages overlap: ``workers`` threads load the next images (a bounded
+  queue of ``2 x workers``), the main thread infers (it owns the device), and one writer
+  thread computes the full-size heatmaps and writes and publishes the outputs of the previous
+  image (at most ``MAX_PENDING_WRITES`` waiting). OpenCV, NumPy, PyTorch and SimpleITK release
+  the GIL in the heavy parts. ``workers=0`` runs the three stages in turn on the main thread.
+- Resuming: an image whose output folder exists is not loaded: with ``resume`` it is "done
+  earlier" (its row read back from its findings), with ``overwrite`` it is recomputed, with
+  neither it fails without touching the folder.
+- Retries: a stage that fails unexpectedly (not a bad input, not memory) gets one more try;
+  a failed inference loads the file again first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from datetime import timedelta
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
-from .batch import OutputFolder, output_stem, unique_names
+from .batch import OutputFolder
+from .distributed import RankContext
 from .errors import Cancelled, MammoPatchError
-from .io import read_mammogram
-from .outputs import SUMMARY_COLUMNS, write_summary
-from .vocabulary import PathLike
+from .jobs import Job, shard
+from .outputs import findings_in
+from .rows import RESULT_COLUMNS, Row, write_summary
+from .stages import Failure, ImagePipeline, Inferred, Loaded
+from .vocabulary import Status
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One input of a batch: its position in the batch, its file, output folder name, spacing."""
-
-    index: int
-    path: Path
-    name: str
-    spacing_mm: Optional[float] = None
-
-
-def read_manifest(path: PathLike) -> List[Tuple[Path, Optional[float]]]:
-    """(path, spacing or None) of every row of a manifest CSV (see module docstring)."""
-    from .datasets.records import read_csv_rows
-    from .io.validate import check_spacing_value
-
-    manifest = Path(path)
-    rows = read_csv_rows(manifest, ["path"])
-    out = []
-    for line, row in enumerate(rows, start=2):
-        if not row["path"]:
-            raise MammoPatchError(f"line {line}: empty path", manifest)
-        file = Path(row["path"])
-        file = file if file.is_absolute() else manifest.parent / file
-        spacing = None
-        if row.get("spacing_mm"):
-            try:
-                spacing = check_spacing_value(float(row["spacing_mm"]), "spacing_mm")
-            except ValueError as exc:
-                raise MammoPatchError(f"line {line}: {exc}", manifest) from None
-        out.append((file, spacing))
-    return out
-
-
-def is_manifest(path: PathLike) -> bool:
-    return str(path).lower().endswith(".csv") and Path(path).is_file()
-
-
-def plan_jobs(inputs, spacing_mm: Optional[float] = None) -> List[Job]:
-    """The batch's jobs, in a deterministic order (inputs in the order given, folders sorted)."""
-    from .io.discovery import collect_images
-
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    entries: List[Tuple[Path, Optional[float]]] = []
-    for item in inputs:
-        if is_manifest(item):
-            entries.extend(read_manifest(item))
-        else:
-            entries.extend((p, None) for p in collect_images([item]))
-    seen, unique = set(), []
-    for path, spacing in entries:
-        if path not in seen:
-            seen.add(path)
-            unique.append((path, spacing))
-    names = unique_names(output_stem(p) for p, _ in unique)
-    return [Job(i, p, n, s if s is not None else spacing_mm) for i, ((p, s), n) in enumerate(zip(unique, names))]
-
-
-@dataclass
-class RankContext:
-    """Where this process stands in a torchrun launch (a single process: rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # the process group was created here, and is destroyed by close()
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
-def shard(jobs: Sequence[Job], rank: int, world_size: int) -> List[Job]:
-    """Rank ``rank``'s share of the batch: jobs rank, rank + W, rank + 2W, ... Interleaving
-    (rather than blocks) keeps the ranks' loads even when neighbouring inputs differ in size,
-    e.g. a VinDr study's four views."""
-    return [job for job in jobs if job.index % world_size == rank]
-
-
-def init_ranks(device: str = "auto") -> RankContext:
-    """Join torchrun's process group when launched by it; a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return RankContext()
-    import torch
-    import torch.distributed as dist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    owns = not dist.is_initialized()
-    if owns:
-        # The final gather waits for the slowest rank; a rank that dies ends the launch anyway
-        # (torchrun stops the others), so the default 10-30 min collective timeout would only
-        # cut a long but healthy run short.
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(hours=48))
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, owns_group=owns)
 
 
 #: Images whose outputs may wait for the writer thread while the network runs the next one
 #: (each holds its result, ~100 MB for a 3000 x 2400 image).
 MAX_PENDING_WRITES = 1
 
-#: A rank's results file: the summary's columns and the input's place in the batch.
-RESULT_COLUMNS = ["index", *SUMMARY_COLUMNS]
+ImageCallback = Callable[[int, int, Path], None]
+ProgressCallback = Callable[[float, str], None]
 
 
-def run_batch(jobs: Sequence[Job], out_dir: PathLike, predictor, predict_one: Callable[..., Dict[str, object]],
-              should_skip: Callable[[Job], bool] = lambda job: False,
-              ctx: Optional[RankContext] = None, workers: int = 2, progress: bool = False,
-              on_result: Optional[Callable[[Dict[str, object]], None]] = None,
-              on_progress: Optional[Callable[[float, str], None]] = None,
-              on_image: Optional[Callable[[int, int, Path], None]] = None) -> List[Dict[str, object]]:
-    """Run this rank's share of ``jobs``; returns every rank's rows (merged on every rank) and
-    writes ``summary.csv`` (rank 0). ``predict_one(job, loaded, image_progress)`` does one
-    image's network work and returns its summary row, or a callable that writes its outputs and
-    returns the row (run on the writer thread); ``loaded`` is what the prefetching threads made:
-    (image, prepared), the exception, or None for a job ``should_skip`` says needs no reading
-    (done earlier)."""
-    import time
+def run_batch(jobs: Sequence[Job], folder: OutputFolder, pipeline: ImagePipeline, *,
+              ctx: Optional[RankContext] = None, resume: bool = False, overwrite: bool = False, workers: int = 2,
+              progress: bool = False, on_image: Optional[ImageCallback] = None,
+              on_result: Optional[Callable[[Row], None]] = None,
+              on_progress: Optional[ProgressCallback] = None) -> List[Row]:
+    """Run this rank's share of ``jobs`` through ``pipeline`` into ``folder``; returns every
+    rank's rows (merged on every rank, in job order) and writes ``summary.csv`` (rank 0).
 
+    Args:
+        resume, overwrite: what to do with an image whose output folder exists (see the module
+            docstring).
+        workers: threads loading the next images while the network runs (0: in turn).
+        progress: a tqdm bar over the images.
+        on_image: called with (position, count, path) before each image of this rank.
+        on_result: called with each image's row as soon as it is done.
+        on_progress: called with (fraction of this rank's images, text) while it runs; raising
+            :class:`~MammoPatchLib.errors.Cancelled` from it stops the batch.
+    """
     ctx = ctx or RankContext()
-    out = OutputFolder(out_dir)
     with contextlib.ExitStack() as held:
-        if ctx.rank == 0:
-            held.enter_context(out)  # lock, clean stale partial folders; released however the run ends
+        if ctx.is_main:
+            held.enter_context(folder)  # lock, clean stale partial folders; released however the run ends
         else:
-            out.check_writable()
+            folder.check_writable()
         _barrier(ctx)
-        mine = shard(jobs, ctx.rank, ctx.world_size)
-        rows: List[Dict[str, object]] = []
-        rank_file = out.root / f"results-rank{ctx.rank}.csv" if ctx.distributed else None
+        batch = _RankBatch(shard(jobs, ctx.rank, ctx.world_size), folder, pipeline, ctx, resume, overwrite)
+        rows = batch.run(workers, progress, on_image, on_result, on_progress)
+        merged = _gather(rows, ctx)
+        if ctx.is_main:
+            write_summary(merged, folder.root / "summary.csv")
+        return merged
 
-        def load(job: Job):
-            try:
-                image = read_mammogram(job.path, spacing_mm=job.spacing_mm)
-                predictor.check(image)
-                return image, predictor.preprocess(image) if predictor.scales == (1.0,) else None
-            except Exception as exc:  # noqa: BLE001 - reported by predict_one in order
-                return exc
 
-        def record(row: Dict[str, object], job: Job, start: float) -> None:
-            row.setdefault("seconds", f"{time.perf_counter() - start:.2f}")
-            row.update(index=job.index, rank=ctx.rank)
-            rows.append(row)
-            if rank_file is not None:
-                write_summary(rows, rank_file, RESULT_COLUMNS)
+class _RankBatch:
+    """One rank's share of a batch: the stage order, the threads, resuming and the retries."""
+
+    def __init__(self, jobs: List[Job], folder: OutputFolder, pipeline: ImagePipeline, ctx: RankContext,
+                 resume: bool, overwrite: bool) -> None:
+        self.jobs, self.folder, self.pipeline, self.ctx = jobs, folder, pipeline, ctx
+        self.resume, self.overwrite = resume, overwrite
+        self.rows: List[Row] = []
+        self.rank_file = folder.root / f"results-rank{ctx.rank}.csv" if ctx.distributed else None
+
+    def run(self, workers: int, progress: bool, on_image: Optional[ImageCallback],
+            on_result: Optional[Callable[[Row], None]], on_progress: Optional[ProgressCallback]) -> List[Row]:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(self.jobs), desc=f"images (rank {self.ctx.rank})" if self.ctx.distributed
+                       else "images", unit="img")
+        loading: Dict[int, Future] = {}
+        writing: Deque[Tuple[Job, Future, float]] = deque()
+
+        def record(job: Job, done: Future, start: float) -> None:
+            row = done.result().placed(job.index, self.ctx.rank, time.perf_counter() - start)
+            self.rows.append(row)
+            if self.rank_file is not None:
+                write_summary(self.rows, self.rank_file, RESULT_COLUMNS)
             else:
-                write_summary(rows, out.root / "summary.csv")
+                write_summary(self.rows, self.folder.root / "summary.csv")
             if on_result is not None:
                 on_result(row)
             if bar is not None:
                 bar.update(1)
 
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(mine), desc=f"images (rank {ctx.rank})" if ctx.distributed else "images", unit="img")
-        pending: Dict[int, Future] = {}
-        writing: Deque[Tuple[Job, Future, float]] = deque()
-        todo = list(mine)
         try:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as writer:
-                def refill(position: int) -> None:
-                    if workers == 0:  # read on this thread, in predict_one
-                        return
-                    for job in todo[position:position + 2 * workers]:
-                        if job.index not in pending and not should_skip(job):
-                            pending[job.index] = pool.submit(load, job)
-
-                for position, job in enumerate(todo):
-                    refill(position)
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as loaders, \
+                    ThreadPoolExecutor(max_workers=1) as writer:
+                for position, job in enumerate(self.jobs):
+                    if workers:
+                        self._load_ahead(loaders, loading, position, workers)
                     if on_image is not None:
-                        on_image(position, len(todo), job.path)
-                    image_progress = None
-                    if on_progress is not None:
-                        def image_progress(fraction, text, position=position, name=job.name):
-                            on_progress((position + fraction) / max(len(todo), 1), f"{name}: {text}")
-                    future = pending.pop(job.index, None)
-                    loaded = future.result() if future is not None else None
-                    start = time.perf_counter()
-                    outcome = predict_one(job, loaded, image_progress)
-                    done: Future = Future()
-                    if callable(outcome) and workers == 0:
-                        done.set_result(outcome())
-                    elif callable(outcome):  # outputs to write: on the writer thread, while the next image runs
-                        done = writer.submit(outcome)
-                    else:
-                        done.set_result(outcome)
-                    writing.append((job, done, start))
+                        on_image(position, len(self.jobs), job.path)
+                    image_progress = _image_progress(on_progress, position, len(self.jobs), job.name)
+                    writing.append(self._process(job, loading.pop(job.index, None), writer if workers else None,
+                                                 image_progress))
                     while len(writing) > MAX_PENDING_WRITES or (writing and writing[0][1].done()):
-                        first, finished, began = writing.popleft()
-                        record(finished.result(), first, began)
+                        record(*writing.popleft())
                 while writing:
-                    first, finished, began = writing.popleft()
-                    record(finished.result(), first, began)
+                    record(*writing.popleft())
         except Cancelled:
-            for future in pending.values():
+            for future in loading.values():
                 future.cancel()
             raise
         finally:
             if bar is not None:
                 bar.close()
-        merged = _gather(rows, ctx)
-        if ctx.rank == 0:
-            write_summary(merged, out.root / "summary.csv")
-        return merged
+        return self.rows
+
+    def _load_ahead(self, loaders: ThreadPoolExecutor, loading: Dict[int, Future], position: int,
+                    workers: int) -> None:
+        """Start loading the next ``2 x workers`` images that need it."""
+        for job in self.jobs[position:position + 2 * workers]:
+            if job.index not in loading and self._needs_loading(job):
+                loading[job.index] = loaders.submit(self.pipeline.load, job.path, job.spacing_mm)
+
+    def _needs_loading(self, job: Job) -> bool:
+        return self.overwrite or not self.folder.is_complete(job.name)
+
+    def _process(self, job: Job, loading: Optional[Future], writer: Optional[ThreadPoolExecutor],
+                 image_progress: Optional[ProgressCallback]) -> Tuple[Job, Future, float]:
+        """One job through its stages: (job, the future of its row, when its work began). The
+        row is written on ``writer`` while the next image runs, or here without one."""
+        loaded = loading.result() if loading is not None else None
+        start = time.perf_counter()
+        done: Future = Future()
+        if not self._needs_loading(job):
+            done.set_result(self._existing(job))
+            return job, done, start
+        inferred = self._infer(job, loaded if loaded is not None else self.pipeline.load(job.path, job.spacing_mm),
+                               image_progress)
+        if isinstance(inferred, Failure):
+            done.set_result(_failed(inferred))
+        elif writer is None:
+            done.set_result(self._write(job, inferred))
+        else:
+            done = writer.submit(self._write, job, inferred)
+        return job, done, start
+
+    def _existing(self, job: Job) -> Row:
+        """The row of an image whose output folder exists: done earlier (its findings read back,
+        so a resumed batch's summary matches an uninterrupted one), or refused."""
+        output = self.folder.root / job.name
+        if not self.resume:
+            error = MammoPatchError("outputs exist already (--resume skips them, --overwrite replaces them)", output)
+            return Row(image=str(job.path), status=Status.FAILED, error=str(error))
+        findings = findings_in(output)
+        if findings is None:
+            return Row(image=str(job.path), status=Status.DONE_EARLIER, output=str(output))
+        top = findings[0] if findings else None
+        return Row(image=str(job.path), status=Status.DONE_EARLIER, findings=len(findings),
+                   top_class=str(top["category"]) if top else "", top_score=float(top["score"]) if top else None,
+                   output=str(output))
+
+    def _infer(self, job: Job, loaded: Union[Loaded, Failure],
+               image_progress: Optional[ProgressCallback]) -> Union[Inferred, Failure]:
+        """Stage 2; an unexpected failure (of loading or inferring) loads the file again and
+        gets one more try."""
+        outcome = loaded if isinstance(loaded, Failure) else self.pipeline.infer(loaded, image_progress)
+        if isinstance(outcome, Failure) and outcome.worth_retrying:
+            logger.warning("%s: unexpected %s (%s); retrying once", job.path, type(outcome.error).__name__,
+                           outcome.error)
+            again = self.pipeline.load(job.path, job.spacing_mm)
+            outcome = again if isinstance(again, Failure) else self.pipeline.infer(again, image_progress)
+        return outcome
+
+    def _write(self, job: Job, inferred: Inferred) -> Row:
+        """Stage 3; an unexpected failure gets one more try."""
+        outcome = self.pipeline.write(inferred, self.folder, job.name)
+        if isinstance(outcome, Failure) and outcome.worth_retrying:
+            logger.warning("%s: unexpected %s while writing (%s); retrying once", job.path,
+                           type(outcome.error).__name__, outcome.error)
+            outcome = self.pipeline.write(inferred, self.folder, job.name)
+        return _failed(outcome) if isinstance(outcome, Failure) else outcome
+
+
+def _image_progress(on_progress: Optional[ProgressCallback], position: int, count: int,
+                    name: str) -> Optional[ProgressCallback]:
+    """One image's progress as progress through the batch."""
+    if on_progress is None:
+        return None
+
+    def report(fraction: float, text: str) -> None:
+        on_progress((position + fraction) / max(count, 1), f"{name}: {text}")
+
+    return report
+
+
+def _failed(failure: Failure) -> Row:
+    if isinstance(failure.error, MammoPatchError):
+        logger.debug("%s", failure.error)
+    elif not isinstance(failure.error, MemoryError):
+        logger.debug("%s: unexpected error", failure.source, exc_info=failure.error)
+    return failure.row()
 
 
 def _barrier(ctx: RankContext) -> None:
@@ -263,13 +233,13 @@ def _barrier(ctx: RankContext) -> None:
         dist.barrier()
 
 
-def _gather(rows: List[Dict[str, Any]], ctx: RankContext) -> List[Dict[str, Any]]:
+def _gather(rows: List[Row], ctx: RankContext) -> List[Row]:
     """Every rank's rows, in job order (torch.distributed.all_gather_object)."""
     if not ctx.distributed:
         return rows
     import torch.distributed as dist
 
-    everything: List[Optional[List[Dict[str, Any]]]] = [None] * ctx.world_size
+    everything: List[Optional[List[Row]]] = [None] * ctx.world_size
     dist.all_gather_object(everything, rows)
     merged = [row for part in everything for row in (part or [])]
-    return sorted(merged, key=lambda r: int(r["index"]))
+    return sorted(merged, key=lambda r: int(r.index))

@@ -25,7 +25,7 @@ def run(tmp_path_factory):
                          window=True)
     predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu", classes=["Mass", "Asymmetry"])
     rows = predict_files([source], folder / "out", predictor=predictor, dicom=True, progress=False)
-    assert rows[0]["status"] == "ok", rows
+    assert rows[0].status == "ok", rows
     result = predictor.predict_image(__import__("MammoPatchLib.io", fromlist=["x"]).read_mammogram(source))
     return pydicom.dcmread(source), folder / "out" / "m", result
 
