@@ -14,17 +14,17 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .batch import OutputFolder, output_stem  # noqa: F401 - output_stem is part of the API
+from .prediction.folder import OutputFolder, output_stem  # noqa: F401 - output_stem is part of the API
 from .distributed import RankContext, start_ranks
 from .errors import ConfigError, MammoPatchError, ModelFileError
 from .inference import PredictOptions, PredictionResult, Predictor
 from .io import read_mammogram
-from .jobs import plan_jobs
+from .prediction.jobs import plan_jobs
 from .model_file import LoadedModel, load_model
-from .outputs import OutputOptions
-from .rows import Row
-from .runner import ImageCallback, ProgressCallback, run_batch
-from .stages import Failure, ImagePipeline, Loaded, ImageSource, image_from
+from .results.files import OutputOptions
+from .prediction.rows import Row
+from .prediction.runner import ImageCallback, ProgressCallback, run_batch
+from .prediction.stages import Failure, ImagePipeline, Loaded, ImageSource, image_from
 from .vocabulary import PathLike
 
 logger = logging.getLogger(__name__)

@@ -164,7 +164,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, dicom: bool = False):
     """The prediction and output options of the command's arguments."""
     from .inference import PredictOptions
-    from .outputs import OutputOptions
+    from .results.files import OutputOptions
 
     predict = PredictOptions(mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
                              scales=tuple(args.scales), flip_tta=args.flip_tta, compile=args.compile,
@@ -186,7 +186,7 @@ def _print_row(row) -> None:
 
 
 def _batch_exit(rows, results: Path) -> int:
-    from .rows import failed_images
+    from .prediction.rows import failed_images
 
     failed = failed_images(rows)
     print(f"{len(rows) - len(failed)} of {len(rows)} image(s) done; summary: {results / 'summary.csv'}")
@@ -222,7 +222,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if launched_world_size() > 1 and (args.from_dicomweb or args.to_dicomweb):
         raise MammoPatchError("--from-dicomweb / --to-dicomweb run in one process, not under torchrun")
     if args.from_dicomweb:
-        from .dicomweb import fetch_study
+        from .results.dicomweb import fetch_study
 
         if not args.study:
             raise MammoPatchError("--from-dicomweb needs --study STUDY_INSTANCE_UID")
@@ -235,7 +235,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                          overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
                          workers=args.workers, on_result=_print_row, on_progress=_progress_reporter(args))
     if args.to_dicomweb:
-        from .dicomweb import store
+        from .results.dicomweb import store
 
         results = [f for r in rows if r.ok for f in sorted(Path(r.output).glob("*.dcm"))]
         print(f"stored {store(args.to_dicomweb, results)} DICOM result(s) on {args.to_dicomweb}")
@@ -481,7 +481,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("MammoPatchLib").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from .batch import OutputError
+    from .prediction.folder import OutputError
     from .errors import Cancelled
 
     try:

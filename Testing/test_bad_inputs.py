@@ -116,7 +116,7 @@ def test_outputs_that_cannot_be_written_stop_before_any_image(one_image, small_m
 
 
 def test_a_second_run_on_a_locked_output_folder_is_refused(one_image, small_model, tmp_path):
-    from MammoPatchLib.batch import OutputFolder
+    from MammoPatchLib.prediction.folder import OutputFolder
 
     with OutputFolder(tmp_path / "out"):
         code, _, err = _cli("predict", one_image, "--model", small_model, "--out", tmp_path / "out", "--no-progress")

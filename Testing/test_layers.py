@@ -13,17 +13,15 @@ LIBRARY = Path(__file__).resolve().parents[1] / "MammoPatchLib"
 #: package's ``__init__`` is its facade (version, errors, a lazy ``predict``): it is left out.
 LAYERS = {
     "vocabulary": 0, "errors": 1, "config": 2, "distributed": 2,
-    "io": 3, "synthetic": 4, "rows": 4,
-    "transforms": 5, "networks": 5, "postprocess": 5, "visualize": 5, "batch": 5, "datasets": 5,
-    "dicom_outputs": 5, "dicomweb": 5, "volume_bridge": 5,
-    "model_file": 6, "patches": 6, "jobs": 6,
+    "io": 3, "synthetic": 4,
+    "transforms": 5, "networks": 5, "postprocess": 5, "visualize": 5, "datasets": 5, "volume_bridge": 5,
+    "model_file": 6, "patches": 6,
     "inference": 7, "export": 7,
-    "outputs": 8, "evaluation": 8,
+    "results": 8, "evaluation": 8,
     "activation": 9, "training": 9,
-    "stages": 10,
-    "runner": 11,
-    "api": 12,
-    "cli": 13, "__main__": 14,
+    "prediction": 10,
+    "api": 11,
+    "cli": 12, "__main__": 13,
 }
 FACADE = "__init__"
 

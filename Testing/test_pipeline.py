@@ -37,7 +37,7 @@ def test_a_batch_writes_what_predict_returns(model_path, images, tmp_path, optio
     through ``predict`` or through a batch (threads, writer thread and publishing included)."""
     from MammoPatchLib.api import predict, predict_files
     from MammoPatchLib.io import read_mammogram
-    from MammoPatchLib.outputs import class_slug
+    from MammoPatchLib.results.files import class_slug
 
     options = dict(options)
     workers = options.pop("workers")
@@ -90,7 +90,7 @@ def test_prediction_options_are_checked_when_made():
 
 
 def test_a_row_is_written_as_the_summary_columns(tmp_path):
-    from MammoPatchLib.rows import SUMMARY_COLUMNS, Row, write_summary
+    from MammoPatchLib.prediction.rows import SUMMARY_COLUMNS, Row, write_summary
 
     rows = [Row(image="a.dcm", status=Status.OK, findings=2, top_class="Mass", top_score=0.123456, seconds=1.239,
                 output="out/a").placed(0, 1, 9.0),
@@ -106,7 +106,7 @@ def test_a_row_is_written_as_the_summary_columns(tmp_path):
 def test_a_negative_activation_map_count_is_refused(tmp_path):
     """It used to be accepted and silently dropped the last finding."""
     from MammoPatchLib.cli import main
-    from MammoPatchLib.outputs import OutputOptions
+    from MammoPatchLib.results.files import OutputOptions
 
     with pytest.raises(MammoPatchError, match="activation maps"):
         OutputOptions(activation_maps=-1)

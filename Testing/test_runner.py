@@ -16,7 +16,7 @@ import pytest
 
 from helpers import tiny_model_file
 from MammoPatchLib.errors import MammoPatchError
-from MammoPatchLib.jobs import plan_jobs, read_manifest, shard
+from MammoPatchLib.prediction.jobs import plan_jobs, read_manifest, shard
 from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
 
 

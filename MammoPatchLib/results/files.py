@@ -23,12 +23,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import MammoPatchError
-from .inference.predictor import PredictionResult
-from .io import atomic_path, write_png, write_volume
-from .io.image import ImageGeometry
-from .visualize import heatmap_overlay
-from .vocabulary import HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, HeatmapChoice, HeatmapDtype, PathLike
+from ..errors import MammoPatchError
+from ..inference.predictor import PredictionResult
+from ..io import atomic_path, write_png, write_volume
+from ..io.image import ImageGeometry
+from ..visualize import heatmap_overlay
+from ..vocabulary import HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, HeatmapChoice, HeatmapDtype, PathLike
 
 FINDING_CSV_COLUMNS = ["image", "class", "score", "xmin_px", "ymin_px", "xmax_px", "ymax_px",
                        "xmin_mm", "ymin_mm", "xmax_mm", "ymax_mm", "area_mm2"]
@@ -171,7 +171,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
                               result.findings, result.classes)
     written["overlay"].append(write_png(overlay, out / "overlay.png"))
     if options.dicom:
-        from .dicom_outputs import write_dicom_outputs
+        from .dicom import write_dicom_outputs
 
         full_size = maps if step == 1 else None  # the SEG needs every pixel: reuse what the volumes had
         for path in write_dicom_outputs(result, out, classes, overlay_rgb=_full_size(overlay, result.image.shape),

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .batch import output_stem, unique_names
-from .errors import MammoPatchError
-from .vocabulary import PathLike
+from .folder import output_stem, unique_names
+from ..errors import MammoPatchError
+from ..vocabulary import PathLike
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Job:
 
 def read_manifest(path: PathLike) -> List[Tuple[Path, Optional[float]]]:
     """(path, spacing or None) of every row of a manifest CSV (see the module docstring)."""
-    from .datasets.records import read_csv_rows
-    from .io.validate import check_spacing_value
+    from ..datasets.records import read_csv_rows
+    from ..io.validate import check_spacing_value
 
     manifest = Path(path)
     rows = read_csv_rows(manifest, ["path"])
@@ -58,7 +58,7 @@ def is_manifest(path: PathLike) -> bool:
 
 def plan_jobs(inputs, spacing_mm: Optional[float] = None) -> List[Job]:
     """The batch's jobs, in a deterministic order (inputs in the order given, folders sorted)."""
-    from .io.discovery import collect_images
+    from ..io.discovery import collect_images
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

@@ -21,10 +21,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import __version__
-from .errors import MammoPatchError
-from .io.atomic import atomic_path
-from .vocabulary import FINDING_CODES, PathLike
+from .. import __version__
+from ..errors import MammoPatchError
+from ..io.atomic import atomic_path
+from ..vocabulary import FINDING_CODES, PathLike
 
 #: Series numbers of the four outputs (the source's own are usually small).
 SERIES_NUMBERS = {"seg": 9001, "heatmaps": 9002, "overlay": 9003, "report": 9004}

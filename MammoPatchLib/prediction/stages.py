@@ -27,17 +27,17 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from .batch import OutputFolder
-from .errors import Cancelled, MammoPatchError
-from .inference.inferers import ProgressFn
-from .inference.predictor import PredictionResult, Predictor
-from .io import MammogramImage, read_mammogram
-from .io.image import DEFAULT_SPACING_MM, ImageGeometry
-from .io.readers import validate_pixels
-from .outputs import OutputOptions, write_result
+from .folder import OutputFolder
+from ..errors import Cancelled, MammoPatchError
+from ..inference.inferers import ProgressFn
+from ..inference.predictor import PredictionResult, Predictor
+from ..io import MammogramImage, read_mammogram
+from ..io.image import DEFAULT_SPACING_MM, ImageGeometry
+from ..io.readers import validate_pixels
+from ..results.files import OutputOptions, write_result
 from .rows import Row
-from .transforms import PreprocessedImage
-from .vocabulary import PathLike, Status
+from ..transforms import PreprocessedImage
+from ..vocabulary import PathLike, Status
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class ImagePipeline:
             result = self.predictor.predict_image(loaded.image, on_progress=on_progress, prepared=loaded.prepared)
             maps: List[object] = []
             if self.outputs.activation_maps and result.findings:
-                from .activation import activation_maps
+                from ..activation import activation_maps
 
                 maps = activation_maps(self.predictor, loaded.image, result, self.outputs.activation_maps)
             return Inferred(loaded, result, maps)
@@ -163,7 +163,7 @@ class ImagePipeline:
             partial = folder.partial(name)
             write_result(result, partial, overwrite=True, options=self.outputs)
             if inferred.activation_maps:
-                from .activation import write_activation_maps
+                from ..activation import write_activation_maps
 
                 write_activation_maps(inferred.activation_maps, image.geometry, partial)
             final = folder.publish(partial, name, overwrite=True)

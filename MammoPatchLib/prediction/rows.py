@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Dict, List, Optional, Sequence
 
-from .io.atomic import atomic_path
-from .vocabulary import PathLike, Status
+from ..io.atomic import atomic_path
+from ..vocabulary import PathLike, Status
 
 #: The columns of ``summary.csv``, in order.
 SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output", "warnings",
