@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
