@@ -1,7 +1,7 @@
 """The Python API: ``predict`` for one image or array, ``predict_files`` for a batch.
 
-Both run an image through the same three stages (:class:`~MammoPatchLib.stages.ImagePipeline`:
-load, infer, write); ``predict_files`` hands them to the batch runner (:mod:`.runner`). The
+Both run an image through the same three stages (:class:`~MammoPatchLib.prediction.stages.ImagePipeline`:
+load, infer, write); ``predict_files`` hands them to the batch runner (:mod:`.prediction.runner`). The
 CLI, the Slicer module's worker, the MONAI bundle and the batch script call these functions:
 there is one pipeline.
 """
@@ -123,13 +123,13 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, options: O
                   on_result: Optional[Callable[[Row], None]] = None,
                   on_progress: Optional[ProgressCallback] = None, **option_fields: Any) -> List[Row]:
     """Predict every image of files / folders / globs / manifest CSVs into ``out_dir``,
-    crash-safely (:mod:`MammoPatchLib.batch`) and, under torchrun, sharded over the ranks
-    (:mod:`MammoPatchLib.runner`): a bad file is reported and the batch goes on; each image's
+    crash-safely (:mod:`MammoPatchLib.prediction.folder`) and, under torchrun, sharded over the ranks
+    (:mod:`MammoPatchLib.prediction.runner`): a bad file is reported and the batch goes on; each image's
     folder appears only when complete; ``out_dir/summary.csv`` lists every input.
 
     Args:
         options: how the model runs (:class:`~MammoPatchLib.inference.PredictOptions`).
-        outputs: what is written per image (:class:`~MammoPatchLib.outputs.OutputOptions`).
+        outputs: what is written per image (:class:`~MammoPatchLib.results.files.OutputOptions`).
         predictor: an already built Predictor, instead of ``model`` and ``options``.
         option_fields: single prediction or output options as keywords (``mode="exact"``,
             ``heatmaps="all"``), replacing those of ``options`` / ``outputs``.
@@ -139,7 +139,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, options: O
         progress: progress bars (of the batch, and of each image in a single process).
         workers: threads reading and preprocessing the next images while the network runs.
         on_image: called with (index, count, path) before each image.
-        on_result: called with each image's :class:`~MammoPatchLib.rows.Row` as soon as it is done.
+        on_result: called with each image's :class:`~MammoPatchLib.prediction.rows.Row` as soon as it is done.
         on_progress: called with (fraction of the batch, text) while it runs; raising
             :class:`~MammoPatchLib.errors.Cancelled` from it stops the batch.
 

@@ -334,7 +334,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .training.compare import COMPARED_BACKBONES, compare_backbones
 
-    table = compare_backbones(args.backbones or list(COMPARED_BACKBONES), args.data, args.out, config_path=args.config, epochs=args.epochs,
+    table = compare_backbones(args.backbones or list(COMPARED_BACKBONES), args.data, args.out,
+                              config_path=args.config, epochs=args.epochs,
                               progress=not args.no_progress)
     print(table)
     return 0
@@ -458,7 +459,18 @@ def _add_synth_command(sub) -> None:
 
 
 #: Every subcommand, in the order ``mammopatch --help`` lists them.
-COMMANDS = (_add_demo_command, _add_predict_command, _add_info_command, _add_train_command, _add_evaluate_command, _add_calibrate_command, _add_compare_backbones_command, _add_export_bundle_command, _add_preprocess_command, _add_synth_command)
+COMMANDS = (
+    _add_demo_command,
+    _add_predict_command,
+    _add_info_command,
+    _add_train_command,
+    _add_evaluate_command,
+    _add_calibrate_command,
+    _add_compare_backbones_command,
+    _add_export_bundle_command,
+    _add_preprocess_command,
+    _add_synth_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

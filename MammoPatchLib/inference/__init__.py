@@ -8,6 +8,7 @@ from .resample import cells_to_source, detection_grid
 from .windows import BLEND_MODES, blend_kernel, padded_size, stitch_window_grid, window_count
 
 __all__ = ["DenseInferer", "ExactInferer", "InferenceCallback", "WindowBlocks", "autocast_for", "DEFAULT_BATCH",
-           "CellHeatmaps", "PredictionResult", "PredictOptions", "Predictor", "resolve_device", "cells_to_source", "detection_grid",
+           "CellHeatmaps", "PredictionResult", "PredictOptions", "Predictor", "resolve_device", "cells_to_source",
+           "detection_grid",
            "BLEND_MODES", "blend_kernel", "padded_size", "stitch_window_grid", "window_count", "DEFAULT_MODE",
            "MODES"]

@@ -1,8 +1,8 @@
 """Running a batch: the stage order, the threads, retries, resuming and the ranks, around the
-three stages of one image (:class:`~MammoPatchLib.stages.ImagePipeline`: load, infer, write).
+three stages of one image (:class:`~MammoPatchLib.prediction.stages.ImagePipeline`: load, infer, write).
 
 - Launched by torchrun (WORLD_SIZE > 1), rank r takes jobs r, r + W, r + 2W, ... of the sorted
-  job list (:mod:`.jobs`); the process group (gloo on CPU, NCCL on GPUs; :mod:`.distributed`)
+  job list (:mod:`.jobs`); the process group (gloo on CPU, NCCL on GPUs; :mod:`MammoPatchLib.distributed`)
   is used only for the start barrier and the final gather of every rank's rows into
   ``summary.csv``. Each rank also keeps ``results-rank<r>.csv`` up to date, so a rank that dies
   loses only its image in flight, and a re-run with ``--resume`` finishes the batch (failed

@@ -7,11 +7,11 @@
 2. :meth:`~ImagePipeline.infer`: the network, heatmaps, findings, label map (and the
    Grad-CAM maps asked for) -> an :class:`Inferred`, or a :class:`Failure`;
 3. :meth:`~ImagePipeline.write`: every output file into a private folder, then published
-   under the image's name in the batch's :class:`~MammoPatchLib.batch.OutputFolder` -> the
-   image's summary :class:`~MammoPatchLib.rows.Row`, or a :class:`Failure`.
+   under the image's name in the batch's :class:`~MammoPatchLib.prediction.folder.OutputFolder` -> the
+   image's summary :class:`~MammoPatchLib.prediction.rows.Row`, or a :class:`Failure`.
 
 Each stage reads only what the one before made: the image is read once and checked once.
-``predict`` runs stages 1 and 2; a batch (:mod:`MammoPatchLib.runner`) runs all three, and
+``predict`` runs stages 1 and 2; a batch (:mod:`MammoPatchLib.prediction.runner`) runs all three, and
 decides the order, the threads, retries and resuming. A stage never raises for a bad image
 (it returns a Failure, which the batch reports and goes past) except :class:`Cancelled`,
 which stops everything.
