@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .folder import output_stem, unique_names
 from ..errors import MammoPatchError
 from ..vocabulary import PathLike
+from .folder import output_stem, unique_names
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
-from .folder import OutputFolder
 from ..distributed import RankContext
 from ..errors import Cancelled, MammoPatchError
-from .jobs import Job, shard
 from ..results.files import findings_in
+from ..vocabulary import Status
+from .folder import OutputFolder
+from .jobs import Job, shard
 from .rows import RESULT_COLUMNS, Row, write_summary
 from .stages import Failure, ImagePipeline, Inferred, Loaded
-from ..vocabulary import Status
 
 logger = logging.getLogger(__name__)
 

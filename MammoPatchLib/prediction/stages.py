@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from .folder import OutputFolder
+from ..activation import ActivationMap, activation_maps, write_activation_maps
 from ..errors import Cancelled, MammoPatchError
 from ..inference.inferers import ProgressFn
 from ..inference.predictor import PredictionResult, Predictor
@@ -35,9 +35,10 @@ from ..io import MammogramImage, read_mammogram
 from ..io.image import DEFAULT_SPACING_MM, ImageGeometry
 from ..io.readers import validate_pixels
 from ..results.files import OutputOptions, write_result
-from .rows import Row
 from ..transforms import PreprocessedImage
 from ..vocabulary import PathLike, Status
+from .folder import OutputFolder
+from .rows import Row
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Inferred:
 
     loaded: Loaded
     result: PredictionResult
-    activation_maps: List[object] = field(default_factory=list)
+    activation_maps: List[ActivationMap] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Failure:
 
 def image_from(source: ImageSource, spacing_mm: Optional[float] = None) -> MammogramImage:
     """Read a file, or wrap an array (rows x columns, high = dense) with a pixel spacing (the
-    default spacing, with a warning in the metadata, when none is given); validated."""
+    default one when none is given, recorded as ``spacing_source="default"``); validated."""
     if isinstance(source, MammogramImage):
         validate_pixels(source)
         return source
@@ -142,10 +143,8 @@ class ImagePipeline:
         """Stage 2: the network's work (on the thread that owns the device)."""
         try:
             result = self.predictor.predict_image(loaded.image, on_progress=on_progress, prepared=loaded.prepared)
-            maps: List[object] = []
+            maps: List[ActivationMap] = []
             if self.outputs.activation_maps and result.findings:
-                from ..activation import activation_maps
-
                 maps = activation_maps(self.predictor, loaded.image, result, self.outputs.activation_maps)
             return Inferred(loaded, result, maps)
         except Cancelled:
@@ -163,8 +162,6 @@ class ImagePipeline:
             partial = folder.partial(name)
             write_result(result, partial, overwrite=True, options=self.outputs)
             if inferred.activation_maps:
-                from ..activation import write_activation_maps
-
                 write_activation_maps(inferred.activation_maps, image.geometry, partial)
             final = folder.publish(partial, name, overwrite=True)
         except Exception as exc:  # noqa: BLE001 - reported by the caller
