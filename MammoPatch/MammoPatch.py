@@ -612,7 +612,7 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
         output nodes when given (or the ones of the last run), under the input's parent transform."""
         import json
 
-        from MammoPatchLib.outputs import class_slug
+        from MammoPatchLib.results.files import class_slug
 
         with open(os.path.join(resultFolder, "findings.json"), encoding="utf-8") as handle:
             document = json.load(handle)

@@ -87,7 +87,7 @@ def activation_maps(predictor, image, result, count: int = 3) -> List[Activation
 def write_activation_maps(maps: List[ActivationMap], geometry, out_dir: PathLike) -> List[str]:
     """``activation_<n>_<class>.nrrd`` (source geometry) and ``.png`` (the window) per map."""
     from .io import write_png, write_volume
-    from .outputs import class_slug
+    from .results.files import class_slug
 
     written = []
     for item in maps:

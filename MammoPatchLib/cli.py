@@ -7,13 +7,14 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
 from .errors import MammoPatchError
+from .vocabulary import (BLEND_MODES, DEFAULT_MODE, HEATMAP_CHOICES, HEATMAP_DTYPES, MODES, VOLUME_FORMATS, BlendMode,
+                         HeatmapChoice, HeatmapDtype, Status)
 
 logger = logging.getLogger("mammopatch")
 
@@ -70,6 +71,14 @@ def _whole_number(text: str, minimum: int) -> int:
     return value
 
 
+def _backbone(text: str) -> str:
+    from .networks import BACKBONES  # the registry, imported only when the option is given
+
+    if text not in BACKBONES:
+        raise argparse.ArgumentTypeError(f"unknown backbone {text!r}; choose from {sorted(BACKBONES)}")
+    return text
+
+
 def _positive_int(text: str) -> int:
     return _whole_number(text, 1)
 
@@ -112,8 +121,6 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _add_predict_options(parser: argparse.ArgumentParser) -> None:
-    from .vocabulary import DEFAULT_MODE, MODES
-
     parser.add_argument("--model", default=None, help="model file (default: the bundled default model)")
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                         help="exact: window by window (the poster); fast: one dense pass (default: %(default)s)")
@@ -125,7 +132,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the network (CUDA; pays off over many images)")
     parser.add_argument("--flip-tta", action="store_true", default=None,
                         help="test-time augmentation: also run the mirrored image and average (default: the model's)")
-    parser.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian",
+    parser.add_argument("--blend", choices=BLEND_MODES, default=BlendMode.GAUSSIAN.value,
                         help="how overlapping windows are averaged (default: %(default)s)")
     parser.add_argument("--scales", type=_scale, nargs="+", default=[1.0],
                         help="multi-scale inference: window scales relative to the model's spacing, e.g. 0.75 1 1.5 "
@@ -133,17 +140,18 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", nargs="+", default=None, help="report only these classes")
     parser.add_argument("--thresholds", type=_probability, nargs="+", default=None,
                         help="per-class probability thresholds (one per model class)")
-    parser.add_argument("--format", nargs="+", choices=["nrrd", "nifti"], default=["nrrd"], dest="formats")
-    parser.add_argument("--heatmaps", choices=["none", "selected", "all"], default="selected",
+    parser.add_argument("--format", nargs="+", choices=list(VOLUME_FORMATS), default=["nrrd"], dest="formats",
+                        help="volume format(s) of the heatmaps and label map (default: nrrd)")
+    parser.add_argument("--heatmaps", choices=HEATMAP_CHOICES, default=HeatmapChoice.SELECTED.value,
                         help="heatmap files: none, the reported classes (default) or all ten")
     parser.add_argument("--heatmap-spacing", type=_positive_number, default=None, metavar="MM",
                         help="write heatmaps at this pixel spacing (e.g. 1) instead of the source's")
-    parser.add_argument("--heatmap-dtype", choices=["float32", "uint8"], default="float32",
+    parser.add_argument("--heatmap-dtype", choices=HEATMAP_DTYPES, default=HeatmapDtype.FLOAT32.value,
                         help="heatmap values: float32 probabilities or uint8 (probability x 255)")
     parser.add_argument("--workers", type=_non_negative_int, default=2,
                         help="threads reading and preprocessing the next images while the network runs "
                              "(default: 2; 0 reads each image when its turn comes)")
-    parser.add_argument("--activation-maps", type=int, default=0, metavar="N",
+    parser.add_argument("--activation-maps", type=_non_negative_int, default=0, metavar="N",
                         help="also write Grad-CAM maps (NRRD + PNG) of the N top findings per image")
     parser.add_argument("--dicom-out", action="store_true",
                         help="also write DICOM SEG, heatmap SEG, overlay Secondary Capture and SR (DICOM inputs)")
@@ -153,30 +161,37 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _predict_kwargs(args: argparse.Namespace) -> dict:
-    return dict(model=args.model, mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
-                scales=args.scales, flip_tta=args.flip_tta, compile=args.compile,
-                classes=args.classes, thresholds=args.thresholds, formats=args.formats, overwrite=args.overwrite,
-                resume=getattr(args, "resume", False), progress=not args.no_progress, heatmaps=args.heatmaps,
-                heatmap_spacing_mm=args.heatmap_spacing, heatmap_dtype=args.heatmap_dtype, dicom=args.dicom_out,
-                activation_maps=args.activation_maps, workers=args.workers)
+def _options(args: argparse.Namespace, dicom: bool = False):
+    """The prediction and output options of the command's arguments."""
+    from .inference import PredictOptions
+    from .results.files import OutputOptions
+
+    predict = PredictOptions(mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
+                             scales=tuple(args.scales), flip_tta=args.flip_tta, compile=args.compile,
+                             classes=args.classes, thresholds=args.thresholds, progress=not args.no_progress)
+    outputs = OutputOptions(formats=tuple(args.formats), heatmaps=args.heatmaps,
+                            heatmap_spacing_mm=args.heatmap_spacing, heatmap_dtype=args.heatmap_dtype,
+                            dicom=args.dicom_out or dicom, activation_maps=args.activation_maps)
+    return predict, outputs
 
 
 def _print_row(row) -> None:
     """One line per image, as soon as it is done; each error printed once."""
-    if row["status"] == "ok":
-        print(f"{row['image']}: {row['findings']} finding(s) -> {row['output']}", flush=True)
-    elif row["status"] == "done earlier":
-        print(f"{row['image']}: done earlier -> {row['output']}", flush=True)
+    if row.status == Status.OK:
+        print(f"{row.image}: {row.findings} finding(s) -> {row.output}", flush=True)
+    elif row.status == Status.DONE_EARLIER:
+        print(f"{row.image}: done earlier -> {row.output}", flush=True)
     else:
-        print(f"error: {row['error']}", file=sys.stderr, flush=True)
+        print(f"error: {row.error}", file=sys.stderr, flush=True)
 
 
-def _batch_exit(rows, out: Path) -> int:
-    failed = [r for r in rows if r["status"] == "failed"]
-    print(f"{len(rows) - len(failed)} of {len(rows)} image(s) done; summary: {out / 'summary.csv'}")
+def _batch_exit(rows, results: Path) -> int:
+    from .prediction.rows import failed_images
+
+    failed = failed_images(rows)
+    print(f"{len(rows) - len(failed)} of {len(rows)} image(s) done; summary: {results / 'summary.csv'}")
     if failed:
-        print(f"{len(failed)} image(s) failed: " + ", ".join(str(r["image"]) for r in failed), file=sys.stderr)
+        print(f"{len(failed)} image(s) failed: " + ", ".join(failed), file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -201,31 +216,30 @@ def _progress_reporter(args: argparse.Namespace):
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict_files
+    from .distributed import launched_rank, launched_world_size
 
     inputs = list(args.inputs)
-    kwargs = _predict_kwargs(args)
-    rank = int(os.environ.get("RANK", "0"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.from_dicomweb or args.to_dicomweb):
+    if launched_world_size() > 1 and (args.from_dicomweb or args.to_dicomweb):
         raise MammoPatchError("--from-dicomweb / --to-dicomweb run in one process, not under torchrun")
     if args.from_dicomweb:
-        from .dicomweb import fetch_study
+        from .results.dicomweb import fetch_study
 
         if not args.study:
             raise MammoPatchError("--from-dicomweb needs --study STUDY_INSTANCE_UID")
         inputs += [str(p) for p in fetch_study(args.from_dicomweb, args.study, Path(args.out) / ".dicomweb-input")]
         print(f"fetched {len(inputs)} mammogram(s) of study {args.study}")
-    if args.to_dicomweb:
-        kwargs["dicom"] = True
     if not inputs:
         raise MammoPatchError("no inputs: give files, folders or --from-dicomweb URL --study UID")
-    rows = predict_files(inputs, args.out, spacing_mm=args.spacing, on_result=_print_row,
-                         on_progress=_progress_reporter(args), **kwargs)
+    options, outputs = _options(args, dicom=bool(args.to_dicomweb))
+    rows = predict_files(inputs, args.out, args.model, options, outputs, spacing_mm=args.spacing,
+                         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                         workers=args.workers, on_result=_print_row, on_progress=_progress_reporter(args))
     if args.to_dicomweb:
-        from .dicomweb import store
+        from .results.dicomweb import store
 
-        results = [f for r in rows if r["status"] == "ok" for f in sorted(Path(str(r["output"])).glob("*.dcm"))]
+        results = [f for r in rows if r.ok for f in sorted(Path(r.output).glob("*.dcm"))]
         print(f"stored {store(args.to_dicomweb, results)} DICOM result(s) on {args.to_dicomweb}")
-    if rank != 0:  # rank 0 reports the merged batch; the others only their own failures (above)
+    if launched_rank() != 0:  # rank 0 reports the merged batch; the others only their own failures (above)
         return EXIT_OK
     return _batch_exit(rows, Path(args.out))
 
@@ -244,9 +258,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         model = out / "UNTRAINED-demo-model.pt"
         make_untrained_model(model)
         print("NOTE: no bundled trained model found; using an UNTRAINED model: the heatmaps are meaningless.")
-    kwargs = _predict_kwargs(args)
-    kwargs.update(model=str(model), overwrite=True)
-    rows = predict_files([sample], out / "results", on_result=_print_row, **kwargs)
+    options, outputs = _options(args)
+    rows = predict_files([sample], out / "results", str(model), options, outputs, overwrite=True,
+                         resume=args.resume, progress=not args.no_progress, workers=args.workers,
+                         on_result=_print_row)
     code = _batch_exit(rows, out / "results")
     print(f"sample mammogram: {sample}\noverlay: {out / 'results' / 'sample_mammogram' / 'overlay.png'}")
     for f in mammo.findings:
@@ -317,9 +332,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .training.compare import compare_backbones
+    from .training.compare import COMPARED_BACKBONES, compare_backbones
 
-    table = compare_backbones(args.backbones, args.data, args.out, config_path=args.config, epochs=args.epochs,
+    table = compare_backbones(args.backbones or list(COMPARED_BACKBONES), args.data, args.out,
+                              config_path=args.config, epochs=args.epochs,
                               progress=not args.no_progress)
     print(table)
     return 0
@@ -356,7 +372,7 @@ def _crossval_command(args: argparse.Namespace) -> str:
             f"--model-out {Path(args.model_out).name}")
 
 
-def _add_crossval_parser(sub) -> None:
+def _add_crossval_command(sub) -> None:
     crossval = sub.add_parser("crossval", help="cross-validate cell-head recipes by woman (pooled out-of-fold "
                                                "FROC, AUC, paired intervals); optionally build the model")
     crossval.add_argument("--config", required=True, nargs="+", help="recipe JSON file(s), judged on the same folds")
@@ -376,17 +392,14 @@ def _add_crossval_parser(sub) -> None:
     crossval.set_defaults(func=_cmd_crossval)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mammopatch", description="Sliding-patch detection of mammographic findings.")
-    parser.add_argument("--version", action="version", version=f"MammoPatch {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_demo_command(sub) -> None:
     demo = sub.add_parser("demo", help="run the bundled default model on a generated sample mammogram")
     demo.add_argument("--out", default="mammopatch-output", help="output folder (default: %(default)s)")
     _add_predict_options(demo)
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_predict_command(sub) -> None:
     predict = sub.add_parser("predict", help="heatmaps, label maps and findings for mammograms")
     predict.add_argument("inputs", nargs="*",
                          help="files, folders, glob patterns or manifest CSVs (a 'path' column, optional 'spacing_mm')")
@@ -403,10 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_options(predict)
     predict.set_defaults(func=_cmd_predict)
 
+
+def _add_info_command(sub) -> None:
     info = sub.add_parser("info", help="print a model file's metadata")
     info.add_argument("model", help="model file")
     info.set_defaults(func=_cmd_info)
 
+
+def _add_train_command(sub) -> None:
     train = sub.add_parser("train", help="train a patch classifier (VinDr layout, mini-MIAS or synthetic:N)")
     train.add_argument("--config", default=None, help="training config (JSON or YAML); defaults otherwise")
     train.add_argument("--data", required=True, help="data set folder, or synthetic:N")
@@ -420,21 +437,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate_command(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="write the evaluation report of a model on held-out women")
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--data", required=True, help="data set folder (VinDr layout or mini-MIAS) or synthetic:N")
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.add_argument("--split", default="validation", help="validation (default) or test")
     evaluate.add_argument("--split-file", default=None, help="CSV (image_id, split) fixing the split of each image")
-    evaluate.add_argument("--mode", choices=["exact", "fast"], default="fast")
+    evaluate.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     evaluate.add_argument("--flip-tta", action="store_true", default=None, help="also run mirrored images")
-    evaluate.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference")
+    evaluate.add_argument("--scales", type=_scale, nargs="+", default=[1.0], help="multi-scale inference")
     evaluate.add_argument("--draws", type=int, default=2000, help="bootstrap draws for the intervals (0: none)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--max-images", type=int, default=None)
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+
+def _add_calibrate_command(sub) -> None:
     calibrate = sub.add_parser("calibrate", help="fit per-class temperatures on held-out women; write a new model")
     calibrate.add_argument("--model", required=True)
     calibrate.add_argument("--data", required=True, help="the data set the model was trained on")
@@ -443,23 +464,27 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--device", default="auto")
     calibrate.set_defaults(func=_cmd_calibrate)
 
+
+def _add_compare_backbones_command(sub) -> None:
     compare = sub.add_parser("compare-backbones", help="train and evaluate several backbones with one budget")
     compare.add_argument("--data", required=True)
     compare.add_argument("--out", required=True)
-    compare.add_argument("--backbones", nargs="+", default=["efficientnet-lite0", "resnet50", "densenet121",
-                                                            "swin-t", "vgg19", "mobilenet-v3-large"])
+    compare.add_argument("--backbones", nargs="+", type=_backbone, default=None,
+                         help="registered backbone names (default: the poster's comparison)")
     compare.add_argument("--config", default=None)
     compare.add_argument("--epochs", type=int, default=None)
     compare.add_argument("--no-progress", action="store_true")
     compare.set_defaults(func=_cmd_compare)
 
-    _add_crossval_parser(sub)
 
+def _add_export_bundle_command(sub) -> None:
     bundle = sub.add_parser("export-bundle", help="export a model file as a MONAI bundle")
     bundle.add_argument("model", help="model file")
     bundle.add_argument("--out", required=True, help="bundle folder")
     bundle.set_defaults(func=_cmd_export_bundle)
 
+
+def _add_preprocess_command(sub) -> None:
     pre = sub.add_parser("preprocess", help="write preprocessing previews (channels + crop) for images")
     pre.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
     pre.add_argument("--out", required=True, help="output folder")
@@ -467,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     pre.set_defaults(func=_cmd_preprocess)
 
+
+def _add_synth_command(sub) -> None:
     synth = sub.add_parser("synth", help="generate a synthetic mammogram (DICOM) or a VinDr-layout data set")
     synth.add_argument("--out", required=True, help="output .dcm file, or folder with --vindr")
     synth.add_argument("--vindr", action="store_true", help="write a VinDr-Mammo layout data set")
@@ -480,6 +507,31 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--syntax", choices=["explicit", "rle", "jpeg2000", "jpegls"], default="explicit")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_synth)
+
+
+#: Every subcommand, in the order ``mammopatch --help`` lists them.
+COMMANDS = (
+    _add_demo_command,
+    _add_predict_command,
+    _add_info_command,
+    _add_train_command,
+    _add_evaluate_command,
+    _add_calibrate_command,
+    _add_crossval_command,
+    _add_compare_backbones_command,
+    _add_export_bundle_command,
+    _add_preprocess_command,
+    _add_synth_command,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mammopatch", description="Sliding-patch detection of mammographic findings.")
+    parser.add_argument("--version", action="version", version=f"MammoPatch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
@@ -493,7 +545,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("MammoPatchLib").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from .batch import OutputError
+    from .prediction.folder import OutputError
     from .errors import Cancelled
 
     try:

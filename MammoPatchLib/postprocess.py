@@ -93,14 +93,14 @@ class _Candidate:
     peak_grid: Tuple[int, int]
 
 
-def _class_candidates(heat: np.ndarray, klass: int, threshold: float, config: DetectionConfig, grid_mm: float,
+def _class_candidates(heat: np.ndarray, klass: int, threshold: float, config: DetectionConfig, cell_mm: float,
                       max_box_cells: int) -> List[_Candidate]:
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     if not np.isfinite(threshold) or float(heat.max()) < threshold:
         return []
-    distance = max(1, int(round(config.min_distance_mm / grid_mm)))
+    distance = max(1, int(round(config.min_distance_mm / cell_mm)))
     peaks = peak_local_max(heat, min_distance=distance, threshold_abs=threshold, exclude_border=False,
                            num_peaks=4 * config.max_per_class)
     if len(peaks) == 0:  # a plateau touching the border can hide its maximum from peak_local_max
@@ -169,14 +169,14 @@ def detect_findings(heat_grid: np.ndarray, classes: Sequence[str], thresholds: S
     if len(thresholds) != heat_grid.shape[0]:
         raise ValueError(f"{heat_grid.shape[0]} heatmaps but {len(thresholds)} thresholds")
     row_mm, col_mm = spacing_rc
-    grid_mm = factor * 0.5 * (row_mm + col_mm)
+    cell_mm = factor * 0.5 * (row_mm + col_mm)  # the grid's actual cell size (config.grid_mm is the one asked for)
     box_px = max_box_px if max_box_px is not None else (
         config.max_box_mm / (0.5 * (row_mm + col_mm)) if config.max_box_mm else float("inf"))
     max_box_cells = int(min(max(heat_grid.shape) * 2 + 1, box_px / factor)) if np.isfinite(box_px) else \
         2 * max(heat_grid.shape) + 1
     kept: List[_Candidate] = []
     for k in range(heat_grid.shape[0]):
-        kept += _suppress(_class_candidates(heat_grid[k], k, float(thresholds[k]), config, grid_mm,
+        kept += _suppress(_class_candidates(heat_grid[k], k, float(thresholds[k]), config, cell_mm,
                                             max(1, max_box_cells)), config)
     kept.sort(key=lambda c: -c.score)
     height, width = source_shape

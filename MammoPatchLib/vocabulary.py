@@ -1,5 +1,6 @@
 """The words every part of MammoPatch shares: finding classes, inference and blend modes, the
-box type, the VinDr-Mammo table schema and the path type.
+output choices, a batch row's status, the box type, the VinDr-Mammo table schema and the path
+type.
 
 Pure Python (no torch, numpy or MONAI) so the command line starts fast and the Slicer module
 can build its GUI from it before any dependency is installed. Enums follow
@@ -94,6 +95,40 @@ class BlendMode(StrEnum):
 
 
 BLEND_MODES: Tuple[str, ...] = tuple(BlendMode.values())
+
+
+class HeatmapChoice(StrEnum):
+    """Which per-class heatmap files a prediction writes: none, the reported classes
+    ("selected", sized for batch runs) or every class."""
+
+    NONE = "none"
+    SELECTED = "selected"
+    ALL = "all"
+
+
+HEATMAP_CHOICES: Tuple[str, ...] = tuple(HeatmapChoice.values())
+
+
+class HeatmapDtype(StrEnum):
+    """How heatmap values are stored: float32 probabilities, or uint8 (probability x 255,
+    a quarter of the size; NRRD / NIfTI writers have no float16)."""
+
+    FLOAT32 = "float32"
+    UINT8 = "uint8"
+
+
+HEATMAP_DTYPES: Tuple[str, ...] = tuple(HeatmapDtype.values())
+
+#: Volume formats of heatmaps and label maps, and the file extension each is written with.
+VOLUME_FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz"}
+
+
+class Status(StrEnum):
+    """What became of one input of a batch (the ``status`` column of ``summary.csv``)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    DONE_EARLIER = "done earlier"  # skipped by --resume: its outputs exist from an earlier run
 
 
 class Box(NamedTuple):

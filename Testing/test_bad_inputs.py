@@ -40,7 +40,7 @@ def test_corpus_is_large_and_covers_every_outcome():
 
 def test_batch_finishes_with_one_summary_row_per_input(corpus_run):
     inputs, rows, out = corpus_run
-    assert [r["image"] for r in rows] == [str(p) for p in inputs]
+    assert [r.image for r in rows] == [str(p) for p in inputs]
     summary = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8", errors="surrogateescape")))
     assert len(summary) == len(inputs)
     assert not [p for p in os.listdir(out) if p.startswith(".partial-")], "no partial folders left"
@@ -51,18 +51,18 @@ def test_each_bad_input_gives_its_outcome(corpus_run, case):
     inputs, rows, _ = corpus_run
     row = rows[CASES.index(case)]
     if case.outcome == "error":
-        assert row["status"] == "failed", row
-        message = row["error"]
+        assert row.status == "failed", row
+        message = row.error
         assert "\n" not in message and "Traceback" not in message and "unexpected" not in message, message
-        assert Path(row["image"]).name in message or os.fsdecode(row["image"]) in message, message
+        assert Path(row.image).name in message or os.fsdecode(row.image) in message, message
         assert case.reason.lower() in message.lower(), message
     else:
-        assert row["status"] == "ok", row
-        assert Path(row["output"]).is_dir() and (Path(row["output"]) / "findings.json").is_file()
+        assert row.status == "ok", row
+        assert Path(row.output).is_dir() and (Path(row.output) / "findings.json").is_file()
         if case.outcome == "warning":
-            assert case.reason.lower() in row["warnings"].lower(), row
+            assert case.reason.lower() in row.warnings.lower(), row
         else:
-            assert row["warnings"] == "", row
+            assert row.warnings == "", row
 
 
 # ---- the command line: usage errors (2), outputs that cannot be written (3), model files ----
@@ -116,7 +116,7 @@ def test_outputs_that_cannot_be_written_stop_before_any_image(one_image, small_m
 
 
 def test_a_second_run_on_a_locked_output_folder_is_refused(one_image, small_model, tmp_path):
-    from MammoPatchLib.batch import OutputFolder
+    from MammoPatchLib.prediction.folder import OutputFolder
 
     with OutputFolder(tmp_path / "out"):
         code, _, err = _cli("predict", one_image, "--model", small_model, "--out", tmp_path / "out", "--no-progress")

@@ -115,7 +115,7 @@ def test_monai_bundle_runs_the_components_it_declares(model_path, image_folder, 
 def test_output_folders_keep_dotted_dicom_names():
     from pathlib import Path
 
-    from MammoPatchLib.batch import output_stem
+    from MammoPatchLib.prediction.folder import output_stem
 
     assert output_stem(Path("1.2.840.10008.5.dcm")) == "1.2.840.10008.5"
     assert output_stem(Path("case.nii.gz")) == "case" and output_stem(Path("IM0001")) == "IM0001"

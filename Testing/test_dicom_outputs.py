@@ -25,7 +25,7 @@ def run(tmp_path_factory):
                          window=True)
     predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu", classes=["Mass", "Asymmetry"])
     rows = predict_files([source], folder / "out", predictor=predictor, dicom=True, progress=False)
-    assert rows[0]["status"] == "ok", rows
+    assert rows[0].status == "ok", rows
     result = predictor.predict_image(__import__("MammoPatchLib.io", fromlist=["x"]).read_mammogram(source))
     return pydicom.dcmread(source), folder / "out" / "m", result
 
@@ -98,7 +98,7 @@ def test_structured_report_lists_each_finding_with_its_box_score_and_algorithm(r
 
 def test_output_control_writes_fewer_smaller_heatmaps(run, tmp_path):
     from MammoPatchLib.io import read_mammogram
-    from MammoPatchLib.outputs import OutputOptions, write_result
+    from MammoPatchLib.results.files import OutputOptions, write_result
 
     _, _, result = run
     none = write_result(result, tmp_path / "none", options=OutputOptions(heatmaps="none"))

@@ -188,7 +188,7 @@ def test_geometry_chain_maps_heatmaps_like_the_step_by_step_inverse():
 
 
 def test_heatmaps_are_in_source_geometry_and_zero_outside_the_crop(tmp_path):
-    from MammoPatchLib.outputs import write_result
+    from MammoPatchLib.results.files import write_result
 
     _, image = _probe_image()
     result = Predictor(probe_model(), device="cpu").predict_image(image)

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import tiny_model_file
 from MammoPatchLib.errors import MammoPatchError
-from MammoPatchLib.runner import plan_jobs, read_manifest, shard
+from MammoPatchLib.prediction.jobs import plan_jobs, read_manifest, shard
 from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
 
 
@@ -88,8 +88,8 @@ def test_prefetching_workers_give_the_outputs_of_reading_in_turn(model_path, tmp
     folder = _folder(tmp_path / "in", 3)
     serial = predict_files([folder], tmp_path / "w0", model=model_path, device="cpu", progress=False, workers=0)
     threaded = predict_files([folder], tmp_path / "w2", model=model_path, device="cpu", progress=False, workers=2)
-    assert [r["status"] for r in serial] == [r["status"] for r in threaded] == ["failed", "ok", "ok", "ok"]
-    assert "corrupt.dcm" in str(threaded[0]["error"])
+    assert [r.status for r in serial] == [r.status for r in threaded] == ["failed", "ok", "ok", "ok"]
+    assert "corrupt.dcm" in str(threaded[0].error)
     for k in range(3):
         a = read_mammogram(tmp_path / "w0" / f"img{k}" / "heatmap_mass.nrrd", min_side=0).pixels
         b = read_mammogram(tmp_path / "w2" / f"img{k}" / "heatmap_mass.nrrd", min_side=0).pixels
@@ -104,9 +104,9 @@ def test_a_resumed_summary_keeps_the_findings_of_images_done_earlier(model_path,
     folder = _folder(tmp_path / "in", 2, corrupt=False)
     first = predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False)
     again = predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False, resume=True)
-    assert [r["status"] for r in again] == ["done earlier"] * 2
+    assert [r.status for r in again] == ["done earlier"] * 2
     for a, b in zip(first, again):
-        assert (a["findings"], a["top_class"], a["top_score"]) == (b["findings"], b["top_class"], b["top_score"])
+        assert (a.findings, a.top_class, a.top_score) == (b.findings, b.top_class, b.top_score)
 
 
 def _torchrun(inputs, out: Path, model: Path, *extra: str):
@@ -214,10 +214,10 @@ def test_an_unexpected_error_is_retried_once(model_path, tmp_path, failures, sta
 
     predictor.predict_image = flaky
     (row,) = predict_files([folder], tmp_path / "o", predictor=predictor, progress=False)
-    assert row["status"] == status and len(calls) == 2
+    assert row.status == status and len(calls) == 2
     assert (tmp_path / "o" / "img0").is_dir() == (status == "ok")
     if status == "failed":
-        assert "unexpected RuntimeError: device lost" in row["error"] and "img0.dcm" in row["error"]
+        assert "unexpected RuntimeError: device lost" in row.error and "img0.dcm" in row.error
 
 
 def test_a_vindr_tree_is_a_batch_of_its_images(vindr_root):
@@ -245,5 +245,5 @@ def test_a_cancelled_batch_releases_its_output_folder(model_path, tmp_path):
     with pytest.raises(Cancelled) as cancelled:
         predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False, on_progress=cancel)
     rows = predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False, resume=True)
-    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r.status for r in rows] == ["ok", "ok"]
     assert cancelled.traceback

@@ -72,22 +72,9 @@ def read_vindr(
     examples: List[str] = []
 
     def record_for(row: Dict[str, str], line: str) -> ImageRecord:
-        image_id = row["image_id"]
-        if image_id not in records:
-            try:
-                size = (int(float(row["height"])), int(float(row["width"])))
-            except ValueError:
-                raise AnnotationError(f"height/width {row['height']!r}/{row['width']!r} are not numbers", line) from None
-            records[image_id] = ImageRecord(
-                path=root / "images" / row["study_id"] / f"{image_id}.dicom",
-                image_id=image_id,
-                patient_id=row["study_id"],
-                split=row["split"],
-                laterality=row["laterality"],
-                view_position=row["view_position"],
-                size=size,
-            )
-        return records[image_id]
+        if row["image_id"] not in records:
+            records[row["image_id"]] = _new_record(root, row, line)
+        return records[row["image_id"]]
 
     for index, row in enumerate(breast_rows, start=2):
         record_for(row, f"{breast_table}:{index}")
@@ -102,11 +89,7 @@ def read_vindr(
                 continue
             category = known[name.lower()]
             if has_box:
-                try:
-                    raw = tuple(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
-                    box, status = fit_box(raw, record.size)  # type: ignore[arg-type]
-                except ValueError:
-                    box, status = None, "not numbers"
+                box, status = _annotated_box(row, record.size)
                 if box is None:
                     tally["dropped"] += 1
                     if len(examples) < 3:
@@ -124,15 +107,38 @@ def read_vindr(
                        "dropped%s", table, tally["clipped"], tally["dropped"],
                        f" ({'; '.join(examples)})" if examples else "")
 
-    result = list(records.values())
-    if require_files:
-        present = [r for r in result if r.path.is_file()]
-        tally["missing_files"] = len(result) - len(present)
-        if len(present) < len(result):
-            logger.warning("%s: %d of %d annotated images have no DICOM file; skipped", root,
-                           len(result) - len(present), len(result))
-        result = present
+    result = _with_files(list(records.values()), root, tally) if require_files else list(records.values())
     tally["images"] = len(result)
     if counts is not None:
         counts.update(tally)
     return result
+
+
+def _with_files(records: List[ImageRecord], root: Path, tally: Dict[str, int]) -> List[ImageRecord]:
+    """The records whose DICOM file is there (a partial download lacks some: one warning)."""
+    present = [r for r in records if r.path.is_file()]
+    tally["missing_files"] = len(records) - len(present)
+    if len(present) < len(records):
+        logger.warning("%s: %d of %d annotated images have no DICOM file; skipped", root,
+                       len(records) - len(present), len(records))
+    return present
+
+
+def _new_record(root: Path, row: Dict[str, str], line: str) -> ImageRecord:
+    """The record of the image a table row names (its findings are added by the caller)."""
+    try:
+        size = (int(float(row["height"])), int(float(row["width"])))
+    except ValueError:
+        raise AnnotationError(f"height/width {row['height']!r}/{row['width']!r} are not numbers", line) from None
+    return ImageRecord(path=root / "images" / row["study_id"] / f"{row['image_id']}.dicom",
+                       image_id=row["image_id"], patient_id=row["study_id"], split=row["split"],
+                       laterality=row["laterality"], view_position=row["view_position"], size=size)
+
+
+def _annotated_box(row: Dict[str, str], size):
+    """(box fitted to the image, "ok" / "clipped") of a row's box, or (None, why not)."""
+    try:
+        raw = tuple(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
+        return fit_box(raw, size)  # type: ignore[arg-type]
+    except ValueError:
+        return None, "not numbers"

@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 from ..model_file import read_model_payload
 from .lesions import FP_RATES
-from .report import fmt
+from .numbers import fmt
 
 MIAS_NOTICE = (
     "The MIAS MiniMammographic Database is for research use only. Any publication must cite "

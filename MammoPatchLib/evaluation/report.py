@@ -23,6 +23,7 @@ from ..io.atomic import atomic_path
 from ..model_file import load_model
 from .lesions import FP_RATES, bootstrap_intervals, candidate_predictor, case_from_result, lesion_metrics
 from .metrics import patch_metrics
+from .numbers import fmt
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +129,6 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
     with atomic_path(Path(out_dir) / "model_card.md") as tmp:
         tmp.write_text(model_card(model_path, json.loads(json.dumps(report, default=float))))
     return report
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number for a report: fixed digits, "n/a" where undefined."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    return f"{number:.{digits}f}" if np.isfinite(number) else "n/a"
 
 
 def _with_interval(value, interval) -> str:

@@ -27,7 +27,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
 from ..errors import Cancelled
-from .windows import BLEND_MODES, SIGMA_SCALE, blend_kernel, stitch_window_grid
+from .windows import SIGMA_SCALE, blend_kernel, check_blend, stitch_window_grid
 
 ProgressFn = Callable[[float, str], None]
 
@@ -111,8 +111,7 @@ class _WindowGridInferer(Inferer):
     def __init__(self, window: int, stride: int, blend: str, device: Optional[torch.device], amp: bool,
                  temperatures: Optional[Sequence[float]]) -> None:
         super().__init__()
-        if blend not in BLEND_MODES:
-            raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+        check_blend(blend)
         self.window, self.stride, self.amp = window, stride, amp
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.temperatures = _temperatures(temperatures, self.device)

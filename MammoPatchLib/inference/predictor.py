@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,14 +16,14 @@ from monai.inferers import Inferer
 from ..errors import Cancelled, ConfigError, MammoPatchError
 from ..io.image import MammogramImage
 from ..io.validate import check_geometry
-from ..model_file import LoadedModel
+from ..model_file import LoadedModel, ModelInfo
 from ..networks import FEATURE_STRIDE
-from ..postprocess import DetectedFinding, DetectionConfig, detect_findings, label_map_from_findings
-from ..transforms import PreprocessConfig, PreprocessedImage, preprocess
-from ..vocabulary import DEFAULT_MODE, MODES, InferenceMode
+from ..postprocess import DetectedFinding, detect_findings, label_map_from_findings
+from ..transforms import PreprocessedImage, preprocess
+from ..vocabulary import InferenceMode
 from .inferers import DenseInferer, ExactInferer, InferenceCallback, ProgressFn
+from .options import PredictOptions
 from .resample import cells_to_source, detection_grid
-from .windows import BLEND_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class PredictionResult:
     ``heatmaps`` (classes, H, W) float32 at every source pixel is computed on first access
     (and kept): for a 3000 x 2400 image it is 290 MB, more than everything else a prediction
     needs, so runs that only want findings never pay for it. ``grid_heatmaps`` holds the
-    same maps on the coarse detection grid (every ``grid_factor``-th pixel).
+    same maps on the coarse detection grid (every ``grid_factor``-th pixel). ``model_info``
+    is the model file's :class:`ModelInfo`; ``model_path``, ``model_sha256`` and the run's
+    ``flip_tta``, ``scales`` and ``reported_classes`` say how the result was made.
     """
 
     label_map: np.ndarray  # (H, W) uint8, 0 = no finding, k = classes[k - 1]
@@ -72,14 +74,24 @@ class PredictionResult:
     image: MammogramImage
     mode: str
     timings: Dict[str, float] = field(default_factory=dict)
-    model_info: Dict[str, Any] = field(default_factory=dict)
+    model_info: ModelInfo = field(default_factory=ModelInfo)
+    model_path: str = ""
+    model_sha256: str = ""
+    reported_classes: List[str] = field(default_factory=list)
+    flip_tta: bool = False
+    scales: Tuple[float, ...] = (1.0,)
     grid_heatmaps: Optional[np.ndarray] = None
     grid_factor: int = 1
     make_heatmaps: Optional[Callable[..., np.ndarray]] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._heatmaps: Optional[np.ndarray] = None
-        self._sampler = self.make_heatmaps
+
+    def model_record(self) -> Dict[str, Any]:
+        """The model and run settings as the outputs record them (findings.json's "model")."""
+        return {"path": self.model_path, "sha256": self.model_sha256, "backbone": self.model_info.backbone,
+                "trained": self.model_info.trained, "flip_tta": self.flip_tta, "scales": list(self.scales),
+                "reported_classes": list(self.reported_classes)}
 
     @property
     def heatmaps(self) -> np.ndarray:
@@ -98,8 +110,8 @@ class PredictionResult:
         the classes at ``channels`` when given (computing four of ten full-size maps costs
         0.4 of the time and memory)."""
         picked = slice(None) if channels is None else list(channels)
-        if self._sampler is None:
-            return self.heatmaps[picked, step // 2::step, step // 2::step] if step > 1 else self.heatmaps[picked]
+        if self.make_heatmaps is None:
+            raise RuntimeError("this result carries no heatmaps")
         if step <= 1 and self._heatmaps is not None:
             return self._heatmaps[picked]
         rows = cols = None
@@ -107,7 +119,7 @@ class PredictionResult:
             height, width = self.image.shape
             rows = np.arange(0, height, step, dtype=np.float64) + (step - 1) / 2.0
             cols = np.arange(0, width, step, dtype=np.float64) + (step - 1) / 2.0
-        return self._sampler(rows, cols, channels)
+        return self.make_heatmaps(rows, cols, channels)
 
     def max_probability(self) -> Dict[str, float]:
         """Each class's highest heatmap value (on the detection grid)."""
@@ -133,74 +145,48 @@ class Predictor:
 
     Args:
         model: a :class:`LoadedModel`.
-        mode: "fast" (one dense pass; default) or "exact" (window by window, MONAI
-            SlidingWindowInferer, the poster's inference).
-        device: "auto" (CUDA, then MPS, then CPU), "cpu", "mps" or "cuda[:N]".
-        sw_batch_size: windows per forward pass in exact mode (None: by device).
-        amp: bf16 autocast on CUDA.
-        thresholds: per-class thresholds overriding the model's.
-        classes: restrict findings / label map to these class names (heatmaps keep all); by
-            default the model's reported classes (those it was trained on).
-        progress: show a tqdm bar.
-        blend: how overlapping windows are averaged: "gaussian" (default) or "constant".
-        scales: window scales relative to the model's spacing, e.g. (0.75, 1, 1.5): the heatmaps
-            found at each are averaged (multi-scale inference). (1.0,) is the poster.
-        flip_tta: also run the left-right mirrored image and average (test-time augmentation).
-        detection: how findings are picked from the heatmaps (:class:`DetectionConfig`).
-        compile: ``torch.compile`` the network (CUDA; pays off over many images).
+        options: how to run it (:class:`PredictOptions`); single options may also be given as
+            keywords (``Predictor(model, mode="exact")``), replacing those of ``options``.
         inferer: an already built :class:`ExactInferer` or :class:`DenseInferer` to use instead
-            of building one from ``mode`` (how a MONAI bundle passes its declared inferer).
-        preprocessing: preprocessing parameters replacing the model's (the target spacing
-            still follows the model's spacing and ``scales``).
+            of building one from the mode (how a MONAI bundle passes its declared inferer).
     """
 
-    def __init__(self, model: LoadedModel, mode: str = DEFAULT_MODE, device: str = "auto",
-                 sw_batch_size: Optional[int] = None, amp: bool = True, thresholds: Optional[Sequence[float]] = None,
-                 classes: Optional[Sequence[str]] = None, progress: bool = False, blend: str = "gaussian",
-                 scales: Sequence[float] = (1.0,), flip_tta: Optional[bool] = None,
-                 detection: Optional[DetectionConfig] = None, compile: bool = False,
-                 inferer: Optional[Inferer] = None, preprocessing: Optional[PreprocessConfig] = None) -> None:
+    def __init__(self, model: LoadedModel, options: Optional[PredictOptions] = None, *,
+                 inferer: Optional[Inferer] = None, **option_fields: Any) -> None:
+        options = (options or PredictOptions()).updated(**option_fields)
         if inferer is not None:
             mode = InferenceMode.EXACT.value if isinstance(inferer, ExactInferer) else InferenceMode.FAST.value
-        if mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
-        if sw_batch_size is not None and sw_batch_size < 1:
-            raise ConfigError("sw_batch_size must be >= 1")
-        if blend not in BLEND_MODES:
-            raise ConfigError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
-        if not scales or any(not float(x) > 0 or not np.isfinite(float(x)) for x in scales):
-            raise ConfigError(f"scales must be positive numbers, got {list(scales)}")
+            options = options.updated(mode=mode)
         info = model.info
-        self.model, self.mode, self.amp, self.progress, self.blend = model, mode, amp, progress, blend
-        self.scales = tuple(float(x) for x in scales)
-        self.flip_tta = info.inference.flip_tta if flip_tta is None else bool(flip_tta)
-        self.device = resolve_device(device)
-        self.sw_batch_size = sw_batch_size or DEFAULT_BATCH.get(self.device.type, 16)
+        self.model, self.options = model, options
+        self.mode, self.amp, self.progress, self.blend = options.mode, options.amp, options.progress, options.blend
+        self.scales = options.scales
+        self.flip_tta = info.inference.flip_tta if options.flip_tta is None else bool(options.flip_tta)
+        self.device = resolve_device(options.device)
+        self.sw_batch_size = options.sw_batch_size or DEFAULT_BATCH.get(self.device.type, 16)
         self.network = model.network.to(self.device).eval().to(memory_format=torch.channels_last)
-        if compile:
+        if options.compile:
             self.network = torch.compile(self.network, dynamic=True)
-        self.thresholds = list(thresholds) if thresholds is not None else list(info.thresholds)
+        self.thresholds = list(options.thresholds) if options.thresholds is not None else list(info.thresholds)
         if len(self.thresholds) != len(info.classes):
             raise ConfigError(f"{len(self.thresholds)} thresholds given for {len(info.classes)} classes")
-        if any(not np.isfinite(float(t)) or not 0.0 <= float(t) <= 1.0 for t in self.thresholds):
-            raise ConfigError(f"thresholds must be probabilities in [0, 1], got {self.thresholds}")
-        unknown = [c for c in (classes or []) if c not in info.classes]
+        unknown = [c for c in (options.classes or []) if c not in info.classes]
         if unknown:
             raise ConfigError(f"unknown class(es) {unknown}; the model's classes are {info.classes}")
-        self.selected = list(classes) if classes else info.reported_classes
-        self.detection = detection or info.inference.detection
-        if mode == "fast" and info.stride != FEATURE_STRIDE:
+        self.selected = list(options.classes) if options.classes else info.reported_classes
+        self.detection = options.detection or info.inference.detection
+        if self.mode == "fast" and info.stride != FEATURE_STRIDE:
             raise ConfigError(f"fast mode needs the backbone's stride ({FEATURE_STRIDE} px) as the window stride; "
                               f"the model's is {info.stride}: use exact mode", model.path or None)
-        self.preprocessing = preprocessing or info.preprocessing
+        self.preprocessing = options.preprocessing or info.preprocessing
         temperatures = info.inference.temperatures or None
         if inferer is not None:
             self.inferer = inferer
-        elif mode == "exact":
-            self.inferer = ExactInferer(info.window, info.stride, self.sw_batch_size, blend, self.device, amp,
-                                        temperatures)
+        elif self.mode == "exact":
+            self.inferer = ExactInferer(info.window, info.stride, self.sw_batch_size, self.blend, self.device,
+                                        self.amp, temperatures)
         else:
-            self.inferer = DenseInferer(info.window, info.stride, blend, self.device, amp, temperatures)
+            self.inferer = DenseInferer(info.window, info.stride, self.blend, self.device, self.amp, temperatures)
         self._callback: Optional[InferenceCallback] = None
 
     def cancel(self) -> None:
@@ -208,10 +194,16 @@ class Predictor:
         if self._callback is not None:
             self._callback.cancel()
 
-    def check(self, image: MammogramImage) -> None:
+    def check_image(self, image: MammogramImage) -> None:
         """Refuse an image this Predictor cannot analyse (spacing, size vs memory; before any work)."""
         info = self.model.info
         check_geometry(image, info.spacing_mm, self.scales, info.window)
+
+    def prepare(self, image: MammogramImage) -> Tuple[PreprocessedImage, ...]:
+        """Check ``image`` (:meth:`check_image`) and preprocess it at every scale: what
+        :meth:`predict_image` takes as ``prepared`` (a batch makes it on its reading threads)."""
+        self.check_image(image)
+        return tuple(self.preprocess(image, scale) for scale in self.scales)
 
     def preprocess(self, image: MammogramImage, scale: float = 1.0) -> PreprocessedImage:
         """``image`` through the model's preprocessing at ``scale`` x its spacing, padded to
@@ -254,9 +246,13 @@ class Predictor:
         return CellHeatmaps(cells=cells[0], prepared=prepared, stride=info.stride)
 
     def predict_image(self, image: MammogramImage, on_progress: Optional[ProgressCallback] = None,
-                      prepared: Optional[PreprocessedImage] = None) -> PredictionResult:
-        """Findings, label map and heatmaps of one image. ``prepared``: the image already run
-        through :meth:`preprocess` (used for scale 1)."""
+                      prepared: Union[None, PreprocessedImage, Sequence[PreprocessedImage]] = None
+                      ) -> PredictionResult:
+        """Findings, label map and heatmaps of one image.
+
+        ``prepared``: what :meth:`prepare` made of the image (checked, one preprocessed image
+        per scale; then it is not checked again), or one image from :meth:`preprocess`, used
+        for scale 1 (the image is checked here then, as it is without ``prepared``)."""
         timings: Dict[str, float] = {}
         bar = None
         if self.progress:
@@ -281,14 +277,17 @@ class Predictor:
             self._callback = None
 
     def _predict(self, image: MammogramImage, report: ProgressCallback, timings: Dict[str, float],
-                 prepared: Optional[PreprocessedImage] = None) -> PredictionResult:
-        self.check(image)
+                 prepared: Union[None, PreprocessedImage, Sequence[PreprocessedImage]] = None) -> PredictionResult:
+        if isinstance(prepared, (tuple, list)):
+            by_scale = list(prepared)  # made by prepare(): checked there
+        else:
+            self.check_image(image)
+            by_scale = [prepared if scale == 1.0 else None for scale in self.scales]
         n = len(self.scales)
         all_maps: List[CellHeatmaps] = []
         for k, scale in enumerate(self.scales):
             self._callback = InferenceCallback(report, span=(0.9 * k / n, 0.9 * (k + 1) / n))
-            all_maps.append(self.cell_heatmaps(image, scale, self._callback, timings,
-                                               prepared if scale == 1.0 else None))
+            all_maps.append(self.cell_heatmaps(image, scale, self._callback, timings, by_scale[k]))
             self._callback.report(1.0, "mapping heatmaps to the image")
         result = self.result_from_cells(image, all_maps, timings)
         report(1.0, "done")
@@ -317,10 +316,9 @@ class Predictor:
         _add(timings, "postprocess_s", start)
         return PredictionResult(label_map=label_map, findings=findings, classes=list(info.classes),
                                 thresholds=list(self.thresholds), image=image, mode=self.mode, timings=timings,
-                                model_info={"path": self.model.path, "sha256": self.model.sha256,
-                                            "backbone": info.backbone, "trained": info.trained,
-                                            "flip_tta": self.flip_tta, "scales": list(self.scales),
-                                            "reported_classes": list(self.selected)},
+                                model_info=info, model_path=self.model.path, model_sha256=self.model.sha256,
+                                reported_classes=list(self.selected), flip_tta=self.flip_tta,
+                                scales=tuple(self.scales),
                                 grid_heatmaps=grid, grid_factor=factor,
                                 make_heatmaps=lambda rows=None, cols=None, channels=None: source_heatmaps(
                                     all_maps, rows, cols, channels))

@@ -17,10 +17,19 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..vocabulary import BLEND_MODES
 
 #: MONAI's Gaussian importance map, sigma = 0.125 x the window (SlidingWindowInferer default).
 SIGMA_SCALE = 0.125
+
+
+def check_blend(mode: str) -> str:
+    """``mode`` if it is a blend mode; the one check of it, made wherever windows are blended
+    (both inferers, at construction, before any image)."""
+    if mode not in BLEND_MODES:
+        raise ConfigError(f"blend must be one of {BLEND_MODES}, got {mode!r}")
+    return mode
 
 
 def padded_size(size: int, window: int, stride: int) -> int:
@@ -41,8 +50,7 @@ def blend_kernel(window: int = 256, stride: int = 32, mode: str = "gaussian", si
     "nearest-exact" (the mode monai.inferers.utils uses for that resize)."""
     from monai.data.utils import compute_importance_map
 
-    if mode not in BLEND_MODES:
-        raise ValueError(f"blend mode must be one of {BLEND_MODES}, got {mode!r}")
+    check_blend(mode)
     cells = window // stride
     importance = compute_importance_map((window, window), mode=mode, sigma_scale=sigma_scale, device="cpu")
     importance = torch.as_tensor(importance, dtype=torch.float32)[None, None]

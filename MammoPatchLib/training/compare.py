@@ -10,6 +10,10 @@ from ..networks import BACKBONES
 from .config import TrainConfig
 from .run import train
 
+#: The backbones ``mammopatch compare-backbones`` trains when none are named: the poster's
+#: EfficientNet-Lite0 and the families it was compared with.
+COMPARED_BACKBONES = ("efficientnet-lite0", "resnet50", "densenet121", "swin-t", "vgg19", "mobilenet-v3-large")
+
 POSTER_ROWS = ["Mass", "Suspicious Calcification", "Architectural Distortion", "Asymmetry", "Focal Asymmetry",
                "Suspicious Lymph Node"]
 

@@ -126,7 +126,7 @@ def build_cache(records: Sequence[ImageRecord], info: ModelInfo, cache_dir: Path
         if entry is None:
             try:
                 image = read_mammogram(record.path, spacing_mm=record.spacing_mm)
-                predictor.check(image)
+                predictor.check_image(image)
                 features, geometry = image_features(predictor, image)
             except MammoPatchError as exc:
                 errors.append(str(exc))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .. import __version__
+from ..distributed import start_ranks
 from ..errors import MammoPatchError
 from ..evaluation.metrics import patch_metrics
 from ..inference.inferers import autocast_for
@@ -41,28 +41,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 BEST_MODEL = "model.pt"
 METRICS_CSV = "metrics.csv"
-
-
-@dataclass
-class DistributedContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> DistributedContext:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistributedContext()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                              local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -125,7 +103,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, out_dir, progress: bool = True) -> None:
         self.config, self.out, self.progress = config, Path(out_dir), progress
         self.device = resolve_device(config.device)
-        self.ctx = init_distributed(self.device)
+        self.ctx = start_ranks(self.device)
         if self.ctx.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.ctx.local_rank)
         self.out.mkdir(parents=True, exist_ok=True)

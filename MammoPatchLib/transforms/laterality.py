@@ -55,7 +55,9 @@ class NormaliseLaterality(InvertibleTransform, Transform):
 
 
 class NormaliseLateralityd(MapTransform, InvertibleTransform):
-    """Dictionary version of :class:`NormaliseLaterality`; ``source_key`` decides for all keys."""
+    """Dictionary version of :class:`NormaliseLaterality`: each key decides for itself, from
+    its own intensity (:func:`chest_wall_on_right`), so give it image keys (a mask would be
+    flipped by its own pixels, not by its image's)."""
 
     backend = NormaliseLaterality.backend
 

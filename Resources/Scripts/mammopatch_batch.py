@@ -73,9 +73,9 @@ def run(argv):
     except MammoPatchError as exc:
         logging.error("%s", exc)
         return 2
-    failed = [r for r in rows if r["status"] == "failed"]
+    failed = [r for r in rows if r.failed]
     for row in failed:
-        logging.error("skipped: %s", row["error"])
+        logging.error("skipped: %s", row.error)
     logging.info("%d of %d image(s) done; summary: %s", len(rows) - len(failed), len(rows),
                  os.path.join(args.output, "summary.csv"))
     return 1 if failed else 0

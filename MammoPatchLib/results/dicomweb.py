@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import List, Sequence
 
-from .errors import MammoPatchError
-from .io.dicom import save_dicom
-from .vocabulary import PathLike
+from ..errors import MammoPatchError
+from ..io.dicom import save_dicom
+from ..vocabulary import PathLike
 
 #: SOP classes of mammograms (and digital X-ray, which some archives use for them).
 IMAGE_SOP_CLASSES = {

@@ -6,6 +6,8 @@ Per image, in ``<out>/<image stem>/``:
   ``labelmap.json``;
 - ``findings.json`` (source metadata, model, findings) and ``findings.csv`` (one row per finding);
 - ``overlay.png``: the mammogram with the heatmap and labelled boxes.
+
+The choices (volume formats, which heatmaps, their type) are the shared vocabulary's.
 """
 
 from __future__ import annotations
@@ -21,16 +23,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import MammoPatchError
-from .inference.predictor import PredictionResult
-from .io import atomic_path, write_png, write_volume
-from .io.image import ImageGeometry
-from .visualize import heatmap_overlay
-from .vocabulary import PathLike
+from ..errors import MammoPatchError
+from ..inference.predictor import PredictionResult
+from ..io import atomic_path, write_png, write_volume
+from ..io.image import ImageGeometry
+from ..visualize import heatmap_overlay
+from ..vocabulary import HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, HeatmapChoice, HeatmapDtype, PathLike
 
 FINDING_CSV_COLUMNS = ["image", "class", "score", "xmin_px", "ymin_px", "xmax_px", "ymax_px",
                        "xmin_mm", "ymin_mm", "xmax_mm", "ymax_mm", "area_mm2"]
-VOLUME_FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz"}
 
 
 def class_slug(name: str) -> str:
@@ -41,10 +42,6 @@ def class_slug(name: str) -> str:
 def _write_text(path: Path, text: str, overwrite: bool) -> None:
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(text)
-
-
-HEATMAP_CHOICES = ("none", "selected", "all")
-HEATMAP_DTYPES = ("float32", "uint8")
 
 
 @dataclass
@@ -61,13 +58,15 @@ class OutputOptions:
         heatmap_dtype: "float32" probabilities, or "uint8" (probability x 255, a quarter of the
             size; NRRD / NIfTI writers have no float16).
         dicom: also write DICOM SEG, heatmap SEG, overlay SC and SR (DICOM inputs only).
+        activation_maps: also write Grad-CAM maps (NRRD + PNG) of this many top findings.
     """
 
     formats: Tuple[str, ...] = ("nrrd",)
-    heatmaps: str = "selected"
+    heatmaps: str = HeatmapChoice.SELECTED.value
     heatmap_spacing_mm: Optional[float] = None
-    heatmap_dtype: str = "float32"
+    heatmap_dtype: str = HeatmapDtype.FLOAT32.value
     dicom: bool = False
+    activation_maps: int = 0
 
     def __post_init__(self) -> None:
         self.formats = tuple(self.formats)
@@ -80,15 +79,18 @@ class OutputOptions:
             raise MammoPatchError(f"heatmap dtype must be one of {HEATMAP_DTYPES}, got {self.heatmap_dtype!r}")
         if self.heatmap_spacing_mm is not None and not self.heatmap_spacing_mm > 0:
             raise MammoPatchError(f"heatmap spacing must be positive, got {self.heatmap_spacing_mm}")
+        if isinstance(self.activation_maps, bool) or not isinstance(self.activation_maps, int) \
+                or self.activation_maps < 0:
+            raise MammoPatchError(f"activation maps must be a whole number >= 0, got {self.activation_maps!r}")
 
 
 def heatmap_classes(result: PredictionResult, choice: str, selected: Optional[Sequence[str]] = None) -> List[str]:
     """The classes whose heatmaps are written for ``choice``."""
-    if choice == "none":
+    if choice == HeatmapChoice.NONE:
         return []
-    if choice == "all":
+    if choice == HeatmapChoice.ALL:
         return list(result.classes)
-    wanted = selected or result.model_info.get("reported_classes") or result.classes
+    wanted = selected or result.reported_classes or result.classes
     return [c for c in result.classes if c in wanted]
 
 
@@ -131,7 +133,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     for fmt in options.formats:
         ext = VOLUME_FORMATS[fmt]
         for name, values in zip(classes, maps if classes else []):
-            if options.heatmap_dtype == "uint8":
+            if options.heatmap_dtype == HeatmapDtype.UINT8:
                 values = np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
             volumes.append(("heatmaps", values, map_geometry, out / f"heatmap_{class_slug(name)}{ext}"))
         volumes.append(("labelmap", result.label_map, geometry, out / f"labelmap{ext}"))
@@ -143,13 +145,13 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     _write_text(out / "labelmap.json", json.dumps(labels, indent=1), True)
     document = {
         "source": result.image.metadata(),
-        "model": result.model_info,
+        "model": result.model_record(),
         "mode": result.mode,
         "classes": result.classes,
         "thresholds": result.thresholds,
         "heatmaps": {"classes": classes, "spacing_mm": [map_geometry.spacing[1], map_geometry.spacing[0]]
                      if classes else None, "every_nth_pixel": step, "dtype": options.heatmap_dtype,
-                     "scale": (1 / 255) if options.heatmap_dtype == "uint8" else 1.0},
+                     "scale": (1 / 255) if options.heatmap_dtype == HeatmapDtype.UINT8 else 1.0},
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "findings": [f.to_dict() for f in result.findings],
     }
@@ -169,7 +171,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
                               result.findings, result.classes)
     written["overlay"].append(write_png(overlay, out / "overlay.png"))
     if options.dicom:
-        from .dicom_outputs import write_dicom_outputs
+        from .dicom import write_dicom_outputs
 
         full_size = maps if step == 1 else None  # the SEG needs every pixel: reuse what the volumes had
         for path in write_dicom_outputs(result, out, classes, overlay_rgb=_full_size(overlay, result.image.shape),
@@ -187,15 +189,12 @@ def _full_size(rgb: np.ndarray, shape) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
-SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output", "warnings",
-                   "rank"]
-
-
-def write_summary(rows: List[Dict[str, object]], path: PathLike, columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
-    """The batch's summary CSV: one row per input, ok or failed with the error (atomically)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-    return os.fspath(path)
+def findings_in(folder: PathLike) -> Optional[List[Dict[str, object]]]:
+    """The findings an earlier run wrote to ``folder/findings.json`` (highest score first), or
+    None when that file is missing or unreadable."""
+    try:
+        document = json.loads((Path(folder) / "findings.json").read_text(encoding="utf-8"))
+        findings = document["findings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return findings if isinstance(findings, list) else None

@@ -21,10 +21,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import __version__
-from .errors import MammoPatchError
-from .io.atomic import atomic_path
-from .vocabulary import FINDING_CODES, PathLike
+from .. import __version__
+from ..errors import MammoPatchError
+from ..io.atomic import atomic_path
+from ..vocabulary import FINDING_CODES, PathLike
 
 #: Series numbers of the four outputs (the source's own are usually small).
 SERIES_NUMBERS = {"seg": 9001, "heatmaps": 9002, "overlay": 9003, "report": 9004}
@@ -69,13 +69,12 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
     every source pixel when the caller has them already (else they are computed)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.sr.coding import Code
 
     source = _complete_source(result.image.path)
     out = Path(out_dir)
     written: Dict[str, str] = {}
     algorithm_name = "MammoPatch"
-    sha = str(result.model_info.get("sha256", ""))
+    sha = str(result.model_sha256 or "")
     algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence,
                                                    parameters={"model_sha256": sha} if sha else None)
@@ -111,15 +110,33 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             instance_number=1, series_description="MammoPatch heatmaps (probability)", **common)
         written["heatmaps"] = _save(heat, out / "heatmaps_seg.dcm")
     if overlay_rgb is not None:
-        orientation = tuple(source.get("PatientOrientation", ["A", "R"]) or ["A", "R"])
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source, pixel_array=np.ascontiguousarray(overlay_rgb[..., :3], dtype=np.uint8),
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB, bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT, series_instance_uid=hd.UID(),
-            sop_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["overlay"], instance_number=1,
-            manufacturer="MammoPatch", patient_orientation=orientation[:2],
-            series_description="MammoPatch overlay")
-        written["overlay"] = _save(sc, out / "overlay_sc.dcm")
+        written["overlay"] = _save(_overlay_capture(source, overlay_rgb), out / "overlay_sc.dcm")
+    sr = _findings_report(result, source, algorithm_name, sha)
+    written["report"] = _save(sr, out / "findings_sr.dcm")
+    return written
+
+
+def _overlay_capture(source, overlay_rgb: np.ndarray):
+    """The overlay PNG's picture as a Secondary Capture in the source's place."""
+    import highdicom as hd
+
+    orientation = tuple(source.get("PatientOrientation", ["A", "R"]) or ["A", "R"])
+    return hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=np.ascontiguousarray(overlay_rgb[..., :3], dtype=np.uint8),
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB, bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT, series_instance_uid=hd.UID(),
+        sop_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["overlay"], instance_number=1,
+        manufacturer="MammoPatch", patient_orientation=orientation[:2],
+        series_description="MammoPatch overlay")
+
+
+def _findings_report(result, source, algorithm_name: str, sha: str):
+    """The findings as a Comprehensive 3D SR measurement report: one planar region (the box)
+    with its class and probability per finding."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
     report_algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=__version__,
                                                      parameters=[f"model sha256 {sha}"] if sha else None)
     observer = hd.sr.ObserverContext(
@@ -144,5 +161,4 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
     sr = hd.sr.Comprehensive3DSR(evidence=[source], content=report, series_number=SERIES_NUMBERS["report"],
                                  series_instance_uid=hd.UID(), sop_instance_uid=hd.UID(), instance_number=1,
                                  manufacturer="MammoPatch", series_description="MammoPatch findings report")
-    written["report"] = _save(sr, out / "findings_sr.dcm")
-    return written
+    return sr

@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Dict, Iterable, List
 
-from .errors import MammoPatchError
-from .vocabulary import PathLike
+from ..errors import MammoPatchError
+from ..vocabulary import PathLike
 
 LOCK_NAME = ".mammopatch.lock"
 PARTIAL_PREFIX = ".partial-"
@@ -124,7 +124,7 @@ class OutputFolder:
 
 def output_stem(path: Path) -> str:
     """The file name without a known image extension ("1.2.840.5.dcm" -> "1.2.840.5")."""
-    from .io.readers import SUPPORTED_EXTENSIONS  # the readers' list, imported when first needed
+    from ..io.readers import SUPPORTED_EXTENSIONS  # the readers' list, imported when first needed
 
     lowered = path.name.lower()
     for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):

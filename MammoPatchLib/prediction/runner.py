@@ -1,0 +1,245 @@
+"""Running a batch: the stage order, the threads, retries, resuming and the ranks, around the
+three stages of one image (:class:`~MammoPatchLib.prediction.stages.ImagePipeline`: load, infer, write).
+
+- Launched by torchrun (WORLD_SIZE > 1), rank r takes jobs r, r + W, r + 2W, ... of the sorted
+  job list (:mod:`.jobs`); the process group (gloo on CPU, NCCL on GPUs; :mod:`MammoPatchLib.distributed`)
+  is used only for the start barrier and the final gather of every rank's rows into
+  ``summary.csv``. Each rank also keeps ``results-rank<r>.csv`` up to date, so a rank that dies
+  loses only its image in flight, and a re-run with ``--resume`` finishes the batch (failed
+  images are retried: they have no output).
+- Per rank, the three stages overlap: ``workers`` threads load the next images (a bounded
+  queue of ``2 x workers``), the main thread infers (it owns the device), and one writer
+  thread computes the full-size heatmaps and writes and publishes the outputs of the previous
+  image (at most ``MAX_PENDING_WRITES`` waiting). OpenCV, NumPy, PyTorch and SimpleITK release
+  the GIL in the heavy parts. ``workers=0`` runs the three stages in turn on the main thread.
+- Resuming: an image whose output folder exists is not loaded: with ``resume`` it is "done
+  earlier" (its row read back from its findings), with ``overwrite`` it is recomputed, with
+  neither it fails without touching the folder.
+- Retries: a stage that fails unexpectedly (not a bad input, not memory) gets one more try;
+  a failed inference loads the file again first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+
+from ..distributed import RankContext
+from ..errors import Cancelled, MammoPatchError
+from ..results.files import findings_in
+from ..vocabulary import Status
+from .folder import OutputFolder
+from .jobs import Job, shard
+from .rows import RESULT_COLUMNS, Row, write_summary
+from .stages import Failure, ImagePipeline, Inferred, Loaded
+
+logger = logging.getLogger(__name__)
+
+
+#: Images whose outputs may wait for the writer thread while the network runs the next one
+#: (each holds its result, ~100 MB for a 3000 x 2400 image).
+MAX_PENDING_WRITES = 1
+
+ImageCallback = Callable[[int, int, Path], None]
+ProgressCallback = Callable[[float, str], None]
+
+
+def run_batch(jobs: Sequence[Job], folder: OutputFolder, pipeline: ImagePipeline, *,
+              ctx: Optional[RankContext] = None, resume: bool = False, overwrite: bool = False, workers: int = 2,
+              progress: bool = False, on_image: Optional[ImageCallback] = None,
+              on_result: Optional[Callable[[Row], None]] = None,
+              on_progress: Optional[ProgressCallback] = None) -> List[Row]:
+    """Run this rank's share of ``jobs`` through ``pipeline`` into ``folder``; returns every
+    rank's rows (merged on every rank, in job order) and writes ``summary.csv`` (rank 0).
+
+    Args:
+        resume, overwrite: what to do with an image whose output folder exists (see the module
+            docstring).
+        workers: threads loading the next images while the network runs (0: in turn).
+        progress: a tqdm bar over the images.
+        on_image: called with (position, count, path) before each image of this rank.
+        on_result: called with each image's row as soon as it is done.
+        on_progress: called with (fraction of this rank's images, text) while it runs; raising
+            :class:`~MammoPatchLib.errors.Cancelled` from it stops the batch.
+    """
+    ctx = ctx or RankContext()
+    with contextlib.ExitStack() as held:
+        if ctx.is_main:
+            held.enter_context(folder)  # lock, clean stale partial folders; released however the run ends
+        else:
+            folder.check_writable()
+        _barrier(ctx)
+        batch = _RankBatch(shard(jobs, ctx.rank, ctx.world_size), folder, pipeline, ctx, resume, overwrite)
+        rows = batch.run(workers, progress, on_image, on_result, on_progress)
+        merged = _gather(rows, ctx)
+        if ctx.is_main:
+            write_summary(merged, folder.root / "summary.csv")
+        return merged
+
+
+class _RankBatch:
+    """One rank's share of a batch: the stage order, the threads, resuming and the retries."""
+
+    def __init__(self, jobs: List[Job], folder: OutputFolder, pipeline: ImagePipeline, ctx: RankContext,
+                 resume: bool, overwrite: bool) -> None:
+        self.jobs, self.folder, self.pipeline, self.ctx = jobs, folder, pipeline, ctx
+        self.resume, self.overwrite = resume, overwrite
+        self.rows: List[Row] = []
+        self.rank_file = folder.root / f"results-rank{ctx.rank}.csv" if ctx.distributed else None
+
+    def run(self, workers: int, progress: bool, on_image: Optional[ImageCallback],
+            on_result: Optional[Callable[[Row], None]], on_progress: Optional[ProgressCallback]) -> List[Row]:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(self.jobs), desc=f"images (rank {self.ctx.rank})" if self.ctx.distributed
+                       else "images", unit="img")
+        loading: Dict[int, Future] = {}
+        writing: Deque[Tuple[Job, Future, float]] = deque()
+
+        def record(job: Job, done: Future, start: float) -> None:
+            row = done.result().placed(job.index, self.ctx.rank, time.perf_counter() - start)
+            self.rows.append(row)
+            if self.rank_file is not None:
+                write_summary(self.rows, self.rank_file, RESULT_COLUMNS)
+            else:
+                write_summary(self.rows, self.folder.root / "summary.csv")
+            if on_result is not None:
+                on_result(row)
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as loaders, \
+                    ThreadPoolExecutor(max_workers=1) as writer:
+                for position, job in enumerate(self.jobs):
+                    if workers:
+                        self._load_ahead(loaders, loading, position, workers)
+                    if on_image is not None:
+                        on_image(position, len(self.jobs), job.path)
+                    image_progress = _image_progress(on_progress, position, len(self.jobs), job.name)
+                    writing.append(self._process(job, loading.pop(job.index, None), writer if workers else None,
+                                                 image_progress))
+                    while len(writing) > MAX_PENDING_WRITES or (writing and writing[0][1].done()):
+                        record(*writing.popleft())
+                while writing:
+                    record(*writing.popleft())
+        except Cancelled:
+            for future in loading.values():
+                future.cancel()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.rows
+
+    def _load_ahead(self, loaders: ThreadPoolExecutor, loading: Dict[int, Future], position: int,
+                    workers: int) -> None:
+        """Start loading the next ``2 x workers`` images that need it."""
+        for job in self.jobs[position:position + 2 * workers]:
+            if job.index not in loading and self._needs_loading(job):
+                loading[job.index] = loaders.submit(self.pipeline.load, job.path, job.spacing_mm)
+
+    def _needs_loading(self, job: Job) -> bool:
+        return self.overwrite or not self.folder.is_complete(job.name)
+
+    def _process(self, job: Job, loading: Optional[Future], writer: Optional[ThreadPoolExecutor],
+                 image_progress: Optional[ProgressCallback]) -> Tuple[Job, Future, float]:
+        """One job through its stages: (job, the future of its row, when its work began). The
+        row is written on ``writer`` while the next image runs, or here without one."""
+        loaded = loading.result() if loading is not None else None
+        start = time.perf_counter()
+        done: Future = Future()
+        if not self._needs_loading(job):
+            done.set_result(self._existing(job))
+            return job, done, start
+        inferred = self._infer(job, loaded if loaded is not None else self.pipeline.load(job.path, job.spacing_mm),
+                               image_progress)
+        if isinstance(inferred, Failure):
+            done.set_result(_failed(inferred))
+        elif writer is None:
+            done.set_result(self._write(job, inferred))
+        else:
+            done = writer.submit(self._write, job, inferred)
+        return job, done, start
+
+    def _existing(self, job: Job) -> Row:
+        """The row of an image whose output folder exists: done earlier (its findings read back,
+        so a resumed batch's summary matches an uninterrupted one), or refused."""
+        output = self.folder.root / job.name
+        if not self.resume:
+            error = MammoPatchError("outputs exist already (--resume skips them, --overwrite replaces them)", output)
+            return Row(image=str(job.path), status=Status.FAILED, error=str(error))
+        findings = findings_in(output)
+        if findings is None:
+            return Row(image=str(job.path), status=Status.DONE_EARLIER, output=str(output))
+        top = findings[0] if findings else None
+        return Row(image=str(job.path), status=Status.DONE_EARLIER, findings=len(findings),
+                   top_class=str(top["category"]) if top else "", top_score=float(top["score"]) if top else None,
+                   output=str(output))
+
+    def _infer(self, job: Job, loaded: Union[Loaded, Failure],
+               image_progress: Optional[ProgressCallback]) -> Union[Inferred, Failure]:
+        """Stage 2; an unexpected failure (of loading or inferring) loads the file again and
+        gets one more try."""
+        outcome = loaded if isinstance(loaded, Failure) else self.pipeline.infer(loaded, image_progress)
+        if isinstance(outcome, Failure) and outcome.worth_retrying:
+            logger.warning("%s: unexpected %s (%s); retrying once", job.path, type(outcome.error).__name__,
+                           outcome.error)
+            again = self.pipeline.load(job.path, job.spacing_mm)
+            outcome = again if isinstance(again, Failure) else self.pipeline.infer(again, image_progress)
+        return outcome
+
+    def _write(self, job: Job, inferred: Inferred) -> Row:
+        """Stage 3; an unexpected failure gets one more try."""
+        outcome = self.pipeline.write(inferred, self.folder, job.name)
+        if isinstance(outcome, Failure) and outcome.worth_retrying:
+            logger.warning("%s: unexpected %s while writing (%s); retrying once", job.path,
+                           type(outcome.error).__name__, outcome.error)
+            outcome = self.pipeline.write(inferred, self.folder, job.name)
+        return _failed(outcome) if isinstance(outcome, Failure) else outcome
+
+
+def _image_progress(on_progress: Optional[ProgressCallback], position: int, count: int,
+                    name: str) -> Optional[ProgressCallback]:
+    """One image's progress as progress through the batch."""
+    if on_progress is None:
+        return None
+
+    def report(fraction: float, text: str) -> None:
+        on_progress((position + fraction) / max(count, 1), f"{name}: {text}")
+
+    return report
+
+
+def _failed(failure: Failure) -> Row:
+    if isinstance(failure.error, MammoPatchError):
+        logger.debug("%s", failure.error)
+    elif not isinstance(failure.error, MemoryError):
+        logger.debug("%s: unexpected error", failure.source, exc_info=failure.error)
+    return failure.row()
+
+
+def _barrier(ctx: RankContext) -> None:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _gather(rows: List[Row], ctx: RankContext) -> List[Row]:
+    """Every rank's rows, in job order (torch.distributed.all_gather_object)."""
+    if not ctx.distributed:
+        return rows
+    import torch.distributed as dist
+
+    everything: List[Optional[List[Row]]] = [None] * ctx.world_size
+    dist.all_gather_object(everything, rows)
+    merged = [row for part in everything for row in (part or [])]
+    return sorted(merged, key=lambda r: int(r.index))
