@@ -132,6 +132,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, mode: str 
         from .batch import OutputFolder
 
         folder = OutputFolder(out_dir)  # run_batch holds its lock; used here for names and publishing
+        folder.earlier_outputs([job.name for job in jobs], resume, overwrite)
 
         def done_earlier(job) -> bool:
             return resume and not overwrite and folder.is_complete(job.name)
@@ -163,6 +164,9 @@ def _predict_one(predictor: Predictor, job, loaded, out, options, overwrite: boo
         row.update(status="failed", output="",
                    error=str(MammoPatchError("outputs exist already (--resume skips them, --overwrite replaces them)",
                                              folder)))
+        return row
+    if out.in_the_way(name) is not None:  # a user's file or folder: never replaced
+        row.update(status="failed", output="", error=str(MammoPatchError(out.in_the_way(name), path)))
         return row
     try:
         if isinstance(loaded, BaseException):

@@ -12,6 +12,8 @@ import pytest
 from bad_inputs import corpus
 from helpers import probe_model
 
+from MammoPatchLib.batch import LOCK_NAME
+
 CASES = corpus()
 
 
@@ -20,13 +22,18 @@ def corpus_run(tmp_path_factory):
     from MammoPatchLib.api import predict_files
     from MammoPatchLib.inference import Predictor
 
+    from MammoPatchLib.batch import output_stem
+
     folder = tmp_path_factory.mktemp("corpus")
+    out = folder / "out"
+    out.mkdir()
     inputs = []
     for index, case in enumerate(CASES):
         case_folder = folder / f"{index:02d}-{case.name}"
         case_folder.mkdir()
         inputs.append(case.make(case_folder))
-    out = folder / "out"
+        if case.occupy is not None:
+            case.occupy(out / output_stem(inputs[-1]))
     predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
     rows = predict_files(inputs, out, predictor=predictor, progress=False)
     return inputs, rows, out
@@ -44,18 +51,33 @@ def test_batch_finishes_with_one_summary_row_per_input(corpus_run):
     summary = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8", errors="surrogateescape")))
     assert len(summary) == len(inputs)
     assert not [p for p in os.listdir(out) if p.startswith(".partial-")], "no partial folders left"
+    assert not (out / LOCK_NAME).exists(), "the lock file goes with the run"
+
+
+def test_what_the_user_put_in_the_output_folder_is_left_as_it_was(corpus_run):
+    """A file or folder of the user's where an image's output folder goes fails that image
+    (checked above) and is neither moved, replaced nor deleted; nothing is hidden aside."""
+    _, _, out = corpus_run
+    assert (out / "taken-by-file").read_text() == "the user's notes, not MammoPatch's\n"
+    assert sorted(p.name for p in (out / "taken-by-folder").iterdir()) == ["keep-me.txt"]
+    assert not [p for p in os.listdir(out) if p.startswith(".replaced-")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_each_bad_input_gives_its_outcome(corpus_run, case):
     inputs, rows, _ = corpus_run
     row = rows[CASES.index(case)]
+    for text in (row["error"], row["warnings"]):  # numbers as numbers, not numpy's reprs
+        assert "np.float" not in text and "np.int" not in text, text
     if case.outcome == "error":
         assert row["status"] == "failed", row
         message = row["error"]
         assert "\n" not in message and "Traceback" not in message and "unexpected" not in message, message
         assert Path(row["image"]).name in message or os.fsdecode(row["image"]) in message, message
         assert case.reason.lower() in message.lower(), message
+        # One line that says the fault: no library's paragraph of advice, nothing cut mid-word.
+        assert len(message.replace(str(row["image"]), "")) <= 320, message
+        assert "weights_only" not in message and not message.endswith(("(", "[", ",")), message
     else:
         assert row["status"] == "ok", row
         assert Path(row["output"]).is_dir() and (Path(row["output"]) / "findings.json").is_file()
