@@ -18,6 +18,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -260,7 +261,9 @@ def read_model_payload(path: PathLike) -> Dict[str, Any]:
     if problem is not None:
         raise ModelFileError(problem, path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # PyTorch's remarks on a foreign pickle's protocol: refused anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip/torch errors all mean "not a model file"
         raise ModelFileError(_load_error(exc, path), path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -382,7 +382,7 @@ def corpus() -> List[Case]:
         Case("png-rgb", "error", "colour", lambda d: _png(d, "rgb.png", np.repeat(eight_bit[..., None], 3, 2))),
         Case("png-rgba", "error", "colour", lambda d: _png(d, "rgba.png", np.repeat(eight_bit[..., None], 4, 2))),
         Case("png-palette", "error", "colour", lambda d: _palette_png(d, eight_bit)),
-        Case("png-truncated", "error", "cannot read", lambda d: _truncate(_png(d, "cut.png", eight_bit), 0.5)),
+        Case("png-truncated", "error", "cut short (truncated file)", lambda d: _truncate(_png(d, "cut.png", eight_bit), 0.5)),
         Case("png-decompression-bomb", "error", "Mpx limit", lambda d: _png_bomb(d, "bomb.png")),
         Case("png-text", "error", "not a readable image", lambda d: _file(d, "t.png", b"x")),
         Case("tiff-two-pages", "error", "multi-page", lambda d: _multipage_tiff(d, "pages.tif", np.stack([eight_bit] * 2))),
@@ -427,7 +427,7 @@ def corpus() -> List[Case]:
              lambda d: _itk(d, "vec.nrrd", np.stack([mammo.pixels.astype(np.uint16)] * 2, -1), components=True)),
         Case("nrrd-nan", "error", "NaN",
              lambda d: _itk(d, "nan.nrrd", np.where(mammo.pixels > 2000, np.nan, 1.0).astype(np.float32))),
-        Case("nrrd-truncated", "error", "cannot read",
+        Case("nrrd-truncated", "error", "the file is truncated",
              lambda d: _truncate(_itk(d, "cut.nrrd", mammo.pixels.astype(np.uint16)), 0.3)),
     ]
     return cases

@@ -144,6 +144,53 @@ def check_header(header: TextHeader, path: Path) -> None:
                                  f"exist{where}", path)
 
 
+    _check_data_length(header, path)
+
+
+def _element_bytes(header: TextHeader) -> Optional[int]:
+    """Bytes per pixel of uncompressed data, None when the header does not say plainly."""
+    if header.family == "nrrd":
+        name = header.fields.get("type", "").lower()
+        digits = re.search(r"(8|16|32|64)", name)
+        if digits:
+            return int(digits.group(1)) // 8
+        for word, size in (("char", 1), ("short", 2), ("long", 8), ("int", 4), ("float", 4), ("double", 8)):
+            if word in name:
+                return size
+        return None
+    sizes = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+             "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+    size = sizes.get(header.fields.get("elementtype", "").upper())
+    channels = header.fields.get("elementnumberofchannels", "1")
+    return size * int(channels) if size is not None and channels.isdigit() else None
+
+
+def _check_data_length(header: TextHeader, path: Path) -> None:
+    """Uncompressed data shorter than the image its header describes: a truncated file, said
+    with the numbers (ITK's is a chain of "[nrrd] ... trouble" lines)."""
+    if header.family == "nrrd":
+        plain = header.fields.get("encoding", "").lower() == "raw" and "byte skip" not in header.fields \
+            and "line skip" not in header.fields
+        sizes = header.fields.get("sizes", "")
+    else:
+        plain = header.fields.get("compresseddata", "false").lower() != "true" and "headersize" not in header.fields
+        sizes = header.fields.get("dimsize", "")
+    element = _element_bytes(header)
+    if not plain or element is None or not sizes or not all(t.isdigit() for t in sizes.split()):
+        return
+    needed = element * math.prod(int(t) for t in sizes.split())
+    if header.data_file is not None:
+        held = header.data_file.stat().st_size if header.data_file.is_file() else needed
+    elif header.data_offset is not None:
+        held = path.stat().st_size - header.data_offset
+    else:
+        return
+    if held < needed:
+        shape = " x ".join(sizes.split()[::-1])
+        raise ImageReadError(f"the data holds {held} bytes where the {shape} image its header describes needs "
+                             f"{needed}: the file is truncated", path)
+
+
 def _is_pattern(header: TextHeader) -> bool:
     """A data file given as a list or a printf pattern (several files): left to ITK."""
     named = header.fields.get("data file") or header.fields.get("datafile") or header.fields.get("elementdatafile", "")

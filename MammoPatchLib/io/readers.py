@@ -81,6 +81,8 @@ def _read_pillow(path: Path) -> MammogramImage:
     except PermissionError:
         raise ImageReadError("permission denied", path) from None
     except (OSError, ValueError, SyntaxError) as exc:
+        if "truncated" in str(exc).lower():
+            raise ImageReadError("the image data is cut short (truncated file)", path) from None
         raise ImageReadError(f"cannot read image ({exc}); the file may be truncated", path) from None
     bits = 8 if pixels.dtype == np.uint8 else 16 if pixels.dtype in (np.uint16, np.int16, np.int32) else 32
     return MammogramImage(pixels=pixels.astype(np.float32), path=str(path), bits_stored=bits, spacing_source="default")
@@ -112,6 +114,9 @@ def _itk_message(exc: RuntimeError) -> str:
         if not line or line.startswith("Exception thrown in SimpleITK") or re.match(r"^/\S+:\d+:?$", line):
             continue
         lines.append(line.rstrip("."))
+    teem = [line for line in lines if line.startswith("[nrrd]") and "trouble" not in line]
+    if teem:  # the NRRD library's chain of "trouble" lines ends with the cause
+        return teem[-1]
     return "; ".join(lines) or "unknown ITK error"
 
 

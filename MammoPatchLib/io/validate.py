@@ -96,7 +96,7 @@ def _spacing_advice(image: MammogramImage) -> str:
     used as stated (--spacing applies only where the file's is unknown)."""
     if image.spacing_source in ("given", "default"):
         return "pass the right spacing (--spacing)"
-    return "the file states a wrong spacing: correct the file (--spacing applies only to files without a usable one)"
+    return "correct the file's spacing (--spacing applies only to files without a usable one)"
 
 
 def breast_extent_mm(image: MammogramImage) -> Tuple[float, float]:
