@@ -290,6 +290,21 @@ def _unsupported_syntax(folder: Path, name: str) -> Path:
     return path
 
 
+#: The rows of README's outcome table, in order: a case belongs to the first whose name
+#: prefixes match.
+GROUPS = [
+    ("DICOM", ("dicom",)),
+    ("PNG / PGM / TIFF / JPEG", ("png", "pgm", "tiff", "jpeg")),
+    ("NRRD / NIfTI / MetaImage", ("nrrd", "nifti", "mha", "mhd")),
+    ("the output folder", ("output",)),
+    ("paths and file types", ("",)),
+]
+
+
+def group_of(case: Case) -> str:
+    return next(label for label, prefixes in GROUPS if case.name.startswith(prefixes))
+
+
 def corpus() -> List[Case]:
     rng = np.random.default_rng(0)
     mammo = _mammo()

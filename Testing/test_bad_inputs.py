@@ -46,6 +46,31 @@ def test_corpus_is_large_and_covers_every_outcome():
     assert len({c.name for c in CASES}) == len(CASES)
 
 
+def test_readme_states_the_corpus_count_and_outcomes():
+    """README's count and outcome table are the corpus's (its expected outcomes, which the
+    test below checks case by case)."""
+    import re
+
+    from bad_inputs import GROUPS, group_of
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"`Testing/bad_inputs.py` makes {len(CASES)} bad or odd inputs" in readme
+    table = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and re.fullmatch(r"\d+", cells[1]):
+            table[cells[0]] = [int(c) for c in cells[1:]]
+    expected = {label: [0, 0, 0, 0] for label, _ in GROUPS}
+    expected["all"] = [0, 0, 0, 0]
+    for case in CASES:
+        column = ["ok", "warning", "error"].index(case.outcome)
+        for label in (group_of(case), "all"):
+            expected[label][column] += 1
+            expected[label][3] += 1
+    found = {next(label for label in expected if row.startswith(label)): counts for row, counts in table.items()}
+    assert found == {label: counts for label, counts in expected.items() if counts[3]}
+
+
 def test_batch_finishes_with_one_summary_row_per_input(corpus_run):
     inputs, rows, out = corpus_run
     assert [r["image"] for r in rows] == [str(p) for p in inputs]
