@@ -329,6 +329,8 @@ def corpus() -> List[Case]:
              lambda d: _dicom(d, "negspacing.dcm", edit=_set(PixelSpacing=[-0.1, -0.1]))),
         Case("dicom-infinite-spacing", "warning", "PixelSpacing is inf x inf mm, which is not a spacing",
              lambda d: _dicom(d, "infspacing.dcm", edit=_set(PixelSpacing=["inf", "inf"]))),
+        Case("dicom-spacing-one-value", "warning", 'PixelSpacing is "0.1", not two numbers',
+             lambda d: _dicom(d, "onespacing.dcm", edit=_set(PixelSpacing=[0.1]))),
         Case("dicom-no-transfer-syntax", "warning", "no Transfer Syntax UID",
              lambda d: _dicom(d, "nosyntax.dcm", edit=_without_transfer_syntax)),
         Case("dicom-position-not-numbers", "warning", "ImagePositionPatient",

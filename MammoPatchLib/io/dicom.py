@@ -41,10 +41,32 @@ def _spacing(ds) -> Tuple[Optional[Tuple[float, float]], str, str]:
         if value is None:
             continue
         spacing, problem = judge(list(value), f"{keyword} is")
+        if spacing is None and not _is_two_numbers(ds, keyword):
+            problem = f'{keyword} is "{_raw_text(ds, keyword)}", not two numbers'
         if spacing is not None:
             return spacing, keyword, "; ".join(problems)
         problems.append(problem)
     return None, "default", "; ".join(problems)
+
+
+def _raw_text(ds, keyword: str) -> str:
+    """An attribute's value as stored (multiple values joined by DICOM's backslash)."""
+    value = ds.get(keyword, None)
+    value = getattr(value, "value", value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("latin-1").strip()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _is_two_numbers(ds, keyword: str) -> bool:
+    parts = _raw_text(ds, keyword).split("\\")
+    try:
+        [float(p) for p in parts]
+    except ValueError:
+        return False
+    return len(parts) == 2
 
 
 def _numbers(ds, keyword: str, count: int) -> Optional[np.ndarray]:
