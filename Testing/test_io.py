@@ -240,7 +240,13 @@ def test_itk_default_1mm_counts_as_unknown(tmp_path, synthetic_mammo, ext):
                         tmp_path / f"a{ext}")
     image = read_mammogram(path, spacing_mm=0.2)
     assert image.spacing_source == "given" and image.geometry.spacing[0] == pytest.approx(0.2)
-    assert read_mammogram(path).spacing_source == "default"
+    assumed = read_mammogram(path)
+    assert assumed.spacing_source == "default" and any("would make the image 64 x 51 cm" in w for w in assumed.warnings)
+    # 1 mm where it is plausible (a heatmap MammoPatch wrote at --heatmap-spacing 1) is kept.
+    heat = np.random.default_rng(0).random((128, 103), np.float32)
+    small = write_volume(heat, ImageGeometry(spacing=(1.0, 1.0, 1.0)), tmp_path / f"h{ext}")
+    kept = read_mammogram(small, min_side=0, spacing_mm=0.2)
+    assert kept.spacing_source == "file header" and kept.geometry.spacing[:2] == pytest.approx((1.0, 1.0))
 
 
 def test_dicom_unusable_spacing_falls_back_to_imager_spacing_then_to_unknown(tmp_path, synthetic_mammo):

@@ -180,7 +180,7 @@ def _read_itk(path: Path) -> MammogramImage:
     bits = 8 * pixels.dtype.itemsize if pixels.dtype.kind in "ui" else 32
     if header is None:  # NIfTI (always stores a spacing) or a file ITK recognised by content
         stated = (geometry.row_spacing, geometry.col_spacing)
-    spacing, problem = judge(stated, format_default_possible=True)
+    spacing, problem = judge(stated, format_default_possible=True, shape=pixels.shape)
     return MammogramImage(pixels=pixels.astype(np.float32), geometry=geometry, path=str(path), bits_stored=bits,
                           spacing_source="file header" if spacing is not None else "default", spacing_problem=problem)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InvalidImageError, UnsupportedImageError
 from .image import MammogramImage
-from .spacing import format_number, format_spacing
+from .spacing import MAX_BREAST_MM, format_number, format_spacing
 
 #: Pixel spacings a mammogram can have (mm): digital detectors are 0.05-0.1 mm, scanned film
 #: up to ~0.2 mm (mini-MIAS), downsampled copies up to ~0.5 mm.
@@ -29,10 +29,6 @@ MAX_SOURCE_PIXELS = 120_000_000
 #: Bytes the analysis needs per pixel of the resampled image (three fused channels, window
 #: padding, features and heatmaps), used to refuse what the machine's memory cannot hold.
 BYTES_PER_ANALYSED_PIXEL = 400
-#: The largest breast (its box, either side, mm) a mammogram can show: the largest detectors
-#: are 24 x 30 cm (DR) and 35 x 43 cm (CR plates), and a breast fills less than its detector.
-#: Larger means a wrong pixel spacing (ITK's 1 mm default on a 0.1 mm image: a metre).
-MAX_BREAST_MM = 400.0
 #: Modalities analysed without a warning.
 MAMMOGRAPHY_MODALITIES = ("MG", "")
 
