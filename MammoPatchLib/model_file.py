@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -25,10 +28,11 @@ from . import __version__
 from .config import config_from_dict, config_to_dict
 from .errors import ConfigError, ModelFileError
 from .io.atomic import atomic_path
+from .io.paths import file_problem
 from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, HEAD_TYPES, PatchClassifier
 from .postprocess import DetectionConfig
 from .transforms import PreprocessConfig
-from .vocabulary import FINDING_CLASSES, PathLike
+from .vocabulary import FINDING_CLASSES, PathLike, class_slug
 
 FORMAT = "mammopatch-model"
 FORMAT_VERSION = 2
@@ -107,6 +111,7 @@ class ModelInfo:
             raise ConfigError(f"model has {len(self.classes)} classes but {len(self.thresholds)} thresholds")
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"model classes must be unique and non-empty, got {self.classes}")
+        _check_file_names(self.classes)
         if any(not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 <= t <= 1.0 for t in self.thresholds):
             raise ConfigError(f"model thresholds must be probabilities in [0, 1], got {self.thresholds}")
         if self.window <= 0 or self.window % 32 or self.stride <= 0 or self.window % self.stride:
@@ -147,6 +152,22 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "ModelInfo":
         return config_from_dict(cls, values, "model information")
+
+
+def _check_file_names(classes: Sequence[str]) -> None:
+    """Every class needs its own output file name (``heatmap_<slug>.nrrd``): classes that differ
+    only in case or punctuation ("Mass", "mass") would overwrite each other's heatmap."""
+    owner: Dict[str, str] = {}
+    for name in classes:
+        if not isinstance(name, str):
+            raise ConfigError(f"model class names must be text, got {name!r}")
+        slug = class_slug(name)
+        if not slug:
+            raise ConfigError(f"model class {name!r} has no letters or digits to name its output files with")
+        if slug in owner:
+            raise ConfigError(f"model classes {owner[slug]!r} and {name!r} both get the file name heatmap_{slug}: "
+                              "class names must differ in more than case and punctuation")
+        owner[slug] = name
 
 
 def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:
@@ -206,16 +227,65 @@ class LoadedModel:
     sha256: str
 
 
+def _load_error(exc: BaseException, path: str) -> str:
+    """What a failed ``torch.load(weights_only=True)`` means, in one line. PyTorch's own text
+    begins with advice to re-run without ``weights_only``: the opposite of what a user of an
+    untrusted file should do, so it is never shown."""
+    text = str(exc)
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError:
+        magic = b""
+    found = re.search(r"unsupported GLOBAL ([\w.]+)", text, flags=re.IGNORECASE)
+    if found or "Unsupported global" in text:
+        what = f" ({found.group(1)})" if found else ""
+        return (f"the file holds code or Python objects{what} that a model file must not contain; it was refused "
+                "without running them: this is not a MammoPatch model file, do not load it another way")
+    if isinstance(exc, pickle.UnpicklingError) or magic[:1] == b"\x80":
+        return ("not a MammoPatch model file: a pickle that cannot be read without running code (a plain Python "
+                "pickle, or a file of another tool); it was refused without running it")
+    if magic == b"PK\x03\x04":
+        if "central directory" in text or "failed reading" in text:
+            return "the file is truncated or damaged (its zip archive is incomplete); copy the model file again"
+        return "not a MammoPatch model file (a zip archive that torch.save did not write)"
+    return "not a MammoPatch model file (not a torch.save file: it starts with neither its archive nor a pickle)"
+
+
+def _mismatch(network: PatchClassifier, state: Dict[str, torch.Tensor]) -> str:
+    """How stored weights differ from the network the file's information describes: missing,
+    unexpected and reshaped tensors, counted, with one example each (never a truncated dump)."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if reshaped:
+        key = reshaped[0]
+        shape = "x".join(map(str, state[key].shape)) or "scalar"
+        needed = "x".join(map(str, expected[key].shape)) or "scalar"
+        parts.append(f"{len(reshaped)} of another shape (e.g. {key}: {shape} in the file, {needed} needed)")
+    return ", ".join(parts) or "the tensors do not load"
+
+
 def read_model_payload(path: PathLike) -> Dict[str, Any]:
     """The checked contents of a model file (format, checksum), without building the network."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelFileError("model file not found", path)
+    problem = file_problem(path, "model file")
+    if problem == "file not found":
+        problem = "model file not found"
+    if problem is not None:
+        raise ModelFileError(problem, path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # PyTorch's remarks on a foreign pickle's protocol: refused anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip/torch errors all mean "not a model file"
-        raise ModelFileError(f"not a readable model file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-                             path) from None
+        raise ModelFileError(_load_error(exc, path), path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError("not a MammoPatch model file (a bare state dict or another tool's checkpoint?); "
                              "make one with mammopatch train or MammoPatchLib.model_file.save_model", path)
@@ -252,10 +322,9 @@ def load_model(path: PathLike, expected_classes: Optional[Sequence[str]] = None,
         state = _upgrade_v1_state(state)
     try:
         network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
+    except RuntimeError:
         raise ModelFileError(f"weights do not fit a {info.backbone} network with {len(info.classes)} classes "
-                             f"(made for another model?): {detail}", path) from None
+                             f"(made for another model?): {_mismatch(network, state)}", path) from None
     network.eval().to(device)
     return LoadedModel(network=network, info=info, path=path, sha256=payload["sha256"])
 

@@ -10,6 +10,7 @@ can build its GUI from it before any dependency is installed. Enums follow
 from __future__ import annotations
 
 import os
+import re
 from enum import Enum
 from typing import List, NamedTuple, Sequence, Tuple, Union
 
@@ -63,6 +64,12 @@ FINDING_CODES = {
     "Global Asymmetry": ("GLOBAL-ASYMMETRY", "99MAMMOPATCH", "Global asymmetry"),
     "Skin Retraction": ("129796009", "SCT", "Skin retraction of breast"),
 }
+
+
+def class_slug(name: str) -> str:
+    """'Suspicious Calcification' -> 'suspicious_calcification': a class's part of its output
+    file names (``heatmap_<slug>.nrrd``); model files are checked for classes sharing one."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def class_index(name: str, classes: Sequence[str] = FINDING_CLASSES) -> int:

@@ -1,7 +1,9 @@
 """A corpus of bad and odd inputs, made by code (no binary files in the repository).
 
 Each case is (name, expected outcome, maker): the maker writes the file(s) into a folder and
-returns the input path. Outcomes, as `mammopatch predict` reports them:
+returns the input path; ``occupy``, when given, puts something of the user's where the
+image's output folder goes (``OUT/<name>``) before the run. Outcomes, as `mammopatch predict`
+reports them:
 
 - "error": the image fails with one clear line naming the file and the reason
   (``reason`` is a fragment the message must contain);
@@ -16,7 +18,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -31,6 +33,7 @@ class Case:
     outcome: str  # "error", "warning" or "ok"
     reason: str
     make: Callable[[Path], Path]
+    occupy: Optional[Callable[[Path], None]] = None
 
 
 def _mammo(seed: int = 0, shape=SHAPE):
@@ -117,14 +120,83 @@ def _itk(folder: Path, name: str, array: np.ndarray, spacing=(0.1, 0.1), compone
     return path
 
 
-def _nrrd_without_spacing(folder: Path, name: str) -> Path:
-    """An NRRD header without spacings or space directions (ITK would read 1 mm)."""
+def _nrrd(folder: Path, name: str, fields: str = "", dimension: int = 2) -> Path:
+    """An NRRD written by hand (attached raw data), with extra header ``fields`` as given:
+    SimpleITK would never write the bad ones."""
     pixels = _mammo().pixels.astype(np.uint16)
-    header = (f"NRRD0004\ntype: unsigned short\ndimension: 2\nsizes: {pixels.shape[1]} {pixels.shape[0]}\n"
+    if dimension == 1:
+        pixels = pixels[SHAPE[0] // 2]
+    sizes = " ".join(str(n) for n in pixels.shape[::-1])
+    header = (f"NRRD0004\ntype: unsigned short\ndimension: {dimension}\nsizes: {sizes}\n{fields}"
               "endian: little\nencoding: raw\n\n").encode()
     path = folder / name
     path.write_bytes(header + pixels.tobytes())
     return path
+
+
+def _nrrd_without_spacing(folder: Path, name: str) -> Path:
+    """An NRRD header without spacings or space directions (ITK would read 1 mm)."""
+    return _nrrd(folder, name)
+
+
+def _metaimage(folder: Path, name: str, fields: str = "", data_file: str = "LOCAL") -> Path:
+    """A MetaImage header written by hand; ``data_file`` other than LOCAL names a separate file
+    (not written: the case of a data file that went missing)."""
+    pixels = _mammo().pixels.astype(np.uint16)
+    header = (f"ObjectType = Image\nNDims = 2\nDimSize = {pixels.shape[1]} {pixels.shape[0]}\n{fields}"
+              f"ElementType = MET_USHORT\nElementDataFile = {data_file}\n").encode()
+    path = folder / name
+    path.write_bytes(header + (pixels.tobytes() if data_file == "LOCAL" else b""))
+    return path
+
+
+def _multipage_tiff(folder: Path, name: str, pages: np.ndarray) -> Path:
+    from PIL import Image
+
+    path = folder / name
+    first, *rest = [Image.fromarray(page) for page in pages]
+    first.save(path, save_all=True, append_images=rest)
+    return path
+
+
+def _symlink_loop(folder: Path, name: str) -> Path:
+    path = folder / name
+    os.symlink(folder / ("other-" + name), path)
+    os.symlink(path, folder / ("other-" + name))
+    return path
+
+
+def _dangling_symlink(folder: Path, name: str) -> Path:
+    path = folder / name
+    os.symlink(folder / "moved-away.dcm", path)
+    return path
+
+
+def _fifo(folder: Path, name: str) -> Path:
+    path = folder / name
+    os.mkfifo(path)
+    return path
+
+
+def _float_pixel_data(ds) -> None:
+    """Float Pixel Data (7FE0,0008) in place of Pixel Data, as parametric maps store it."""
+    values = ds.pixel_array.astype(np.float32)
+    del ds.PixelData
+    ds.FloatPixelData = values.tobytes()
+    ds.BitsAllocated = 32
+
+
+def _without_transfer_syntax(ds) -> None:
+    del ds.file_meta.TransferSyntaxUID
+
+
+def _user_file(target: Path) -> None:
+    target.write_text("the user's notes, not MammoPatch's\n")
+
+
+def _user_folder(target: Path) -> None:
+    target.mkdir()
+    (target / "keep-me.txt").write_text("the user's file\n")
 
 
 def _png_bomb(folder: Path, name: str) -> Path:
@@ -218,6 +290,21 @@ def _unsupported_syntax(folder: Path, name: str) -> Path:
     return path
 
 
+#: The rows of README's outcome table, in order: a case belongs to the first whose name
+#: prefixes match.
+GROUPS = [
+    ("DICOM", ("dicom",)),
+    ("PNG / PGM / TIFF / JPEG", ("png", "pgm", "tiff", "jpeg")),
+    ("NRRD / NIfTI / MetaImage", ("nrrd", "nifti", "mha", "mhd")),
+    ("the output folder", ("output",)),
+    ("paths and file types", ("",)),
+]
+
+
+def group_of(case: Case) -> str:
+    return next(label for label, prefixes in GROUPS if case.name.startswith(prefixes))
+
+
 def corpus() -> List[Case]:
     rng = np.random.default_rng(0)
     mammo = _mammo()
@@ -236,8 +323,16 @@ def corpus() -> List[Case]:
         Case("dicom-dotted-uid-name", "ok", "", lambda d: _dicom(d, "1.2.840.99.1.dcm")),
         # DICOM analysed with a warning
         Case("dicom-no-spacing", "warning", "no pixel spacing", lambda d: _dicom(d, "nospacing.dcm", spacing_tag="")),
-        Case("dicom-zero-spacing", "warning", "no pixel spacing",
+        Case("dicom-zero-spacing", "warning", "PixelSpacing is 0 x 0 mm, which is not a spacing",
              lambda d: _dicom(d, "zerospacing.dcm", edit=_set(PixelSpacing=[0, 0]))),
+        Case("dicom-negative-spacing", "warning", "PixelSpacing is -0.1 x -0.1 mm, which is not a spacing",
+             lambda d: _dicom(d, "negspacing.dcm", edit=_set(PixelSpacing=[-0.1, -0.1]))),
+        Case("dicom-infinite-spacing", "warning", "PixelSpacing is inf x inf mm, which is not a spacing",
+             lambda d: _dicom(d, "infspacing.dcm", edit=_set(PixelSpacing=["inf", "inf"]))),
+        Case("dicom-spacing-one-value", "warning", 'PixelSpacing is "0.1", not two numbers',
+             lambda d: _dicom(d, "onespacing.dcm", edit=_set(PixelSpacing=[0.1]))),
+        Case("dicom-no-transfer-syntax", "warning", "no Transfer Syntax UID",
+             lambda d: _dicom(d, "nosyntax.dcm", edit=_without_transfer_syntax)),
         Case("dicom-position-not-numbers", "warning", "ImagePositionPatient",
              lambda d: _dicom(d, "ipp.dcm", edit=_set(ImagePositionPatient=["abc", "1", "2"]))),
         Case("dicom-orientation-zero", "warning", "ImageOrientationPatient",
@@ -266,6 +361,11 @@ def corpus() -> List[Case]:
         Case("dicom-for-processing", "error", "FOR PROCESSING",
              lambda d: _dicom(d, "raw.dcm", edit=_set(PresentationIntentType="FOR PROCESSING"))),
         Case("dicom-no-pixel-data", "error", "without pixel data", lambda d: _no_pixels(d, "sr.dcm")),
+        Case("dicom-float-pixel-data", "error", "Float Pixel Data",
+             lambda d: _dicom(d, "float.dcm", edit=_float_pixel_data)),
+        Case("dicom-rows-zero", "error", "Rows (0028,0010) is 0", lambda d: _dicom(d, "rows0.dcm", edit=_set(Rows=0))),
+        Case("dicom-1mm-breast-too-large", "error", "larger than any breast",
+             lambda d: _dicom(d, "metre.dcm", edit=_set(PixelSpacing=[1, 1]))),
         Case("dicom-multiframe", "error", "multi-frame", lambda d: _multiframe(d, "tomo.dcm")),
         Case("dicom-rgb", "error", "colour", lambda d: _rgb_dicom(d, "rgb.dcm")),
         Case("dicom-truncated", "error", "truncated", lambda d: _truncate(_dicom(d, "cut.dcm"), 0.6)),
@@ -278,6 +378,14 @@ def corpus() -> List[Case]:
         Case("dicom-tiny", "error", "smaller than one",
              lambda d: _pixels_dicom(d, "tiny.dcm", mammo.pixels[:100, :100])),
         Case("missing-file", "error", "not found", lambda d: d / "missing.dcm"),
+        Case("symlink-loop", "error", "symbolic link loop", lambda d: _symlink_loop(d, "loop.dcm")),
+        Case("dangling-symlink", "error", "symbolic link to a missing file", lambda d: _dangling_symlink(d, "gone.dcm")),
+        Case("fifo", "error", "named pipe", lambda d: _fifo(d, "pipe.dcm")),
+        # Something of the user's where the image's output folder goes: never moved or deleted
+        Case("output-taken-by-a-file", "error", "a file that MammoPatch did not write",
+             lambda d: _dicom(d, "taken-by-file.dcm"), occupy=_user_file),
+        Case("output-taken-by-a-folder", "error", "a folder that MammoPatch did not write",
+             lambda d: _dicom(d, "taken-by-folder.dcm"), occupy=_user_folder),
         # Pillow formats (no spacing stored: a warning unless --spacing)
         Case("png-8-bit", "warning", "no pixel spacing", lambda d: _png(d, "a.png", eight_bit)),
         Case("pgm-8-bit", "warning", "no pixel spacing", lambda d: _png(d, "a.pgm", eight_bit)),
@@ -291,9 +399,10 @@ def corpus() -> List[Case]:
         Case("png-rgb", "error", "colour", lambda d: _png(d, "rgb.png", np.repeat(eight_bit[..., None], 3, 2))),
         Case("png-rgba", "error", "colour", lambda d: _png(d, "rgba.png", np.repeat(eight_bit[..., None], 4, 2))),
         Case("png-palette", "error", "colour", lambda d: _palette_png(d, eight_bit)),
-        Case("png-truncated", "error", "cannot read", lambda d: _truncate(_png(d, "cut.png", eight_bit), 0.5)),
+        Case("png-truncated", "error", "cut short (truncated file)", lambda d: _truncate(_png(d, "cut.png", eight_bit), 0.5)),
         Case("png-decompression-bomb", "error", "Mpx limit", lambda d: _png_bomb(d, "bomb.png")),
         Case("png-text", "error", "not a readable image", lambda d: _file(d, "t.png", b"x")),
+        Case("tiff-two-pages", "error", "multi-page", lambda d: _multipage_tiff(d, "pages.tif", np.stack([eight_bit] * 2))),
         Case("png-noise", "warning", "noise",
              lambda d: _png(d, "noise.png", rng.integers(0, 255, SHAPE).astype(np.uint8))),
         Case("unknown-extension", "error", "unknown file type",
@@ -305,6 +414,26 @@ def corpus() -> List[Case]:
         Case("nrrd-non-utf8-name", "ok", "",
              lambda d: _non_utf8(d, ".nrrd", lambda f: _itk(f, "plain.nrrd", mammo.pixels.astype(np.uint16)))),
         Case("nrrd-without-spacing", "warning", "no pixel spacing", lambda d: _nrrd_without_spacing(d, "nosp.nrrd")),
+        Case("nrrd-spacing-nan", "warning", "states pixel spacing nan x nan mm",
+             lambda d: _nrrd(d, "spnan.nrrd", "spacings: nan nan\n")),
+        Case("nrrd-spacing-negative", "warning", "states pixel spacing -0.1 x -0.1 mm",
+             lambda d: _nrrd(d, "spneg.nrrd", "spacings: -0.1 -0.1\n")),
+        Case("nrrd-spacing-zero", "warning", "states pixel spacing 0 x 0 mm",
+             lambda d: _nrrd(d, "spzero.nrrd", "spacings: 0 0\n")),
+        Case("nrrd-space-directions-nan", "warning", "states pixel spacing nan x 0.1 mm",
+             lambda d: _nrrd(d, "dirnan.nrrd", "space: left-posterior-superior\n"
+                                               "space directions: (0.1,0,0) (0,nan,0)\nspace origin: (0,0,0)\n")),
+        Case("mha-spacing-nan", "warning", "states pixel spacing nan x nan mm",
+             lambda d: _metaimage(d, "spnan.mha", "ElementSpacing = nan nan\n")),
+        Case("mha-itk-default-1mm", "warning", "the default its format's writers put",
+             lambda d: _itk(d, "default.mha", mammo.pixels.astype(np.uint16), spacing=(1, 1))),
+        Case("nifti-itk-default-1mm", "warning", "the default its format's writers put",
+             lambda d: _itk(d, "default.nii.gz", mammo.pixels.astype(np.uint16), spacing=(1, 1))),
+        Case("nrrd-0.9mm-breast-too-large", "error", "larger than any breast",
+             lambda d: _itk(d, "huge.nrrd", mammo.pixels.astype(np.uint16), spacing=(0.9, 0.9))),
+        Case("nrrd-1d", "error", "1-D image", lambda d: _nrrd(d, "line.nrrd", dimension=1)),
+        Case("mhd-data-file-missing", "error", "names the data file 'gone.raw', which does not exist",
+             lambda d: _metaimage(d, "detached.mhd", "ElementSpacing = 0.1 0.1\n", data_file="gone.raw")),
         Case("nrrd-50mm", "error", "outside the range",
              lambda d: _itk(d, "big.nrrd", mammo.pixels.astype(np.uint16), spacing=(50, 50))),
         Case("nrrd-1um", "error", "outside the range",
@@ -315,7 +444,7 @@ def corpus() -> List[Case]:
              lambda d: _itk(d, "vec.nrrd", np.stack([mammo.pixels.astype(np.uint16)] * 2, -1), components=True)),
         Case("nrrd-nan", "error", "NaN",
              lambda d: _itk(d, "nan.nrrd", np.where(mammo.pixels > 2000, np.nan, 1.0).astype(np.float32))),
-        Case("nrrd-truncated", "error", "cannot read",
+        Case("nrrd-truncated", "error", "the file is truncated",
              lambda d: _truncate(_itk(d, "cut.nrrd", mammo.pixels.astype(np.uint16)), 0.3)),
     ]
     return cases

@@ -12,6 +12,9 @@ import pytest
 from bad_inputs import corpus
 from helpers import probe_model
 
+from MammoPatchLib.batch import LOCK_NAME
+from MammoPatchLib.vocabulary import FINDING_CLASSES
+
 CASES = corpus()
 
 
@@ -20,13 +23,18 @@ def corpus_run(tmp_path_factory):
     from MammoPatchLib.api import predict_files
     from MammoPatchLib.inference import Predictor
 
+    from MammoPatchLib.batch import output_stem
+
     folder = tmp_path_factory.mktemp("corpus")
+    out = folder / "out"
+    out.mkdir()
     inputs = []
     for index, case in enumerate(CASES):
         case_folder = folder / f"{index:02d}-{case.name}"
         case_folder.mkdir()
         inputs.append(case.make(case_folder))
-    out = folder / "out"
+        if case.occupy is not None:
+            case.occupy(out / output_stem(inputs[-1]))
     predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
     rows = predict_files(inputs, out, predictor=predictor, progress=False)
     return inputs, rows, out
@@ -38,24 +46,64 @@ def test_corpus_is_large_and_covers_every_outcome():
     assert len({c.name for c in CASES}) == len(CASES)
 
 
+def test_readme_states_the_corpus_count_and_outcomes():
+    """README's count and outcome table are the corpus's (its expected outcomes, which the
+    test below checks case by case)."""
+    import re
+
+    from bad_inputs import GROUPS, group_of
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"`Testing/bad_inputs.py` makes {len(CASES)} bad or odd inputs" in readme
+    table = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and re.fullmatch(r"\d+", cells[1]):
+            table[cells[0]] = [int(c) for c in cells[1:]]
+    expected = {label: [0, 0, 0, 0] for label, _ in GROUPS}
+    expected["all"] = [0, 0, 0, 0]
+    for case in CASES:
+        column = ["ok", "warning", "error"].index(case.outcome)
+        for label in (group_of(case), "all"):
+            expected[label][column] += 1
+            expected[label][3] += 1
+    found = {next(label for label in expected if row.startswith(label)): counts for row, counts in table.items()}
+    assert found == {label: counts for label, counts in expected.items() if counts[3]}
+
+
 def test_batch_finishes_with_one_summary_row_per_input(corpus_run):
     inputs, rows, out = corpus_run
     assert [r.image for r in rows] == [str(p) for p in inputs]
     summary = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8", errors="surrogateescape")))
     assert len(summary) == len(inputs)
     assert not [p for p in os.listdir(out) if p.startswith(".partial-")], "no partial folders left"
+    assert not (out / LOCK_NAME).exists(), "the lock file goes with the run"
+
+
+def test_what_the_user_put_in_the_output_folder_is_left_as_it_was(corpus_run):
+    """A file or folder of the user's where an image's output folder goes fails that image
+    (checked above) and is neither moved, replaced nor deleted; nothing is hidden aside."""
+    _, _, out = corpus_run
+    assert (out / "taken-by-file").read_text() == "the user's notes, not MammoPatch's\n"
+    assert sorted(p.name for p in (out / "taken-by-folder").iterdir()) == ["keep-me.txt"]
+    assert not [p for p in os.listdir(out) if p.startswith(".replaced-")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_each_bad_input_gives_its_outcome(corpus_run, case):
     inputs, rows, _ = corpus_run
     row = rows[CASES.index(case)]
+    for text in (row["error"], row["warnings"]):  # numbers as numbers, not numpy's reprs
+        assert "np.float" not in text and "np.int" not in text, text
     if case.outcome == "error":
         assert row.status == "failed", row
         message = row.error
         assert "\n" not in message and "Traceback" not in message and "unexpected" not in message, message
         assert Path(row.image).name in message or os.fsdecode(row.image) in message, message
         assert case.reason.lower() in message.lower(), message
+        # One line that says the fault: no library's paragraph of advice, nothing cut mid-word.
+        assert len(message.replace(str(row["image"]), "")) <= 320, message
+        assert "weights_only" not in message and not message.endswith(("(", "[", ",")), message
     else:
         assert row.status == "ok", row
         assert Path(row.output).is_dir() and (Path(row.output) / "findings.json").is_file()
@@ -129,8 +177,11 @@ def test_a_second_run_on_a_locked_output_folder_is_refused(one_image, small_mode
     ({"window": 0}, "window"), ({"stride": 64}, "fast mode needs"), ({"spacing_mm": -0.2}, "spacing_mm"),
     ({"thresholds": [float("nan")] * 10}, "thresholds"), ({"classes": ["Mass"] * 10}, "unique"),
     ({"unexpected": 1}, "unknown field"), ({"head_pooling": "max"}, "head_pooling"),
+    ({"classes": ["Mass", "mass", *FINDING_CLASSES[2:]]}, "'Mass' and 'mass' both get the file name heatmap_mass"),
+    ({"classes": [*FINDING_CLASSES[:9], "skin-thickening"]},
+     "'Skin Thickening' and 'skin-thickening' both get the file name heatmap_skin_thickening"),
 ], ids=["window-0", "stride-64", "negative-spacing", "nan-thresholds", "duplicate-classes", "unknown-key",
-        "unknown-pooling"])
+        "unknown-pooling", "classes-differing-in-case", "classes-differing-in-punctuation"])
 def test_bad_model_files_are_refused_before_any_image(change, reason, one_image, small_model, tmp_path, capsys):
     import torch
 
@@ -147,6 +198,164 @@ def test_bad_model_files_are_refused_before_any_image(change, reason, one_image,
     err = capsys.readouterr().err
     assert code == 2 and reason in err and "bad.pt" in err and "Traceback" not in err, err
     assert not (tmp_path / "o" / "a").exists()
+
+
+class _RunsCode:
+    """Pickled as a call of os.getcwd: harmless, but a model file must hold no code at all."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def _model_with_code(folder: Path, model: Path) -> Path:
+    import torch
+
+    payload = torch.load(model, weights_only=True)
+    payload["info"]["description"] = _RunsCode()
+    torch.save(payload, folder / "bad.pt")
+    return folder / "bad.pt"
+
+
+def _plain_pickle(folder: Path, model: Path) -> Path:
+    import pickle
+
+    (folder / "bad.pt").write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))
+    return folder / "bad.pt"
+
+
+def _truncated_model(folder: Path, model: Path) -> Path:
+    data = model.read_bytes()
+    (folder / "bad.pt").write_bytes(data[: len(data) // 2])
+    return folder / "bad.pt"
+
+
+def _text_file(folder: Path, model: Path) -> Path:
+    (folder / "bad.pt").write_text("these are not weights")
+    return folder / "bad.pt"
+
+
+def _folder(folder: Path, model: Path) -> Path:
+    (folder / "bad.pt").mkdir()
+    return folder / "bad.pt"
+
+
+def _loop(folder: Path, model: Path) -> Path:
+    os.symlink(folder / "other.pt", folder / "bad.pt")
+    os.symlink(folder / "bad.pt", folder / "other.pt")
+    return folder / "bad.pt"
+
+
+def _pipe(folder: Path, model: Path) -> Path:
+    os.mkfifo(folder / "bad.pt")
+    return folder / "bad.pt"
+
+
+def _other_head(folder: Path, model: Path) -> Path:
+    """Weights of a 5-class head under information that says 10 classes."""
+    import torch
+
+    from MammoPatchLib.model_file import weights_sha256
+
+    payload = torch.load(model, weights_only=True)
+    state = payload["state_dict"]
+    for key in [k for k in state if k.startswith("head.out.")]:
+        state[key] = state[key][:5].clone()
+    payload["sha256"] = weights_sha256(state)
+    torch.save(payload, folder / "bad.pt")
+    return folder / "bad.pt"
+
+
+@pytest.mark.parametrize("make, reason", [
+    (_model_with_code, "holds code or Python objects (posix.getcwd) that a model file must not contain"),
+    (_plain_pickle, "a pickle that cannot be read without running code"),
+    (_truncated_model, "truncated or damaged"),
+    (_text_file, "not a MammoPatch model file"),
+    (_folder, "is a folder, not a model file"),
+    (_loop, "symbolic link loop"),
+    (_pipe, "named pipe (FIFO), not a regular model file"),
+    (_other_head, "of another shape (e.g. head.out.weight: 5x512x1x1 in the file, 10x512x1x1 needed)"),
+], ids=["pickled-code", "plain-pickle", "truncated", "text", "folder", "symlink-loop", "fifo", "other-head"])
+def test_unreadable_model_files_say_what_is_wrong_in_one_line(make, reason, one_image, small_model, tmp_path,
+                                                              capsys):
+    """The refusal names the fault: never PyTorch's advice to load without weights_only, never a
+    message cut mid-way."""
+    from MammoPatchLib.cli import main
+
+    bad = make(tmp_path, small_model)
+    code = main(["predict", str(one_image), "--model", str(bad), "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert str(bad) in err[0] and reason in err[0], err
+    assert "weights_only" not in err[0] and "Re-running" not in err[0] and "torch.Size" not in err[0], err
+    assert not err[0].rstrip().endswith(("(", "[", ",")), err
+
+
+# ---- the output folder: re-runs, the lock file ----
+
+def _images(folder: Path, count: int) -> list:
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    return [Path(write_dicom(synthesize_mammogram((512, 416), 0.2, "L", "CC", [], seed=k), folder / f"img{k}.dcm"))
+            for k in range(count)]
+
+
+def test_a_plain_rerun_of_a_stopped_batch_points_to_resume(tmp_path):
+    """A batch stopped after its first image, run again without --resume: refused before any
+    image, saying --resume / --overwrite; nothing in the folder changes (the finished image is
+    not reported as failed); then --resume finishes it."""
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.errors import MammoPatchError
+    from MammoPatchLib.inference import Predictor
+
+    images = _images(tmp_path, 2)
+    out = tmp_path / "out"
+    predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
+    assert [r["status"] for r in predict_files(images[:1], out, predictor=predictor, progress=False)] == ["ok"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    summary = (out / "summary.csv").read_bytes()
+    with pytest.raises(MammoPatchError, match=r"outputs of 1 of the 2 images exist already.*\(img0\).*--resume"):
+        predict_files(images, out, predictor=predictor, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert (out / "summary.csv").read_bytes() == summary
+    rows = predict_files(images, out, predictor=predictor, progress=False, resume=True)
+    assert [r["status"] for r in rows] == ["done earlier", "ok"]
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_overwrite_replaces_mammopatch_outputs_only(tmp_path):
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.inference import Predictor
+
+    images = _images(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "img1").mkdir()
+    (out / "img1" / "mine.txt").write_text("keep")
+    predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
+    predict_files(images[:1], out, predictor=predictor, progress=False)
+    rows = predict_files(images, out, predictor=predictor, progress=False, overwrite=True)
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert "did not write" in rows[1]["error"] and "img1.dcm" in rows[1]["error"]
+    assert [p.name for p in (out / "img1").iterdir()] == ["mine.txt"]
+    assert (out / "img0" / "findings.json").is_file()
+
+
+def test_the_lock_file_is_removed_and_still_excludes_a_second_run(tmp_path):
+    from MammoPatchLib.batch import OutputError, OutputFolder
+
+    with OutputFolder(tmp_path) as first:
+        assert (tmp_path / LOCK_NAME).exists()
+        with pytest.raises(OutputError, match="another MammoPatch run"):
+            OutputFolder(tmp_path).__enter__()
+        stale = open(tmp_path / LOCK_NAME, "a")  # a run that opened the lock file, not yet locked it
+    assert not (tmp_path / LOCK_NAME).exists()
+    import fcntl
+
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets the old, deleted file's lock ...
+    with OutputFolder(tmp_path):  # ... which excludes nobody: the name leads to a new file
+        pass
+    stale.close()
+    assert first._lock_file is None
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def test_predict_batch_skips_and_reports_a_corrupt_file(model_path, image_folder
     # Existing outputs are kept unless --overwrite.
     code = main(["predict", str(image_folder / "img0.dcm"), "--model", str(model_path), "--out", str(out),
                  "--no-progress"])
-    assert code == 1 and "exist already" in capsys.readouterr().err
+    assert code == 2 and "exist already" in capsys.readouterr().err
     assert main(["predict", str(image_folder / "img0.dcm"), "--model", str(model_path), "--out", str(out),
                  "--no-progress", "--overwrite", "--mode", "fast", "--format", "nifti", "--blend", "constant"]) == 0
     assert (out / "img0" / "heatmap_mass.nii.gz").exists()

@@ -196,3 +196,159 @@ def test_colour_png_and_unknown_types(tmp_path):
     _expect(ImageReadError, "not found", tmp_path / "missing.dcm")
     (tmp_path / "empty.dcm").write_bytes(b"")
     _expect(ImageReadError, "empty", tmp_path / "empty.dcm")
+
+
+# ---------------------------------------------------------------- one spacing policy
+
+
+def _nrrd_file(path, pixels, fields):
+    header = (f"NRRD0004\ntype: unsigned short\ndimension: 2\nsizes: {pixels.shape[1]} {pixels.shape[0]}\n{fields}"
+              "endian: little\nencoding: raw\n\n").encode()
+    path.write_bytes(header + pixels.astype(np.uint16).tobytes())
+    return path
+
+
+@pytest.mark.parametrize("fields, stated", [
+    ("spacings: nan nan\n", "nan x nan"), ("spacings: -0.1 -0.1\n", "-0.1 x -0.1"), ("spacings: 0 0\n", "0 x 0"),
+    ("spacings: inf inf\n", "inf x inf"), ("spacings: 1 1\n", "1 x 1"), ("", None),
+])
+def test_unusable_or_default_nrrd_spacing_is_unknown_and_spacing_applies(tmp_path, synthetic_mammo, fields, stated):
+    """ITK reads NaN as 1 mm and -0.1 as 0.1 mm, and fails on 0: each counts as unknown, the
+    pixels are still read exactly, --spacing applies, and without it the warning quotes the
+    stated value."""
+    path = _nrrd_file(tmp_path / "a.nrrd", synthetic_mammo.pixels, fields)
+    given = read_mammogram(path, spacing_mm=0.2)
+    assert given.spacing_source == "given" and given.geometry.spacing[:2] == pytest.approx((0.2, 0.2))
+    np.testing.assert_array_equal(given.pixels, synthetic_mammo.pixels.astype(np.float32))
+    assumed = read_mammogram(path)
+    assert assumed.spacing_source == "default" and assumed.geometry.spacing[:2] == pytest.approx((0.1, 0.1))
+    expected = f"states pixel spacing {stated} mm" if stated else "states no pixel spacing"
+    assert any(expected in w and "0.1 mm assumed" in w for w in assumed.warnings), assumed.warnings
+
+
+def test_a_usable_stated_spacing_is_kept_and_not_overridden(tmp_path, synthetic_mammo):
+    path = _nrrd_file(tmp_path / "a.nrrd", synthetic_mammo.pixels, "spacings: 0.085 0.07\n")
+    image = read_mammogram(path, spacing_mm=0.2)
+    assert image.spacing_source == "file header" and image.geometry.spacing[:2] == pytest.approx((0.085, 0.07))
+    assert not [w for w in image.warnings if "spacing" in w]
+
+
+@pytest.mark.parametrize("ext", [".mha", ".nii.gz"])
+def test_itk_default_1mm_counts_as_unknown(tmp_path, synthetic_mammo, ext):
+    """SimpleITK writes 1 x 1 mm when it knows no spacing: a 1024 px image would be a metre."""
+    path = write_volume(synthetic_mammo.pixels.astype(np.float32), ImageGeometry(spacing=(1.0, 1.0, 1.0)),
+                        tmp_path / f"a{ext}")
+    image = read_mammogram(path, spacing_mm=0.2)
+    assert image.spacing_source == "given" and image.geometry.spacing[0] == pytest.approx(0.2)
+    assumed = read_mammogram(path)
+    assert assumed.spacing_source == "default" and any("would make the image 64 x 51 cm" in w for w in assumed.warnings)
+    # 1 mm where it is plausible (a heatmap MammoPatch wrote at --heatmap-spacing 1) is kept.
+    heat = np.random.default_rng(0).random((128, 103), np.float32)
+    small = write_volume(heat, ImageGeometry(spacing=(1.0, 1.0, 1.0)), tmp_path / f"h{ext}")
+    kept = read_mammogram(small, min_side=0, spacing_mm=0.2)
+    assert kept.spacing_source == "file header" and kept.geometry.spacing[:2] == pytest.approx((1.0, 1.0))
+
+
+def test_dicom_unusable_spacing_falls_back_to_imager_spacing_then_to_unknown(tmp_path, synthetic_mammo):
+    path = write_dicom(synthetic_mammo, tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = [-0.1, -0.1]
+    ds.ImagerPixelSpacing = [0.15, 0.15]
+    ds.save_as(path)
+    image = read_mammogram(path, spacing_mm=0.3)
+    assert image.spacing_source == "ImagerPixelSpacing" and image.geometry.spacing[0] == pytest.approx(0.15)
+    del ds.ImagerPixelSpacing
+    ds.save_as(path)
+    image = read_mammogram(path, spacing_mm=0.3)
+    assert image.spacing_source == "given" and image.geometry.spacing[0] == pytest.approx(0.3)
+    assert any("PixelSpacing is -0.1 x -0.1 mm" in w and "the given 0.3 mm is used" in w for w in image.warnings)
+
+
+def test_breast_size_plausibility(tmp_path):
+    """A breast larger than any detector means a wrong spacing: refused, for stated and given
+    spacings alike; the same image at a real spacing passes."""
+    from MammoPatchLib.io.validate import MAX_BREAST_MM, breast_extent_mm, check_geometry
+
+    mammo = synthesize_mammogram((1024, 832), 0.1, "L", "CC", [], seed=3)
+    path = write_dicom(mammo, tmp_path / "a.dcm", spacing_tag="")
+    real = read_mammogram(path, spacing_mm=0.1)
+    height, width = breast_extent_mm(real)
+    rows, cols = np.nonzero(mammo.breast_mask)
+    assert height == pytest.approx((rows.max() - rows.min() + 1) * 0.1, rel=0.05)
+    assert width == pytest.approx((cols.max() - cols.min() + 1) * 0.1, rel=0.05)
+    check_geometry(real, 0.2)
+    metre = read_mammogram(path, spacing_mm=1.0)
+    assert max(breast_extent_mm(metre)) > MAX_BREAST_MM
+    with pytest.raises(InvalidImageError, match=r"larger than any breast.*--spacing"):
+        check_geometry(metre, 0.2)
+
+
+def test_multipage_tiff_is_refused_like_multiframe_dicom(tmp_path, synthetic_mammo):
+    from PIL import Image
+
+    page = Image.fromarray((synthetic_mammo.pixels >> 4).astype(np.uint8))
+    page.save(tmp_path / "two.tif", save_all=True, append_images=[page])
+    _expect(UnsupportedImageError, "multi-page TIFF \\(2 pages", tmp_path / "two.tif")
+    page.save(tmp_path / "one.tif")
+    assert read_mammogram(tmp_path / "one.tif", spacing_mm=0.2).shape == synthetic_mammo.pixels.shape
+
+
+def test_dicom_without_transfer_syntax_is_read_in_its_data_set_encoding(tmp_path, synthetic_mammo):
+    path = write_dicom(synthetic_mammo, tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    del ds.file_meta.TransferSyntaxUID
+    ds.save_as(path)
+    image = read_mammogram(path)
+    np.testing.assert_array_equal(image.pixels, synthetic_mammo.pixels.astype(np.float32))
+    assert any("no Transfer Syntax UID" in w for w in image.warnings)
+
+
+def test_what_is_at_a_path_is_named(tmp_path):
+    import os
+
+    from MammoPatchLib.io.paths import file_problem
+
+    os.mkfifo(tmp_path / "pipe.dcm")
+    os.symlink(tmp_path / "b.dcm", tmp_path / "a.dcm")
+    os.symlink(tmp_path / "a.dcm", tmp_path / "b.dcm")
+    os.symlink(tmp_path / "nowhere.dcm", tmp_path / "dangling.dcm")
+    (tmp_path / "folder.dcm").mkdir()
+    _expect(ImageReadError, "named pipe", tmp_path / "pipe.dcm")  # and does not hang opening it
+    _expect(ImageReadError, "symbolic link loop", tmp_path / "a.dcm")
+    _expect(ImageReadError, "symbolic link to a missing file", tmp_path / "dangling.dcm")
+    _expect(ImageReadError, "is a folder", tmp_path / "folder.dcm")
+    assert file_problem(tmp_path / "folder.dcm", "model file") == "is a folder, not a model file"
+    _expect(ImageReadError, "file not found", tmp_path / "missing.dcm")
+
+
+def test_metaimage_with_a_missing_data_file_names_it(tmp_path, capfd):
+    (tmp_path / "a.mhd").write_text("ObjectType = Image\nNDims = 2\nDimSize = 300 300\nElementSpacing = 0.1 0.1\n"
+                                    "ElementType = MET_USHORT\nElementDataFile = a.raw\n")
+    _expect(ImageReadError, "names the data file 'a.raw', which does not exist", tmp_path / "a.mhd")
+    (tmp_path / "a.raw").write_bytes(b"\0" * 1000)
+    _expect(ImageReadError, "holds 1000 bytes where the 300 x 300 image its header describes needs 180000",
+            tmp_path / "a.mhd")
+    assert "ITK" not in capfd.readouterr().err, "no raw ITK line beside the error"
+
+
+def test_rows_zero_and_float_pixel_data_are_named(tmp_path, synthetic_mammo):
+    path = write_dicom(synthetic_mammo, tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    ds.Rows = 0
+    ds.save_as(tmp_path / "rows.dcm")
+    _expect(ImageReadError, r"Rows \(0028,0010\) is 0", tmp_path / "rows.dcm")
+    ds = pydicom.dcmread(path)
+    values = ds.pixel_array.astype(np.float32)
+    del ds.PixelData
+    ds.FloatPixelData, ds.BitsAllocated = values.tobytes(), 32
+    ds.save_as(tmp_path / "float.dcm")
+    _expect(UnsupportedImageError, "Float Pixel Data", tmp_path / "float.dcm")
+
+
+def test_warnings_print_numbers_not_numpy_reprs(tmp_path, synthetic_mammo):
+    path = write_dicom(synthetic_mammo, tmp_path / "a.dcm")
+    ds = pydicom.dcmread(path)
+    ds.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]
+    ds.save_as(path)
+    warning = next(w for w in read_mammogram(path).warnings if "ImageOrientationPatient" in w)
+    assert "(1, 0, 0, 1, 0, 0)" in warning and "np." not in warning

@@ -7,13 +7,18 @@ Choices where DICOM leaves room (documented in README):
   the detector's unused range; ``apply_voi=False`` keeps the modality values instead.
 - MONOCHROME1 is inverted (value range kept) so that higher always means denser.
 - Pixel spacing: PixelSpacing, else ImagerPixelSpacing (the detector plane; mammography
-  magnification is small), else a warning and 0.1 mm, stated in ``spacing_source``.
+  magnification is small), else unknown (:mod:`.spacing`: ``--spacing``, or 0.1 mm with a
+  warning), stated in ``spacing_source``. A value that is not finite and positive counts as
+  absent, and the warning quotes it.
+- A file meta without a Transfer Syntax UID: uncompressed pixel data is read in the encoding
+  its data set was parsed with (a warning says so); compressed data is refused.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -21,18 +26,47 @@ import numpy as np
 from ..errors import ImageReadError, UnsupportedImageError
 from ..vocabulary import PathLike
 from .image import DEFAULT_SPACING_MM, ImageGeometry, MammogramImage
+from .spacing import format_number, judge
 
 logger = logging.getLogger(__name__)
 
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg (JPEG-LS: pyjpegls)"
 
 
-def _spacing(ds, path: str) -> Tuple[Tuple[float, float], str]:
+def _spacing(ds) -> Tuple[Optional[Tuple[float, float]], str, str]:
+    """(row, column) spacing, the attribute it came from, and why a stated one was not used."""
+    problems = []
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = _numbers(ds, keyword, 2)
-        if value is not None and np.all(np.isfinite(value)) and np.all(value > 0):
-            return (float(value[0]), float(value[1])), keyword
-    return (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM), "default"
+        if value is None:
+            continue
+        spacing, problem = judge(list(value), f"{keyword} is")
+        if spacing is None and not _is_two_numbers(ds, keyword):
+            problem = f'{keyword} is "{_raw_text(ds, keyword)}", not two numbers'
+        if spacing is not None:
+            return spacing, keyword, "; ".join(problems)
+        problems.append(problem)
+    return None, "default", "; ".join(problems)
+
+
+def _raw_text(ds, keyword: str) -> str:
+    """An attribute's value as stored (multiple values joined by DICOM's backslash)."""
+    value = ds.get(keyword, None)
+    value = getattr(value, "value", value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("latin-1").strip()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _is_two_numbers(ds, keyword: str) -> bool:
+    parts = _raw_text(ds, keyword).split("\\")
+    try:
+        [float(p) for p in parts]
+    except ValueError:
+        return False
+    return len(parts) == 2
 
 
 def _numbers(ds, keyword: str, count: int) -> Optional[np.ndarray]:
@@ -68,9 +102,80 @@ def _geometry(ds, spacing: Tuple[float, float], warnings: List[str]) -> ImageGeo
             normal = np.cross(row_dir, col_dir)
             direction = tuple(float(v) for v in np.stack([row_dir, col_dir, normal], axis=1).reshape(-1))
         else:
-            warnings.append(f"ImageOrientationPatient {list(orientation)} is not two orthonormal directions; "
+            warnings.append(f"ImageOrientationPatient ({', '.join(format_number(v) for v in orientation)}) is not "
+                            "two orthonormal directions; "
                             "outputs use the identity orientation")
     return ImageGeometry(spacing=(spacing[1], spacing[0], 1.0), origin=origin, direction=direction)
+
+
+def first_sentence(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of a library's exception, for a one-line message: pydicom's texts
+    go on with generic advice for several hundred characters. Cut at a word, never mid-word."""
+    text = " ".join(str(exc).split())
+    match = re.match(r"(.+?[.;])(\s|$)", text)
+    sentence = (match.group(1) if match else text).rstrip(".;")
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return sentence or type(exc).__name__
+
+
+def _integer(ds, keyword: str) -> Optional[int]:
+    try:
+        value = ds.get(keyword, None)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _transfer_syntax(ds, path: str, warnings: List[str]):
+    """The Transfer Syntax UID from the file meta. Without one, uncompressed pixel data is read
+    in the encoding the data set itself was parsed with (pydicom knows it), with a warning;
+    compressed (encapsulated) pixel data cannot be, its codec being unknown."""
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID", None) if meta is not None else None
+    if syntax:
+        return UID(str(syntax))
+    element = ds["PixelData"]
+    value = element.value if isinstance(element.value, (bytes, bytearray)) else b""
+    if value[:4] == b"\xfe\xff\x00\xe0" or getattr(element, "is_undefined_length", False):
+        raise ImageReadError("the file meta has no Transfer Syntax UID (0002,0010) and the pixel data is compressed: "
+                             "its codec is unknown", path)
+    implicit, little = _encoding(ds)
+    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    if meta is None:
+        from pydicom.dataset import FileMetaDataset
+
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    warnings.append(f"the file meta has no Transfer Syntax UID (0002,0010); the pixel data is read as {syntax.name}, "
+                    "the encoding of its data set")
+    return syntax
+
+
+def _encoding(ds) -> Tuple[bool, bool]:
+    """(implicit VR, little endian) the data set was read with (pydicom 3 and 2.4)."""
+    original = getattr(ds, "original_encoding", None)
+    if original and original[0] is not None:
+        return bool(original[0]), bool(original[1])
+    implicit = getattr(ds, "is_implicit_VR", True)
+    little = getattr(ds, "is_little_endian", True)
+    return (True if implicit is None else bool(implicit)), (True if little is None else bool(little))
+
+
+def _check_native_length(ds, path: str) -> None:
+    """Uncompressed pixel data shorter than Rows x Columns x samples x BitsAllocated / 8: a
+    truncated file (said with the numbers, instead of pydicom's paragraph)."""
+    bits = _integer(ds, "BitsAllocated") or 16
+    samples = _integer(ds, "SamplesPerPixel") or 1
+    rows, cols = _integer(ds, "Rows") or 0, _integer(ds, "Columns") or 0
+    needed = (rows * cols * samples * bits + 7) // 8
+    value = ds["PixelData"].value
+    held = len(value) if isinstance(value, (bytes, bytearray)) else needed
+    if held < needed:
+        raise ImageReadError(f"the pixel data holds {held} bytes where the {rows} x {cols} image it describes needs "
+                             f"{needed}: the file is truncated", path)
 
 
 def save_dicom(ds, path) -> None:
@@ -128,8 +233,13 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     except PermissionError:
         raise ImageReadError("permission denied", path) from None
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ImageReadError(f"cannot parse DICOM ({type(exc).__name__}: {exc}); the file may be truncated", path) from None
+        raise ImageReadError(f"cannot parse DICOM ({first_sentence(exc)}); the file may be truncated", path) from None
 
+    for keyword, words in (("FloatPixelData", "Float Pixel Data"), ("DoubleFloatPixelData", "Double Float Pixel Data")):
+        if keyword in ds:
+            raise UnsupportedImageError(
+                f"the image is stored as {words} {ds[keyword].tag} (floating-point values, e.g. a parametric map), "
+                "not as the integer Pixel Data of a mammogram", path)
     if "PixelData" not in ds:
         if _has_pixel_data_tag(path):
             raise ImageReadError("the pixel data is cut short (truncated file); it cannot be decoded", path)
@@ -144,8 +254,16 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise UnsupportedImageError(f"colour DICOM ({photometric}, {samples} samples per pixel); expected greyscale", path)
 
-    syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    for keyword in ("Rows", "Columns"):
+        value = _integer(ds, keyword)
+        if value is None or value < 1:
+            tag = "(0028,0010)" if keyword == "Rows" else "(0028,0011)"
+            raise ImageReadError(f"{keyword} {tag} is {'missing' if value is None else value}: the header describes "
+                                 "an image without pixels", path)
+    syntax = _transfer_syntax(ds, path, warnings)
     syntax_name = getattr(syntax, "name", str(syntax))
+    if not getattr(syntax, "is_compressed", True):
+        _check_native_length(ds, path)
     try:
         stored = ds.pixel_array
     except NotImplementedError as exc:
@@ -157,12 +275,12 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
             raise UnsupportedImageError(
                 f"transfer syntax {syntax_name} ({syntax}) cannot be decoded here: {DECODER_HINT}", path
             ) from exc
-        raise ImageReadError(f"pixel data cannot be decoded ({exc})", path) from exc
+        raise ImageReadError(f"pixel data cannot be decoded ({first_sentence(exc)})", path) from exc
     except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError) as exc:
         compressed = syntax is not None and getattr(syntax, "is_compressed", False)
-        what = "the compressed pixel data cannot be decoded (truncated or corrupt stream" if compressed else \
-            "the pixel data is shorter than the image it describes (truncated file"
-        raise ImageReadError(f"{what}: {exc})", path) from None
+        what = f"the compressed {syntax_name} pixel data cannot be decoded (truncated or corrupt stream" if compressed \
+            else "the pixel data cannot be decoded (its attributes contradict it"
+        raise ImageReadError(f"{what}: {first_sentence(exc)})", path) from None
 
     if stored.ndim != 2:
         raise UnsupportedImageError(f"pixel array has shape {stored.shape}; expected a 2-D image", path)
@@ -182,7 +300,7 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     if photometric == "MONOCHROME1":
         pixels = pixels.max() + pixels.min() - pixels
 
-    spacing, spacing_source = _spacing(ds, path)
+    spacing, spacing_source, spacing_problem = _spacing(ds)
     laterality = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "") or "").strip().upper()
     uids = {
         key: str(getattr(ds, key))
@@ -191,13 +309,14 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     }
     return MammogramImage(
         pixels=pixels,
-        geometry=_geometry(ds, spacing, warnings),
+        geometry=_geometry(ds, spacing or (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM), warnings),
         path=path,
         laterality=laterality[:1] if laterality in ("L", "R") else "",
         view_position=str(getattr(ds, "ViewPosition", "") or "").strip().upper(),
         photometric_interpretation=photometric,
         bits_stored=int(getattr(ds, "BitsStored", stored.dtype.itemsize * 8)),
         spacing_source=spacing_source,
+        spacing_problem=spacing_problem,
         uids=uids,
         extra={"transfer_syntax": str(syntax) if syntax else "", "voi": voi_applied,
                "modality": str(getattr(ds, "Modality", "") or ""),

@@ -74,7 +74,10 @@ class MammogramImage:
         photometric_interpretation: as stored in the source (before inversion).
         bits_stored: bit depth of the stored values (8 for 8-bit PNG/PGM).
         spacing_source: where the pixel spacing came from: "PixelSpacing",
-            "ImagerPixelSpacing", "file header", "given" or "default".
+            "ImagerPixelSpacing", "file header", "given" or "default" (unknown: the file states
+            none, or none that can be used; see :mod:`.spacing`).
+        spacing_problem: why a spacing the file states was not used ("" when it states none
+            or its spacing is used); the warning quotes it.
         uids: DICOM identifiers (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, PatientID).
         extra: other format-specific facts (transfer syntax, VOI choice, ...).
         warnings: doubts about the input found while reading it (non-mammography modality,
@@ -90,6 +93,7 @@ class MammogramImage:
     photometric_interpretation: str = "MONOCHROME2"
     bits_stored: int = 16
     spacing_source: str = "default"
+    spacing_problem: str = ""
     uids: Dict[str, str] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)

@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from ..errors import ImageReadError, InvalidImageError, UnsupportedImageError
 from ..vocabulary import PathLike
+from . import headers
 from .dicom import read_dicom
-from .image import DEFAULT_SPACING_MM, ImageGeometry, MammogramImage
+from .image import ImageGeometry, MammogramImage
+from .paths import file_problem
+from .spacing import apply_policy, is_usable, judge
 from .validate import MAX_SOURCE_PIXELS, check_spacing_value, content_warnings, kind_warnings
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,11 @@ def _read_pillow(path: Path) -> MammogramImage:
             if img.width * img.height > MAX_SOURCE_PIXELS:
                 raise InvalidImageError(f"image is {img.height} x {img.width} px, above the "
                                         f"{MAX_SOURCE_PIXELS / 1e6:.0f} Mpx limit", path)
+            pages = int(getattr(img, "n_frames", 1) or 1)
+            if pages > 1:
+                raise UnsupportedImageError(
+                    f"multi-page {img.format or 'image'} ({pages} pages or frames, e.g. a stack or tomosynthesis); "
+                    "MammoPatch reads single 2-D mammograms: save the page you mean on its own", path)
             img.load()
             mode = img.mode
             if mode in ("RGB", "RGBA", "P", "CMYK", "LA"):
@@ -72,22 +81,11 @@ def _read_pillow(path: Path) -> MammogramImage:
     except PermissionError:
         raise ImageReadError("permission denied", path) from None
     except (OSError, ValueError, SyntaxError) as exc:
+        if "truncated" in str(exc).lower():
+            raise ImageReadError("the image data is cut short (truncated file)", path) from None
         raise ImageReadError(f"cannot read image ({exc}); the file may be truncated", path) from None
     bits = 8 if pixels.dtype == np.uint8 else 16 if pixels.dtype in (np.uint16, np.int16, np.int32) else 32
     return MammogramImage(pixels=pixels.astype(np.float32), path=str(path), bits_stored=bits, spacing_source="default")
-
-
-def _header_states_spacing(path: Path, ext: str) -> bool:
-    """Whether an NRRD / MetaImage header gives a pixel spacing (ITK silently uses 1 mm when it
-    does not, which would be read as a 1 mm mammogram). NIfTI always stores one."""
-    if ext not in (".nrrd", ".nhdr", ".mha", ".mhd"):
-        return True
-    with open(path, "rb") as handle:
-        header = handle.read(65536)
-    end = header.find(b"\n\n") if ext in (".nrrd", ".nhdr") else header.find(b"ElementDataFile")
-    text = header[: end if end >= 0 else len(header)].decode("latin-1").lower()
-    keys = ("spacings:", "space directions:") if ext in (".nrrd", ".nhdr") else ("elementspacing", "elementsize")
-    return any(key in text for key in keys)
 
 
 def _itk_readable_name(path: Path, stack: contextlib.ExitStack) -> str:
@@ -108,14 +106,55 @@ def _itk_readable_name(path: Path, stack: contextlib.ExitStack) -> str:
     return link
 
 
+def _itk_message(exc: RuntimeError) -> str:
+    """ITK's exception text without its source locations and object addresses, on one line."""
+    lines = []
+    for line in str(exc).strip().splitlines():
+        line = re.sub(r"^.*?ITK ERROR: \w+\(0x[0-9a-f]+\):\s*", "", line.strip())
+        if not line or line.startswith("Exception thrown in SimpleITK") or re.match(r"^/\S+:\d+:?$", line):
+            continue
+        lines.append(line.rstrip("."))
+    teem = [line for line in lines if line.startswith("[nrrd]") and "trouble" not in line]
+    if teem:  # the NRRD library's chain of "trouble" lines ends with the cause
+        return teem[-1]
+    return "; ".join(lines) or "unknown ITK error"
+
+
+@contextlib.contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    """ITK prints warnings straight to stderr, beside MammoPatch's one-line error; the failure
+    is reported through the exception instead."""
+    import SimpleITK as sitk
+
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
 def _read_itk(path: Path) -> MammogramImage:
     import SimpleITK as sitk
 
+    ext = _extension(path)
+    header = headers.read_header(path, ext)
+    stated: Optional[tuple] = None
+    if header is not None:
+        headers.check_header(header, path)
+        stated = header.stated_spacing()
+    unusable_spacing = stated is not None and not is_usable(stated)
     try:
-        with contextlib.ExitStack() as stack:
-            img = sitk.ReadImage(_itk_readable_name(path, stack))
+        with contextlib.ExitStack() as stack, _itk_warnings_off():
+            name = _itk_readable_name(path, stack)
+            if unusable_spacing:
+                # The only fault ITK would trip over (or silently "correct") is the spacing: read
+                # the pixels through a copy of the header without it.
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mammopatch-"))
+                name = headers.without_spacing(header, path, folder)
+            img = sitk.ReadImage(name)
     except RuntimeError as exc:
-        raise ImageReadError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path) from None
+        raise ImageReadError(f"cannot read image ({_itk_message(exc)})", path) from None
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise UnsupportedImageError("multi-component image; expected a greyscale mammogram", path)
     pixels = sitk.GetArrayFromImage(img)
@@ -139,9 +178,11 @@ def _read_itk(path: Path) -> MammogramImage:
     else:
         raise UnsupportedImageError(f"{dim}-D image; expected a 2-D mammogram", path)
     bits = 8 * pixels.dtype.itemsize if pixels.dtype.kind in "ui" else 32
-    stated = _header_states_spacing(path, _extension(path))
+    if header is None:  # NIfTI (always stores a spacing) or a file ITK recognised by content
+        stated = (geometry.row_spacing, geometry.col_spacing)
+    spacing, problem = judge(stated, format_default_possible=True, shape=pixels.shape)
     return MammogramImage(pixels=pixels.astype(np.float32), geometry=geometry, path=str(path), bits_stored=bits,
-                          spacing_source="file header" if stated else "default")
+                          spacing_source="file header" if spacing is not None else "default", spacing_problem=problem)
 
 
 def validate_pixels(image: MammogramImage, min_side: int = MIN_IMAGE_SIDE) -> None:
@@ -170,8 +211,9 @@ def read_mammogram(
 
     Args:
         path: DICOM (any extension), PGM/PNG/TIFF/JPEG, or NRRD/NIfTI/MHA.
-        spacing_mm: pixel spacing to use when the file has none (PNG/PGM: mini-MIAS is 0.2);
-            it overrides a missing or default spacing only, never a DICOM one.
+        spacing_mm: pixel spacing to use where the file's is unknown (PNG/PGM: mini-MIAS is
+            0.2): it states none, none that is finite and positive, or only its format's
+            default (:mod:`.spacing`); a usable stated spacing is never overridden.
         apply_voi: DICOM only: apply the first VOI LUT / window (see :mod:`.dicom`).
         min_side: smallest accepted side in pixels (one window by default); 0 disables.
 
@@ -179,14 +221,9 @@ def read_mammogram(
         ImageReadError, UnsupportedImageError, InvalidImageError: with the path and cause.
     """
     file = Path(path)
-    if not file.exists():
-        raise ImageReadError("file not found", file)
-    if file.is_dir():
-        raise ImageReadError("is a folder, not an image file", file)
-    if file.stat().st_size == 0:
-        raise ImageReadError("file is empty (0 bytes)", file)
-    if not os.access(file, os.R_OK):
-        raise ImageReadError("permission denied", file)
+    problem = file_problem(file, "image file")
+    if problem is not None:
+        raise ImageReadError(problem, file)
     ext = _extension(file)
     if is_dicom_file(file) or ext in DICOM_EXTENSIONS:
         image = read_dicom(file, apply_voi=apply_voi)
@@ -199,17 +236,9 @@ def read_mammogram(
             f"unknown file type {ext or '(no extension)'}; supported: DICOM, {', '.join(PILLOW_EXTENSIONS + ITK_EXTENSIONS)}",
             file,
         )
-    if image.spacing_source == "default":
-        if spacing_mm is not None:
-            spacing_mm = check_spacing_value(spacing_mm, "spacing_mm")
-            image.geometry = ImageGeometry(spacing=(spacing_mm, spacing_mm, 1.0), origin=image.geometry.origin,
-                                           direction=image.geometry.direction)
-            image.spacing_source = "given"
-        else:
-            image.geometry = ImageGeometry(spacing=(DEFAULT_SPACING_MM, DEFAULT_SPACING_MM, 1.0),
-                                           origin=image.geometry.origin, direction=image.geometry.direction)
-            image.warnings.append(f"the file states no pixel spacing; {DEFAULT_SPACING_MM} mm assumed "
-                                  "(pass --spacing / spacing_mm)")
+    if image.spacing_source == "default" and spacing_mm is not None:
+        spacing_mm = check_spacing_value(spacing_mm, "spacing_mm")
+    apply_policy(image, spacing_mm)
     validate_pixels(image, min_side=min_side)
     image.warnings.extend(kind_warnings(image))
     image.warnings.extend(content_warnings(image))

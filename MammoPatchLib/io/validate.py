@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InvalidImageError, UnsupportedImageError
 from .image import MammogramImage
+from .spacing import MAX_BREAST_MM, format_number, format_spacing
 
 #: Pixel spacings a mammogram can have (mm): digital detectors are 0.05-0.1 mm, scanned film
 #: up to ~0.2 mm (mini-MIAS), downsampled copies up to ~0.5 mm.
@@ -59,8 +60,9 @@ def check_geometry(image: MammogramImage, target_spacing_mm: Optional[float] = N
     for name, value in (("row", row), ("column", col)):
         if not math.isfinite(value) or not MIN_SPACING_MM <= value <= MAX_SPACING_MM:
             raise InvalidImageError(
-                f"{name} pixel spacing {value} mm (from {image.spacing_source}) is outside the range of mammograms "
-                f"[{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm; pass the right spacing (--spacing)", where)
+                f"{name} pixel spacing {format_number(value)} mm (from {_source(image)}) is outside the range of "
+                f"mammograms [{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm; {_spacing_advice(image)}", where)
+    check_breast_size(image)
     rows, cols = image.shape
     if rows * cols > MAX_SOURCE_PIXELS:
         raise InvalidImageError(f"image is {rows} x {cols} px, above the {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx limit", where)
@@ -78,6 +80,56 @@ def check_geometry(image: MammogramImage, target_spacing_mm: Optional[float] = N
                 f"analysing the image at {target:.3g} mm per pixel ({out_rows:.0f} x {out_cols:.0f} px) needs "
                 f"~{needed / 2**30:.1f} GiB, more than the {memory / 2**30:.1f} GiB available: check the pixel "
                 "spacing or the scales", where)
+
+
+def _source(image: MammogramImage) -> str:
+    return {"given": "--spacing / spacing_mm", "default": "the default for files without one",
+            "file header": "the file header"}.get(image.spacing_source, image.spacing_source)
+
+
+def _spacing_advice(image: MammogramImage) -> str:
+    """What the user can do: a given or assumed spacing is theirs to change; a file's own is
+    used as stated (--spacing applies only where the file's is unknown)."""
+    if image.spacing_source in ("given", "default"):
+        return "pass the right spacing (--spacing)"
+    return "correct the file's spacing (--spacing applies only to files without a usable one)"
+
+
+def breast_extent_mm(image: MammogramImage) -> Tuple[float, float]:
+    """(height, width) in mm of the breast's box: the largest Otsu foreground component of a
+    subsampled copy (as the analysis crops it), times the pixel spacing."""
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label
+
+    pixels = image.pixels
+    step = max(1, int(math.ceil(math.sqrt(pixels.size / 250_000))))
+    small = np.ascontiguousarray(pixels[::step, ::step], dtype=np.float32)
+    if float(small.max()) == float(small.min()):
+        return 0.0, 0.0
+    labels = label(small > threshold_otsu(small), connectivity=2)
+    if labels.max() == 0:
+        return 0.0, 0.0
+    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    rows, cols = np.nonzero(labels == largest)
+    height = (rows.max() - rows.min() + 1) * step * image.geometry.row_spacing
+    width = (cols.max() - cols.min() + 1) * step * image.geometry.col_spacing
+    return float(height), float(width)
+
+
+def check_breast_size(image: MammogramImage) -> None:
+    """Refuse an image whose breast would be larger than any breast (:data:`MAX_BREAST_MM`) at
+    its pixel spacing: the spacing is wrong, and every size and the resampling with it. Only
+    images whose whole extent exceeds the limit are measured."""
+    rows, cols = image.shape
+    if max(rows * image.geometry.row_spacing, cols * image.geometry.col_spacing) <= MAX_BREAST_MM:
+        return
+    height, width = breast_extent_mm(image)
+    if max(height, width) > MAX_BREAST_MM:
+        raise InvalidImageError(
+            f"at {format_spacing((image.geometry.row_spacing, image.geometry.col_spacing))} per pixel (from "
+            f"{_source(image)}) the breast would be {height / 10:.0f} x {width / 10:.0f} cm, larger than any breast "
+            f"(at most {MAX_BREAST_MM / 10:.0f} cm): the pixel spacing is wrong; {_spacing_advice(image)}",
+            image.path or "<array>")
 
 
 def content_warnings(image: MammogramImage) -> list:

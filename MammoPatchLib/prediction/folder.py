@@ -4,22 +4,29 @@ a lock so two runs cannot write one output folder at once, and a summary kept up
 - Each image's outputs are written into ``OUT/.partial-<name>-<pid>/`` and renamed to
   ``OUT/<name>/`` when every file is there (a rename is atomic), so a folder under its final
   name is always complete; a kill loses at most the image in flight.
+- Every folder MammoPatch makes holds a marker file (``.mammopatch-output``). Only marked
+  folders are ever replaced or removed: a file or a folder of the user's where an image's
+  folder goes is reported as being in the way, that image fails, and it is left as it is
+  (``--overwrite`` included).
 - ``OUT/.mammopatch.lock`` is held (``fcntl.flock``) for the whole run: a second run on the
-  same folder is refused at once with a clear message (exit code 3 on the command line).
+  same folder is refused at once with a clear message (exit code 3 on the command line). It is
+  deleted when the run ends.
 - Partial folders left by a killed run are removed when the next run takes the lock.
 - ``resume``: images whose folder exists are skipped ("done earlier"); ``overwrite``: they are
-  recomputed and replace the old folder only once the new one is complete. Neither: an
-  existing folder is reported as a failure for that image and left untouched.
+  recomputed and replace the old folder only once the new one is complete. Neither: a run
+  whose images have folders already (a stopped batch run again) is refused before any image,
+  pointing to ``--resume`` / ``--overwrite``, and the folder is left untouched.
 - ``OUT/summary.csv`` is rewritten (atomically) after every image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..errors import MammoPatchError
 from ..vocabulary import PathLike
@@ -27,6 +34,8 @@ from ..vocabulary import PathLike
 LOCK_NAME = ".mammopatch.lock"
 PARTIAL_PREFIX = ".partial-"
 OLD_PREFIX = ".replaced-"
+#: The file inside every folder MammoPatch makes: what it may replace or remove.
+MARKER_NAME = ".mammopatch-output"
 
 
 class OutputError(MammoPatchError):
@@ -55,6 +64,10 @@ class OutputFolder:
 
     def __exit__(self, *exc) -> None:
         if self._lock_file is not None:
+            # Delete the lock file while still holding it: a run that opened it meanwhile finds,
+            # once it has the lock, that the name no longer leads to its file, and retries.
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / LOCK_NAME)
             self._lock_file.close()
             self._lock_file = None
 
@@ -76,39 +89,85 @@ class OutputFolder:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
             return
-        handle = open(self.root / LOCK_NAME, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise OutputError("another MammoPatch run is writing to this output folder; wait for it to finish or "
-                              "choose another --out", self.root) from None
-        self._lock_file = handle
+        path = self.root / LOCK_NAME
+        for _ in range(10):
+            handle = open(path, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise OutputError("another MammoPatch run is writing to this output folder; wait for it to finish or "
+                                  "choose another --out", self.root) from None
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(handle.fileno())
+            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+                self._lock_file = handle
+                return
+            handle.close()  # the run that held it deleted it on leaving: lock the new one
+        raise OutputError("the lock file keeps being replaced by other runs; try again", self.root)
+
+    def is_ours(self, path: Path) -> bool:
+        """A real folder (not a link) holding MammoPatch's marker: one it may replace or remove."""
+        return path.is_dir() and not path.is_symlink() and (path / MARKER_NAME).is_file()
 
     def clean_stale(self) -> List[str]:
         """Remove partial and replaced folders left by killed runs (we hold the lock, so no
-        running process owns them)."""
+        running process owns them); a folder without MammoPatch's marker is not touched."""
         removed = []
         for entry in self.root.iterdir():
-            if entry.is_dir() and entry.name.startswith((PARTIAL_PREFIX, OLD_PREFIX)):
+            if entry.name.startswith((PARTIAL_PREFIX, OLD_PREFIX)) and self.is_ours(entry):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
         return removed
 
     def is_complete(self, name: str) -> bool:
-        return (self.root / name).is_dir()
+        """Whether ``name``'s outputs, written by MammoPatch, are there."""
+        return self.is_ours(self.root / name)
+
+    def in_the_way(self, name: str) -> Optional[str]:
+        """Why ``name``'s folder cannot be written: something MammoPatch did not write is there
+        (said in words, for the image's error), else None."""
+        target = self.root / name
+        if not os.path.lexists(target) or self.is_ours(target):
+            return None
+        kind = ("a symbolic link" if target.is_symlink() else "a folder" if target.is_dir() else
+                "a file" if target.is_file() else "something")
+        return (f"{kind} that MammoPatch did not write is where this image's output folder goes ({target}); it is "
+                "left as it is: move or rename it, or choose another --out")
+
+    def earlier_outputs(self, names: Sequence[str], resume: bool, overwrite: bool) -> None:
+        """Refuse to start a plain run (neither ``resume`` nor ``overwrite``) whose images have
+        outputs already, typically a stopped batch run again: the user says what to do with
+        them, instead of the finished images being reported as failures."""
+        if resume or overwrite or not self.root.is_dir():
+            return
+        done = [name for name in names if self.is_complete(name)]
+        if done:
+            example = ", ".join(done[:3]) + (", ..." if len(done) > 3 else "")
+            raise MammoPatchError(f"outputs of {len(done)} of the {len(names)} images exist already, from an earlier "
+                                  f"run ({example}): --resume keeps them and finishes the batch, --overwrite "
+                                  "recomputes them", self.root)
 
     def partial(self, name: str) -> Path:
-        """A fresh private folder to write ``name``'s outputs into."""
+        """A fresh private folder, marked as MammoPatch's, to write ``name``'s outputs into."""
         folder = self.root / f"{PARTIAL_PREFIX}{name}-{os.getpid()}"
-        if folder.exists():
+        if self.is_ours(folder):
             shutil.rmtree(folder)
         folder.mkdir()
+        (folder / MARKER_NAME).write_text("A MammoPatch output folder: MammoPatch may replace or remove it.\n")
         return folder
 
     def publish(self, partial: Path, name: str, overwrite: bool) -> Path:
-        """Give a finished partial folder its final name (replacing an older one if asked)."""
+        """Give a finished partial folder its final name (replacing an older one of MammoPatch's
+        if asked; never anything else)."""
         final = self.root / name
+        blocked = self.in_the_way(name)
+        if blocked is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise MammoPatchError(blocked)
         if final.exists():
             if not overwrite:
                 shutil.rmtree(partial, ignore_errors=True)

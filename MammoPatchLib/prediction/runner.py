@@ -68,6 +68,7 @@ def run_batch(jobs: Sequence[Job], folder: OutputFolder, pipeline: ImagePipeline
             :class:`~MammoPatchLib.errors.Cancelled` from it stops the batch.
     """
     ctx = ctx or RankContext()
+    folder.earlier_outputs([job.name for job in jobs], resume, overwrite)
     with contextlib.ExitStack() as held:
         if ctx.is_main:
             held.enter_context(folder)  # lock, clean stale partial folders; released however the run ends
@@ -156,6 +157,10 @@ class _RankBatch:
         loaded = loading.result() if loading is not None else None
         start = time.perf_counter()
         done: Future = Future()
+        blocked = self.folder.in_the_way(job.name)
+        if blocked is not None:  # a user's file or folder: never moved, replaced or deleted
+            done.set_result(Row(image=str(job.path), status=Status.FAILED, error=str(MammoPatchError(blocked, job.path))))
+            return job, done, start
         if not self._needs_loading(job):
             done.set_result(self._existing(job))
             return job, done, start

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +27,11 @@ from ..inference.predictor import PredictionResult
 from ..io import atomic_path, write_png, write_volume
 from ..io.image import ImageGeometry
 from ..visualize import heatmap_overlay
-from ..vocabulary import HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, HeatmapChoice, HeatmapDtype, PathLike
+from ..vocabulary import (HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, HeatmapChoice, HeatmapDtype, PathLike,  # noqa: F401
+                          class_slug)  # class_slug: the file-name mapping, also used from here
 
 FINDING_CSV_COLUMNS = ["image", "class", "score", "xmin_px", "ymin_px", "xmax_px", "ymax_px",
                        "xmin_mm", "ymin_mm", "xmax_mm", "ymax_mm", "area_mm2"]
-
-
-def class_slug(name: str) -> str:
-    """'Suspicious Calcification' -> 'suspicious_calcification' (for file names)."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def _write_text(path: Path, text: str, overwrite: bool) -> None:

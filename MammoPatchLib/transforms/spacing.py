@@ -16,7 +16,7 @@ def pixel_spacing_mm(img, default: Optional[float] = None) -> float:
     """
     if isinstance(img, MetaTensor):
         pixdim = np.asarray(img.pixdim, dtype=float)[:2]
-        if pixdim.size == 2 and np.all(pixdim > 0):
+        if pixdim.size == 2 and np.all(np.isfinite(pixdim)) and np.all(pixdim > 0):
             return float(pixdim.mean())
     if default is None:
         raise ValueError("image has no pixel spacing (not a MetaTensor with an affine) and no spacing_mm was given")
