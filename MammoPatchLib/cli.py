@@ -17,7 +17,8 @@ from .errors import MammoPatchError
 
 logger = logging.getLogger("mammopatch")
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_CANNOT_WRITE = 0, 1, 2, 3
+from .contract import EXIT_CANCELLED, EXIT_CANNOT_WRITE, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE  # noqa: E402, F401
+from .contract import PROGRESS_PREFIX, progress_line  # noqa: E402
 
 
 def _number(text: str) -> float:
@@ -180,9 +181,6 @@ def _batch_exit(rows, out: Path) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-PROGRESS_PREFIX = "MAMMOPATCH-PROGRESS"
-
-
 def _progress_reporter(args: argparse.Namespace):
     """For a caller that runs the command as a worker process (the Slicer module): progress as
     machine-readable lines, and a cancel file whose appearance stops the run."""
@@ -194,7 +192,7 @@ def _progress_reporter(args: argparse.Namespace):
         if args.cancel_file and Path(args.cancel_file).exists():
             raise Cancelled("cancelled by the user")
         if args.progress_lines:
-            print(f"{PROGRESS_PREFIX} {fraction:.4f} {text}", flush=True)
+            print(progress_line(fraction, text), flush=True)
 
     return report
 
@@ -218,8 +216,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         kwargs["dicom"] = True
     if not inputs:
         raise MammoPatchError("no inputs: give files, folders or --from-dicomweb URL --study UID")
-    rows = predict_files(inputs, args.out, spacing_mm=args.spacing, on_result=_print_row,
-                         on_progress=_progress_reporter(args), **kwargs)
+    def run():
+        return predict_files(inputs, args.out, spacing_mm=args.spacing, on_result=_print_row,
+                             on_progress=_progress_reporter(args), **kwargs)
+
+    if args.result_manifest and rank == 0:
+        from .result_manifest import record_run
+
+        rows = record_run(args.result_manifest, run)
+    else:
+        rows = run()
     if args.to_dicomweb:
         from .dicomweb import store
 
@@ -349,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--progress-lines", action="store_true",
                          help=f"print progress as '{PROGRESS_PREFIX} <fraction> <text>' lines (for programs running this)")
     predict.add_argument("--cancel-file", default=None, help="stop (exit 130) as soon as this file exists")
+    predict.add_argument("--result-manifest", metavar="PATH", default=None,
+                         help="write a JSON manifest of the run (status, error, every file written by kind, findings, "
+                              "source geometry) here, however the run ends")
     _add_predict_options(predict)
     predict.set_defaults(func=_cmd_predict)
 
@@ -450,13 +459,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CANNOT_WRITE
     except Cancelled:
         print("cancelled", file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
     except MammoPatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
 
 
 if __name__ == "__main__":
