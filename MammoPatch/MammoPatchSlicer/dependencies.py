@@ -4,7 +4,10 @@ extension provides and pip must not replace). setup.cfg's ``install_requires`` i
 union of the two (Testing/test_slicer_dependencies.py holds them equal).
 
 Installed versions are read from the distributions' metadata (``importlib.metadata``), so no
-import-name table can drift from the list."""
+import-name table can drift from the list. Slicer's own numpy and SimpleITK have that metadata:
+both are installed with pip by Slicer's SuperBuild (SuperBuild/External_python-numpy.cmake,
+v5.6.2 line 56; SuperBuild/External_SimpleITK.cmake, v5.6.2 line 132, v5.10.0 line 157), torch by
+the PyTorch extension's pip install."""
 
 from __future__ import annotations
 
