@@ -363,12 +363,11 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
     The work is done by MammoPatchSlicer.run.AnalysisRun; this class adds Slicer's pieces: the
     scene, the DICOM database, PythonSlicer's environment, a Qt timer, dialogs."""
 
-    POLL_MS = 200
-
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._run = None
-        self.lastOutcome = None
+        from MammoPatchSlicer.run import RunSlot
+
+        self._slot = RunSlot(qt.QTimer.singleShot)  # one run at a time, each with its own timer chain
         self._modelClassCache = {}
 
     def getParameterNode(self):
@@ -467,13 +466,17 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
     # -- processing ---------------------------------------------------------------------------
 
     def isRunning(self) -> bool:
-        return self._run is not None and not self._run.finished
+        return self._slot.running
 
     def cancel(self) -> None:
         """Stop the running prediction (the worker stops within about a second; its process
         tree is killed if it has not after 10 s)."""
-        if self._run is not None:
-            self._run.cancel()
+        self._slot.cancel()
+
+    @property
+    def lastOutcome(self):
+        """The outcome (MammoPatchSlicer.run.RunOutcome) of the last run that finished."""
+        return self._slot.last_outcome
 
     @staticmethod
     def inputFileForVolume(inputVolume) -> Optional[str]:
@@ -494,11 +497,9 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
                         activationMaps: int = 0):
         """Start analysing one mammogram volume in a worker process; returns the run at once.
         The results are loaded into the scene when it ends, then ``finishedCallback(outcome)``
-        (a MammoPatchSlicer.run.RunOutcome) is called, once."""
+        (a MammoPatchSlicer.run.RunOutcome) is called, once (MammoPatchSlicer.run.RunSlot)."""
         if not inputVolume:
             raise ValueError(_("Input mammogram is missing"))
-        if self.isRunning():
-            raise RuntimeError(_("MammoPatch is already running; cancel it first"))
         _ensureLibraryOnPath()
         from MammoPatchSlicer.run import AnalysisRun, RunRequest
 
@@ -506,32 +507,19 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
         request = RunRequest(model_path=modelPath, mode=mode, device=device, threshold=threshold,
                              heatmap_class=heatmapClass, activation_maps=activationMaps, model_classes=classes,
                              reported_classes=reported)
-        run = None
 
         def onFinished(outcome) -> None:
-            if run is not self._run:  # a run replaced by a newer one reports nothing
-                return
-            self.lastOutcome = outcome
             if outcome.status == "ok" and showResult:
                 slicer.util.setSliceViewerLayers(background=inputVolume, foreground=outcome.results.first_heatmap,
                                                  foregroundOpacity=0.5, label=outcome.results.labelmap, fit=True)
             if finishedCallback:
                 finishedCallback(outcome)
 
-        run = AnalysisRun(slicer.mrmlScene, inputVolume, request, slicer.util.tempDirectory("MammoPatch"),
-                          _libraryRoot(), input_file=self.inputFileForVolume(inputVolume),
-                          environment=slicer.util.startupEnvironment(), on_progress=progressCallback,
-                          on_finished=onFinished, output_heatmap=outputHeatmap, output_labelmap=outputLabelMap)
-        self._run = run
-
-        def tick() -> None:
-            # Each run's own timer chain: it stops when its run has finished (poll() is False),
-            # so a leftover timer never touches a later run.
-            if run.poll():
-                qt.QTimer.singleShot(self.POLL_MS, tick)
-
-        qt.QTimer.singleShot(self.POLL_MS, tick)
-        return run
+        return self._slot.start(lambda finished: AnalysisRun(
+            slicer.mrmlScene, inputVolume, request, slicer.util.tempDirectory("MammoPatch"), _libraryRoot(),
+            input_file=self.inputFileForVolume(inputVolume), environment=slicer.util.startupEnvironment(),
+            on_progress=progressCallback, on_finished=finished, output_heatmap=outputHeatmap,
+            output_labelmap=outputLabelMap), onFinished)
 
     def process(self, inputVolume, outputHeatmap=None, outputLabelMap=None, modelPath: Optional[str] = None,
                 mode: str = DEFAULT_MODE, device: str = "auto", threshold: Optional[float] = None,

@@ -170,3 +170,39 @@ def test_cancel_kills_the_whole_process_tree_after_the_grace_time(tmp_path, monk
         time.sleep(0.05)
     else:
         pytest.fail("the worker's child survived the kill")
+
+
+def test_one_run_at_a_time_each_finished_once_and_leftover_timers_are_harmless(tmp_path):
+    """The Logic's timer chain and a blocking wait() both poll the same run: its results are
+    handled once; a timer left over from the first run, fired during the second, changes
+    nothing; last_outcome is the run that finished last."""
+    from MammoPatchSlicer.run import RunSlot
+
+    timers = []
+    slot = RunSlot(lambda ms, callback: timers.append(callback))
+    finished = []
+
+    def make(name):
+        script = tmp_path / f"{name}.py"
+        script.write_text(f"print({name!r})\n")
+
+        def factory(done):
+            outcome = {"name": name, "lines": []}
+            return WorkerProcess([sys.executable, str(script)], dict(os.environ), str(tmp_path / f"{name}.cancel"),
+                                 outcome["lines"].append, lambda code: done({**outcome, "code": code}))
+        return factory
+
+    first = slot.start(make("first"), finished.append)
+    with pytest.raises(RuntimeError, match="already running"):
+        slot.start(make("other"))
+    first.wait(timeout_s=60)  # process(): blocks; the pending timer has not fired yet
+    leftover = timers.pop(0)
+    second = slot.start(make("second"), finished.append)
+    leftover()  # the first run's timer fires during the second run: it polls only its finished run
+    assert [f["name"] for f in finished] == ["first"] and slot.last_outcome["name"] == "first"
+    while timers:  # the GUI's timer chain runs the second run to its end
+        timers.pop(0)()
+        time.sleep(0.02)
+    assert second.finished and [f["name"] for f in finished] == ["first", "second"]
+    assert slot.last_outcome == {"name": "second", "lines": ["second"], "code": 0}
+    assert not slot.running

@@ -172,3 +172,50 @@ class AnalysisRun:
         outcome.results = load_results(self.scene, self.input_volume, image, heatmaps_to_load(self.request.heatmap_class),
                                        self.output_heatmap, self.output_labelmap)
         outcome.status = STATUS_OK
+
+
+class RunSlot:
+    """A Logic's one current run, polled by a timer chain of its own. ``schedule(ms, callback)``
+    is ``qt.QTimer.singleShot`` in Slicer. Each run's chain stops by itself when that run has
+    finished (its ``poll()`` returns False), so a timer left over from one run never touches the
+    next, and a run's results are loaded once whether the timer or a ``wait()`` sees the end
+    first; ``last_outcome`` is only ever set by the current run."""
+
+    def __init__(self, schedule: Callable[[int, Callable[[], None]], None], poll_ms: int = 200) -> None:
+        self.schedule, self.poll_ms = schedule, poll_ms
+        self.current = None
+        self.last_outcome = None
+
+    @property
+    def running(self) -> bool:
+        return self.current is not None and not self.current.finished
+
+    def start(self, make_run: Callable[[Callable[[object], None]], object],
+              on_finished: Optional[Callable[[object], None]] = None):
+        """``make_run(finished)`` starts a run (an AnalysisRun, or anything with poll(),
+        finished and cancel()) that calls ``finished(outcome)`` when it ends."""
+        if self.running:
+            raise RuntimeError("MammoPatch is already running; cancel it first")
+        started = []
+
+        def finished(outcome) -> None:
+            if not started or started[0] is not self.current:
+                return
+            self.last_outcome = outcome
+            if on_finished is not None:
+                on_finished(outcome)
+
+        run = make_run(finished)
+        started.append(run)
+        self.current = run
+
+        def tick() -> None:
+            if run.poll():
+                self.schedule(self.poll_ms, tick)
+
+        self.schedule(self.poll_ms, tick)
+        return run
+
+    def cancel(self) -> None:
+        if self.running:
+            self.current.cancel()
