@@ -55,6 +55,11 @@ def _complete_source(path: PathLike):
     return source
 
 
+#: File name of each DICOM output, by kind (the result manifest lists them by these kinds).
+DICOM_OUTPUT_FILES = {"seg": "findings_seg.dcm", "heatmaps": "heatmaps_seg.dcm", "overlay": "overlay_sc.dcm",
+                      "report": "findings_sr.dcm"}
+
+
 def _save(dataset, path: Path) -> str:
     with atomic_path(path) as tmp:
         dataset.save_as(tmp)
@@ -97,7 +102,7 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             segment_descriptions=[description(i + 1, name) for i, name in enumerate(present)],
             series_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["seg"], sop_instance_uid=hd.UID(),
             instance_number=1, series_description="MammoPatch findings", **common)
-        written["seg"] = _save(seg, out / "findings_seg.dcm")
+        written["seg"] = _save(seg, out / DICOM_OUTPUT_FILES["seg"])
     if heatmap_classes:
         if heatmaps is None:
             heatmaps = result.heatmaps_every(1, [result.classes.index(name) for name in heatmap_classes])
@@ -109,7 +114,7 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             segment_descriptions=[description(i + 1, name) for i, name in enumerate(heatmap_classes)],
             series_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["heatmaps"], sop_instance_uid=hd.UID(),
             instance_number=1, series_description="MammoPatch heatmaps (probability)", **common)
-        written["heatmaps"] = _save(heat, out / "heatmaps_seg.dcm")
+        written["heatmaps"] = _save(heat, out / DICOM_OUTPUT_FILES["heatmaps"])
     if overlay_rgb is not None:
         orientation = tuple(source.get("PatientOrientation", ["A", "R"]) or ["A", "R"])
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -119,7 +124,7 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             sop_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["overlay"], instance_number=1,
             manufacturer="MammoPatch", patient_orientation=orientation[:2],
             series_description="MammoPatch overlay")
-        written["overlay"] = _save(sc, out / "overlay_sc.dcm")
+        written["overlay"] = _save(sc, out / DICOM_OUTPUT_FILES["overlay"])
     report_algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=__version__,
                                                      parameters=[f"model sha256 {sha}"] if sha else None)
     observer = hd.sr.ObserverContext(
@@ -144,5 +149,5 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
     sr = hd.sr.Comprehensive3DSR(evidence=[source], content=report, series_number=SERIES_NUMBERS["report"],
                                  series_instance_uid=hd.UID(), sop_instance_uid=hd.UID(), instance_number=1,
                                  manufacturer="MammoPatch", series_description="MammoPatch findings report")
-    written["report"] = _save(sr, out / "findings_sr.dcm")
+    written["report"] = _save(sr, out / DICOM_OUTPUT_FILES["report"])
     return written

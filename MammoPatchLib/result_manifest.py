@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 from .contract import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK, ImageResult, ResultManifest
+from .dicom_outputs import DICOM_OUTPUT_FILES
 from .errors import Cancelled
 from .outputs import VOLUME_FORMATS, class_slug
 from .volume_bridge import activation_map_files
-
-DICOM_FILES = {"findings_seg.dcm": "seg", "heatmaps_seg.dcm": "heatmaps", "overlay_sc.dcm": "overlay",
-               "findings_sr.dcm": "report"}
-
 
 def _first_existing(folder: Path, stem: str) -> str:
     for ext in VOLUME_FORMATS.values():  # NRRD first: what the Slicer module reads
@@ -49,7 +46,7 @@ def image_result(row: Dict[str, object]) -> ImageResult:
     for index, path in activation_map_files(str(folder)):
         if index < len(item.findings):
             item.activation_maps.append({"finding": index, "class": item.findings[index]["category"], "path": path})
-    item.dicom = {kind: str(folder / name) for name, kind in DICOM_FILES.items() if (folder / name).is_file()}
+    item.dicom = {kind: str(folder / name) for kind, name in DICOM_OUTPUT_FILES.items() if (folder / name).is_file()}
     model = document.get("model") or {}
     item.model = {"classes": classes, "reported_classes": list(model.get("reported_classes") or classes)}
     item.source = document.get("source") or {}

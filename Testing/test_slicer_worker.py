@@ -55,7 +55,7 @@ def test_cli_writes_the_manifest_of_a_run(tmp_path):
     manifest_path = tmp_path / "m" / "manifest.json"
     code = main(["predict", str(path), "--out", str(tmp_path / "out"), "--model", str(model), "--mode", "fast",
                  "--device", "cpu", "--no-progress", "--thresholds", *["0"] * 10, "--activation-maps", "1",
-                 "--result-manifest", str(manifest_path)])
+                 "--dicom-out", "--result-manifest", str(manifest_path)])
     assert code == contract.EXIT_OK
     manifest = contract.read_manifest(str(manifest_path))
     assert manifest.status == "ok" and manifest.error == "" and len(manifest.images) == 1
@@ -66,7 +66,9 @@ def test_cli_writes_the_manifest_of_a_run(tmp_path):
     assert image.labelmap.endswith("labelmap.nrrd") and image.labelmap_classes[0] == "No Finding"
     assert image.source["geometry"] == document["source"]["geometry"]
     assert [a["finding"] for a in image.activation_maps] == [0]
-    listed = [*image.heatmaps.values(), image.labelmap, *image.files, *(a["path"] for a in image.activation_maps)]
+    assert set(image.dicom) == {"seg", "heatmaps", "overlay", "report"}
+    listed = [*image.heatmaps.values(), image.labelmap, *image.files, *(a["path"] for a in image.activation_maps),
+              *image.dicom.values()]
     assert all(os.path.isfile(p) for p in listed)
     on_disk = {str(p) for p in (tmp_path / "out" / "a").iterdir()}
     assert set(listed) == on_disk, "every file written is listed"
