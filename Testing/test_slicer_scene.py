@@ -131,6 +131,12 @@ def test_heatmaps_lie_on_the_input_in_its_geometry(analysed):
         assert node.GetAttribute(scene_module.KEY) == name
     labels = outcome.results.labelmap
     np.testing.assert_allclose(_matrix(labels), _matrix(volume), atol=1e-9)
+    # The files themselves carry the input's geometry (the module does not have to correct it).
+    assert len(outcome.results.geometry_differences_mm) == 3
+    assert max(outcome.results.geometry_differences_mm.values()) < 1e-6
+    reread = scene_module.read_volume(vtkMRMLScene(), outcome.manifest.images[0].heatmaps["Mass"],
+                                      "vtkMRMLScalarVolumeNode", "reread")
+    np.testing.assert_allclose(_matrix(reread), _matrix(volume), atol=1e-6)
     assert labels.GetTransformNodeID() == volume.GetTransformNodeID()
 
 
@@ -257,6 +263,11 @@ def test_all_classes_on_a_uid_named_dicom_file(dicom_run):
     assert os.path.basename(image.folder) == path.name
     for node in outcome.results.heatmaps.values():
         np.testing.assert_allclose(_matrix(node), _matrix(volume), atol=1e-9)
+    # The library reads PixelSpacing; ITK's reader (this storage node) may not for MG: the
+    # results are placed on the volume's pixels either way, and the difference is reported.
+    assert image.source["pixel_spacing_mm"] == pytest.approx([0.085, 0.085])
+    spacing = volume.GetSpacing()[0]
+    assert max(outcome.results.geometry_differences_mm.values()) == pytest.approx(abs(spacing - 0.085), abs=1e-4)
 
 
 def test_a_class_the_model_does_not_report_is_asked_for_and_loaded(dicom_run):

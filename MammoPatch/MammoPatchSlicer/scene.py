@@ -16,6 +16,7 @@ the next run add a second one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -24,6 +25,8 @@ import vtk
 from slicer import vtkMRMLVolumeArchetypeStorageNode
 
 from MammoPatchLib.contract import ImageResult
+
+logger = logging.getLogger(__name__)
 
 #: File-based colour tables are named "vtkMRMLColorTableNodeFile" + file name
 #: (Libs/MRML/Logic/vtkMRMLColorLogic.cxx, GetFileColorNodeID); Inferno.txt ships with Slicer 5.6+.
@@ -46,6 +49,8 @@ class LoadedResults:
     labelmap: Optional[object] = None
     findings: List[object] = field(default_factory=list)
     activation_maps: List[object] = field(default_factory=list)
+    #: node name -> how far its file's IJK-to-RAS was from the input's (mm; see _place_on_input)
+    geometry_differences_mm: Dict[str, float] = field(default_factory=dict)
 
     @property
     def first_heatmap(self):
@@ -101,16 +106,32 @@ def _tag(node, source_id: str, role: str, key: str = "") -> None:
     node.SetAttribute(KEY, key)
 
 
-def _place_on_input(node, input_volume) -> None:
+#: Largest IJK-to-RAS difference (mm) between a result file and its input that is only
+#: rounding (NRRD stores the matrix as decimal text).
+GEOMETRY_TOLERANCE_MM = 1e-4
+
+
+def _place_on_input(node, input_volume) -> float:
     """Results are computed on the input's own pixels: a result with the input's dimensions
-    takes the input's IJK-to-RAS (for a DICOM input the library's and Slicer's readers could
-    differ in the last digits), and every result sits under the input's parent transform."""
+    takes the input's IJK-to-RAS, and every result sits under the input's parent transform.
+    Returns how far (largest matrix element difference, mm) the file's own geometry was from
+    the input's; a difference beyond rounding is logged. It happens for DICOM inputs: ITK's
+    GDCM reader behind vtkMRMLVolumeArchetypeStorageNode gives an MG image without
+    ImagerPixelSpacing 1 mm pixels, where the library reads PixelSpacing (0.085 mm in the
+    tests), so results written in the library's geometry would not lie on the volume."""
     image, source = node.GetImageData(), input_volume.GetImageData()
+    difference = 0.0
     if image is not None and source is not None and image.GetDimensions() == source.GetDimensions():
+        difference = float(np.abs(_matrix_array(node) - _matrix_array(input_volume)).max())
+        if difference > GEOMETRY_TOLERANCE_MM:
+            logger.warning("MammoPatch: the worker read %s's geometry differently from Slicer (IJK-to-RAS differs "
+                           "by up to %.3g mm, e.g. another pixel spacing); %s is placed on the volume's pixels",
+                           input_volume.GetName(), difference, node.GetName())
         matrix = vtk.vtkMatrix4x4()
         input_volume.GetIJKToRASMatrix(matrix)
         node.SetIJKToRASMatrix(matrix)
     node.SetAndObserveTransformNodeID(input_volume.GetTransformNodeID())
+    return difference
 
 
 def _show_as_probability(node) -> None:
@@ -210,14 +231,14 @@ def load_results(scene, input_volume, image: ImageResult, heatmap_classes: Optio
         node = read_volume(scene, image.heatmaps[class_name], "vtkMRMLScalarVolumeNode",
                            f"{name} heatmap {class_name}", node)
         _tag(node, source_id, HEATMAP, class_name)
-        _place_on_input(node, input_volume)
+        loaded.geometry_differences_mm[node.GetName()] = _place_on_input(node, input_volume)
         _show_as_probability(node)
         loaded.heatmaps[class_name] = node
     if image.labelmap:
         node = output_labelmap or _result_node(scene, "vtkMRMLLabelMapVolumeNode", source_id, LABELMAP)
         node = read_volume(scene, image.labelmap, "vtkMRMLLabelMapVolumeNode", f"{name} findings", node)
         _tag(node, source_id, LABELMAP)
-        _place_on_input(node, input_volume)
+        loaded.geometry_differences_mm[node.GetName()] = _place_on_input(node, input_volume)
         node.GetDisplayNode().SetAndObserveColorNodeID(class_color_node(scene, image.labelmap_classes).GetID())
         loaded.labelmap = node
     loaded.findings = write_findings(scene, input_volume, image.findings)
