@@ -441,20 +441,20 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
 
     def modelClasses(self, modelPath: Optional[str] = None) -> Tuple[Optional[List[str]], Optional[List[str]]]:
         """(output classes, reported classes) of a model file (None: the bundled model), or
-        (None, None) while they cannot be read (PyTorch not installed yet, a bad file)."""
+        (None, None) while they cannot be read (MammoPatchSlicer.run.model_classes); cached
+        per file and modification time."""
+        from MammoPatchSlicer.run import model_classes
+
         try:
             from MammoPatchLib.api import default_model_path
-            from MammoPatchLib.model_file import ModelInfo, read_model_payload
 
             path = str(modelPath or default_model_path())
             key = (path, os.path.getmtime(path))
-            if key not in self._modelClassCache:
-                info = ModelInfo.from_dict(read_model_payload(path)["info"])
-                self._modelClassCache[key] = (list(info.classes), info.reported_classes)
-            return self._modelClassCache[key]
-        except Exception as exc:  # noqa: BLE001 - ImportError before the first Apply, unreadable files
-            logging.debug("MammoPatch: model classes not read (%s)", exc)
-            return None, None
+        except Exception:  # noqa: BLE001 - a missing file, or the library's dependencies not installed yet
+            return model_classes(modelPath)
+        if key not in self._modelClassCache:
+            self._modelClassCache[key] = model_classes(path)
+        return self._modelClassCache[key]
 
     def classChoices(self, modelPath: Optional[str] = None, showOtherClasses: bool = False) -> List[str]:
         """The heatmap choices for a model: MammoPatchLib.contract.class_choices of its classes."""

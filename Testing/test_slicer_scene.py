@@ -97,9 +97,11 @@ def _input_scene(phantom, folder):
     return scene, volume, path
 
 
-def _run(scene, volume, folder, model, **request) -> "object":
+def _run(scene, volume, folder, model, progress=None, **request) -> "object":
     run = AnalysisRun(scene, volume, RunRequest(model_path=model, mode="fast", device="cpu", **request),
-                      str(folder), str(REPO), environment=dict(os.environ), python=sys.executable)
+                      str(folder), str(REPO), environment=dict(os.environ), python=sys.executable,
+                      on_progress=(lambda fraction, text: progress.append((fraction, text))) if progress is not None
+                      else None)
     outcome = run.wait(timeout_s=240)
     return outcome
 
@@ -110,8 +112,10 @@ def analysed(phantom, model, tmp_path_factory):
     activation map."""
     folder = tmp_path_factory.mktemp("scene")
     scene, volume, path = _input_scene(phantom, str(folder))
-    outcome = _run(scene, volume, folder / "run1", model, threshold=0.0, activation_maps=1)
+    progress = []
+    outcome = _run(scene, volume, folder / "run1", model, progress, threshold=0.0, activation_maps=1)
     assert outcome.status == "ok", (outcome.error, outcome.log[-20:])
+    outcome.progress = progress
     return scene, volume, path, outcome, folder
 
 
@@ -305,7 +309,21 @@ def test_a_worker_that_fails_without_a_manifest_reports_its_error_line(analysed,
     assert outcome.exit_code == 2 and scene.GetNumberOfNodes() == before
 
 
-def test_reported_classes_choice_is_the_workers_default(analysed):
-    assert REPORTED_CLASSES != ALL_CLASSES
+def test_reported_classes_choice_is_the_workers_default(analysed, model):
+    from MammoPatchSlicer.run import model_classes
+
+    from MammoPatchLib.contract import class_choices
+
     _scene, _volume, _path, outcome, _ = analysed
-    assert outcome.manifest.images[0].model["reported_classes"] == REPORTED
+    classes, reported = model_classes(model)
+    assert reported == REPORTED == outcome.manifest.images[0].model["reported_classes"]
+    assert classes == outcome.manifest.images[0].model["classes"]
+    assert class_choices(classes, reported) == [REPORTED_CLASSES, ALL_CLASSES, *REPORTED]
+    assert model_classes(str(REPO / "README.md")) == (None, None), "not a model: the worker will say why"
+
+
+def test_progress_lines_reach_the_callback_and_not_the_log(analysed):
+    _scene, _volume, _path, outcome, _ = analysed
+    assert outcome.progress and all(0.0 <= f <= 1.0 for f, _ in outcome.progress)
+    assert [f for f, _ in outcome.progress] == sorted(f for f, _ in outcome.progress)
+    assert not any(line.startswith("MAMMOPATCH-PROGRESS") for line in outcome.log)

@@ -83,6 +83,21 @@ def worker_environment(base: Optional[dict], library_root: str) -> dict:
     return environment
 
 
+def model_classes(model_path: Optional[str] = None):
+    """(output classes, reported classes) of a model file (None: the bundled model), or
+    (None, None) while they cannot be read: before the first Apply has installed PyTorch, or
+    for a file that is not a model (the worker then reports why)."""
+    try:
+        from MammoPatchLib.api import default_model_path
+        from MammoPatchLib.model_file import ModelInfo, read_model_payload
+
+        info = ModelInfo.from_dict(read_model_payload(str(model_path or default_model_path()))["info"])
+        return list(info.classes), list(info.reported_classes)
+    except Exception as exc:  # noqa: BLE001 - ImportError before the first Apply, unreadable files
+        logger.debug("MammoPatch: model classes not read (%s)", exc)
+        return None, None
+
+
 def heatmaps_to_load(choice: str) -> Optional[List[str]]:
     """The heatmap classes a choice shows (None: every heatmap the worker wrote)."""
     return None if choice in (REPORTED_CLASSES, ALL_CLASSES) else [choice]
