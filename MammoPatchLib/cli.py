@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+from .contract import EXIT_CANCELLED, EXIT_CANNOT_WRITE, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE  # noqa: F401 - API
+from .contract import PROGRESS_PREFIX, progress_line
 from .errors import MammoPatchError
 
 logger = logging.getLogger("mammopatch")
-
-from .contract import EXIT_CANCELLED, EXIT_CANNOT_WRITE, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE  # noqa: E402, F401
-from .contract import PROGRESS_PREFIX, progress_line  # noqa: E402
 
 
 def _number(text: str) -> float:
