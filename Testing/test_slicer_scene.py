@@ -60,8 +60,7 @@ def model(tmp_path_factory):
     torch.manual_seed(0)
     info = ModelInfo(spacing_mm=0.4, trained=False, description="test model",
                      inference=InferenceDefaults(report_classes=list(REPORTED)))
-    return str(save_model(build_network(info), info, tmp_path_factory.mktemp("model") / "tiny.pt") or
-               tmp_path_factory.getbasetemp() / "model0" / "tiny.pt")
+    return str(save_model(build_network(info), info, tmp_path_factory.mktemp("model") / "tiny.pt"))
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,10 @@ all under the input's parent transform; a rerun updates the same nodes.
 Files are read and written through ``vtkMRMLVolumeArchetypeStorageNode`` objects of our own
 (Libs/MRML/Core/vtkMRMLVolumeArchetypeStorageNode.h: SetFileName, ReadData, WriteData), which
 exist in Slicer and in ``slicer-core``. The input volume's own storage node is never used:
-``slicer.util.saveNode`` would set its file name to the exported temporary file
-(Base/QTCore/qSlicerNodeWriter.cxx, v5.6.2 lines 137-162), so the Save dialog would then see the
+``slicer.util.saveNode`` would reuse it and set its file name to the exported temporary file
+(Base/QTGUI/qSlicerNodeWriter.cxx v5.6.2 lines 137-162, through
+qSlicerCoreIOManager::createAndAddDefaultStorageNode, Base/QTCore/qSlicerCoreIOManager.cxx lines
+721-734, which returns the node's existing storage node), so the Save dialog would then see the
 volume as unmodified and a saved scene would point into the temporary folder.
 
 Result nodes are found again by attributes (``MammoPatch.source`` = the input's node ID,

@@ -2,10 +2,10 @@
 :meth:`WorkerProcess.poll` from a timer (``qt.QTimer.singleShot`` in Slicer), a script or a test
 by calling :meth:`WorkerProcess.wait`; both end in the same single ``on_exit`` call.
 
-Why not ``slicer.util.launchConsoleProcess`` (Base/Python/slicer/util.py, v5.6.2 line 3739 to
-main): it opens the pipe in text mode with the locale's codec (a UnicodeDecodeError ends a
-reader, which Slicer's own logProcessOutput catches, util.py line 3805) and starts the process
-in Slicer's process group, so killing the PythonSlicer launcher leaves the real Python running.
+Why not ``slicer.util.launchConsoleProcess`` (Base/Python/slicer/util.py: v5.6.2 line 3739,
+v5.8.1 3787, v5.10.0 3879, main 4203): it opens the pipe in text mode with the locale's codec
+(a UnicodeDecodeError ends a reader; Slicer's own logProcessOutput catches it, v5.6.2 line
+3805) and starts the process in Slicer's process group, so killing the PythonSlicer launcher leaves the real Python running.
 Here the process is started the same way (the environment the caller gives, hidden console on
 Windows) but in its own process group / session, its output decoded as UTF-8 with
 replacement, and Cancel's kill takes the whole tree (as SlicerMONAIAuto3DSeg does).
