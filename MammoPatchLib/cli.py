@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+from .contract import EXIT_CANCELLED, EXIT_CANNOT_WRITE, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE  # noqa: F401 - API
+from .contract import PROGRESS_PREFIX, progress_line
 from .errors import MammoPatchError
 from .vocabulary import (BLEND_MODES, DEFAULT_MODE, HEATMAP_CHOICES, HEATMAP_DTYPES, MODES, VOLUME_FORMATS, BlendMode,
                          HeatmapChoice, HeatmapDtype, Status)
 
 logger = logging.getLogger("mammopatch")
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_CANNOT_WRITE = 0, 1, 2, 3
 
 
 def _number(text: str) -> float:
@@ -195,9 +195,6 @@ def _batch_exit(rows, results: Path) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-PROGRESS_PREFIX = "MAMMOPATCH-PROGRESS"
-
-
 def _progress_reporter(args: argparse.Namespace):
     """For a caller that runs the command as a worker process (the Slicer module): progress as
     machine-readable lines, and a cancel file whose appearance stops the run."""
@@ -209,7 +206,7 @@ def _progress_reporter(args: argparse.Namespace):
         if args.cancel_file and Path(args.cancel_file).exists():
             raise Cancelled("cancelled by the user")
         if args.progress_lines:
-            print(f"{PROGRESS_PREFIX} {fraction:.4f} {text}", flush=True)
+            print(progress_line(fraction, text), flush=True)
 
     return report
 
@@ -231,9 +228,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise MammoPatchError("no inputs: give files, folders or --from-dicomweb URL --study UID")
     options, outputs = _options(args, dicom=bool(args.to_dicomweb))
-    rows = predict_files(inputs, args.out, args.model, options, outputs, spacing_mm=args.spacing,
-                         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
-                         workers=args.workers, on_result=_print_row, on_progress=_progress_reporter(args))
+
+    def run():
+        return predict_files(inputs, args.out, args.model, options, outputs, spacing_mm=args.spacing,
+                             overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                             workers=args.workers, on_result=_print_row, on_progress=_progress_reporter(args))
+
+    if args.result_manifest and launched_rank() == 0:
+        from .result_manifest import record_run
+
+        rows = record_run(args.result_manifest, run)
+    else:
+        rows = run()
     if args.to_dicomweb:
         from .results.dicomweb import store
 
@@ -413,6 +419,9 @@ def _add_predict_command(sub) -> None:
     predict.add_argument("--progress-lines", action="store_true",
                          help=f"print progress as '{PROGRESS_PREFIX} <fraction> <text>' lines (for programs running this)")
     predict.add_argument("--cancel-file", default=None, help="stop (exit 130) as soon as this file exists")
+    predict.add_argument("--result-manifest", metavar="PATH", default=None,
+                         help="write a JSON manifest of the run (status, error, every file written by kind, findings, "
+                              "source geometry) here, however the run ends")
     _add_predict_options(predict)
     predict.set_defaults(func=_cmd_predict)
 
@@ -555,13 +564,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CANNOT_WRITE
     except Cancelled:
         print("cancelled", file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
     except MammoPatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
 
 
 if __name__ == "__main__":

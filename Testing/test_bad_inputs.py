@@ -12,7 +12,7 @@ import pytest
 from bad_inputs import corpus
 from helpers import probe_model
 
-from MammoPatchLib.batch import LOCK_NAME
+from MammoPatchLib.prediction.folder import LOCK_NAME
 from MammoPatchLib.vocabulary import FINDING_CLASSES
 
 CASES = corpus()
@@ -23,7 +23,7 @@ def corpus_run(tmp_path_factory):
     from MammoPatchLib.api import predict_files
     from MammoPatchLib.inference import Predictor
 
-    from MammoPatchLib.batch import output_stem
+    from MammoPatchLib.prediction.folder import output_stem
 
     folder = tmp_path_factory.mktemp("corpus")
     out = folder / "out"
@@ -341,7 +341,7 @@ def test_overwrite_replaces_mammopatch_outputs_only(tmp_path):
 
 
 def test_the_lock_file_is_removed_and_still_excludes_a_second_run(tmp_path):
-    from MammoPatchLib.batch import OutputError, OutputFolder
+    from MammoPatchLib.prediction.folder import OutputError, OutputFolder
 
     with OutputFolder(tmp_path) as first:
         assert (tmp_path / LOCK_NAME).exists()

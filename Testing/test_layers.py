@@ -12,7 +12,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "MammoPatchLib"
 #: Each top-level module or package of MammoPatchLib and its layer (0 = the bottom). The
 #: package's ``__init__`` is its facade (version, errors, a lazy ``predict``): it is left out.
 LAYERS = {
-    "vocabulary": 0, "errors": 1, "config": 2, "distributed": 2,
+    "vocabulary": 0, "contract": 0, "errors": 1, "config": 2, "distributed": 2,
     "io": 3, "synthetic": 4,
     "transforms": 5, "networks": 5, "postprocess": 5, "visualize": 5, "datasets": 5, "volume_bridge": 5,
     "model_file": 6, "patches": 6,
@@ -20,7 +20,7 @@ LAYERS = {
     "results": 8, "evaluation": 8,
     "activation": 9, "training": 9,
     "prediction": 10,
-    "api": 11,
+    "api": 11, "result_manifest": 11,
     "cli": 12, "__main__": 13,
 }
 FACADE = "__init__"

@@ -16,7 +16,8 @@ MANIFEST = json.loads((REPO / "Testing" / "slicer_api" / "slicer_api_manifest.js
 SUPPORTED = ["5.6", "5.8", "5.10", "main"]
 #: Names used only behind a version or hasattr() check in the module (see its comments).
 GUARDED = {"slicer.packaging.pip_ensure", "slicer.packaging.load_requirements"}
-SOURCES = [REPO / "MammoPatch" / "MammoPatch.py", REPO / "Resources" / "Scripts" / "mammopatch_batch.py"]
+SOURCES = [REPO / "MammoPatch" / "MammoPatch.py", REPO / "Resources" / "Scripts" / "mammopatch_batch.py",
+           *sorted((REPO / "MammoPatch" / "MammoPatchSlicer").glob("*.py"))]
 
 
 def _entries():

@@ -19,6 +19,13 @@ from conftest import REPO
 MODULE = REPO / "MammoPatch" / "MammoPatch.py"
 UI = REPO / "Resources" / "UI" / "MammoPatch.ui"
 SLICER_PROVIDED = {"slicer", "qt", "vtk", "ctk", "PyTorchUtils"}
+#: Imported at the module's top, before any dependency is installed: standard library only.
+STDLIB_ONLY_AT_TOP = {"MammoPatchLib.vocabulary": REPO / "MammoPatchLib" / "vocabulary.py",
+                      "MammoPatchLib.contract": REPO / "MammoPatchLib" / "contract.py",
+                      "MammoPatchSlicer": REPO / "MammoPatch" / "MammoPatchSlicer" / "__init__.py",
+                      "MammoPatchSlicer.dependencies": REPO / "MammoPatch" / "MammoPatchSlicer" / "dependencies.py"}
+#: Parameters the widget binds itself (their choices depend on the model, see the parameter node).
+BOUND_BY_THE_WIDGET = {"heatmapClass"}
 
 
 def _tree():
@@ -32,13 +39,14 @@ def test_module_compiles_and_imports_only_what_slicer_provides_at_top_level():
     for node in tree.body:
         if isinstance(node, ast.Import):
             top_imports |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module != "MammoPatchLib.vocabulary":
+        elif isinstance(node, ast.ImportFrom) and node.module not in STDLIB_ONLY_AT_TOP:
             top_imports.add(node.module.split(".")[0])
-    # The one library module imported at the top is the vocabulary, which imports only the standard library.
-    vocabulary = ast.parse((REPO / "MammoPatchLib" / "vocabulary.py").read_text())
-    used = {a.name.split(".")[0] for n in vocabulary.body if isinstance(n, ast.Import) for a in n.names} | {
-        n.module.split(".")[0] for n in vocabulary.body if isinstance(n, ast.ImportFrom)}
-    assert used <= set(sys.stdlib_module_names) | {"__future__"}, used
+    # The project modules imported at the top import only the standard library (and each other).
+    for module, path in STDLIB_ONLY_AT_TOP.items():
+        tree_of = ast.parse(path.read_text())
+        used = {a.name.split(".")[0] for n in ast.walk(tree_of) if isinstance(n, ast.Import) for a in n.names} | {
+            n.module.split(".")[0] for n in ast.walk(tree_of) if isinstance(n, ast.ImportFrom) and n.module}
+        assert used <= set(sys.stdlib_module_names) | {"__future__"}, (module, used)
     heavy = {"torch", "monai", "MammoPatchLib", "numpy", "pydicom", "SimpleITK", "cv2", "skimage"}
     assert not top_imports & heavy, f"import lazily, inside functions: {top_imports & heavy}"
     assert top_imports - set(sys.stdlib_module_names) <= SLICER_PROVIDED
@@ -94,7 +102,9 @@ def test_ui_loads_and_binds_every_parameter():
         name = child.property("SlicerParameterName")
         if name:
             bound[name] = child.objectName()
-    assert set(bound) == _parameter_fields(), "every SlicerParameterName is a field, and every field is bound"
+    assert set(bound) | BOUND_BY_THE_WIDGET == _parameter_fields(), "every field is bound, and only fields"
+    assert not set(bound) & BOUND_BY_THE_WIDGET
+    assert widget.findChild(QWidget, "heatmapClassComboBox") is not None
     assert widget.findChild(QWidget, "applyButton") is not None
     assert widget.findChild(QWidget, "progressBar") is not None
 
@@ -121,7 +131,8 @@ def test_cmake_lists_every_library_file_and_resource():
                 "Resources/Scripts/mammopatch_batch.py"}
     expected |= {str(p.relative_to(REPO)) for p in (REPO / "Resources" / "Models").glob("*") if p.is_file()}
     assert expected <= resources
-    assert _cmake_list("MODULE_PYTHON_SCRIPTS") == {"${MODULE_NAME}.py"}
+    package = {str(p.relative_to(REPO / "MammoPatch")) for p in (REPO / "MammoPatch" / "MammoPatchSlicer").rglob("*.py")}
+    assert _cmake_list("MODULE_PYTHON_SCRIPTS") == {"${MODULE_NAME}.py"} | package
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in (REPO / "MammoPatch" / "CMakeLists.txt").read_text()
 
 

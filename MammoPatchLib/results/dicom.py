@@ -55,6 +55,11 @@ def _complete_source(path: PathLike):
     return source
 
 
+#: File name of each DICOM output, by kind (the result manifest lists them by these kinds).
+DICOM_OUTPUT_FILES = {"seg": "findings_seg.dcm", "heatmaps": "heatmaps_seg.dcm", "overlay": "overlay_sc.dcm",
+                      "report": "findings_sr.dcm"}
+
+
 def _save(dataset, path: Path) -> str:
     with atomic_path(path) as tmp:
         dataset.save_as(tmp)
@@ -96,7 +101,7 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             segment_descriptions=[description(i + 1, name) for i, name in enumerate(present)],
             series_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["seg"], sop_instance_uid=hd.UID(),
             instance_number=1, series_description="MammoPatch findings", **common)
-        written["seg"] = _save(seg, out / "findings_seg.dcm")
+        written["seg"] = _save(seg, out / DICOM_OUTPUT_FILES["seg"])
     if heatmap_classes:
         if heatmaps is None:
             heatmaps = result.heatmaps_every(1, [result.classes.index(name) for name in heatmap_classes])
@@ -108,11 +113,11 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             segment_descriptions=[description(i + 1, name) for i, name in enumerate(heatmap_classes)],
             series_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["heatmaps"], sop_instance_uid=hd.UID(),
             instance_number=1, series_description="MammoPatch heatmaps (probability)", **common)
-        written["heatmaps"] = _save(heat, out / "heatmaps_seg.dcm")
+        written["heatmaps"] = _save(heat, out / DICOM_OUTPUT_FILES["heatmaps"])
     if overlay_rgb is not None:
-        written["overlay"] = _save(_overlay_capture(source, overlay_rgb), out / "overlay_sc.dcm")
+        written["overlay"] = _save(_overlay_capture(source, overlay_rgb), out / DICOM_OUTPUT_FILES["overlay"])
     sr = _findings_report(result, source, algorithm_name, sha)
-    written["report"] = _save(sr, out / "findings_sr.dcm")
+    written["report"] = _save(sr, out / DICOM_OUTPUT_FILES["report"])
     return written
 
 

@@ -21,6 +21,7 @@ import sys
 
 # The shared vocabulary is pure Python; in a source tree the library is two folders up.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from MammoPatchLib.contract import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE  # noqa: E402
 from MammoPatchLib.vocabulary import DEFAULT_MODE, MODES  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def run(argv):
         logic = slicer.util.getModuleLogic("MammoPatch")
         if not logic.ensureDependencies(askUser=False):
             logging.error("MammoPatch's dependencies are missing and could not be installed")
-            return 2
+            return EXIT_USAGE
         run_files = logic.processFiles
     else:
         here = os.path.dirname(os.path.abspath(__file__))
@@ -72,27 +73,27 @@ def run(argv):
                          overwrite=args.overwrite, resume=args.resume)
     except MammoPatchError as exc:
         logging.error("%s", exc)
-        return 2
+        return EXIT_USAGE
     failed = [r for r in rows if r.failed]
     for row in failed:
         logging.error("skipped: %s", row.error)
     logging.info("%d of %d image(s) done; summary: %s", len(rows) - len(failed), len(rows),
                  os.path.join(args.output, "summary.csv"))
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def main() -> None:
     """Run, and always end the process with a status: inside Slicer (--python-script keeps
     the application running after the script) any failure, not only MammoPatch's own errors,
     must still end it, or a window-less Slicer would run forever."""
-    status = 2
+    status = EXIT_USAGE
     try:
         status = run(sys.argv[1:])
     except SystemExit as exc:  # argparse: usage errors
-        status = exc.code if isinstance(exc.code, int) else 2
+        status = exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except BaseException:  # noqa: BLE001 - import errors, install failures, anything
         logging.exception("MammoPatch batch failed")
-        status = 2
+        status = EXIT_USAGE
     finally:
         if _in_slicer():
             import slicer

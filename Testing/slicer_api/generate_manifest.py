@@ -22,7 +22,7 @@ PYTHON_FUNCTIONS = {
         "loadUI", "childWidgetVariables", "tryWithErrorDisplay", "errorDisplay", "confirmOkCancelDisplay", "pip_install",
         "launchConsoleProcess", "tempDirectory", "saveNode", "loadVolume", "loadLabelVolume", "setSliceViewerLayers",
         "arrayFromVTKMatrix", "vtkMatrixFromArray", "getNodesByClass", "getModuleLogic", "exit", "arrayFromVolume",
-        "delayDisplay"],
+        "delayDisplay", "startupEnvironment"],
     "Base/Python/slicer/packaging.py": ["pip_ensure", "load_requirements"],
 }
 PYTHON_CLASS_METHODS = {
@@ -41,7 +41,10 @@ CPP_METHODS = {
                             "GetSpacing", "GetOrigin"],
     "vtkMRMLDisplayableNode.h": ["GetDisplayNode", "CreateDefaultDisplayNodes"],
     "vtkMRMLTransformableNode.h": ["SetAndObserveTransformNodeID", "GetTransformNodeID"],
-    "vtkMRMLNode.h": ["GetAttribute", "SetAttribute", "GetName", "SetName", "GetID"],
+    "vtkMRMLStorableNode.h": ["GetStorageNode"],
+    "vtkMRMLNode.h": ["GetAttribute", "SetAttribute", "RemoveAttribute", "GetName", "SetName", "GetID"],
+    "vtkMRMLStorageNode.h": ["SetFileName", "GetFileName", "ReadData", "WriteData", "UseCompressionOff"],
+    "vtkMRMLVolumeArchetypeStorageNode.h": ["vtkMRMLVolumeArchetypeStorageNode"],
     "vtkMRMLDisplayNode.h": ["SetAndObserveColorNodeID"],
     "vtkMRMLScalarVolumeDisplayNode.h": ["AutoWindowLevelOff", "SetWindowLevelMinMax"],
     "vtkMRMLColorTableNode.h": ["SetNumberOfColors", "SetColor"],
@@ -49,7 +52,7 @@ CPP_METHODS = {
     "vtkMRMLMarkupsROINode.h": ["SetAndObserveObjectToNodeMatrix", "SetSize"],
     "vtkMRMLMarkupsNode.h": ["SetLocked"],
     "vtkMRMLScene.h": ["GetFirstNodeByClass", "GetFirstNodeByName", "GetNodeByID", "AddNewNodeByClass", "RemoveNode",
-                       "Clear", "StartCloseEvent", "EndCloseEvent"],
+                       "Clear", "StartCloseEvent", "EndCloseEvent", "GetNumberOfNodesByClass", "GetNthNodeByClass"],
     "vtkMRMLColorLogic.cxx": ["GetFileColorNodeID"],
     "qSlicerCoreApplication.h": ["majorVersion", "minorVersion"],
 }
@@ -59,7 +62,8 @@ EXTERNAL = {
            "QFormLayout", "QVBoxLayout"],
     "ctk": ["ctkCollapsibleButton", "ctkPathLineEdit", "ctkSliderWidget", "ctkDICOMDatabase.fileForInstance"],
     "mrml widgets": ["qMRMLWidget", "qMRMLNodeComboBox"],
-    "vtk": ["vtkMatrix4x4", "vtkCommand.ModifiedEvent", "vtkObject::IsA"],
+    "vtk": ["vtkMatrix4x4", "vtkCommand.ModifiedEvent", "vtkObject::IsA", "vtkMatrix4x4::GetElement",
+            "vtkMatrix4x4::SetElement", "vtkImageData::GetDimensions"],
 }
 
 
@@ -149,8 +153,9 @@ def main() -> None:
             if path:
                 add(f"vtkMRMLColorTableNodeFile{color}", "colour node id", path, branch)
     document = {
-        "about": "Slicer API names used by MammoPatch/MammoPatch.py, Resources/UI/MammoPatch.ui and "
-                 "Resources/Scripts/mammopatch_batch.py, read from Slicer's source by generate_manifest.py.",
+        "about": "Slicer API names used by MammoPatch/MammoPatch.py, MammoPatch/MammoPatchSlicer/*.py, "
+                 "Resources/UI/MammoPatch.ui and Resources/Scripts/mammopatch_batch.py, read from Slicer's source by "
+                 "generate_manifest.py.",
         "slicer_versions": args.branches,
         "entries": sorted(entries.values(), key=lambda e: e["name"]),
         "external": EXTERNAL,
