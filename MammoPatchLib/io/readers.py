@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -120,18 +121,29 @@ def _itk_message(exc: RuntimeError) -> str:
     return "; ".join(lines) or "unknown ITK error"
 
 
+_QUIET = {"readers": 0, "saved": True}
+_QUIET_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _itk_warnings_off() -> Iterator[None]:
     """ITK prints warnings straight to stderr, beside MammoPatch's one-line error; the failure
-    is reported through the exception instead."""
+    is reported through the exception instead. ITK's switch is global: the reading threads
+    share it, and the last one out restores what was there before."""
     import SimpleITK as sitk
 
-    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    with _QUIET_LOCK:
+        if _QUIET["readers"] == 0:
+            _QUIET["saved"] = sitk.ProcessObject.GetGlobalWarningDisplay()
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        _QUIET["readers"] += 1
     try:
         yield
     finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+        with _QUIET_LOCK:
+            _QUIET["readers"] -= 1
+            if _QUIET["readers"] == 0:
+                sitk.ProcessObject.SetGlobalWarningDisplay(_QUIET["saved"])
 
 
 def _read_itk(path: Path) -> MammogramImage:
