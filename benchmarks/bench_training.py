@@ -19,9 +19,12 @@ then the next repetition) so that load from other jobs hits every row alike; med
 - **project step, no context**: the same recipe with ``context_px`` 0 (no consistency term):
   the project's data path against the bare loop's compute.
 - **data only**: the project's samples (sampling; sampling + augmentation) drawn for the same
-  (slot, seed) pairs without any network, at one thread and at the run's thread count.
+  (slot, seed) pairs without any network, at the row's thread count and at one thread (what
+  the trainer uses for them on its main thread).
+- with ``--workers N``, the no-context step with N DataLoader worker processes.
 
-``--threads 1,2`` repeats every row at each torch thread count (interleaved too).
+``--threads 1,2`` repeats every row at each torch thread count (interleaved too); ``--quick``
+(batch 4, one batch per repetition, one image set of 4 views) runs at one thread unless told.
 Everything printed is also written as JSON (--out).
 """
 
@@ -36,7 +39,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -125,14 +128,14 @@ class ProjectStep:
 class DataOnly:
     """The project's samples for the same (slot, seed) pairs, without a network."""
 
-    def __init__(self, step: ProjectStep, augment: bool, threads: int) -> None:
+    def __init__(self, step: ProjectStep, augment: bool, threads: Optional[int] = None) -> None:
         self.dataset, self.augment, self.threads = step.run.dataset, augment, threads
         self.pairs = list(iter(step.run.sampler))
         self.stages: Dict[str, float] = {}
 
     def __call__(self) -> int:
         saved, augmentation = torch.get_num_threads(), self.dataset.augmentation
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads or saved)
         self.dataset.augmentation = augmentation if self.augment else None
         try:
             for pair in self.pairs:
@@ -184,12 +187,15 @@ def measure(rows: Dict[str, Callable[[], int]], repeats: int, device: torch.devi
 def main(argv=None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description="MammoPatch training throughput (see the module docstring)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="batch 4, one step per repetition (< 1 minute)")
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 4, one batch per repetition, one thread unless --threads (< 1 minute)")
     parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="training recipe (JSON or YAML)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the recipe's)")
     parser.add_argument("--steps", type=int, default=None, help="batches per repetition")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", default=None, help="comma-separated torch thread counts (default: torch's)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also the no-context step with this many DataLoader workers")
     parser.add_argument("--out", default="training-benchmark.json")
     args = parser.parse_args(argv)
 
@@ -198,7 +204,8 @@ def main(argv=None) -> Dict[str, Any]:
     batch = args.batch or (4 if args.quick else config.batch_size)
     steps = args.steps or (1 if args.quick else 2)
     repeats = args.repeats or 3
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    default_threads = [1] if args.quick else [torch.get_num_threads()]
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else default_threads
     config = replace(config, pretrained=False, split_file=None, device=str(device), batch_size=batch,
                      patches_per_epoch=batch * steps, num_workers=config.num_workers)
     context = config.sampling.context_px if config.consistency_weight > 0 or config.sampling.context_px else 0
@@ -215,9 +222,12 @@ def main(argv=None) -> Dict[str, Any]:
             rows["bare loop, same work"] = BareLoop(config, project.run.info, device, context, steps)
         if not args.quick and context:
             rows["project step, no context"] = ProjectStep(plain, images, work / "plain")
-        rows["data: sampling"] = DataOnly(project, augment=False, threads=threads[0])
-        rows["data: sampling + augmentation"] = DataOnly(project, augment=True, threads=threads[0])
-        if threads[0] != 1:
+        if args.workers:
+            rows[f"project step, no context, {args.workers} workers"] = ProjectStep(
+                replace(plain, num_workers=args.workers), images, work / "workers")
+        rows["data: sampling"] = DataOnly(project, augment=False)
+        rows["data: sampling + augmentation"] = DataOnly(project, augment=True)
+        if max(threads) > 1:  # what the trainer runs on its main thread (num_workers 0)
             rows["data: sampling + augmentation, 1 thread"] = DataOnly(project, augment=True, threads=1)
         started = time.perf_counter()
         table = measure(rows, repeats, device, threads)
@@ -248,7 +258,7 @@ def _report(results: Dict[str, Any]) -> None:
         bare = rows.get(f"bare loop @ {suffix}" if suffix else "bare loop")
         same = rows.get(f"bare loop, same work @ {suffix}" if suffix else "bare loop, same work")
         vs = lambda ref: f"{row['patches_per_s'] / ref['patches_per_s']:.2f}x" if ref else ""  # noqa: E731
-        per_batch = row["seconds"] / steps if not key.startswith("data") else row["seconds"] / steps
+        per_batch = row["seconds"] / steps
         stages = ", ".join(f"{k} {v / steps:.2f}" for k, v in row["stages_s"].items())
         print(f"| {key} | {row['patches_per_s']:.2f} | {per_batch:.2f} | {vs(bare)} | {vs(same)} | {stages} |")
 
