@@ -207,8 +207,8 @@ def main(argv=None) -> Dict[str, Any]:
     default_threads = [1] if args.quick else [torch.get_num_threads()]
     threads = [int(t) for t in args.threads.split(",")] if args.threads else default_threads
     config = replace(config, pretrained=False, split_file=None, device=str(device), batch_size=batch,
-                     patches_per_epoch=batch * steps, num_workers=config.num_workers)
-    context = config.sampling.context_px if config.consistency_weight > 0 or config.sampling.context_px else 0
+                     patches_per_epoch=batch * steps)
+    context = config.sampling.context_px
     plain = replace(config, consistency_weight=0.0, sampling=replace(config.sampling, context_px=0))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
