@@ -94,10 +94,35 @@ def test_config_validation_names_the_field(tmp_path):
         TrainConfig.from_dict({"learning_rat": 1})
     with pytest.raises(ConfigError, match="augmentation"):
         TrainConfig.from_dict({"augmentation": {"flip": 1}})
+    with pytest.raises(ConfigError, match="threads"):
+        TrainConfig.from_dict({"threads": 0})
     bad = tmp_path / "c.yaml"
     bad.write_text("epochs: [")
     with pytest.raises(ConfigError, match="c.yaml"):
         TrainConfig.load(bad)
+
+
+def test_epochs_report_the_time_spent_waiting_for_batches(straight_run):
+    for row in straight_run[1]["state"]["history"]:
+        assert 0.0 < row["data_seconds"] < row["seconds"]
+
+
+def test_main_thread_data_runs_at_one_thread_and_restores_the_count():
+    from MammoPatchLib.training.trainer import _main_thread_data
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _main_thread_data(num_workers=0):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with _main_thread_data(num_workers=2):  # workers set their own threads; the main thread keeps its own
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), _main_thread_data(num_workers=0):
+            raise RuntimeError("a failing sample")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
 
 
 def test_evaluation_report_counts_the_held_out_women(tiny_data, straight_run, tmp_path):

@@ -29,6 +29,11 @@ class TrainConfig:
     the consistency term (``sampling.context_px`` > 0 and ``consistency_weight``), hard-negative
     rounds, model selection by lesion-level FROC on whole validation images, a test split of
     women, the head's pooling.
+
+    ``threads``: torch's intra-op threads for the run (null: torch's default, one per core). On
+    a CPU shared with other jobs, OpenMP threads that wait for each other at every operator
+    can make 2 threads several times slower than 1 (``python -m benchmarks.bench_training
+    --threads 1,2`` measures it on the machine at hand).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -68,6 +73,7 @@ class TrainConfig:
     operating_fp_per_image: float = 0.5
     flip_tta: bool = False
     num_workers: int = 0
+    threads: Optional[int] = None
     seed: int = 0
     amp: bool = True
     device: str = "auto"
@@ -96,6 +102,7 @@ class TrainConfig:
             (self.validation_mode in ("fast", "exact"), "validation_mode must be fast or exact"),
             (self.spacing_mm is None or self.spacing_mm > 0, "spacing_mm must be positive or null"),
             (self.time_limit_minutes is None or self.time_limit_minutes > 0, "time_limit_minutes must be positive"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1 or null (torch's default)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -34,11 +34,13 @@ class PatchLoss(nn.Module):
 
     def forward(self, window_logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                 context_logits: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Returns (loss, its terms as detached 0-d tensors on the loss's device: reading them
+        is left to the caller, so a training step does not wait for the device)."""
         window = self.masked_focal(window_logits, target, mask)
         if context_logits is None:
-            return window, {"focal": float(window.detach())}
+            return window, {"focal": window.detach()}
         context = self.masked_focal(context_logits, target, mask)
         consistency = torch.mean((window_logits.float() - context_logits.float()) ** 2)
         total = 0.5 * (window + context) + self.consistency_weight * consistency
-        return total, {"focal": float(window.detach()), "focal_context": float(context.detach()),
-                       "consistency": float(consistency.detach())}
+        return total, {"focal": window.detach(), "focal_context": context.detach(),
+                       "consistency": consistency.detach()}

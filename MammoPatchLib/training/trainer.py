@@ -7,6 +7,7 @@ precision on GPU; multi-GPU / multi-node with torchrun (DDP; gloo on CPU)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -106,6 +107,8 @@ class Trainer:
         self.ctx = start_ranks(self.device)
         if self.ctx.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.ctx.local_rank)
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.out.mkdir(parents=True, exist_ok=True)
 
     # ---- set-up -------------------------------------------------------------------------
@@ -171,19 +174,31 @@ class Trainer:
 
     # ---- one epoch ----------------------------------------------------------------------
     def _train_epoch(self, run: _Run, epoch: int) -> Dict[str, float]:
+        """One pass over the sampler; returns the per-patch means of the loss terms and
+        ``data_seconds``, the time spent waiting for batches (sampling and augmentation when
+        ``num_workers`` is 0)."""
         cfg = self.config
         context = cfg.sampling.context_px
         margin_cells = context // 32
         run.sampler.set_epoch(epoch)
         run.model.train()
-        totals: Dict[str, float] = {}
+        totals: Dict[str, torch.Tensor] = {}
         seen = 0
         batches = run.loader
         if self.progress and self.ctx.is_main:
             from tqdm.auto import tqdm
 
             batches = tqdm(run.loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
-        for x, y, m in batches:
+        waited = 0.0
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            with _main_thread_data(cfg.num_workers):
+                batch = next(iterator, None)
+            waited += time.perf_counter() - start
+            if batch is None:
+                break
+            x, y, m = batch
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y, m = y.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
             run.optimizer.zero_grad(set_to_none=True)
@@ -200,15 +215,16 @@ class Trainer:
             run.scaler.update()
             n = len(x)
             seen += n
-            totals["train_loss"] = totals.get("train_loss", 0.0) + float(loss.detach()) * n
-            for key, value in parts.items():
-                totals[key] = totals.get(key, 0.0) + value * n
+            # summed on the device: one host sync per epoch instead of one per loss term and step
+            for key, value in {"train_loss": loss.detach().float(), **parts}.items():
+                totals[key] = totals[key] + value * n if key in totals else value * n
+        keys = sorted(totals)
+        sums = torch.stack([totals[k] for k in keys]).cpu().double() if keys else torch.zeros(0, dtype=torch.float64)
+        packed = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64)])
         if self.ctx.world_size > 1:
-            keys = sorted(totals)
-            packed = torch.tensor([totals[k] for k in keys] + [seen], dtype=torch.float64)
             dist.all_reduce(packed)
-            totals, seen = dict(zip(keys, packed[:-1].tolist())), int(packed[-1])
-        return {k: v / max(seen, 1) for k, v in totals.items()}
+        seen = int(packed[-1])
+        return {**{k: v / max(seen, 1) for k, v in zip(keys, packed[:-1].tolist())}, "data_seconds": waited}
 
     @staticmethod
     def _in_context(run: _Run, x: torch.Tensor, margin_cells: int) -> torch.Tensor:
@@ -420,3 +436,20 @@ def _plain(value):
 
 def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _main_thread_data(num_workers: int):
+    """Sampling and augmentation on the main thread (``num_workers`` 0) run at one torch
+    thread, as DataLoader workers do: their operators touch a few small tensors, where an
+    OpenMP team costs more than it saves, and on a CPU shared with other jobs every parallel
+    region waits for its slowest thread (benchmarks/RESULTS.md, training throughput)."""
+    threads = torch.get_num_threads()
+    if num_workers or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
