@@ -131,12 +131,13 @@ def test_paired_difference_is_zero_for_a_model_against_itself_and_positive_for_a
         paired_difference(worse, better[:-1], ["Mass"])
 
 
-def test_a_fitted_head_becomes_the_networks_cell_head():
+@pytest.mark.parametrize("hidden", [16, 0])
+def test_a_fitted_head_becomes_the_networks_cell_head(hidden):
     torch.manual_seed(0)
     features = torch.randn(2, 1280, 10, 10).half()
     mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))
     images = [CachedImage(_record([mass], image_id=f"i{k}"), features + 0.1 * k, IDENTITY) for k in range(3)]
-    recipe = CellHeadRecipe(classes=["Mass"], bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=64)
+    recipe = CellHeadRecipe(classes=["Mass"], bottleneck=8, hidden=hidden, epochs=2, negatives_per_epoch=64)
     fitted = fit_cell_head(images, recipe, ["Mass", "Asymmetry"])
     head = fitted.to_head(1280)
     with torch.no_grad():

@@ -74,7 +74,8 @@ class CellHead(nn.Module):
     a frozen backbone it is fitted once, as the principal components of the features, which
     keeps the head small enough to train on 45 lesions), then the poster's MLP (``hidden``
     units, ReLU, one logit per class) with its first layer a ``neighbourhood``-wide
-    convolution, i.e. the MLP applied to the flattened block of bottleneck features.
+    convolution, i.e. the MLP applied to the flattened block of bottleneck features
+    (``hidden=0``: no hidden layer, a linear map of the block to the logits).
 
     Shapes: (B, C, h, w) features -> (B, classes, h, w) logits (zero padding at the border).
     """
@@ -86,10 +87,15 @@ class CellHead(nn.Module):
             raise ValueError(f"cell head neighbourhood must be an odd number >= 1, got {neighbourhood}")
         self.neighbourhood = neighbourhood
         self.reduce = nn.Conv2d(in_channels, bottleneck, kernel_size=1)
-        self.hidden = nn.Conv2d(bottleneck, hidden, kernel_size=neighbourhood, padding=neighbourhood // 2)
-        self.act = nn.ReLU(inplace=True)
+        if hidden > 0:
+            self.hidden: nn.Module = nn.Conv2d(bottleneck, hidden, kernel_size=neighbourhood, padding=neighbourhood // 2)
+            self.act: nn.Module = nn.ReLU(inplace=True)
+            self.out: nn.Module = nn.Conv2d(hidden, num_classes, kernel_size=1)
+        else:  # a linear head: the block's features straight to the logits
+            self.hidden = nn.Conv2d(bottleneck, num_classes, kernel_size=neighbourhood, padding=neighbourhood // 2)
+            self.act = nn.Identity()
+            self.out = nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Conv2d(hidden, num_classes, kernel_size=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.out(self.dropout(self.act(self.hidden(self.reduce(features)))))

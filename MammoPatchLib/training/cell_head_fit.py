@@ -103,11 +103,14 @@ class CellMLP(nn.Module):
 
     def __init__(self, inputs: int, hidden: int, classes: int, dropout: float) -> None:
         super().__init__()
-        self.hidden = nn.Linear(inputs, hidden)
+        self.linear = hidden == 0
+        self.hidden = nn.Linear(inputs, hidden or classes)
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, classes)
+        self.out: nn.Module = nn.Identity() if self.linear else nn.Linear(hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.linear:
+            return self.hidden(self.dropout(x))
         return self.out(self.dropout(torch.relu(self.hidden(x))))
 
 
@@ -153,16 +156,18 @@ class FittedCellHead:
         if self.head == "window":
             return self._to_window_head(in_channels)
         bottleneck = self.projection.weight.shape[0]
-        hidden = self.mlp.hidden.out_features
+        hidden = 0 if self.mlp.linear else self.mlp.hidden.out_features
         head = CellHead(in_channels, len(self.classes), hidden, self.neighbourhood, bottleneck)
         n = self.neighbourhood
         with torch.no_grad():
             head.reduce.weight.copy_(self.projection.weight[:, :, None, None])
             head.reduce.bias.copy_(self.projection.bias)
-            head.hidden.weight.copy_(self.mlp.hidden.weight.reshape(hidden, bottleneck, n, n))
+            rows = self.mlp.hidden.out_features
+            head.hidden.weight.copy_(self.mlp.hidden.weight.reshape(rows, bottleneck, n, n))
             head.hidden.bias.copy_(self.mlp.hidden.bias)
-            head.out.weight.copy_(self.mlp.out.weight[:, :, None, None])
-            head.out.bias.copy_(self.mlp.out.bias)
+            if not self.mlp.linear:
+                head.out.weight.copy_(self.mlp.out.weight[:, :, None, None])
+                head.out.bias.copy_(self.mlp.out.bias)
         return head.eval()
 
     def _to_window_head(self, in_channels: int) -> nn.Module:

@@ -32,7 +32,7 @@ class CellHeadRecipe:
             centre lies within ``radius_px`` of a lesion centre, 48 px in the poster's reading).
         neighbourhood: cells per side of the block a cell is scored from (odd).
         bottleneck: principal components of the features kept (the head's 1 x 1 bottleneck).
-        hidden, dropout: the MLP's hidden units and dropout.
+        hidden, dropout: the MLP's hidden units (0: a linear head) and dropout.
         radius_px, extent, ignore_px: cell targets (:mod:`.cell_targets`).
         epochs, learning_rate, weight_decay, batch_cells: optimisation (Adam).
         negatives_per_epoch: negative cells drawn per epoch (all positive cells are used).
@@ -83,7 +83,8 @@ class CellHeadRecipe:
             (bool(self.classes) and len(set(self.classes)) == len(self.classes), "classes must be unique, non-empty"),
             (self.head in HEAD_TYPES, f"head must be one of {HEAD_TYPES}"),
             (self.neighbourhood >= 1 and self.neighbourhood % 2 == 1, "neighbourhood must be an odd number >= 1"),
-            (self.bottleneck >= 1 and self.hidden >= 1, "bottleneck and hidden must be >= 1"),
+            (self.bottleneck >= 1 and self.hidden >= 0, "bottleneck must be >= 1, hidden >= 0 (0: a linear head)"),
+            (self.hidden > 0 or self.head == "cell", "the window head needs hidden units"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.radius_px > 0 and self.extent >= 0 and self.ignore_px >= 0, "radius_px > 0, extent and ignore_px >= 0"),
             (self.epochs >= 1 and self.batch_cells >= 1 and self.negatives_per_epoch >= 1, "epochs, batch_cells, "
