@@ -93,7 +93,7 @@ def test_what_the_user_put_in_the_output_folder_is_left_as_it_was(corpus_run):
 def test_each_bad_input_gives_its_outcome(corpus_run, case):
     inputs, rows, _ = corpus_run
     row = rows[CASES.index(case)]
-    for text in (row["error"], row["warnings"]):  # numbers as numbers, not numpy's reprs
+    for text in (row.error, row.warnings):  # numbers as numbers, not numpy's reprs
         assert "np.float" not in text and "np.int" not in text, text
     if case.outcome == "error":
         assert row.status == "failed", row
@@ -102,7 +102,7 @@ def test_each_bad_input_gives_its_outcome(corpus_run, case):
         assert Path(row.image).name in message or os.fsdecode(row.image) in message, message
         assert case.reason.lower() in message.lower(), message
         # One line that says the fault: no library's paragraph of advice, nothing cut mid-word.
-        assert len(message.replace(str(row["image"]), "")) <= 320, message
+        assert len(message.replace(str(row.image), "")) <= 320, message
         assert "weights_only" not in message and not message.endswith(("(", "[", ",")), message
     else:
         assert row.status == "ok", row
@@ -310,7 +310,7 @@ def test_a_plain_rerun_of_a_stopped_batch_points_to_resume(tmp_path):
     images = _images(tmp_path, 2)
     out = tmp_path / "out"
     predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
-    assert [r["status"] for r in predict_files(images[:1], out, predictor=predictor, progress=False)] == ["ok"]
+    assert [r.status for r in predict_files(images[:1], out, predictor=predictor, progress=False)] == ["ok"]
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
     summary = (out / "summary.csv").read_bytes()
     with pytest.raises(MammoPatchError, match=r"outputs of 1 of the 2 images exist already.*\(img0\).*--resume"):
@@ -318,7 +318,7 @@ def test_a_plain_rerun_of_a_stopped_batch_points_to_resume(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert (out / "summary.csv").read_bytes() == summary
     rows = predict_files(images, out, predictor=predictor, progress=False, resume=True)
-    assert [r["status"] for r in rows] == ["done earlier", "ok"]
+    assert [r.status for r in rows] == ["done earlier", "ok"]
     assert not (out / LOCK_NAME).exists()
 
 
@@ -334,8 +334,8 @@ def test_overwrite_replaces_mammopatch_outputs_only(tmp_path):
     predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
     predict_files(images[:1], out, predictor=predictor, progress=False)
     rows = predict_files(images, out, predictor=predictor, progress=False, overwrite=True)
-    assert [r["status"] for r in rows] == ["ok", "failed"]
-    assert "did not write" in rows[1]["error"] and "img1.dcm" in rows[1]["error"]
+    assert [r.status for r in rows] == ["ok", "failed"]
+    assert "did not write" in rows[1].error and "img1.dcm" in rows[1].error
     assert [p.name for p in (out / "img1").iterdir()] == ["mine.txt"]
     assert (out / "img0" / "findings.json").is_file()
 

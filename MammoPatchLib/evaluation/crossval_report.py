@@ -126,7 +126,9 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         f"{_f(100 * op['normal_without_finding'], 0)} % of normal images get none; "
         f"{_f(op['false_findings_per_image'])} false findings per image; {_f(100 * op['lesions_hit'], 0)} % of "
         "lesions are hit by a finding.", "",
-        "Per class (pooled out-of-fold):", "", *per_class_table(summary), "",
+        "Per class (pooled out-of-fold; a class's false positives per image count only that class's findings, so "
+        "each row sits above the all-classes row, where every class's false findings count together):", "",
+        *per_class_table(summary), "",
         "## What it is", "",
         f"- **Network**: {info['backbone']} (ImageNet weights, frozen) + {'the poster' + chr(39) + 's window head' if info['head'] == 'window' else 'a cell head: every 32 px cell scored from its %d x %d block of cells (a %d-component bottleneck, then an MLP of %d hidden units as convolutions)' % (info['neighbourhood'], info['neighbourhood'], info['bottleneck'], info['hidden'])}; "
         f"{'an ensemble of the %d fold models (probabilities averaged over one backbone)' % heads if heads > 1 else 'one head trained on every woman'}.",
@@ -141,8 +143,10 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         + ", ".join(f"{k} {v:.2f} s" for k, v in seconds_per_image.items()) + ".",
         f"- **Weights**: SHA-256 `{sha256}`.", "",
         "## How it was chosen", "",
-        "Every recipe was cross-validated on the same folds (`Resources/Models/training/folds.csv`); the paired "
-        "columns give the bootstrap over women of the difference against the baseline recipe. Losers are kept.", "",
+        "Every recipe was cross-validated on the same folds (women dealt into folds by class with seed 0; the "
+        "bundled model's are `Resources/Models/training/mini-mias-folds.csv`); the paired columns give the "
+        f"bootstrap over women of the difference against the baseline recipe `{report.get('baseline', '')}`. "
+        "Every recipe tried is listed, losers included; each is a file under `Resources/Models/training/`.", "",
         *recipe_table(report), "",
         "## Rebuild", "", "```bash", command, "```", "",
         "## Data and licence", "",

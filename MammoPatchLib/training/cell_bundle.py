@@ -56,7 +56,10 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
                                f"{'ensemble of %d fold heads' % len(heads) if len(heads) > 1 else 'one head'}; "
                                f"recipe {recipe.name}")
     path = Path(path)
-    sha256 = save_model(network, info, path, half=True)
+    save_model(network, info, path, half=True)
+    from ..model_file import load_model
+
+    sha256 = load_model(path).sha256
     sample = outcome.cases and next((c for c in (cached or []) if c.record.image_id == outcome.cases[0].image_id), None)
     timing = seconds_per_image(path, sample.record if sample else None, single_head=heads[0])
     card = model_card(info.to_dict(), summary, report or {"recipes": {}, "folds": len(set(outcome.fold_of_image.values()))},
