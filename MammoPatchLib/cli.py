@@ -132,6 +132,8 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the network (CUDA; pays off over many images)")
     parser.add_argument("--flip-tta", action="store_true", default=None,
                         help="test-time augmentation: also run the mirrored image and average (default: the model's)")
+    parser.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
+                        help="no flip test-time augmentation, whatever the model's default")
     parser.add_argument("--blend", choices=BLEND_MODES, default=BlendMode.GAUSSIAN.value,
                         help="how overlapping windows are averaged (default: %(default)s)")
     parser.add_argument("--scales", type=_scale, nargs="+", default=[1.0],

@@ -287,3 +287,17 @@ def test_bootstraps_fast_figures_equal_the_froc_of_lesion_metrics():
         for rate, value in slow["all_classes_froc"].items():
             assert fast[f"sens@{rate}"] == pytest.approx(value), rate
         assert fast["image_auc"] == pytest.approx(slow["image_auc"])
+
+
+def test_the_bundled_model_runs_flip_tta_unless_the_command_line_turns_it_off():
+    from MammoPatchLib.api import default_model_path
+    from MammoPatchLib.cli import _options, build_parser
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.model_file import load_model
+
+    model = load_model(default_model_path())
+    assert model.info.head == "cell" and model.info.ensemble == 5 and model.info.inference.flip_tta
+    assert "cross_validation" in model.info.training
+    for extra, expected in (([], True), (["--no-flip-tta"], False), (["--flip-tta"], True)):
+        options, _ = _options(build_parser().parse_args(["predict", "x.dcm", "--out", "o", *extra]))
+        assert Predictor(model, options, device="cpu").flip_tta is expected

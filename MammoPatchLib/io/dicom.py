@@ -212,94 +212,13 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
         ImageReadError: not DICOM, no pixel data, truncated pixel data.
         UnsupportedImageError: multi-frame, colour, or a transfer syntax without decoder.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    apply_modality_lut, apply_voi_lut = _lut_functions()
     path = os.fspath(path)
     warnings: List[str] = []
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError:
-        # No Part 10 preamble: many archives store bare data sets. Accept one that parses
-        # and carries the attributes an image needs.
-        try:
-            ds = pydicom.dcmread(path, force=True)
-            if "PixelData" not in ds and "SOPClassUID" not in ds:
-                raise InvalidDicomError("no image attributes")
-        except Exception:  # noqa: BLE001 - whatever forced parsing raises, it is not DICOM
-            raise ImageReadError("not a DICOM file (no DICM preamble, and not a readable data set)", path) from None
-        warnings.append("DICOM file without the Part 10 preamble (read as a bare data set)")
-    except PermissionError:
-        raise ImageReadError("permission denied", path) from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ImageReadError(f"cannot parse DICOM ({first_sentence(exc)}); the file may be truncated", path) from None
-
-    for keyword, words in (("FloatPixelData", "Float Pixel Data"), ("DoubleFloatPixelData", "Double Float Pixel Data")):
-        if keyword in ds:
-            raise UnsupportedImageError(
-                f"the image is stored as {words} {ds[keyword].tag} (floating-point values, e.g. a parametric map), "
-                "not as the integer Pixel Data of a mammogram", path)
-    if "PixelData" not in ds:
-        if _has_pixel_data_tag(path):
-            raise ImageReadError("the pixel data is cut short (truncated file); it cannot be decoded", path)
-        raise ImageReadError("DICOM without pixel data (not an image, e.g. a report or structured document)", path)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise UnsupportedImageError(
-            f"multi-frame DICOM ({frames} frames, e.g. tomosynthesis); MammoPatch reads single 2-D mammograms", path
-        )
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnsupportedImageError(f"colour DICOM ({photometric}, {samples} samples per pixel); expected greyscale", path)
-
-    for keyword in ("Rows", "Columns"):
-        value = _integer(ds, keyword)
-        if value is None or value < 1:
-            tag = "(0028,0010)" if keyword == "Rows" else "(0028,0011)"
-            raise ImageReadError(f"{keyword} {tag} is {'missing' if value is None else value}: the header describes "
-                                 "an image without pixels", path)
+    ds = _open_dataset(path, warnings)
+    photometric = _check_image_attributes(ds, path)
     syntax = _transfer_syntax(ds, path, warnings)
-    syntax_name = getattr(syntax, "name", str(syntax))
-    if not getattr(syntax, "is_compressed", True):
-        _check_native_length(ds, path)
-    try:
-        stored = ds.pixel_array
-    except NotImplementedError as exc:
-        raise UnsupportedImageError(
-            f"transfer syntax {syntax_name} ({syntax}) cannot be decoded here: {DECODER_HINT}", path
-        ) from exc
-    except RuntimeError as exc:
-        if "plugin" in str(exc).lower() or "decod" in str(exc).lower() or "handler" in str(exc).lower():
-            raise UnsupportedImageError(
-                f"transfer syntax {syntax_name} ({syntax}) cannot be decoded here: {DECODER_HINT}", path
-            ) from exc
-        raise ImageReadError(f"pixel data cannot be decoded ({first_sentence(exc)})", path) from exc
-    except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError) as exc:
-        compressed = syntax is not None and getattr(syntax, "is_compressed", False)
-        what = f"the compressed {syntax_name} pixel data cannot be decoded (truncated or corrupt stream" if compressed \
-            else "the pixel data cannot be decoded (its attributes contradict it"
-        raise ImageReadError(f"{what}: {first_sentence(exc)})", path) from None
-
-    if stored.ndim != 2:
-        raise UnsupportedImageError(f"pixel array has shape {stored.shape}; expected a 2-D image", path)
-
-    values = apply_modality_lut(stored, ds)
-    voi_applied = "none"
-    if apply_voi and ("VOILUTSequence" in ds or "WindowCenter" in ds):
-        try:
-            windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
-            if not np.isfinite(windowed).all() or float(windowed.max()) == float(windowed.min()):
-                raise ValueError("the window maps every pixel to one value")
-            values = windowed
-            voi_applied = "VOILUTSequence" if "VOILUTSequence" in ds else "Window"
-        except (ValueError, TypeError, ZeroDivisionError, IndexError, KeyError, AttributeError) as exc:
-            warnings.append(f"the VOI LUT / window cannot be applied ({exc}); modality values are used")
-    pixels = np.asarray(values, dtype=np.float32)
-    if photometric == "MONOCHROME1":
-        pixels = pixels.max() + pixels.min() - pixels
-
+    stored = _decode_pixels(ds, syntax, path)
+    pixels, voi_applied = _display_values(stored, ds, apply_voi, photometric, warnings)
     spacing, spacing_source, spacing_problem = _spacing(ds)
     laterality = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "") or "").strip().upper()
     uids = {
@@ -323,3 +242,106 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
                "presentation_intent": str(getattr(ds, "PresentationIntentType", "") or "")},
         warnings=warnings,
     )
+
+
+def _open_dataset(path: str, warnings: List[str]):
+    """The parsed data set; a file without the Part 10 preamble is accepted (many archives
+    store bare data sets) when it parses and carries the attributes an image needs."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        try:
+            ds = pydicom.dcmread(path, force=True)
+            if "PixelData" not in ds and "SOPClassUID" not in ds:
+                raise InvalidDicomError("no image attributes")
+        except Exception:  # noqa: BLE001 - whatever forced parsing raises, it is not DICOM
+            raise ImageReadError("not a DICOM file (no DICM preamble, and not a readable data set)", path) from None
+        warnings.append("DICOM file without the Part 10 preamble (read as a bare data set)")
+        return ds
+    except PermissionError:
+        raise ImageReadError("permission denied", path) from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ImageReadError(f"cannot parse DICOM ({first_sentence(exc)}); the file may be truncated", path) from None
+
+
+def _check_image_attributes(ds, path: str) -> str:
+    """Refuse what is not one 2-D greyscale image with pixels (before decoding anything);
+    returns the photometric interpretation."""
+    for keyword, words in (("FloatPixelData", "Float Pixel Data"), ("DoubleFloatPixelData", "Double Float Pixel Data")):
+        if keyword in ds:
+            raise UnsupportedImageError(
+                f"the image is stored as {words} {ds[keyword].tag} (floating-point values, e.g. a parametric map), "
+                "not as the integer Pixel Data of a mammogram", path)
+    if "PixelData" not in ds:
+        if _has_pixel_data_tag(path):
+            raise ImageReadError("the pixel data is cut short (truncated file); it cannot be decoded", path)
+        raise ImageReadError("DICOM without pixel data (not an image, e.g. a report or structured document)", path)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise UnsupportedImageError(
+            f"multi-frame DICOM ({frames} frames, e.g. tomosynthesis); MammoPatch reads single 2-D mammograms", path
+        )
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedImageError(f"colour DICOM ({photometric}, {samples} samples per pixel); expected greyscale", path)
+    for keyword in ("Rows", "Columns"):
+        value = _integer(ds, keyword)
+        if value is None or value < 1:
+            tag = "(0028,0010)" if keyword == "Rows" else "(0028,0011)"
+            raise ImageReadError(f"{keyword} {tag} is {'missing' if value is None else value}: the header describes "
+                                 "an image without pixels", path)
+    return photometric
+
+
+def _decode_pixels(ds, syntax, path: str) -> np.ndarray:
+    """The stored 2-D pixel array, each decoding failure said as what it is (no decoder for
+    the transfer syntax, a truncated or corrupt stream, attributes that contradict the data)."""
+    syntax_name = getattr(syntax, "name", str(syntax))
+    if not getattr(syntax, "is_compressed", True):
+        _check_native_length(ds, path)
+    try:
+        stored = ds.pixel_array
+    except NotImplementedError as exc:
+        raise UnsupportedImageError(
+            f"transfer syntax {syntax_name} ({syntax}) cannot be decoded here: {DECODER_HINT}", path
+        ) from exc
+    except RuntimeError as exc:
+        if "plugin" in str(exc).lower() or "decod" in str(exc).lower() or "handler" in str(exc).lower():
+            raise UnsupportedImageError(
+                f"transfer syntax {syntax_name} ({syntax}) cannot be decoded here: {DECODER_HINT}", path
+            ) from exc
+        raise ImageReadError(f"pixel data cannot be decoded ({first_sentence(exc)})", path) from exc
+    except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError) as exc:
+        compressed = syntax is not None and getattr(syntax, "is_compressed", False)
+        what = f"the compressed {syntax_name} pixel data cannot be decoded (truncated or corrupt stream" if compressed \
+            else "the pixel data cannot be decoded (its attributes contradict it"
+        raise ImageReadError(f"{what}: {first_sentence(exc)})", path) from None
+    if stored.ndim != 2:
+        raise UnsupportedImageError(f"pixel array has shape {stored.shape}; expected a 2-D image", path)
+    return stored
+
+
+def _display_values(stored: np.ndarray, ds, apply_voi: bool, photometric: str,
+                    warnings: List[str]) -> Tuple[np.ndarray, str]:
+    """Modality LUT always, the first VOI LUT / window when asked (the manufacturer's display
+    intent), MONOCHROME1 inverted so higher means denser; returns (pixels, VOI applied)."""
+    apply_modality_lut, apply_voi_lut = _lut_functions()
+    values = apply_modality_lut(stored, ds)
+    voi_applied = "none"
+    if apply_voi and ("VOILUTSequence" in ds or "WindowCenter" in ds):
+        try:
+            windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
+            if not np.isfinite(windowed).all() or float(windowed.max()) == float(windowed.min()):
+                raise ValueError("the window maps every pixel to one value")
+            values = windowed
+            voi_applied = "VOILUTSequence" if "VOILUTSequence" in ds else "Window"
+        except (ValueError, TypeError, ZeroDivisionError, IndexError, KeyError, AttributeError) as exc:
+            warnings.append(f"the VOI LUT / window cannot be applied ({exc}); modality values are used")
+    pixels = np.asarray(values, dtype=np.float32)
+    if photometric == "MONOCHROME1":
+        pixels = pixels.max() + pixels.min() - pixels
+    return pixels, voi_applied
