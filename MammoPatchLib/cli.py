@@ -350,13 +350,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_crossval(args: argparse.Namespace) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run_crossval(args)
+    finally:
+        torch.set_num_threads(threads)  # an in-process caller keeps its own setting
+
+
+def _run_crossval(args: argparse.Namespace) -> int:
     from .training.cell_bundle import write_bundled_model
     from .training.cell_recipe import CellHeadRecipe
     from .training.crossval import REPORT_MD, crossval
 
-    import torch
-
-    torch.set_num_threads(args.threads)
     recipes = [CellHeadRecipe.load(path) for path in args.config]
     report = crossval(recipes, args.data, args.folds, args.out, cache_dir=args.cache, baseline=args.baseline,
                       progress=not args.no_progress, draws=args.draws)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,12 +170,17 @@ def crossval_run(tmp_path_factory):
               "classes": ["Mass", "Suspicious Calcification"]}
     config = out / "tiny.json"
     config.write_text(json.dumps(recipe), encoding="utf-8")
-    command = [sys.executable, "-m", "MammoPatchLib.cli", "crossval", "--config", str(config), "--data", "synthetic:4",
-               "--folds", "2", "--out", str(out / "report"), "--draws", "20", "--no-progress",
-               "--model-out", str(out / "model.pt")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out, done.stdout
+    import contextlib
+    import io
+
+    from MammoPatchLib.cli import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # in this process: the same code path without a start-up
+        code = main(["crossval", "--config", str(config), "--data", "synthetic:4", "--folds", "2",
+                     "--out", str(out / "report"), "--draws", "20", "--no-progress", "--model-out", str(out / "model.pt")])
+    assert code == 0
+    return out, printed.getvalue()
 
 
 def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
