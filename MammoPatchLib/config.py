@@ -68,6 +68,31 @@ def config_from_dict(cls: Type[T], values: Mapping[str, Any], where: str = "") -
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def read_config_file(path) -> Dict[str, Any]:
+    """The mapping a JSON or YAML configuration file holds; ConfigError naming the file when it
+    is missing, does not parse, or is not a mapping of field names to values."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            import json
+
+            values = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - encoding, JSON and YAML parse errors
+        raise ConfigError(f"cannot parse config ({exc})", path) from None
+    if not isinstance(values, dict):
+        raise ConfigError("config must be a mapping of field names to values", path)
+    return values
+
+
 def config_to_dict(config: Any) -> Dict[str, Any]:
     """Plain JSON-ready dict of a configuration dataclass (tuples become lists)."""
 

@@ -235,7 +235,7 @@ def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes
     for epoch in range(recipe.epochs):
         if recipe.hard_negative_share > 0 and epoch >= recipe.hard_negative_after and (
                 hard_scores is None or epoch % 5 == 0):
-            hard_scores = _negative_scores(mlp, x, t, m, negative_rows)
+            hard_scores = _negative_scores(mlp, x, m, negative_rows)
         negatives = _draw_negatives(negative_rows, n_neg, rng, hard_scores, recipe.hard_negative_share)
         rows = rng.permutation(np.concatenate([positive_rows, negatives]))
         mlp.train()
@@ -250,7 +250,7 @@ def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes
 
 
 @torch.no_grad()
-def _negative_scores(mlp: CellMLP, x, t, m, rows: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def _negative_scores(mlp: CellMLP, x, m, rows: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Each negative cell's highest probability over the classes that count there."""
     mlp.eval()
     scores = np.empty(len(rows), dtype=np.float32)

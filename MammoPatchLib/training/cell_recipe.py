@@ -3,12 +3,11 @@ file, validated on load with messages that name the bad field (``config_from_dic
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import config_from_dict, config_to_dict
+from ..config import config_from_dict, config_to_dict, read_config_file
 from ..errors import ConfigError
 from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_TYPES
 from ..transforms import PreprocessConfig
@@ -109,14 +108,10 @@ class CellHeadRecipe:
 
     @classmethod
     def load(cls, path, overrides: Optional[Dict[str, Any]] = None) -> "CellHeadRecipe":
-        """A recipe from a JSON file (``overrides`` replace its fields)."""
+        """A recipe from a JSON or YAML file (``overrides`` replace its fields); its name is the
+        file's stem unless it states one."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe file not found: {path}")
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: not a JSON recipe ({exc})") from None
+        values = read_config_file(path)
         values.setdefault("name", path.stem)
         values.update(overrides or {})
         return cls.from_dict(values, str(path))

@@ -3,12 +3,10 @@ messages that name the bad field."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import config_from_dict, config_to_dict
+from ..config import config_from_dict, config_to_dict, read_config_file
 from ..errors import ConfigError
 from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS
 from ..patches import SamplingConfig
@@ -122,21 +120,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("config file not found", path)
-        text = path.read_text()
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                values = yaml.safe_load(text) or {}
-            else:
-                values = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - JSON and YAML parse errors
-            raise ConfigError(f"cannot parse config ({exc})", path) from None
-        if not isinstance(values, dict):
-            raise ConfigError("config must be a mapping of field names to values", path)
+        values = read_config_file(path)
         try:
             return cls.from_dict(values)
         except ConfigError as exc:

@@ -186,21 +186,16 @@ def nested_operating_view(outcome: RecipeOutcome) -> Dict[str, Any]:
         mine = [c for c in outcome.cases if outcome.fold_of_image[c.image_id] == fold]
         values = operating_thresholds(others, recipe.classes, fp_per_image=recipe.fp_per_image)
         fold_thresholds[fold] = dict(zip(recipe.classes, values))
-        for case in mine:
-            judged.append(_with_threshold_tag(case, fold_thresholds[fold]))
-    view = _pooled_view(judged)
+        judged.extend(_above(case, fold_thresholds[fold]) for case in mine)
+    view = image_level_view(judged, {name: 0.0 for name in recipe.classes})  # already thresholded per fold
     view["thresholds_by_fold"] = {str(k): v for k, v in fold_thresholds.items()}
     return view
 
 
-def _with_threshold_tag(case: ImageCase, thresholds: Dict[str, float]) -> ImageCase:
+def _above(case: ImageCase, thresholds: Dict[str, float]) -> ImageCase:
+    """``case`` with only the findings at or above their class's threshold."""
     kept = {name: [d for d in case.detections.get(name, []) if d[0] >= thresholds[name]] for name in thresholds}
     return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score, kept, case.truths)
-
-
-def _pooled_view(cases: Sequence[ImageCase]) -> Dict[str, Any]:
-    everything = {name: 0.0 for c in cases for name in c.detections}
-    return image_level_view(cases, everything)
 
 
 def summarise(outcome: RecipeOutcome, draws: int = 1000) -> Dict[str, Any]:
