@@ -129,6 +129,27 @@ def test_paired_difference_is_zero_for_a_model_against_itself_and_positive_for_a
         paired_difference(worse, better[:-1], ["Mass"])
 
 
+def test_any_finding_counts_a_wrong_class_on_a_lesion_as_found_and_one_place_once():
+    """Class-matched, a Mass finding on an asymmetry is a false positive and the asymmetry is
+    missed; class-agnostic, it finds it, and two classes' findings at one place are one."""
+    from MammoPatchLib.evaluation.lesions import ANY_FINDING, any_finding_case, lesion_metrics
+
+    truth = (100.0, 100.0, 140.0, 140.0)
+    on_lesion = (0.9, (98.0, 98.0, 138.0, 138.0), (120.0, 120.0))
+    same_place = (0.5, (102.0, 102.0, 142.0, 142.0), (121.0, 121.0))
+    elsewhere = (0.4, (300.0, 300.0, 330.0, 330.0), (315.0, 315.0))
+    case = ImageCase("i0", "w0", True, 0.9, {"Mass": [on_lesion, elsewhere], "Asymmetry": [same_place]},
+                     {"Asymmetry": [truth]})
+    classes = ["Mass", "Asymmetry"]
+    merged = any_finding_case(case, classes)
+    assert merged.detections[ANY_FINDING] == [on_lesion, elsewhere]
+    assert merged.truths[ANY_FINDING] == [truth]
+    anywhere = lesion_metrics([merged], [ANY_FINDING])["all_classes_froc"]
+    matched = lesion_metrics([case], classes)["all_classes_froc"]
+    assert anywhere["0.25"] == 1.0  # found by its highest finding, before any false positive
+    assert matched["0.25"] == 0.0 and matched["1"] == 1.0  # the Mass finding costs one false positive first
+
+
 @pytest.mark.parametrize("hidden", [16, 0])
 def test_a_fitted_head_becomes_the_networks_cell_head(hidden):
     torch.manual_seed(0)
@@ -190,6 +211,8 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     assert set(row["sensitivity_at_fp"]) == {"0.25", "0.5", "1", "2", "4"}
     assert len(row["per_fold"]) == 2 and sum(f["images"] for f in row["per_fold"]) == row["images"] == 16
     assert row["women"] == 4 and "sens@1" in row["intervals"]
+    assert set(row["any_finding"]["sensitivity_at_fp"]) == {"0.25", "0.5", "1", "2", "4"}
+    assert all(row["any_finding"]["sensitivity_at_fp"][r] >= row["sensitivity_at_fp"][r] for r in ("1", "4"))
     assert set(row["operating"]["thresholds_by_fold"]) == {"0", "1"}
     assert (out / "report" / "froc.png").stat().st_size > 1000
     assert "tiny" in (out / "report" / "crossval.md").read_text(encoding="utf-8")

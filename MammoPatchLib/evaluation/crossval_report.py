@@ -26,21 +26,27 @@ def _ci(interval) -> str:
 def recipe_table(report: Dict[str, Any]) -> List[str]:
     """One row per recipe: pooled sensitivity at 1 and 4 FP/image and AUC with intervals,
     the paired difference at 1 FP/image and in AUC, and the five folds at 1 FP/image."""
-    lines = ["| recipe | sens@1 FP (95 % CI) | sens@4 FP | image AUC (95 % CI) | vs baseline: sens@1 | "
-             "vs baseline: AUC | folds at 1 FP | abnormal with finding | normal without |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | sens@1 FP (95 % CI) | sens@4 FP | any finding: sens@1 FP (95 % CI) | image AUC (95 % CI) | "
+             "vs baseline: sens@1 | vs baseline: any finding @1 | vs baseline: AUC | folds at 1 FP | "
+             "abnormal with finding | normal without |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["recipes"].items():
         sens, iv = row["sensitivity_at_fp"], row["intervals"]
         paired = row.get("paired_vs_baseline")
-        vs_sens = vs_auc = "baseline"
+        vs_sens = vs_any = vs_auc = "baseline"
         if paired:
             p, a = paired["sens@1"], paired["image_auc"]
             vs_sens = f"{p['difference']:+.2f} ({_f(p['low'])} to {_f(p['high'])})"
             vs_auc = f"{a['difference']:+.3f} ({_f(a['low'], 3)} to {_f(a['high'], 3)})"
+            q = row.get("paired_any_finding_vs_baseline", {}).get("sens@1")
+            vs_any = f"{q['difference']:+.2f} ({_f(q['low'])} to {_f(q['high'])})" if q else "-"
+        anywhere = row.get("any_finding", {})
+        any_sens = anywhere.get("sensitivity_at_fp", {})
         folds = ", ".join(_f(f["sensitivity_at_fp"].get("1")) for f in row["per_fold"])
         op = row["operating"]
         lines.append(f"| {name} | {_f(sens.get('1'))}{_ci(iv.get('sens@1'))} | {_f(sens.get('4'))} | "
-                     f"{_f(row['image_auc'], 3)}{_ci(iv.get('image_auc'))} | {vs_sens} | {vs_auc} | {folds} | "
+                     f"{_f(any_sens.get('1'))}{_ci(anywhere.get('intervals', {}).get('sens@1'))} | "
+                     f"{_f(row['image_auc'], 3)}{_ci(iv.get('image_auc'))} | {vs_sens} | {vs_any} | {vs_auc} | {folds} | "
                      f"{_f(op['abnormal_with_finding'])} | {_f(op['normal_without_finding'])} |")
     return lines
 
@@ -53,6 +59,9 @@ def per_class_table(row: Dict[str, Any]) -> List[str]:
             _f(values["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
     lines.append(f"| all classes | {row['lesions']} | " + " | ".join(
         _f(row["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
+    if "any_finding" in row:
+        lines.append(f"| any finding (class not judged) | {row['lesions']} | " + " | ".join(
+            _f(row["any_finding"]["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
     return lines
 
 
@@ -97,6 +106,16 @@ def write_crossval_plot(report: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _any_finding_rows(summary: Dict[str, Any]) -> List[str]:
+    """The class-agnostic rows of the card's FROC table (a finding of any class on a lesion)."""
+    anywhere = summary.get("any_finding")
+    if not anywhere:
+        return []
+    sens, iv = anywhere["sensitivity_at_fp"], anywhere["intervals"]
+    return ["| any finding, class not judged | " + " | ".join(_f(sens.get(str(r))) for r in FP_RATES) + " |",
+            "| 95 % CI | " + " | ".join(_ci(iv.get(f"sens@{r}")).strip(" ()") for r in FP_RATES) + " |"]
+
+
 def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, Any], command: str,
                seconds_per_image: Dict[str, float], sha256: str) -> str:
     """The bundled model's card: pooled out-of-fold figures and intervals first, then the
@@ -117,8 +136,9 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         "200 um); on other data, expect them to fall.", "",
         "| FP / image | " + " | ".join(str(r) for r in FP_RATES) + " |",
         "|---|" + "---|" * len(FP_RATES),
-        "| sensitivity | " + " | ".join(_f(sens.get(str(r))) for r in FP_RATES) + " |",
-        "| 95 % CI | " + " | ".join(_ci(iv.get(f"sens@{r}")).strip(" ()") for r in FP_RATES) + " |", "",
+        "| sensitivity, class judged | " + " | ".join(_f(sens.get(str(r))) for r in FP_RATES) + " |",
+        "| 95 % CI | " + " | ".join(_ci(iv.get(f"sens@{r}")).strip(" ()") for r in FP_RATES) + " |",
+        *_any_finding_rows(summary), "",
         f"Image level (abnormal vs normal): ROC AUC {_f(summary['image_auc'], 3)}{_ci(iv.get('image_auc'))}. "
         f"Per fold at 1 FP/image: {', '.join(_f(f['sensitivity_at_fp'].get('1')) for f in summary['per_fold'])}.", "",
         "What a user sees at the default thresholds (thresholds fitted, for each fold, on the other folds' "

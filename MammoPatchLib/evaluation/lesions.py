@@ -4,6 +4,11 @@ users run, with bootstrap intervals over women.
 - FROC: for each class, and pooled over classes (a hit needs the right class), the
   sensitivity reached at 0.25, 0.5, 1, 2 and 4 false positives per image. Candidates are the
   Predictor's findings with a low score floor, so the curve covers the whole range.
+- Any finding (:func:`any_finding_case`): the class-agnostic view a reader of the heatmaps
+  has, where a finding of any class on a lesion of any class finds it, and findings of several
+  classes at one place count once. With few lesions per class, the class-matched pooled figure
+  mostly measures which class the model names; this one measures whether it looks in the right
+  place.
 - Image level: abnormal vs normal ROC AUC from each image's highest heatmap value (over the
   classes the model reports).
 - ``score``: the mean pooled sensitivity over the five rates (as in the LUNA16 challenge's
@@ -21,9 +26,13 @@ import numpy as np
 
 from ..datasets import ImageRecord
 from ..errors import MammoPatchError
+from ..vocabulary import box_iou
 from .metrics import froc, is_hit, roc_auc
 
 FP_RATES = (0.25, 0.5, 1, 2, 4)
+
+#: The single class of the class-agnostic view (:func:`any_finding_case`).
+ANY_FINDING = "any finding"
 
 
 @dataclass
@@ -48,6 +57,23 @@ def case_from_result(record: ImageRecord, result, classes: Sequence[str], report
         case.detections[name] = [(f.score, f.box_px, f.peak_px) for f in result.findings if f.category == name]
         case.truths[name] = [f.box for f in record.findings if f.category == name]
     return case
+
+
+def any_finding_case(case: ImageCase, classes: Sequence[str], nms_iou: float = 0.3) -> ImageCase:
+    """``case`` seen class-agnostically: one class, :data:`ANY_FINDING`, holding every lesion of
+    ``classes`` and their findings merged across classes, highest score first; a finding whose
+    peak lies inside a kept finding's box, or whose box overlaps one by ``nms_iou``, is the same
+    place seen by another class and is dropped (the rule the Predictor applies within a class)."""
+    merged = sorted((d for name in classes for d in case.detections.get(name, [])), key=lambda d: -d[0])
+    kept: List[Tuple[float, tuple, tuple]] = []
+    for score, box, peak in merged:
+        if any(k[1][0] <= peak[0] <= k[1][2] and k[1][1] <= peak[1] <= k[1][3] or box_iou(box, k[1]) >= nms_iou
+               for k in kept):
+            continue
+        kept.append((score, box, peak))
+    truths = [b for name in classes for b in case.truths.get(name, [])]
+    return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score,
+                     {ANY_FINDING: kept}, {ANY_FINDING: truths})
 
 
 def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[str], images=None,

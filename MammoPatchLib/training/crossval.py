@@ -34,8 +34,8 @@ import torch
 from ..datasets import ImageRecord, load_records
 from ..datasets.splits import folds_by_patient, read_fold_file, write_fold_file
 from ..errors import MammoPatchError
-from ..evaluation.lesions import (FP_RATES, ImageCase, bootstrap_intervals, candidate_predictor, case_from_result,
-                                  lesion_metrics, operating_thresholds)
+from ..evaluation.lesions import (ANY_FINDING, FP_RATES, ImageCase, any_finding_case, bootstrap_intervals,
+                                  candidate_predictor, case_from_result, lesion_metrics, operating_thresholds)
 from ..evaluation.metrics import is_hit
 from ..evaluation.paired import paired_difference
 from ..inference.predictor import CellHeatmaps
@@ -198,8 +198,18 @@ def _above(case: ImageCase, thresholds: Dict[str, float]) -> ImageCase:
     return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score, kept, case.truths)
 
 
+def any_finding_summary(cases: Sequence[ImageCase], classes: Sequence[str], draws: int = 1000) -> Dict[str, Any]:
+    """The class-agnostic FROC (:func:`~MammoPatchLib.evaluation.lesions.any_finding_case`)
+    with its bootstrap intervals over women."""
+    merged = [any_finding_case(c, classes) for c in cases]
+    pooled = lesion_metrics(merged, [ANY_FINDING])
+    return {"sensitivity_at_fp": pooled["all_classes_froc"], "score": pooled["score"],
+            "intervals": bootstrap_intervals(merged, [ANY_FINDING], draws=draws), "curve": pooled["all_classes_curve"]}
+
+
 def summarise(outcome: RecipeOutcome, draws: int = 1000) -> Dict[str, Any]:
-    """Pooled and per-fold figures with bootstrap intervals, and the nested image-level view."""
+    """Pooled and per-fold figures with bootstrap intervals (class-matched, and for any
+    finding), and the nested image-level view."""
     classes = outcome.recipe.classes
     pooled = lesion_metrics(outcome.cases, classes)
     per_fold = []
@@ -215,6 +225,7 @@ def summarise(outcome: RecipeOutcome, draws: int = 1000) -> Dict[str, Any]:
             "per_class": {k: {"lesions": v["lesions"], "sensitivity_at_fp": v["froc"]}
                           for k, v in pooled["per_class"].items()},
             "intervals": bootstrap_intervals(outcome.cases, classes, draws=draws),
+            "any_finding": any_finding_summary(outcome.cases, classes, draws=draws),
             "per_fold": per_fold, "operating": nested_operating_view(outcome),
             "curve": pooled["all_classes_curve"]}
 
@@ -267,9 +278,15 @@ def compare_all(out_dir: Path, baseline: str, classes: Sequence[str], draws: int
     for name, found in outcomes.items():
         row = dict(found["summary"])
         row.pop("curve", None)
+        if "any_finding" not in row:  # kept by a version before the class-agnostic view
+            row["any_finding"] = any_finding_summary(found["cases"], classes, draws=draws)
+        row["any_finding"].pop("curve", None)
         if name != baseline:
             row["paired_vs_baseline"] = paired_difference(outcomes[baseline]["cases"], found["cases"], classes,
                                                           draws=draws)
+            row["paired_any_finding_vs_baseline"] = paired_difference(
+                [any_finding_case(c, classes) for c in outcomes[baseline]["cases"]],
+                [any_finding_case(c, classes) for c in found["cases"]], [ANY_FINDING], draws=draws)
         rows[name] = row
     return {"baseline": baseline, "recipes": rows,
             "curves": {n: o["summary"].get("curve", []) for n, o in outcomes.items()}}
@@ -313,5 +330,5 @@ def crossval(recipes: Sequence[CellHeadRecipe], data: str, folds: int, out_dir, 
     return report
 
 
-__all__ = ["crossval", "run_recipe", "summarise", "cell_model_info", "fold_assignment", "RecipeOutcome",
+__all__ = ["crossval", "run_recipe", "summarise", "any_finding_summary", "cell_model_info", "fold_assignment", "RecipeOutcome",
            "FP_RATES", "image_level_view", "nested_operating_view", "load_outcomes", "compare_all"]
