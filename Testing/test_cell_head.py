@@ -188,7 +188,7 @@ def test_a_fitted_window_head_becomes_the_posters_window_head():
 def crossval_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cv")
     recipe = {"name": "tiny", "bottleneck": 8, "hidden": 16, "epochs": 2, "negatives_per_epoch": 256,
-              "classes": ["Mass", "Suspicious Calcification"]}
+              "classes": ["Mass", "Suspicious Calcification"], "seeds": 2}
     config = out / "tiny.json"
     config.write_text(json.dumps(recipe), encoding="utf-8")
     import contextlib
@@ -222,11 +222,12 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     from MammoPatchLib.model_file import load_model
 
     model = load_model(out / "model.pt")
-    assert model.info.head == "cell" and model.info.ensemble == 2
+    assert model.info.head == "cell" and model.info.ensemble == 4  # 2 folds x 2 seeds
     assert model.info.training["cross_validation"]["images"] == 16
     assert "sensitivity at 1 FP/image" in stdout
     card = (out / "model.md").read_text(encoding="utf-8")
     assert "pooled out-of-fold" in card and "tiny" in card and "--folds 2" in card
+    assert "(2 folds x 2 seeds)" in card
 
 
 def test_the_ensemble_model_runs_in_both_modes_with_activation_maps(crossval_run, tmp_path):
@@ -267,10 +268,11 @@ def test_out_of_fold_findings_equal_the_predict_path(crossval_run, tmp_path):
     records, _ = load_records("synthetic:4", work_dir=out / "report")
     cached, errors = build_cache(records, cell_model_info(recipe), out / "report" / "feature-cache", progress=False)
     assert not errors and len(cached) == 16
-    fitted = fit_cell_head(cached[4:], recipe, list(cell_model_info(recipe).classes))
-    info = cell_model_info(recipe)
+    fitted = [fit_cell_head(cached[4:], recipe, list(cell_model_info(recipe).classes), seed=seed) for seed in (0, 1)]
+    info = cell_model_info(recipe, ensemble=2)  # two seeds' heads, averaged as a fold's heads are
     network = build_network(info, pretrained=True).eval()
-    network.head.load_state_dict(fitted.to_head(network.features.out_channels).state_dict())
+    for member, head in zip(network.head.members, fitted):
+        member.load_state_dict(head.to_head(network.features.out_channels).state_dict())
     save_model(network, info, tmp_path / "fold.pt")
     model = load_model(tmp_path / "fold.pt")
     predictor = candidate_predictor(model, device="cpu", classes=recipe.classes)

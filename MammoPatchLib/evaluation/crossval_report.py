@@ -106,6 +106,13 @@ def write_crossval_plot(report: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _ensemble_phrase(heads: int, seeds: int, bundle: str) -> str:
+    if bundle == "single":
+        return "one head trained on every woman" if heads == 1 else f"{heads} heads trained on every woman from different seeds, probabilities averaged"
+    per = f" ({heads // seeds} folds x {seeds} seeds)" if seeds > 1 else ""
+    return f"an ensemble of the {heads} fold models{per} (probabilities averaged over one backbone)"
+
+
 def _any_finding_rows(summary: Dict[str, Any]) -> List[str]:
     """The class-agnostic rows of the card's FROC table (a finding of any class on a lesion)."""
     anywhere = summary.get("any_finding")
@@ -151,7 +158,7 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         *per_class_table(summary), "",
         "## What it is", "",
         f"- **Network**: {info['backbone']} (ImageNet weights, frozen) + {'the poster' + chr(39) + 's window head' if info['head'] == 'window' else 'a cell head: every 32 px cell scored from its %d x %d block of cells (a %d-component bottleneck, then an MLP of %d hidden units as convolutions)' % (info['neighbourhood'], info['neighbourhood'], info['bottleneck'], info['hidden'])}; "
-        f"{'an ensemble of the %d fold models (probabilities averaged over one backbone)' % heads if heads > 1 else 'one head trained on every woman'}.",
+        f"{_ensemble_phrase(heads, recipe.get('seeds', 1), recipe.get('bundle', 'ensemble'))}.",
         f"- **Input**: {info['window']} px windows at {info['spacing_mm']} mm, stride {info['stride']} px; images are "
         "resampled to that spacing.",
         f"- **Reported classes**: {', '.join(info['inference']['report_classes'])}; the other VinDr outputs are "

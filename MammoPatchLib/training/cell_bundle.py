@@ -17,7 +17,7 @@ from ..io.atomic import atomic_path
 from ..model_file import build_network, save_model
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import fit_cell_head
-from .crossval import RecipeOutcome, cell_model_info, summarise
+from .crossval import RecipeOutcome, cell_model_info, seed_of, summarise
 
 
 def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, draws: int = 1000,
@@ -30,7 +30,8 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     if recipe.bundle == "single":
         if cached is None:
             raise ValueError("a single-head bundle needs the cached images to train on")
-        heads = [fit_cell_head(list(cached), recipe, list(FINDING_CLASSES), seed=recipe.seed)]
+        heads = [fit_cell_head(list(cached), recipe, list(FINDING_CLASSES), seed=seed_of(recipe, 0, member))
+                 for member in range(recipe.seeds)]
     else:
         heads = outcome.heads
     info = cell_model_info(recipe, ensemble=len(heads))
@@ -53,7 +54,7 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     info = replace(info, thresholds=thresholds, training=provenance,
                    description=f"{recipe.backbone} (ImageNet, frozen) with a cell head "
                                f"({recipe.neighbourhood} x {recipe.neighbourhood} cells), "
-                               f"{'ensemble of %d fold heads' % len(heads) if len(heads) > 1 else 'one head'}; "
+                               f"{ensemble_words(len(heads), recipe.seeds)}; "
                                f"recipe {recipe.name}")
     path = Path(path)
     save_model(network, info, path, half=True)
@@ -67,6 +68,15 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text(card, encoding="utf-8")
     return path
+
+
+def ensemble_words(heads: int, seeds: int) -> str:
+    """How the card and the model's description name what the file averages."""
+    if heads == 1:
+        return "one head"
+    if seeds == 1:
+        return f"an ensemble of {heads} fold heads"
+    return f"an ensemble of {heads} heads ({heads // seeds} folds x {seeds} seeds)"
 
 
 def seconds_per_image(model_path: Path, record, single_head=None, repeats: int = 2) -> Dict[str, float]:

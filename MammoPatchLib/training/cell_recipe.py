@@ -43,7 +43,11 @@ class CellHeadRecipe:
         fp_per_image: false positives per image the operating thresholds allow per class.
         bundle: "ensemble" (the fold models' heads averaged over one backbone) or "single"
             (one head trained on every woman).
-        seed: random seed (folds, initialisation, sampling).
+        seeds: heads trained per fold (and per bundle) from different seeds, their
+            probabilities averaged: one head's figures move with its seed by about as much as
+            most recipe changes do, and the average of a few is both a steadier measurement
+            and a better model.
+        seed: random seed (initialisation, sampling; the folds have their own).
     """
 
     name: str = "cell-head"
@@ -73,6 +77,7 @@ class CellHeadRecipe:
     image_top_k: int = 4
     fp_per_image: float = 0.25
     bundle: str = "ensemble"
+    seeds: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +99,7 @@ class CellHeadRecipe:
             (self.image_top_k >= 1, "image_top_k must be >= 1"),
             (self.fp_per_image > 0, "fp_per_image must be positive"),
             (self.bundle in ("ensemble", "single"), "bundle must be 'ensemble' or 'single'"),
+            (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a whole number >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -105,15 +105,31 @@ def _image_score(probs: torch.Tensor, reported: Sequence[int], recipe: CellHeadR
     return float(cells.topk(k, dim=1).values.mean(1).max())
 
 
-def out_of_fold_cases(head: FittedCellHead, images: Sequence[CachedImage], recipe: CellHeadRecipe,
+def seed_of(recipe: CellHeadRecipe, fold: int, member: int) -> int:
+    """The seed of a fold's ``member``-th head (member 0: the recipe's seed plus the fold)."""
+    return recipe.seed + fold + 1000 * member
+
+
+def fit_fold_heads(train: Sequence[CachedImage], recipe: CellHeadRecipe, fold: int) -> List[FittedCellHead]:
+    """``recipe.seeds`` heads trained on the same images from different seeds."""
+    return [fit_cell_head(train, recipe, list(FINDING_CLASSES), seed=seed_of(recipe, fold, member))
+            for member in range(recipe.seeds)]
+
+
+def mean_probabilities(heads: Sequence[FittedCellHead], image: CachedImage, flip_tta: bool) -> torch.Tensor:
+    """The heads' cell probabilities averaged (what the model file's ensemble head computes)."""
+    return torch.stack([head.cell_probabilities(image, flip_tta) for head in heads]).mean(0)
+
+
+def out_of_fold_cases(heads: Sequence[FittedCellHead], images: Sequence[CachedImage], recipe: CellHeadRecipe,
                       predictor) -> List[ImageCase]:
-    """The held-out images' cases: cell heatmaps from the cached features, findings from the
-    Predictor's own mapping and detection."""
+    """The held-out images' cases: cell heatmaps from the cached features (the fold's heads
+    averaged), findings from the Predictor's own mapping and detection."""
     classes = list(FINDING_CLASSES)
     reported = [classes.index(c) for c in predictor.selected]
     cases = []
     for image in images:
-        probs = head.cell_probabilities(image, recipe.flip_tta)
+        probs = mean_probabilities(heads, image, recipe.flip_tta)
         source = read_mammogram(image.record.path, spacing_mm=image.record.spacing_mm)
         result = predictor.result_from_cells(source, [CellHeatmaps(probs, image.geometry, 32)])  # type: ignore[arg-type]
         case = case_from_result(image.record, result, classes, reported)
@@ -137,9 +153,9 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
         train = [c for c in cached if fold_of[c.record.image_id] != fold]
         held = [c for c in cached if fold_of[c.record.image_id] == fold]
         fold_start = time.perf_counter()
-        head = fit_cell_head(train, recipe, list(FINDING_CLASSES), seed=recipe.seed + fold)
-        heads.append(head)
-        cases.extend(out_of_fold_cases(head, held, recipe, predictor))
+        members = fit_fold_heads(train, recipe, fold)
+        heads.extend(members)
+        cases.extend(out_of_fold_cases(members, held, recipe, predictor))
         if progress:
             print(f"  {recipe.name}: fold {fold + 1}/{len(folds)} ({len(train)} training, {len(held)} held-out "
                   f"images) in {time.perf_counter() - fold_start:.1f} s", flush=True)
