@@ -324,8 +324,28 @@ def test_the_bundled_model_runs_flip_tta_unless_the_command_line_turns_it_off():
     from MammoPatchLib.model_file import load_model
 
     model = load_model(default_model_path())
-    assert model.info.head == "cell" and model.info.ensemble == 5 and model.info.inference.flip_tta
+    recipe = model.info.training["recipe"]
+    assert model.info.head == "cell" and model.info.inference.flip_tta
+    assert model.info.ensemble == 5 * recipe.get("seeds", 1)  # every fold's heads of the 5-fold run
     assert "cross_validation" in model.info.training
     for extra, expected in (([], True), (["--no-flip-tta"], False), (["--flip-tta"], True)):
         options, _ = _options(build_parser().parse_args(["predict", "x.dcm", "--out", "o", *extra]))
         assert Predictor(model, options, device="cpu").flip_tta is expected
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seeds", 0, "seeds must be a whole number"),
+    ("seeds", 1.5, "seeds must be a whole number"),
+    ("neighbourhood", 4, "neighbourhood must be an odd number"),
+    ("image_score", "mean", "image_score must be one of"),
+])
+def test_a_bad_recipe_field_is_a_config_error_naming_it(tmp_path, field, value, message):
+    from MammoPatchLib.errors import ConfigError
+
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({field: value}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        CellHeadRecipe.load(path)
+    path.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ConfigError, match="recipe.json"):
+        CellHeadRecipe.load(path)
