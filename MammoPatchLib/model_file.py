@@ -73,6 +73,8 @@ class ModelInfo:
         bottleneck: the cell head's 1 x 1 bottleneck channels.
         ensemble: heads over the one backbone whose probabilities are averaged (e.g. the
             fold models of a cross-validation); 1: a single head.
+        tuned_tail: each cell head holds its own tuned copy of the backbone's last stage
+            (EfficientNet-Lite), and the backbone runs to its trunk only.
         spacing_mm: pixel spacing the model was trained at; images are resampled to it
             (None: used at their own spacing).
         preprocessing: preprocessing parameters (:class:`PreprocessConfig`).
@@ -93,6 +95,7 @@ class ModelInfo:
     neighbourhood: int = 3
     bottleneck: int = 128
     ensemble: int = 1
+    tuned_tail: bool = False
     spacing_mm: Optional[float] = None
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     thresholds: List[float] = field(default_factory=list)
@@ -124,6 +127,10 @@ class ModelInfo:
             raise ConfigError(f"model head must be one of {HEAD_TYPES}, got {self.head!r}")
         if not isinstance(self.neighbourhood, int) or self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ConfigError(f"model neighbourhood must be an odd number >= 1, got {self.neighbourhood!r}")
+        if not isinstance(self.tuned_tail, bool) or (self.tuned_tail and (
+                self.head != "cell" or not self.backbone.startswith("efficientnet-lite"))):
+            raise ConfigError(f"model tuned_tail must be true or false, and true only for a cell head on an "
+                              f"EfficientNet-Lite backbone, got {self.tuned_tail!r} ({self.head}, {self.backbone})")
         for name in ("bottleneck", "ensemble"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -175,7 +182,7 @@ def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:
     return PatchClassifier(info.backbone, num_classes=len(info.classes), hidden=info.hidden,
                            pretrained=pretrained, window=info.window, head_pooling=info.head_pooling,
                            head=info.head, neighbourhood=info.neighbourhood, bottleneck=info.bottleneck,
-                           ensemble=info.ensemble)
+                           ensemble=info.ensemble, tuned_tail=info.tuned_tail)
 
 
 def _upgrade_v1_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

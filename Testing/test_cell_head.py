@@ -349,3 +349,79 @@ def test_a_bad_recipe_field_is_a_config_error_naming_it(tmp_path, field, value, 
     path.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ConfigError, match="recipe.json"):
         CellHeadRecipe.load(path)
+
+
+def test_a_head_with_its_own_last_stage_is_the_backbone_until_tuned_and_becomes_the_networks_head():
+    """The copied last stage on the trunk gives the backbone's own features; a head fitted with
+    a tuned copy scores cached trunk features as the network it becomes scores the trunk."""
+    from MammoPatchLib.networks import LastStage, TunedTailHead
+
+    net = PatchClassifier(head="cell", bottleneck=8, hidden=16, pretrained=True).eval()
+    x = torch.rand(1, 3, 192, 160)
+    with torch.no_grad():
+        tuned = TunedTailHead(LastStage(net.features), net.head).eval()
+        assert torch.allclose(tuned(net.features.trunk(x)), net(x), atol=1e-4)
+    torch.manual_seed(0)
+    trunk = torch.randn(2, 320, 10, 10).half()
+    mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))
+    images = [CachedImage(_record([mass], image_id=f"i{k}"), trunk + 0.1 * k, IDENTITY) for k in range(3)]
+    recipe = CellHeadRecipe(classes=["Mass"], bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=64,
+                            tail_epochs=2, tail_learning_rate=1e-2)
+    from MammoPatchLib.training.tail_fit import fit_tuned_tail_head
+
+    fitted = fit_tuned_tail_head(images, recipe, ["Mass", "Asymmetry"], LastStage(net.features), seed=0)
+    assert not torch.equal(fitted.tail.conv.weight, net.features._conv_head.weight)  # it was tuned
+    head = fitted.to_head(1280)
+    with torch.no_grad():
+        direct = head(images[0].features.float())
+    assert torch.allclose(direct, fitted.cell_logits(images[0]), atol=2e-2), (direct - fitted.cell_logits(images[0])).abs().max()
+
+
+def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(tmp_path):
+    """tail_epochs: trunk features cached, each fold head tunes its own last stage, the bundle
+    holds them, and the model file runs in fast and exact mode; the fold head saved alone gives
+    through the Predictor the findings cross-validation scored."""
+    import contextlib
+    import io
+
+    from MammoPatchLib.cli import main
+    from MammoPatchLib.datasets import load_records
+    from MammoPatchLib.evaluation.lesions import candidate_predictor
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.io import read_mammogram
+    from MammoPatchLib.model_file import build_network, load_model, save_model
+    from MammoPatchLib.training.crossval import cell_model_info, fit_head, out_of_fold_cases
+    from MammoPatchLib.training.feature_cache import build_cache
+
+    values = {"name": "tuned", "bottleneck": 8, "hidden": 16, "epochs": 2, "negatives_per_epoch": 256,
+              "classes": ["Mass", "Suspicious Calcification"], "tail_epochs": 1}
+    config = tmp_path / "tuned.json"
+    config.write_text(json.dumps(values), encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["crossval", "--config", str(config), "--data", "synthetic:3", "--folds", "2", "--out",
+                     str(tmp_path / "report"), "--draws", "10", "--no-progress", "--model-out", str(tmp_path / "m.pt")])
+    assert code == 0
+    model = load_model(tmp_path / "m.pt")
+    assert model.info.tuned_tail and model.info.ensemble == 2
+    assert "last stage fine-tuned" in (tmp_path / "m.md").read_text(encoding="utf-8")
+    records, _ = load_records("synthetic:3", work_dir=tmp_path / "report")
+    image = read_mammogram(records[0].path)
+    for mode in ("fast", "exact"):
+        assert Predictor(model, mode=mode, device="cpu").predict_image(image).heatmaps.shape[0] == 10
+
+    recipe = CellHeadRecipe.from_dict(values)
+    cached, errors = build_cache(records, cell_model_info(recipe), tmp_path / "report" / "feature-cache",
+                                 progress=False, trunk=True)
+    assert not errors and cached[0].features.shape[1] == 320
+    fitted = fit_head(cached[4:], recipe, seed=0)
+    info = cell_model_info(recipe)
+    network = build_network(info, pretrained=True).eval()
+    network.head.load_state_dict(fitted.to_head(network.features.out_channels).state_dict())
+    save_model(network, info, tmp_path / "fold.pt")
+    predictor = candidate_predictor(load_model(tmp_path / "fold.pt"), device="cpu", classes=recipe.classes)
+    held = cached[:2]
+    for image, case in zip(held, out_of_fold_cases([fitted], held, recipe, predictor)):
+        result = predictor.predict_image(read_mammogram(image.record.path))
+        fresh = sorted((f.category, round(f.score, 2), tuple(f.peak_px)) for f in result.findings)
+        cached_view = sorted((name, round(s, 2), tuple(p)) for name, dets in case.detections.items() for s, b, p in dets)
+        assert fresh == cached_view

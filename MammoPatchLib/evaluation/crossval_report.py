@@ -159,7 +159,7 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         "each row sits above the all-classes row, where every class's false findings count together):", "",
         *per_class_table(summary), "",
         "## What it is", "",
-        f"- **Network**: {info['backbone']} (ImageNet weights, frozen) + {'the poster' + chr(39) + 's window head' if info['head'] == 'window' else 'a cell head: every 32 px cell scored from its %d x %d block of cells (a %d-component bottleneck, then an MLP of %d hidden units as convolutions)' % (info['neighbourhood'], info['neighbourhood'], info['bottleneck'], info['hidden'])}; "
+        f"- **Network**: {info['backbone']} (ImageNet weights, {'trunk frozen, its last stage fine-tuned with each head' if info.get('tuned_tail') else 'frozen'}) + {'the poster' + chr(39) + 's window head' if info['head'] == 'window' else 'a cell head: every 32 px cell scored from its %d x %d block of cells (a %d-component bottleneck, then an MLP of %d hidden units as convolutions)' % (info['neighbourhood'], info['neighbourhood'], info['bottleneck'], info['hidden'])}; "
         f"{_ensemble_phrase(heads, recipe.get('seeds', 1), recipe.get('bundle', 'ensemble'))}.",
         f"- **Input**: {info['window']} px windows at {info['spacing_mm']} mm, stride {info['stride']} px; images are "
         "resampled to that spacing.",

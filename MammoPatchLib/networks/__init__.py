@@ -1,7 +1,8 @@
 """Networks: backbone registry and the poster's patch classifier (fully convolutional)."""
 
 from .backbones import BACKBONES, DEFAULT_BACKBONE, FEATURE_STRIDE, available_backbones, build_backbone
-from .patch_classifier import HEAD_POOLINGS, HEAD_TYPES, CellHead, PatchClassifier, WindowHead
+from .patch_classifier import (HEAD_POOLINGS, HEAD_TYPES, CellHead, LastStage, PatchClassifier, TunedTailHead,
+                               WindowHead)
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "FEATURE_STRIDE", "available_backbones", "build_backbone",
-           "HEAD_POOLINGS", "HEAD_TYPES", "CellHead", "PatchClassifier", "WindowHead"]
+           "HEAD_POOLINGS", "HEAD_TYPES", "CellHead", "LastStage", "PatchClassifier", "TunedTailHead", "WindowHead"]

@@ -95,8 +95,13 @@ def _lite_features_class():
     from efficientnet_lite_pytorch import EfficientNet
 
     class EfficientNetLiteFeatures(EfficientNet):
+        #: True when a model's heads hold their own tuned copies of the last stage
+        #: (:class:`~MammoPatchLib.networks.patch_classifier.TunedTailHead`): the features are
+        #: then the trunk's.
+        trunk_only = False
+
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return self.extract_features(inputs)
+            return self.trunk(inputs) if self.trunk_only else self.extract_features(inputs)
 
         def trunk(self, inputs: torch.Tensor) -> torch.Tensor:
             """Stem and blocks (320 channels at stride 32): what a frozen-trunk training run

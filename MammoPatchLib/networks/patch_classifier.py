@@ -22,6 +22,7 @@ stitches, and the whole image gives every cell at once (one value per cell, no s
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -101,6 +102,43 @@ class CellHead(nn.Module):
         return self.out(self.dropout(self.act(self.hidden(self.reduce(features)))))
 
 
+class LastStage(nn.Module):
+    """A trainable copy of EfficientNet-Lite's last stage (its 1 x 1 head convolution, batch norm
+    and activation: trunk features -> the backbone's output channels). The batch norm keeps the
+    pretrained running statistics (eval mode even while training: a few hundred cells per batch
+    would only make them noisier); its affine weights and the convolution train."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(backbone, "trunk"):
+            raise ValueError("tuning the last stage needs a backbone with a trunk and a tail (EfficientNet-Lite)")
+        self.conv = copy.deepcopy(backbone._conv_head)
+        self.bn = copy.deepcopy(backbone._bn1)
+        self.act = copy.deepcopy(backbone._swish)
+
+    def train(self, mode: bool = True) -> "LastStage":
+        super().train(mode)
+        self.bn.eval()
+        return self
+
+    def forward(self, trunk: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(trunk)))
+
+
+class TunedTailHead(nn.Module):
+    """A head with its own tuned copy of the backbone's last stage: (B, trunk channels, h, w)
+    trunk features -> (B, classes, h, w). With a fold ensemble each member keeps its own, so
+    the one frozen trunk is still computed once."""
+
+    def __init__(self, tail: LastStage, head: nn.Module) -> None:
+        super().__init__()
+        self.tail = tail
+        self.head = head
+
+    def forward(self, trunk: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tail(trunk))
+
+
 class EnsembleHead(nn.Module):
     """Several heads over one (frozen) backbone's features, e.g. the five fold models of a
     cross-validation: the output is the logit of their mean probability, so the inferers'
@@ -131,6 +169,8 @@ class PatchClassifier(nn.Module):
         neighbourhood: cells of context per side of the cell head's block (odd).
         bottleneck: the cell head's 1 x 1 bottleneck channels.
         ensemble: heads averaged over the one backbone (:class:`EnsembleHead`; 1: a plain head).
+        tuned_tail: each cell head holds its own tuned copy of the backbone's last stage
+            (:class:`TunedTailHead`; EfficientNet-Lite only), and the backbone stops at its trunk.
 
     Shapes, window head: ``forward`` (B, 3, window + 32 i, window + 32 j) -> (B, classes,
     i + 1, j + 1) logits; ``classify`` (B, 3, window, window) -> (B, classes).
@@ -140,7 +180,7 @@ class PatchClassifier(nn.Module):
     def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = 10, hidden: int = 512,
                  dropout: float = 0.2, pretrained: bool = False, backbone_weights: Optional[PathLike] = None,
                  window: int = 256, head_pooling: str = "mean", head: str = "window",
-                 neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1) -> None:
+                 neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1, tuned_tail: bool = False) -> None:
         super().__init__()
         if window <= 0 or window % FEATURE_STRIDE:
             raise ValueError(f"window must be a positive multiple of {FEATURE_STRIDE}, got {window}")
@@ -155,12 +195,19 @@ class PatchClassifier(nn.Module):
         if ensemble < 1:
             raise ValueError(f"ensemble must be >= 1 heads, got {ensemble}")
 
+        if tuned_tail and head != "cell":
+            raise ValueError("a tuned last stage goes with the cell head")
+
         def make_head() -> nn.Module:
             if head == "cell":
-                return CellHead(channels, num_classes, hidden, neighbourhood, bottleneck, dropout)
+                cell = CellHead(channels, num_classes, hidden, neighbourhood, bottleneck, dropout)
+                return TunedTailHead(LastStage(self.features), cell) if tuned_tail else cell
             return WindowHead(channels, num_classes, hidden, self.cells, dropout, head_pooling)
 
         self.head: nn.Module = make_head() if ensemble == 1 else EnsembleHead([make_head() for _ in range(ensemble)])
+        self.tuned_tail = tuned_tail
+        if tuned_tail:
+            self.features.trunk_only = True  # the heads apply their own last stage
         self._num_classes = num_classes
 
     @property

@@ -15,9 +15,7 @@ from ..evaluation.crossval_report import model_card
 from ..evaluation.lesions import operating_thresholds
 from ..io.atomic import atomic_path
 from ..model_file import build_network, save_model
-from ..vocabulary import FINDING_CLASSES
-from .cell_head_fit import fit_cell_head
-from .crossval import RecipeOutcome, cell_model_info, seed_of, summarise
+from .crossval import RecipeOutcome, cell_model_info, fit_head, seed_of, summarise
 
 
 def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, draws: int = 1000,
@@ -30,8 +28,7 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     if recipe.bundle == "single":
         if cached is None:
             raise ValueError("a single-head bundle needs the cached images to train on")
-        heads = [fit_cell_head(list(cached), recipe, list(FINDING_CLASSES), seed=seed_of(recipe, 0, member))
-                 for member in range(recipe.seeds)]
+        heads = [fit_head(list(cached), recipe, seed_of(recipe, 0, member)) for member in range(recipe.seeds)]
     else:
         heads = outcome.heads
     info = cell_model_info(recipe, ensemble=len(heads))
@@ -52,7 +49,7 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
                                   "thresholds": "fitted on the pooled out-of-fold predictions, at most "
                                                 f"{recipe.fp_per_image} false positives per image per class"}
     info = replace(info, thresholds=thresholds, training=provenance,
-                   description=f"{recipe.backbone} (ImageNet, frozen) with a cell head "
+                   description=f"{recipe.backbone} (ImageNet, {'trunk frozen, last stage tuned per head' if recipe.tail_epochs else 'frozen'}) with a cell head "
                                f"({recipe.neighbourhood} x {recipe.neighbourhood} cells), "
                                f"{ensemble_words(len(heads), recipe.seeds)}; "
                                f"recipe {recipe.name}")

@@ -123,6 +123,7 @@ class FittedCellHead:
     neighbourhood: int
     classes: List[str]
     head: str = "cell"
+    tail: Optional[nn.Module] = None  # a tuned last stage: the cached features are then the trunk's
 
     @torch.no_grad()
     def cell_logits(self, image: CachedImage, views: int = 2) -> torch.Tensor:
@@ -130,7 +131,10 @@ class FittedCellHead:
         coordinates) from its cached features: per cell, or per window position for the
         window head."""
         self.mlp.eval()
-        vectors = head_vectors(image.features[:views], self.projection, self.head, self.neighbourhood)
+        features = image.features[:views]
+        if self.tail is not None:
+            features = self.tail.eval()(features.float())
+        vectors = head_vectors(features, self.projection, self.head, self.neighbourhood)
         logits = self.mlp(vectors.float())
         gh, gw = head_grid(image.grid_shape, self.head)
         return logits.permute(0, 2, 1).reshape(views, -1, gh, gw)
@@ -155,6 +159,8 @@ class FittedCellHead:
         head a mean-pooling :class:`WindowHead` with the bottleneck folded into its hidden layer."""
         if self.head == "window":
             return self._to_window_head(in_channels)
+        if self.tail is not None:
+            return self._to_tuned_tail_head(in_channels)
         bottleneck = self.projection.weight.shape[0]
         hidden = 0 if self.mlp.linear else self.mlp.hidden.out_features
         head = CellHead(in_channels, len(self.classes), hidden, self.neighbourhood, bottleneck)
@@ -169,6 +175,15 @@ class FittedCellHead:
                 head.out.weight.copy_(self.mlp.out.weight[:, :, None, None])
                 head.out.bias.copy_(self.mlp.out.bias)
         return head.eval()
+
+    def _to_tuned_tail_head(self, in_channels: int) -> nn.Module:
+        """A :class:`TunedTailHead`: this head's own last stage, then its cell head."""
+        import copy
+        from dataclasses import replace
+
+        from ..networks import TunedTailHead
+
+        return TunedTailHead(copy.deepcopy(self.tail), replace(self, tail=None).to_head(in_channels)).eval()
 
     def _to_window_head(self, in_channels: int) -> nn.Module:
         from ..networks import WindowHead

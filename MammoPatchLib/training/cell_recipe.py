@@ -43,6 +43,11 @@ class CellHeadRecipe:
         fp_per_image: false positives per image the operating thresholds allow per class.
         bundle: "ensemble" (the fold models' heads averaged over one backbone) or "single"
             (one head trained on every woman).
+        tail_epochs: epochs that then fine-tune the backbone's last stage (EfficientNet-Lite's
+            head convolution and batch norm, a copy per head) with the head, from cached trunk
+            features (0: the backbone stays frozen).
+        tail_learning_rate: the last stage's learning rate in those epochs (the head's is
+            ``learning_rate`` / 20 there).
         seeds: heads trained per fold (and per bundle) from different seeds, their
             probabilities averaged: one head's figures move with its seed by about as much as
             most recipe changes do, and the average of a few is both a steadier measurement
@@ -77,6 +82,8 @@ class CellHeadRecipe:
     image_top_k: int = 4
     fp_per_image: float = 0.25
     bundle: str = "ensemble"
+    tail_epochs: int = 0
+    tail_learning_rate: float = 1e-4
     seeds: int = 1
     seed: int = 0
 
@@ -100,6 +107,10 @@ class CellHeadRecipe:
             (self.fp_per_image > 0, "fp_per_image must be positive"),
             (self.bundle in ("ensemble", "single"), "bundle must be 'ensemble' or 'single'"),
             (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a whole number >= 1"),
+            (isinstance(self.tail_epochs, int) and self.tail_epochs >= 0 and self.tail_learning_rate > 0,
+             "tail_epochs must be a whole number >= 0, tail_learning_rate > 0"),
+            (not self.tail_epochs or (self.head == "cell" and self.backbone.startswith("efficientnet-lite")),
+             "tail_epochs needs the cell head on an EfficientNet-Lite backbone (one with a trunk and a tail)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -63,7 +63,8 @@ def cell_model_info(recipe: CellHeadRecipe, ensemble: int = 1) -> ModelInfo:
     return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
                      neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
                      spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
-                     inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta))
+                     inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta),
+                     tuned_tail=recipe.tail_epochs > 0)
 
 
 @dataclass
@@ -110,10 +111,32 @@ def seed_of(recipe: CellHeadRecipe, fold: int, member: int) -> int:
     return recipe.seed + fold + 1000 * member
 
 
-def fit_fold_heads(train: Sequence[CachedImage], recipe: CellHeadRecipe, fold: int) -> List[FittedCellHead]:
+def pretrained_last_stage(recipe: CellHeadRecipe):
+    """The backbone's pretrained last stage, where a recipe tunes it (else None)."""
+    if not recipe.tail_epochs:
+        return None
+    from dataclasses import replace
+
+    from ..networks import LastStage
+
+    return LastStage(frozen_backbone_model(replace(cell_model_info(recipe), tuned_tail=False)).network.features)
+
+
+def fit_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, seed: int, last_stage=None) -> FittedCellHead:
+    """One head by the recipe: on frozen features, or with its own tuned last stage (the
+    cached features are then the trunk's; ``last_stage`` from :func:`pretrained_last_stage`)."""
+    if recipe.tail_epochs:
+        from .tail_fit import fit_tuned_tail_head
+
+        return fit_tuned_tail_head(images, recipe, list(FINDING_CLASSES),
+                                   last_stage if last_stage is not None else pretrained_last_stage(recipe), seed)
+    return fit_cell_head(images, recipe, list(FINDING_CLASSES), seed=seed)
+
+
+def fit_fold_heads(train: Sequence[CachedImage], recipe: CellHeadRecipe, fold: int,
+                   last_stage=None) -> List[FittedCellHead]:
     """``recipe.seeds`` heads trained on the same images from different seeds."""
-    return [fit_cell_head(train, recipe, list(FINDING_CLASSES), seed=seed_of(recipe, fold, member))
-            for member in range(recipe.seeds)]
+    return [fit_head(train, recipe, seed_of(recipe, fold, member), last_stage) for member in range(recipe.seeds)]
 
 
 def mean_probabilities(heads: Sequence[FittedCellHead], image: CachedImage, flip_tta: bool) -> torch.Tensor:
@@ -149,11 +172,12 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
                                     classes=recipe.classes)
     cases: List[ImageCase] = []
     heads: List[FittedCellHead] = []
+    last_stage = pretrained_last_stage(recipe)
     for fold in folds:
         train = [c for c in cached if fold_of[c.record.image_id] != fold]
         held = [c for c in cached if fold_of[c.record.image_id] == fold]
         fold_start = time.perf_counter()
-        members = fit_fold_heads(train, recipe, fold)
+        members = fit_fold_heads(train, recipe, fold, last_stage)
         heads.extend(members)
         cases.extend(out_of_fold_cases(members, held, recipe, predictor))
         if progress:
@@ -322,9 +346,11 @@ def crossval(recipes: Sequence[CellHeadRecipe], data: str, folds: int, out_dir, 
     outcomes = []
     cached_by_key: Dict[tuple, List[CachedImage]] = {}
     for recipe in recipes:
-        key = (recipe.backbone, recipe.spacing_mm, json.dumps(recipe.preprocessing.__dict__, sort_keys=True, default=str))
+        trunk = recipe.tail_epochs > 0
+        key = (recipe.backbone, recipe.spacing_mm, json.dumps(recipe.preprocessing.__dict__, sort_keys=True, default=str),
+               trunk)
         if key not in cached_by_key:
-            cached, errors = build_cache(records, cell_model_info(recipe), cache, progress=progress)
+            cached, errors = build_cache(records, cell_model_info(recipe), cache, progress=progress, trunk=trunk)
             if errors:
                 raise MammoPatchError(f"{len(errors)} image(s) could not be read for cross-validation: {errors[0]}")
             cached_by_key[key] = cached

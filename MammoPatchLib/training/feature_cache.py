@@ -91,13 +91,16 @@ def cache_key(model: LoadedModel) -> str:
 
 
 @torch.no_grad()
-def image_features(predictor: Predictor, image: MammogramImage) -> Tuple[torch.Tensor, CellGeometry]:
+def image_features(predictor: Predictor, image: MammogramImage, trunk: bool = False
+                   ) -> Tuple[torch.Tensor, CellGeometry]:
     """(2, C, gh, gw) backbone features of ``image`` and its mirror, through the Predictor's
-    own preprocessing (window grid included) and network."""
+    own preprocessing (window grid included) and network; ``trunk``: the features before the
+    backbone's last stage, for a run that tunes that stage."""
     prepared = predictor.preprocess(image)
     batch = prepared.tensor.as_tensor()[None].float()
     both = torch.cat([batch, torch.flip(batch, dims=(-1,))])
-    features = predictor.network.features(both.contiguous(memory_format=torch.channels_last))
+    extract = predictor.network.features.trunk if trunk else predictor.network.features
+    features = extract(both.contiguous(memory_format=torch.channels_last))
     matrix = prepared.index_matrix()
     geometry = CellGeometry(tuple(tuple(float(v) for v in row) for row in matrix),
                             tuple(int(v) for v in prepared.source_shape), tuple(int(v) for v in prepared.valid_shape))
@@ -105,13 +108,16 @@ def image_features(predictor: Predictor, image: MammogramImage) -> Tuple[torch.T
 
 
 def build_cache(records: Sequence[ImageRecord], info: ModelInfo, cache_dir: Path,
-                progress: bool = True) -> Tuple[List[CachedImage], List[str]]:
-    """Features of every record, read from ``cache_dir`` where present, computed (and stored
-    atomically, one file per image) where not. Returns (cached images, errors naming the
-    files that could not be read)."""
-    model = frozen_backbone_model(info)
+                progress: bool = True, trunk: bool = False) -> Tuple[List[CachedImage], List[str]]:
+    """Features of every record (the backbone's, or with ``trunk`` those before its last
+    stage), read from ``cache_dir`` where present, computed (and stored atomically, one file
+    per image) where not. Returns (cached images, errors naming the files that could not be
+    read)."""
+    from dataclasses import replace
+
+    model = frozen_backbone_model(replace(info, tuned_tail=False))
     predictor = Predictor(model, mode="fast", device="cpu", thresholds=[0.5] * len(info.classes))
-    folder = Path(cache_dir) / f"{info.backbone}-{cache_key(model)}"
+    folder = Path(cache_dir) / f"{info.backbone}-{cache_key(model)}{'-trunk' if trunk else ''}"
     folder.mkdir(parents=True, exist_ok=True)
     cached: List[CachedImage] = []
     errors: List[str] = []
@@ -127,7 +133,7 @@ def build_cache(records: Sequence[ImageRecord], info: ModelInfo, cache_dir: Path
             try:
                 image = read_mammogram(record.path, spacing_mm=record.spacing_mm)
                 predictor.check_image(image)
-                features, geometry = image_features(predictor, image)
+                features, geometry = image_features(predictor, image, trunk=trunk)
             except MammoPatchError as exc:
                 errors.append(str(exc))
                 continue

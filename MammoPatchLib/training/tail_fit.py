@@ -1,0 +1,111 @@
+"""Fine-tune the backbone's last stage with a cell head, on cached trunk features.
+
+EfficientNet-Lite's last stage (a 1 x 1 convolution from the trunk's 320 channels to 1280,
+batch norm, activation) is cheap enough to train on two CPU cores when the trunk's features
+are cached once per image (``feature_cache.build_cache(trunk=True)``):
+
+1. the head is first trained exactly as with a frozen backbone (:func:`fit_cell_head`), on the
+   pretrained last stage's output;
+2. then, for ``tail_epochs``, a copy of the last stage, the bottleneck and the MLP train
+   together: each sampled cell's ``neighbourhood x neighbourhood`` block of trunk features goes
+   through the last stage and the bottleneck, the block positions outside the image are zeroed
+   (the zero padding of the network's convolution), and the MLP scores it. The last stage
+   learns at ``tail_learning_rate``, the head at a twentieth of its own rate.
+
+The result is a :class:`FittedCellHead` with ``tail`` set: it scores cached trunk features,
+and becomes the network's :class:`~MammoPatchLib.networks.TunedTailHead`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..networks import LastStage
+from .cell_head_fit import FittedCellHead, Projection, _draw_negatives, fit_cell_head, focal_loss
+from .cell_recipe import CellHeadRecipe
+from .cell_targets import cell_targets
+from .feature_cache import CachedImage
+
+#: The head's learning rate while the last stage trains, as a share of the recipe's.
+HEAD_RATE_WHILE_TUNING = 0.05
+
+
+def trunk_blocks(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str]
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(blocks (N, C * n * n) fp16, inside (N, n * n) bool, targets (N, K), masks (N, K)) of
+    every cell of the images and of their mirrors."""
+    n = recipe.neighbourhood
+    xs, inside, ts, ms = [], [], [], []
+    for image in images:
+        trunk = image.features[:2].float()
+        blocks = F.unfold(trunk, n, padding=n // 2)  # (2, C * n * n, cells), channel-major
+        xs.append(blocks.permute(0, 2, 1).reshape(-1, blocks.shape[1]).half())
+        ones = F.unfold(torch.ones(1, 1, *trunk.shape[-2:]), n, padding=n // 2)[0]  # (n * n, cells)
+        inside.append(ones.T.bool().repeat(2, 1))
+        targets, mask = cell_targets(image.record, image.geometry, image.grid_shape, classes, recipe.classes,
+                                     radius_px=recipe.radius_px, extent=recipe.extent, ignore_px=recipe.ignore_px)
+        t, m = torch.from_numpy(targets), torch.from_numpy(mask)
+        ts.append(torch.stack([t, torch.flip(t, dims=(-1,))]).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)).half())
+        ms.append(torch.stack([m, torch.flip(m, dims=(-1,))]).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)))
+    return torch.cat(xs), torch.cat(inside), torch.cat(ts), torch.cat(ms)
+
+
+class _TunedCells(nn.Module):
+    """Last stage, bottleneck and MLP over gathered blocks of trunk features."""
+
+    def __init__(self, tail: LastStage, projection: Projection, mlp: nn.Module, neighbourhood: int) -> None:
+        super().__init__()
+        self.tail = tail
+        self.weight = nn.Parameter(projection.weight.clone())
+        self.bias = nn.Parameter(projection.bias.clone())
+        self.mlp = mlp
+        self.positions = neighbourhood * neighbourhood
+
+    def forward(self, blocks: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        b = blocks.shape[0]
+        trunk = blocks.float().reshape(b, -1, self.positions)
+        features = self.tail(trunk[..., None])[..., 0]  # (b, channels, n * n)
+        reduced = torch.einsum("kc,bcp->bkp", self.weight, features) + self.bias[None, :, None]
+        reduced = reduced * inside[:, None, :].float()  # zero padding of the reduced map
+        return self.mlp(reduced.reshape(b, -1))
+
+
+def fit_tuned_tail_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str],
+                        pretrained_tail: LastStage, seed: int) -> FittedCellHead:
+    """A head and its own last stage, trained on ``images`` (cached trunk features)."""
+    with torch.no_grad():
+        pretrained_tail.eval()
+        frozen = [CachedImage(im.record, pretrained_tail(im.features.float()).half(), im.geometry) for im in images]
+    head = fit_cell_head(frozen, recipe, classes, seed=seed)
+    del frozen
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 1)
+    x, inside, t, m = trunk_blocks(images, recipe, classes)
+    positive = ((t > 0.5) & m).any(1)
+    negative_rows = torch.nonzero(~positive & m.any(1)).flatten().numpy()
+    positive_rows = torch.nonzero(positive).flatten().numpy()
+    model = _TunedCells(copy.deepcopy(pretrained_tail), head.projection, head.mlp, recipe.neighbourhood)
+    optimiser = torch.optim.Adam([
+        {"params": model.tail.parameters(), "lr": recipe.tail_learning_rate},
+        {"params": [model.weight, model.bias, *model.mlp.parameters()],
+         "lr": recipe.learning_rate * HEAD_RATE_WHILE_TUNING}], weight_decay=recipe.weight_decay)
+    n_neg = min(recipe.negatives_per_epoch, len(negative_rows))
+    for _ in range(recipe.tail_epochs):
+        rows = rng.permutation(np.concatenate([positive_rows, _draw_negatives(negative_rows, n_neg, rng, None, 0)]))
+        model.train()
+        for start in range(0, len(rows), recipe.batch_cells):
+            batch = torch.as_tensor(rows[start:start + recipe.batch_cells])
+            loss = focal_loss(model(x[batch], inside[batch]), t[batch].float(), m[batch])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    model.eval()
+    projection = Projection(model.weight.detach().clone(), model.bias.detach().clone())
+    return FittedCellHead(projection, model.mlp.eval(), recipe.neighbourhood, list(classes), "cell",
+                          tail=model.tail.eval())
