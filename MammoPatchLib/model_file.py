@@ -29,7 +29,7 @@ from .config import config_from_dict, config_to_dict
 from .errors import ConfigError, ModelFileError
 from .io.atomic import atomic_path
 from .io.paths import file_problem
-from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, HEAD_TYPES, PatchClassifier
+from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, HEAD_TYPES, PatchClassifier, has_tunable_last_stage
 from .postprocess import DetectionConfig
 from .transforms import PreprocessConfig
 from .vocabulary import FINDING_CLASSES, PathLike, class_slug
@@ -128,7 +128,7 @@ class ModelInfo:
         if not isinstance(self.neighbourhood, int) or self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ConfigError(f"model neighbourhood must be an odd number >= 1, got {self.neighbourhood!r}")
         if not isinstance(self.tuned_tail, bool) or (self.tuned_tail and (
-                self.head != "cell" or not self.backbone.startswith("efficientnet-lite"))):
+                self.head != "cell" or not has_tunable_last_stage(self.backbone))):
             raise ConfigError(f"model tuned_tail must be true or false, and true only for a cell head on an "
                               f"EfficientNet-Lite backbone, got {self.tuned_tail!r} ({self.head}, {self.backbone})")
         for name in ("bottleneck", "ensemble"):

@@ -108,7 +108,13 @@ def write_crossval_plot(report: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _ensemble_phrase(heads: int, seeds: int, bundle: str) -> str:
+def backbone_phrase(tuned_tail: bool) -> str:
+    """How the card and the model's description say what training did to the backbone."""
+    return "trunk frozen, its last stage fine-tuned with each head" if tuned_tail else "frozen"
+
+
+def ensemble_phrase(heads: int, seeds: int, bundle: str) -> str:
+    """How the card and the model's description name what the model file averages."""
     if bundle == "single":
         return "one head trained on every woman" if heads == 1 else f"{heads} heads trained on every woman from different seeds, probabilities averaged"
     per = f" ({heads // seeds} folds x {seeds} seeds)" if seeds > 1 else ""
@@ -159,8 +165,8 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         "each row sits above the all-classes row, where every class's false findings count together):", "",
         *per_class_table(summary), "",
         "## What it is", "",
-        f"- **Network**: {info['backbone']} (ImageNet weights, {'trunk frozen, its last stage fine-tuned with each head' if info.get('tuned_tail') else 'frozen'}) + {'the poster' + chr(39) + 's window head' if info['head'] == 'window' else 'a cell head: every 32 px cell scored from its %d x %d block of cells (a %d-component bottleneck, then an MLP of %d hidden units as convolutions)' % (info['neighbourhood'], info['neighbourhood'], info['bottleneck'], info['hidden'])}; "
-        f"{_ensemble_phrase(heads, recipe.get('seeds', 1), recipe.get('bundle', 'ensemble'))}.",
+        f"- **Network**: {info['backbone']} (ImageNet weights, {backbone_phrase(info.get('tuned_tail', False))}) + {'the poster' + chr(39) + 's window head' if info['head'] == 'window' else 'a cell head: every 32 px cell scored from its %d x %d block of cells (a %d-component bottleneck, then an MLP of %d hidden units as convolutions)' % (info['neighbourhood'], info['neighbourhood'], info['bottleneck'], info['hidden'])}; "
+        f"{ensemble_phrase(heads, recipe.get('seeds', 1), recipe.get('bundle', 'ensemble'))}.",
         f"- **Input**: {info['window']} px windows at {info['spacing_mm']} mm, stride {info['stride']} px; images are "
         "resampled to that spacing.",
         f"- **Reported classes**: {', '.join(info['inference']['report_classes'])}; the other VinDr outputs are "

@@ -26,7 +26,6 @@ import numpy as np
 
 from ..datasets import ImageRecord
 from ..errors import MammoPatchError
-from ..vocabulary import box_iou
 from .metrics import froc, is_hit, roc_auc
 
 FP_RATES = (0.25, 0.5, 1, 2, 4)
@@ -67,10 +66,8 @@ def any_finding_case(case: ImageCase, classes: Sequence[str], nms_iou: float = 0
     merged = sorted((d for name in classes for d in case.detections.get(name, [])), key=lambda d: -d[0])
     kept: List[Tuple[float, tuple, tuple]] = []
     for score, box, peak in merged:
-        if any(k[1][0] <= peak[0] <= k[1][2] and k[1][1] <= peak[1] <= k[1][3] or box_iou(box, k[1]) >= nms_iou
-               for k in kept):
-            continue
-        kept.append((score, box, peak))
+        if not any(is_hit(box, peak, other, iou_threshold=nms_iou) for _, other, _ in kept):
+            kept.append((score, box, peak))
     truths = [b for name in classes for b in case.truths.get(name, [])]
     return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score,
                      {ANY_FINDING: kept}, {ANY_FINDING: truths})

@@ -210,6 +210,12 @@ _register(BackboneSpec("vgg19", "VGG19", _torchvision("vgg19", ["features"], 512
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
+def has_tunable_last_stage(name: str) -> bool:
+    """True for the backbones whose last stage a recipe can fine-tune from cached trunk features
+    (EfficientNet-Lite: a ``trunk`` and a 1 x 1 ``tail``)."""
+    return name.startswith("efficientnet-lite") and name in BACKBONES
+
+
 def available_backbones() -> List[str]:
     """Names that can be built here (torchvision-only ones only when torchvision imports)."""
     has_tv = importlib.util.find_spec("torchvision") is not None

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..evaluation.crossval_report import model_card
+from ..evaluation.crossval_report import backbone_phrase, ensemble_phrase, model_card
 from ..evaluation.lesions import operating_thresholds
 from ..io.atomic import atomic_path
 from ..model_file import build_network, save_model
@@ -49,9 +49,9 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
                                   "thresholds": "fitted on the pooled out-of-fold predictions, at most "
                                                 f"{recipe.fp_per_image} false positives per image per class"}
     info = replace(info, thresholds=thresholds, training=provenance,
-                   description=f"{recipe.backbone} (ImageNet, {'trunk frozen, last stage tuned per head' if recipe.tail_epochs else 'frozen'}) with a cell head "
+                   description=f"{recipe.backbone} (ImageNet, {backbone_phrase(info.tuned_tail)}) with a cell head "
                                f"({recipe.neighbourhood} x {recipe.neighbourhood} cells), "
-                               f"{ensemble_words(len(heads), recipe.seeds)}; "
+                               f"{ensemble_phrase(len(heads), recipe.seeds, recipe.bundle)}; "
                                f"recipe {recipe.name}")
     path = Path(path)
     save_model(network, info, path, half=True)
@@ -65,15 +65,6 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text(card, encoding="utf-8")
     return path
-
-
-def ensemble_words(heads: int, seeds: int) -> str:
-    """How the card and the model's description name what the file averages."""
-    if heads == 1:
-        return "one head"
-    if seeds == 1:
-        return f"an ensemble of {heads} fold heads"
-    return f"an ensemble of {heads} heads ({heads // seeds} folds x {seeds} seeds)"
 
 
 def seconds_per_image(model_path: Path, record, single_head=None, repeats: int = 2) -> Dict[str, float]:

@@ -198,26 +198,42 @@ class FittedCellHead:
         return head.eval()
 
 
+def training_views(recipe: CellHeadRecipe) -> int:
+    """Views of each image trained on: the image, and its mirror when ``recipe.flip_augment``."""
+    return 2 if recipe.flip_augment else 1
+
+
+def target_rows(image: CachedImage, recipe: CellHeadRecipe, classes: Sequence[str]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(targets (N, K) fp16, masks (N, K) bool) of the image's cells (or window positions), one
+    row per cell of each trained view in the order the head's vectors take them (view, row,
+    column); the mirror's targets are mirrored."""
+    views = training_views(recipe)
+    size = WINDOW_CELLS * 32 if recipe.head == "window" else 0
+    grid = head_grid(image.grid_shape, recipe.head)
+    targets, mask = cell_targets(image.record, image.geometry, grid, classes, recipe.classes,
+                                 radius_px=recipe.radius_px, extent=recipe.extent, ignore_px=recipe.ignore_px,
+                                 size=size)
+    t = torch.from_numpy(targets)
+    m = torch.from_numpy(mask)
+    t_views = torch.stack([t, torch.flip(t, dims=(-1,))][:views])
+    m_views = torch.stack([m, torch.flip(m, dims=(-1,))][:views])
+    return (t_views.flatten(2).permute(0, 2, 1).reshape(-1, len(classes)).half(),
+            m_views.flatten(2).permute(0, 2, 1).reshape(-1, len(classes)))
+
+
 def training_cells(images: Sequence[CachedImage], projection: Projection, recipe: CellHeadRecipe,
                    classes: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(vectors (N, D) fp16, targets (N, K) fp16, masks (N, K) bool) of every cell of the
     images (and of their mirrors when ``recipe.flip_augment``)."""
-    views = 2 if recipe.flip_augment else 1
+    views = training_views(recipe)
     xs, ts, ms = [], [], []
-    size = WINDOW_CELLS * 32 if recipe.head == "window" else 0
     for image in images:
-        grid = head_grid(image.grid_shape, recipe.head)
-        targets, mask = cell_targets(image.record, image.geometry, grid, classes, recipe.classes,
-                                     radius_px=recipe.radius_px, extent=recipe.extent, ignore_px=recipe.ignore_px,
-                                     size=size)
-        t = torch.from_numpy(targets)
-        m = torch.from_numpy(mask)
-        t_views = [t, torch.flip(t, dims=(-1,))][:views]
-        m_views = [m, torch.flip(m, dims=(-1,))][:views]
         vectors = head_vectors(image.features[:views], projection, recipe.head, recipe.neighbourhood)
         xs.append(vectors.reshape(-1, vectors.shape[-1]))
-        ts.append(torch.stack(t_views).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)).half())
-        ms.append(torch.stack(m_views).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)))
+        targets, masks = target_rows(image, recipe, classes)
+        ts.append(targets)
+        ms.append(masks)
     return torch.cat(xs), torch.cat(ts), torch.cat(ms)
 
 

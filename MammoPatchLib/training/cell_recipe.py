@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from ..config import config_from_dict, config_to_dict, read_config_file
 from ..errors import ConfigError
-from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_TYPES
+from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_TYPES, has_tunable_last_stage
 from ..transforms import PreprocessConfig
 
 #: How an image's abnormality score is read from its cell heatmaps (image-level AUC, and the
@@ -109,7 +109,7 @@ class CellHeadRecipe:
             (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a whole number >= 1"),
             (isinstance(self.tail_epochs, int) and self.tail_epochs >= 0 and self.tail_learning_rate > 0,
              "tail_epochs must be a whole number >= 0, tail_learning_rate > 0"),
-            (not self.tail_epochs or (self.head == "cell" and self.backbone.startswith("efficientnet-lite")),
+            (not self.tail_epochs or (self.head == "cell" and has_tunable_last_stage(self.backbone)),
              "tail_epochs needs the cell head on an EfficientNet-Lite backbone (one with a trunk and a tail)"),
         ]
         for ok, message in checks:

@@ -315,6 +315,7 @@ def compare_all(out_dir: Path, baseline: str, classes: Sequence[str], draws: int
     if baseline not in outcomes:
         raise MammoPatchError(f"baseline recipe {baseline!r} has no out-of-fold results here", out_dir)
     rows = {}
+    baseline_anywhere = [any_finding_case(c, classes) for c in outcomes[baseline]["cases"]]
     for name, found in outcomes.items():
         row = dict(found["summary"])
         row.pop("curve", None)
@@ -325,8 +326,7 @@ def compare_all(out_dir: Path, baseline: str, classes: Sequence[str], draws: int
             row["paired_vs_baseline"] = paired_difference(outcomes[baseline]["cases"], found["cases"], classes,
                                                           draws=draws)
             row["paired_any_finding_vs_baseline"] = paired_difference(
-                [any_finding_case(c, classes) for c in outcomes[baseline]["cases"]],
-                [any_finding_case(c, classes) for c in found["cases"]], [ANY_FINDING], draws=draws)
+                baseline_anywhere, [any_finding_case(c, classes) for c in found["cases"]], [ANY_FINDING], draws=draws)
         rows[name] = row
     return {"baseline": baseline, "recipes": rows,
             "curves": {n: o["summary"].get("curve", []) for n, o in outcomes.items()}}

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..networks import LastStage
-from .cell_head_fit import FittedCellHead, Projection, _draw_negatives, fit_cell_head, focal_loss
+from .cell_head_fit import (FittedCellHead, Projection, _draw_negatives, fit_cell_head, focal_loss,
+                            target_rows, training_views)
 from .cell_recipe import CellHeadRecipe
-from .cell_targets import cell_targets
 from .feature_cache import CachedImage
 
 #: The head's learning rate while the last stage trains, as a share of the recipe's.
@@ -39,20 +39,19 @@ HEAD_RATE_WHILE_TUNING = 0.05
 def trunk_blocks(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str]
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(blocks (N, C * n * n) fp16, inside (N, n * n) bool, targets (N, K), masks (N, K)) of
-    every cell of the images and of their mirrors."""
+    every cell of the images (and of their mirrors when ``recipe.flip_augment``)."""
     n = recipe.neighbourhood
+    views = training_views(recipe)
     xs, inside, ts, ms = [], [], [], []
     for image in images:
-        trunk = image.features[:2].float()
-        blocks = F.unfold(trunk, n, padding=n // 2)  # (2, C * n * n, cells), channel-major
+        trunk = image.features[:views].float()
+        blocks = F.unfold(trunk, n, padding=n // 2)  # (views, C * n * n, cells), channel-major
         xs.append(blocks.permute(0, 2, 1).reshape(-1, blocks.shape[1]).half())
         ones = F.unfold(torch.ones(1, 1, *trunk.shape[-2:]), n, padding=n // 2)[0]  # (n * n, cells)
-        inside.append(ones.T.bool().repeat(2, 1))
-        targets, mask = cell_targets(image.record, image.geometry, image.grid_shape, classes, recipe.classes,
-                                     radius_px=recipe.radius_px, extent=recipe.extent, ignore_px=recipe.ignore_px)
-        t, m = torch.from_numpy(targets), torch.from_numpy(mask)
-        ts.append(torch.stack([t, torch.flip(t, dims=(-1,))]).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)).half())
-        ms.append(torch.stack([m, torch.flip(m, dims=(-1,))]).flatten(2).permute(0, 2, 1).reshape(-1, len(classes)))
+        inside.append(ones.T.bool().repeat(views, 1))
+        targets, masks = target_rows(image, recipe, classes)
+        ts.append(targets)
+        ms.append(masks)
     return torch.cat(xs), torch.cat(inside), torch.cat(ts), torch.cat(ms)
 
 
