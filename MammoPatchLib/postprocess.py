@@ -60,6 +60,10 @@ class DetectionConfig:
             classifier answers "this window holds a finding" for every window around it, so
             its heatmap can have a plateau whose centre marks the finding better than its
             maximum (made no difference on the validation women; 1 by default).
+        image_threshold: findings are kept only on images whose score (the highest heatmap
+            value of the reported classes) reaches it; 0: on every image. Fitted so that a
+            bounded share of normal images gets a finding (:func:`~MammoPatchLib.evaluation.
+            lesions.image_gate`).
     """
 
     grid_mm: float = 1.6
@@ -70,6 +74,7 @@ class DetectionConfig:
     max_box_mm: Optional[float] = None
     suppress_inside: bool = True
     centre_fraction: float = 1.0
+    image_threshold: float = 0.0
 
     def to_dict(self) -> Dict[str, object]:
         return config_to_dict(self)
@@ -80,7 +85,7 @@ class DetectionConfig:
 
     def __post_init__(self) -> None:
         if not (self.grid_mm > 0 and self.min_distance_mm >= 0 and 0 < self.relative_extent <= 1
-                and self.max_per_class >= 1 and 0 < self.nms_iou <= 1):
+                and self.max_per_class >= 1 and 0 < self.nms_iou <= 1 and 0.0 <= self.image_threshold <= 1.0):
             raise ValueError(f"invalid detection settings: {self}")
 
 
@@ -174,6 +179,9 @@ def detect_findings(heat_grid: np.ndarray, classes: Sequence[str], thresholds: S
         config.max_box_mm / (0.5 * (row_mm + col_mm)) if config.max_box_mm else float("inf"))
     max_box_cells = int(min(max(heat_grid.shape) * 2 + 1, box_px / factor)) if np.isfinite(box_px) else \
         2 * max(heat_grid.shape) + 1
+    reported = [k for k, t in enumerate(thresholds) if np.isfinite(t)]
+    if config.image_threshold > 0 and (not reported or float(heat_grid[reported].max()) < config.image_threshold):
+        return [], []  # below the image gate: the image has no findings
     kept: List[_Candidate] = []
     for k in range(heat_grid.shape[0]):
         kept += _suppress(_class_candidates(heat_grid[k], k, float(thresholds[k]), config, cell_mm,

@@ -150,6 +150,27 @@ def test_any_finding_counts_a_wrong_class_on_a_lesion_as_found_and_one_place_onc
     assert matched["0.25"] == 0.0 and matched["1"] == 1.0  # the Mass finding costs one false positive first
 
 
+def test_the_image_gate_keeps_the_share_of_normal_images_with_a_finding_within_the_limit():
+    """The lowest gate that keeps at most the asked share of normal images with a finding,
+    abnormal images judged by the same gate; a gate needs the Predictor's image score."""
+    from MammoPatchLib.errors import ConfigError
+    from MammoPatchLib.evaluation.lesions import ImageCase, gated, image_gate
+
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+    normal = [ImageCase(f"n{k}", f"w{k}", False, s, {"Mass": [(s, (0, 0, 9, 9), (4, 4))] if k < 7 else []})
+              for k, s in enumerate(scores)]
+    abnormal = [ImageCase(f"a{k}", f"wa{k}", True, s, {"Mass": [(s, (0, 0, 9, 9), (4, 4))]})
+                for k, s in enumerate((0.65, 0.55))]
+    gate = image_gate(normal + abnormal, 0.3)
+    kept = [gated(c, gate) for c in normal]
+    assert sum(bool(c.detections["Mass"]) for c in kept) == 3  # 30 % of 10 normal images
+    assert gate > 0.6 and gate == pytest.approx(0.6)  # the lowest such gate: just above the 4th normal
+    assert [bool(gated(c, gate).detections["Mass"]) for c in abnormal] == [True, False]
+    assert image_gate(normal, 0.7) == 0.0  # 7 flagged of 10: no gate needed
+    with pytest.raises(ConfigError, match="needs image_score 'max'"):
+        CellHeadRecipe(normal_with_finding=0.35, image_score="top-k")
+
+
 @pytest.mark.parametrize("hidden", [16, 0])
 def test_a_fitted_head_becomes_the_networks_cell_head(hidden):
     torch.manual_seed(0)
@@ -338,6 +359,8 @@ def test_the_bundled_model_runs_flip_tta_unless_the_command_line_turns_it_off():
     ("seeds", 1.5, "seeds must be a whole number"),
     ("neighbourhood", 4, "neighbourhood must be an odd number"),
     ("image_score", "mean", "image_score must be one of"),
+    ("normal_with_finding", 0.0, "normal_with_finding must be in"),
+    ("normal_with_finding", 1.5, "normal_with_finding must be in"),
 ])
 def test_a_bad_recipe_field_is_a_config_error_naming_it(tmp_path, field, value, message):
     from MammoPatchLib.errors import ConfigError
@@ -394,7 +417,7 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     from MammoPatchLib.training.feature_cache import build_cache
 
     values = {"name": "tuned", "bottleneck": 8, "hidden": 16, "epochs": 2, "negatives_per_epoch": 256,
-              "classes": ["Mass", "Suspicious Calcification"], "tail_epochs": 1}
+              "classes": ["Mass", "Suspicious Calcification"], "tail_epochs": 1, "normal_with_finding": 0.5}
     config = tmp_path / "tuned.json"
     config.write_text(json.dumps(values), encoding="utf-8")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -404,6 +427,12 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     model = load_model(tmp_path / "m.pt")
     assert model.info.tuned_tail and model.info.ensemble == 2
     assert "last stage fine-tuned" in (tmp_path / "m.md").read_text(encoding="utf-8")
+    # the image gate in the model file is the one fitted on the pooled out-of-fold cases
+    from MammoPatchLib.training.crossval import CASES_FILE, RECIPES_DIR, _case_from_dict, operating_point
+
+    saved = json.loads((tmp_path / "report" / RECIPES_DIR / "tuned" / CASES_FILE).read_text(encoding="utf-8"))
+    _, gate = operating_point([_case_from_dict(c) for c in saved["cases"]], CellHeadRecipe.from_dict(values))
+    assert model.info.inference.detection.image_threshold == pytest.approx(gate)
     records, _ = load_records("synthetic:3", work_dir=tmp_path / "report")
     image = read_mammogram(records[0].path)
     for mode in ("fast", "exact"):

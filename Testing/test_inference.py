@@ -155,6 +155,21 @@ def test_two_masses_far_apart_give_two_tight_boxes_and_one_blob_gives_one():
     found, regions = detect_findings(grid, [f"c{k}" for k in range(10)], [0.3] * 10, 8, (0.2, 0.2), (512, 512))
     assert len(found) == 1 and found[0].peak_px == (25 * 8 + 4, 30 * 8 + 4)
     assert found[0].score == pytest.approx(0.9)
+    # The image gate: no findings on an image whose highest reported heatmap value is below it;
+    # an unreported class (threshold inf) does not lift an image over the gate.
+    from MammoPatchLib.postprocess import DetectionConfig
+
+    def gated(gate, thresholds):
+        return detect_findings(grid, [f"c{k}" for k in range(10)], thresholds, 8, (0.2, 0.2), (512, 512),
+                               DetectionConfig(image_threshold=gate))
+
+    assert len(gated(0.85, [0.3] * 10)[0]) == 1
+    assert gated(0.95, [0.3] * 10) == ([], [])
+    grid[1] = 0.99
+    assert gated(0.95, [0.3] + [float("inf")] * 9) == ([], [])
+    assert [f.category for f in gated(0.95, [0.3, 0.3] + [float("inf")] * 8)[0]] == ["c1", "c0"]
+    with pytest.raises(ValueError, match="invalid detection"):
+        DetectionConfig(image_threshold=1.5)
 
 
 def test_geometry_chain_maps_heatmaps_like_the_step_by_step_inverse():

@@ -131,6 +131,19 @@ def _any_finding_rows(summary: Dict[str, Any]) -> List[str]:
             "| 95 % CI | " + " | ".join(_ci(iv.get(f"sens@{r}")).strip(" ()") for r in FP_RATES) + " |"]
 
 
+def _pct_ci(view: Dict[str, Any], key: str) -> str:
+    interval = view.get("intervals", {}).get(key)
+    return f" ({_f(100 * interval[0], 0)}-{_f(100 * interval[1], 0)} %)" if interval else ""
+
+
+def _gate_phrase(info: Dict[str, Any], recipe: Dict[str, Any]) -> str:
+    gate = info["inference"].get("detection", {}).get("image_threshold", 0.0)
+    if not gate:
+        return ""
+    return (f" Image gate {gate:.3f}: an image whose highest heatmap value stays below it gets no findings, so that "
+            f"at most {100 * recipe['normal_with_finding']:.0f} % of the pooled out-of-fold normal images get one.")
+
+
 def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, Any], command: str,
                seconds_per_image: Dict[str, float], sha256: str) -> str:
     """The bundled model's card: pooled out-of-fold figures and intervals first, then the
@@ -157,8 +170,10 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         f"Image level (abnormal vs normal): ROC AUC {_f(summary['image_auc'], 3)}{_ci(iv.get('image_auc'))}. "
         f"Per fold at 1 FP/image: {', '.join(_f(f['sensitivity_at_fp'].get('1')) for f in summary['per_fold'])}.", "",
         "What a user sees at the default thresholds (thresholds fitted, for each fold, on the other folds' "
-        f"out-of-fold predictions): {_f(100 * op['abnormal_with_finding'], 0)} % of abnormal images get a finding, "
-        f"{_f(100 * op['normal_without_finding'], 0)} % of normal images get none; "
+        f"out-of-fold predictions): {_f(100 * op['abnormal_with_finding'], 0)} %{_pct_ci(op, 'abnormal_with_finding')} "
+        "of abnormal images get a finding, "
+        f"{_f(100 * op['normal_without_finding'], 0)} %{_pct_ci(op, 'normal_without_finding')} of normal images get "
+        "none; "
         f"{_f(op['false_findings_per_image'])} false findings per image; {_f(100 * op['lesions_hit'], 0)} % of "
         "lesions are hit by a finding.", "",
         "Per class (pooled out-of-fold; a class's false positives per image count only that class's findings, so "
@@ -172,7 +187,7 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         f"- **Reported classes**: {', '.join(info['inference']['report_classes'])}; the other VinDr outputs are "
         "untrained and never reported unless asked for.",
         f"- **Thresholds** (at most {recipe['fp_per_image']} false positives per image per class on the pooled "
-        f"out-of-fold predictions): {thresholds}.",
+        f"out-of-fold predictions): {thresholds}." + _gate_phrase(info, recipe),
         f"- **Inference defaults**: flip test-time augmentation {info['inference']['flip_tta']}.",
         f"- **Seconds per image** (2-core CPU, fast mode, 1024 x 1024 mini-MIAS image, model loaded): "
         + ", ".join(f"{k} {v:.2f} s" for k, v in seconds_per_image.items()) + ".",

@@ -232,6 +232,30 @@ def operating_thresholds(cases: Sequence[ImageCase], classes: Sequence[str], fp_
     return thresholds
 
 
+def image_gate(cases: Sequence[ImageCase], normal_with_finding: float) -> float:
+    """The lowest image score an image must reach to keep its findings so that at most
+    ``normal_with_finding`` of the normal ``cases`` (already cut at the class thresholds) keep
+    one (0.0: no gate needed).
+
+    Why: a per-class false-positive budget does not bound how many healthy women are recalled,
+    which is what the image-level view asks; the image score separates normal from abnormal
+    images better than the findings of any one class do."""
+    normal = [c for c in cases if not c.abnormal]
+    flagged = sorted((c.image_score for c in normal if any(c.detections.values())), reverse=True)
+    allowed = int(np.floor(normal_with_finding * len(normal) + 1e-9))
+    if len(flagged) <= allowed:
+        return 0.0
+    return float(np.nextafter(flagged[allowed], np.inf))
+
+
+def gated(case: ImageCase, gate: float) -> ImageCase:
+    """``case`` as the Predictor reports it with image gate ``gate``: no findings below it."""
+    if case.image_score >= gate:
+        return case
+    return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score,
+                     {name: [] for name in case.detections}, case.truths)
+
+
 def evaluate_lesions(predictor, records: Sequence[ImageRecord], classes: Sequence[str], images=None,
                      intervals: bool = False, progress: bool = False) -> Dict[str, Any]:
     """Everything above for one predictor and a list of records."""
@@ -253,6 +277,6 @@ def candidate_predictor(model, mode: str = "fast", device: str = "auto", floor: 
     from ..inference import Predictor
 
     info = model.info
-    detection = replace(info.inference.detection, max_per_class=max_per_class)
+    detection = replace(info.inference.detection, max_per_class=max_per_class, image_threshold=0.0)
     return Predictor(model, mode=mode, device=device, thresholds=[floor] * len(info.classes), detection=detection,
                      classes=classes, **options)

@@ -12,10 +12,9 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..evaluation.crossval_report import backbone_phrase, ensemble_phrase, model_card
-from ..evaluation.lesions import operating_thresholds
 from ..io.atomic import atomic_path
 from ..model_file import build_network, save_model
-from .crossval import RecipeOutcome, cell_model_info, fit_head, seed_of, summarise
+from .crossval import RecipeOutcome, cell_model_info, fit_head, operating_point, seed_of, summarise
 
 
 def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, draws: int = 1000,
@@ -38,17 +37,20 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
         targets = [network.head] if len(heads) == 1 else list(network.head.members)
         for target, head in zip(targets, heads):
             target.load_state_dict(head.to_head(channels).state_dict())
-    fitted = operating_thresholds(outcome.cases, recipe.classes, fp_per_image=recipe.fp_per_image)
-    by_class = dict(zip(recipe.classes, fitted))
+    by_class, gate = operating_point(outcome.cases, recipe)
     thresholds = [by_class.get(c, 0.5) for c in info.classes]
+    inference = replace(info.inference, detection=replace(info.inference.detection, image_threshold=gate))
     summary = dict((report or {}).get("recipes", {}).get(recipe.name) or summarise(outcome, draws=draws))
     summary.pop("curve", None)
     summary.pop("paired_vs_baseline", None)
     provenance: Dict[str, Any] = {"data": data, "recipe": recipe.to_dict(), "bundle": recipe.bundle,
                                   "heads": len(heads), "cross_validation": summary,
                                   "thresholds": "fitted on the pooled out-of-fold predictions, at most "
-                                                f"{recipe.fp_per_image} false positives per image per class"}
-    info = replace(info, thresholds=thresholds, training=provenance,
+                                                f"{recipe.fp_per_image} false positives per image per class"
+                                                + (f"; image gate {gate:.4f} so that at most "
+                                                   f"{recipe.normal_with_finding:.0%} of normal images get a finding"
+                                                   if gate else "")}
+    info = replace(info, thresholds=thresholds, training=provenance, inference=inference,
                    description=f"{recipe.backbone} (ImageNet, {backbone_phrase(info.tuned_tail)}) with a cell head "
                                f"({recipe.neighbourhood} x {recipe.neighbourhood} cells), "
                                f"{ensemble_phrase(len(heads), recipe.seeds, recipe.bundle)}; "

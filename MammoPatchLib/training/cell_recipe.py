@@ -41,6 +41,10 @@ class CellHeadRecipe:
         flip_tta: average the image and its mirror at inference.
         image_score, image_top_k: how the image-level score is read (:data:`IMAGE_SCORES`).
         fp_per_image: false positives per image the operating thresholds allow per class.
+        normal_with_finding: the largest share of normal images that may get a finding at the
+            operating point: an image gate (the model's ``image_threshold``) is fitted on top of
+            the class thresholds to keep to it (1.0: no gate). Needs ``image_score`` "max", the
+            score the Predictor gates on.
         bundle: "ensemble" (the fold models' heads averaged over one backbone) or "single"
             (one head trained on every woman).
         tail_epochs: epochs that then fine-tune the backbone's last stage (EfficientNet-Lite's
@@ -81,6 +85,7 @@ class CellHeadRecipe:
     image_score: str = "max"
     image_top_k: int = 4
     fp_per_image: float = 0.25
+    normal_with_finding: float = 1.0
     bundle: str = "ensemble"
     tail_epochs: int = 0
     tail_learning_rate: float = 1e-4
@@ -105,6 +110,9 @@ class CellHeadRecipe:
             (self.image_score in IMAGE_SCORES, f"image_score must be one of {IMAGE_SCORES}"),
             (self.image_top_k >= 1, "image_top_k must be >= 1"),
             (self.fp_per_image > 0, "fp_per_image must be positive"),
+            (0.0 < self.normal_with_finding <= 1.0, "normal_with_finding must be in (0, 1]"),
+            (self.normal_with_finding == 1.0 or self.image_score == "max",
+             "normal_with_finding below 1 gates on the highest heatmap value: it needs image_score 'max'"),
             (self.bundle in ("ensemble", "single"), "bundle must be 'ensemble' or 'single'"),
             (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a whole number >= 1"),
             (isinstance(self.tail_epochs, int) and self.tail_epochs >= 0 and self.tail_learning_rate > 0,

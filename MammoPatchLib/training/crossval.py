@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ from ..datasets import ImageRecord, load_records
 from ..datasets.splits import folds_by_patient, read_fold_file, write_fold_file
 from ..errors import MammoPatchError
 from ..evaluation.lesions import (ANY_FINDING, FP_RATES, ImageCase, any_finding_case, bootstrap_intervals,
-                                  candidate_predictor, case_from_result, lesion_metrics, operating_thresholds)
+                                  candidate_predictor, case_from_result, gated, image_gate, lesion_metrics,
+                                  operating_thresholds)
 from ..evaluation.metrics import is_hit
 from ..evaluation.paired import paired_difference
 from ..inference.predictor import CellHeatmaps
@@ -215,21 +216,53 @@ def image_level_view(cases: Sequence[ImageCase], thresholds: Dict[str, float]) -
             "abnormal": len(abnormal), "normal": len(normal)}
 
 
-def nested_operating_view(outcome: RecipeOutcome) -> Dict[str, Any]:
-    """The image-level view with each fold's thresholds fitted on the other folds' out-of-fold
-    predictions, pooled over folds."""
+def operating_point(cases: Sequence[ImageCase], recipe: CellHeadRecipe) -> Tuple[Dict[str, float], float]:
+    """The recipe's operating point fitted on ``cases``: per-class thresholds (at most
+    ``fp_per_image`` false positives per image per class), then the image gate that keeps the
+    share of normal images with a finding within ``normal_with_finding`` (0.0: none)."""
+    thresholds = dict(zip(recipe.classes, operating_thresholds(cases, recipe.classes,
+                                                                fp_per_image=recipe.fp_per_image)))
+    if recipe.normal_with_finding >= 1.0:
+        return thresholds, 0.0
+    return thresholds, image_gate([_above(c, thresholds) for c in cases], recipe.normal_with_finding)
+
+
+def nested_operating_view(outcome: RecipeOutcome, draws: int = 1000) -> Dict[str, Any]:
+    """The image-level view with each fold's operating point fitted on the other folds'
+    out-of-fold predictions, pooled over folds."""
     recipe = outcome.recipe
     judged: List[ImageCase] = []
-    fold_thresholds = {}
+    fold_thresholds, fold_gates = {}, {}
     for fold in sorted(set(outcome.fold_of_image.values())):
         others = [c for c in outcome.cases if outcome.fold_of_image[c.image_id] != fold]
         mine = [c for c in outcome.cases if outcome.fold_of_image[c.image_id] == fold]
-        values = operating_thresholds(others, recipe.classes, fp_per_image=recipe.fp_per_image)
-        fold_thresholds[fold] = dict(zip(recipe.classes, values))
-        judged.extend(_above(case, fold_thresholds[fold]) for case in mine)
+        fold_thresholds[fold], fold_gates[fold] = operating_point(others, recipe)
+        judged.extend(gated(_above(case, fold_thresholds[fold]), fold_gates[fold]) for case in mine)
     view = image_level_view(judged, {name: 0.0 for name in recipe.classes})  # already thresholded per fold
+    view["intervals"] = image_level_intervals(judged, draws)
     view["thresholds_by_fold"] = {str(k): v for k, v in fold_thresholds.items()}
+    view["image_gate_by_fold"] = {str(k): v for k, v in fold_gates.items()}
     return view
+
+
+def image_level_intervals(judged: Sequence[ImageCase], draws: int = 1000, seed: int = 0) -> Dict[str, List[float]]:
+    """95 % bootstrap intervals over women of the shares of abnormal images with a finding and
+    of normal images without one (``judged``: cases already cut at their operating point)."""
+    women: Dict[str, List[Tuple[bool, bool]]] = {}
+    for case in judged:
+        women.setdefault(case.patient_id, []).append((case.abnormal, any(case.detections.values())))
+    names = sorted(women)
+    rng = np.random.default_rng(seed)
+    samples: Dict[str, List[float]] = {"abnormal_with_finding": [], "normal_without_finding": []}
+    for _ in range(draws):
+        drawn = [image for k in rng.integers(0, len(names), len(names)) for image in women[names[k]]]
+        abnormal = [found for is_abnormal, found in drawn if is_abnormal]
+        normal = [not found for is_abnormal, found in drawn if not is_abnormal]
+        if abnormal and normal:
+            samples["abnormal_with_finding"].append(float(np.mean(abnormal)))
+            samples["normal_without_finding"].append(float(np.mean(normal)))
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [float("nan")] * 2
+            for k, v in samples.items()}
 
 
 def _above(case: ImageCase, thresholds: Dict[str, float]) -> ImageCase:
@@ -266,7 +299,7 @@ def summarise(outcome: RecipeOutcome, draws: int = 1000) -> Dict[str, Any]:
                           for k, v in pooled["per_class"].items()},
             "intervals": bootstrap_intervals(outcome.cases, classes, draws=draws),
             "any_finding": any_finding_summary(outcome.cases, classes, draws=draws),
-            "per_fold": per_fold, "operating": nested_operating_view(outcome),
+            "per_fold": per_fold, "operating": nested_operating_view(outcome, draws),
             "curve": pooled["all_classes_curve"]}
 
 
