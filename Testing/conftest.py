@@ -52,3 +52,24 @@ def vindr_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the cores are shared out between the workers, so that two workers
+    running torch on a 2-core machine do not each start a thread per core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output and logs made UTF-8-safe: the bad-input corpus has file names that are
+    not valid UTF-8 (kept as surrogate escapes), and pytest-xdist can only send UTF-8 text from
+    its workers."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]

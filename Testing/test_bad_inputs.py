@@ -381,7 +381,12 @@ def test_a_killed_batch_resumes_to_the_outputs_of_an_uninterrupted_one(small_mod
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     command = [sys.executable, "-m", "MammoPatchLib.cli", "predict", str(images), "--model", str(small_model),
                "--mode", "exact", "--device", "cpu", "--no-progress"]
-    process = subprocess.Popen(command + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import torch
+
+    # the same thread count as this process, which finishes the batch: bit-equal heatmaps
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    process = subprocess.Popen(command + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         summary = killed / "summary.csv"

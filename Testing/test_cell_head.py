@@ -433,6 +433,9 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     saved = json.loads((tmp_path / "report" / RECIPES_DIR / "tuned" / CASES_FILE).read_text(encoding="utf-8"))
     _, gate = operating_point([_case_from_dict(c) for c in saved["cases"]], CellHeadRecipe.from_dict(values))
     assert model.info.inference.detection.image_threshold == pytest.approx(gate)
+    assert Predictor(model, device="cpu").detection.image_threshold == pytest.approx(gate)
+    own = Predictor(model, device="cpu", thresholds=[0.5] * len(model.info.classes))
+    assert own.detection.image_threshold == 0.0, "thresholds of one's own replace the whole operating point"
     records, _ = load_records("synthetic:3", work_dir=tmp_path / "report")
     image = read_mammogram(records[0].path)
     for mode in ("fast", "exact"):

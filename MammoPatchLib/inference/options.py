@@ -23,7 +23,9 @@ class PredictOptions:
         device: "auto" (CUDA, then MPS, then CPU), "cpu", "mps" or "cuda[:N]".
         sw_batch_size: windows per forward pass in exact mode (None: by device).
         amp: bf16 autocast on CUDA.
-        thresholds: per-class thresholds overriding the model's.
+        thresholds: per-class thresholds overriding the model's; they replace its whole operating
+            point, so the model's image gate (``detection.image_threshold``) is dropped too unless
+            ``detection`` is also given.
         classes: restrict findings / label map to these class names (heatmaps keep all); by
             default the model's reported classes (those it was trained on).
         progress: show a tqdm bar per image.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -175,6 +175,8 @@ class Predictor:
             raise ConfigError(f"unknown class(es) {unknown}; the model's classes are {info.classes}")
         self.selected = list(options.classes) if options.classes else info.reported_classes
         self.detection = options.detection or info.inference.detection
+        if options.thresholds is not None and options.detection is None and self.detection.image_threshold:
+            self.detection = replace(self.detection, image_threshold=0.0)  # your thresholds, your operating point
         if self.mode == "fast" and info.stride != FEATURE_STRIDE:
             raise ConfigError(f"fast mode needs the backbone's stride ({FEATURE_STRIDE} px) as the window stride; "
                               f"the model's is {info.stride}: use exact mode", model.path or None)
