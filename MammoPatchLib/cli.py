@@ -141,7 +141,8 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                              "(heatmaps averaged; default: 1)")
     parser.add_argument("--classes", nargs="+", default=None, help="report only these classes")
     parser.add_argument("--thresholds", type=_probability, nargs="+", default=None,
-                        help="per-class probability thresholds (one per model class)")
+                        help="per-class probability thresholds (one per model class); they replace the model's "
+                             "operating point, its image gate included")
     parser.add_argument("--format", nargs="+", choices=list(VOLUME_FORMATS), default=["nrrd"], dest="formats",
                         help="volume format(s) of the heatmaps and label map (default: nrrd)")
     parser.add_argument("--heatmaps", choices=HEATMAP_CHOICES, default=HeatmapChoice.SELECTED.value,

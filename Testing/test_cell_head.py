@@ -235,6 +235,9 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     assert set(row["any_finding"]["sensitivity_at_fp"]) == {"0.25", "0.5", "1", "2", "4"}
     assert all(row["any_finding"]["sensitivity_at_fp"][r] >= row["sensitivity_at_fp"][r] for r in ("1", "4"))
     assert set(row["operating"]["thresholds_by_fold"]) == {"0", "1"}
+    other = row["other_breast"]
+    assert other["paired_images"] == 16 and other["interval"][0] <= other["image_auc"] <= other["interval"][1]
+    assert "image AUC vs other breast" in (out / "report" / "crossval.md").read_text(encoding="utf-8")
     assert (out / "report" / "froc.png").stat().st_size > 1000
     assert "tiny" in (out / "report" / "crossval.md").read_text(encoding="utf-8")
     folds = read_fold_file(out / "report" / "folds.csv")
@@ -249,6 +252,24 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     card = (out / "model.md").read_text(encoding="utf-8")
     assert "pooled out-of-fold" in card and "tiny" in card and "--folds 2" in card
     assert "(2 folds x 2 seeds)" in card
+    assert "read against the same view of her other breast" in card
+
+
+def test_films_without_a_side_pair_only_when_a_woman_has_two_of_the_view():
+    """mini-MIAS states no side: a woman's two films are her two breasts; three films of one
+    view, or sides from the file, are not guessed at."""
+    from MammoPatchLib.datasets import ImageRecord
+    from MammoPatchLib.training.crossval import record_breast_keys
+
+    def record(image_id, woman, side="", view="MLO"):
+        return ImageRecord(path=f"{image_id}.png", image_id=image_id, patient_id=woman, laterality=side,
+                           view_position=view)
+
+    keys = record_breast_keys([record("m1", "w1"), record("m2", "w1"), record("t1", "w2"), record("t2", "w2"),
+                               record("t3", "w2"), record("d1", "w3", "L"), record("d2", "w3", "R")])
+    assert keys["m1"][:2] == keys["m2"][:2] and keys["m1"][2] != keys["m2"][2]
+    assert keys["t1"] is None and keys["t3"] is None
+    assert keys["d1"] == ("w3", "MLO", "L")
 
 
 def test_the_ensemble_model_runs_in_both_modes_with_activation_maps(crossval_run, tmp_path):

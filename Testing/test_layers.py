@@ -14,7 +14,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "MammoPatchLib"
 LAYERS = {
     "vocabulary": 0, "contract": 0, "errors": 1, "config": 2, "distributed": 2,
     "io": 3, "synthetic": 4,
-    "transforms": 5, "networks": 5, "postprocess": 5, "visualize": 5, "datasets": 5, "volume_bridge": 5,
+    "transforms": 5, "networks": 5, "postprocess": 5, "other_breast": 5, "visualize": 5, "datasets": 5, "volume_bridge": 5,
     "model_file": 6, "patches": 6,
     "inference": 7, "export": 7,
     "results": 8, "evaluation": 8,

@@ -256,3 +256,48 @@ def test_a_cancelled_batch_releases_its_output_folder(model_path, tmp_path):
     rows = predict_files([folder], tmp_path / "o", model=model_path, device="cpu", progress=False, resume=True)
     assert [r.status for r in rows] == ["ok", "ok"]
     assert cancelled.traceback
+
+
+def test_other_breast_pairs_are_the_same_woman_and_view_on_the_other_side():
+    from MammoPatchLib.other_breast import breast_key, other_breast_scores, scores_against_other_breast
+
+    keys = [breast_key("s1", "CC", "L"), breast_key("s1", "CC", "R"), breast_key("s1", "cc", "r"),
+            breast_key("s1", "MLO", "L"), breast_key("s2", "CC", "L"), breast_key("", "CC", "L"),
+            breast_key("s3", "CC", "")]
+    scores = [0.8, 0.4, 0.6, 0.3, 0.5, 0.9, 0.7]
+    assert keys[5] is None and keys[6] is None, "no woman or no side: never paired"
+    assert other_breast_scores(keys, scores) == [0.6, 0.8, 0.8, None, None, None, None]  # two right CCs: the higher
+    relative = scores_against_other_breast(keys, scores, weight=0.5)
+    assert relative[:3] == pytest.approx([0.5, 0.0, 0.2]) and relative[3:] == [None] * 4
+
+
+def test_a_batch_lists_each_image_score_against_the_other_breast(model_path, tmp_path):
+    """image_scores.csv: the two sides of one study's view are read against each other, an
+    image of another study is not; the scores are those findings.json records, also after a
+    resumed run; a failed input has no row."""
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.other_breast import OTHER_BREAST_WEIGHT
+    from MammoPatchLib.prediction.image_scores import IMAGE_SCORES_FILE
+
+    folder = tmp_path / "in"
+    for name, side, study, seed in (("a-left", "L", "1.2.3.1", 0), ("a-right", "R", "1.2.3.1", 1),
+                                    ("b-left", "L", "1.2.3.2", 2)):
+        write_dicom(synthesize_mammogram((400, 320), 0.2, side, "CC", ["round mass"] if seed == 1 else [], seed=seed),
+                    folder / f"{name}.dcm", study_uid=study)
+    (folder / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 50)
+    out = tmp_path / "out"
+    predict_files([folder], out, model=model_path, device="cpu", progress=False)
+
+    def table():
+        return {Path(r["image"]).stem: r for r in _rows(out / IMAGE_SCORES_FILE)}
+
+    rows = table()
+    assert set(rows) == {"a-left", "a-right", "b-left"}
+    score = {k: json.loads((out / k / "findings.json").read_text())["image_score"] for k in rows}
+    assert all(float(rows[k]["image_score"]) == pytest.approx(score[k], abs=1e-4) for k in rows)
+    assert float(rows["a-left"]["image_score_vs_other_breast"]) == pytest.approx(
+        score["a-left"] - OTHER_BREAST_WEIGHT * score["a-right"], abs=1e-4)
+    assert float(rows["a-right"]["other_breast_score"]) == pytest.approx(score["a-left"], abs=1e-4)
+    assert rows["b-left"]["image_score_vs_other_breast"] == "" and rows["b-left"]["study"] == "1.2.3.2"
+    predict_files([folder], out, model=model_path, device="cpu", progress=False, resume=True)
+    assert table() == rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..io.atomic import atomic_path
 from .lesions import FP_RATES
@@ -28,8 +28,8 @@ def recipe_table(report: Dict[str, Any]) -> List[str]:
     the paired difference at 1 FP/image and in AUC, and the five folds at 1 FP/image."""
     lines = ["| recipe | sens@1 FP (95 % CI) | sens@4 FP | any finding: sens@1 FP (95 % CI) | image AUC (95 % CI) | "
              "vs baseline: sens@1 | vs baseline: any finding @1 | vs baseline: AUC | folds at 1 FP | "
-             "abnormal with finding | normal without |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "abnormal with finding | normal without | image AUC vs other breast (95 % CI) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["recipes"].items():
         sens, iv = row["sensitivity_at_fp"], row["intervals"]
         paired = row.get("paired_vs_baseline")
@@ -47,8 +47,18 @@ def recipe_table(report: Dict[str, Any]) -> List[str]:
         lines.append(f"| {name} | {_f(sens.get('1'))}{_ci(iv.get('sens@1'))} | {_f(sens.get('4'))} | "
                      f"{_f(any_sens.get('1'))}{_ci(anywhere.get('intervals', {}).get('sens@1'))} | "
                      f"{_f(row['image_auc'], 3)}{_ci(iv.get('image_auc'))} | {vs_sens} | {vs_any} | {vs_auc} | {folds} | "
-                     f"{_f(op['abnormal_with_finding'])} | {_f(op['normal_without_finding'])} |")
+                     f"{_f(op['abnormal_with_finding'])} | {_f(op['normal_without_finding'])} | "
+                     f"{other_breast_phrase(row.get('other_breast'))} |")
     return lines
+
+
+def other_breast_phrase(view: Optional[Dict[str, Any]]) -> str:
+    """"AUC (CI), paired +d (lo to hi)" of the image score read against the other breast."""
+    if not view:
+        return "-"
+    p = view["paired_vs_own_score"]
+    return (f"{_f(view['image_auc'], 3)}{_ci(view['interval'])}, paired {p['difference']:+.3f} "
+            f"({_f(p['low'], 3)} to {_f(p['high'], 3)})")
 
 
 def per_class_table(row: Dict[str, Any]) -> List[str]:
@@ -167,7 +177,11 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         "| sensitivity, class judged | " + " | ".join(_f(sens.get(str(r))) for r in FP_RATES) + " |",
         "| 95 % CI | " + " | ".join(_ci(iv.get(f"sens@{r}")).strip(" ()") for r in FP_RATES) + " |",
         *_any_finding_rows(summary), "",
-        f"Image level (abnormal vs normal): ROC AUC {_f(summary['image_auc'], 3)}{_ci(iv.get('image_auc'))}. "
+        f"Image level (abnormal vs normal): ROC AUC {_f(summary['image_auc'], 3)}{_ci(iv.get('image_auc'))}"
+        + (f"; with each image's score read against the same view of her other breast (minus "
+           f"{summary['other_breast']['weight']} x its score; `image_scores.csv` of a batch): "
+           f"{other_breast_phrase(summary['other_breast'])} against the plain score"
+           if summary.get("other_breast") else "") + ". "
         f"Per fold at 1 FP/image: {', '.join(_f(f['sensitivity_at_fp'].get('1')) for f in summary['per_fold'])}.", "",
         "What a user sees at the default thresholds (thresholds fitted, for each fold, on the other folds' "
         f"out-of-fold predictions): {_f(100 * op['abnormal_with_finding'], 0)} %{_pct_ci(op, 'abnormal_with_finding')} "
@@ -189,7 +203,7 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         f"- **Thresholds** (at most {recipe['fp_per_image']} false positives per image per class on the pooled "
         f"out-of-fold predictions): {thresholds}." + _gate_phrase(info, recipe),
         f"- **Inference defaults**: flip test-time augmentation {info['inference']['flip_tta']}.",
-        f"- **Seconds per image** (2-core CPU, fast mode, 1024 x 1024 mini-MIAS image, model loaded): "
+        "- **Seconds per image** (2-core CPU, fast mode, 1024 x 1024 mini-MIAS image, model loaded): "
         + ", ".join(f"{k} {v:.2f} s" for k, v in seconds_per_image.items()) + ".",
         f"- **Weights**: SHA-256 `{sha256}`.", "",
         "## How it was chosen", "",

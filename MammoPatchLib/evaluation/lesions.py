@@ -46,12 +46,10 @@ class ImageCase:
     truths: Dict[str, List[tuple]] = field(default_factory=dict)
 
 
-def case_from_result(record: ImageRecord, result, classes: Sequence[str], reported_index: Sequence[int]) -> ImageCase:
-    """What one prediction contributes: detections and truths per class, the image score (the
-    highest heatmap value of the reported classes, on the detection grid)."""
-    grid = result.grid_heatmaps if result.grid_heatmaps is not None else result.heatmaps
-    case = ImageCase(record.image_id, record.patient_id, not record.is_normal,
-                     float(grid[list(reported_index)].max()) if len(reported_index) else 0.0)
+def case_from_result(record: ImageRecord, result, classes: Sequence[str]) -> ImageCase:
+    """What one prediction contributes: detections and truths per class, the image score
+    (:attr:`~MammoPatchLib.inference.PredictionResult.image_score`)."""
+    case = ImageCase(record.image_id, record.patient_id, not record.is_normal, result.image_score)
     for name in classes:
         case.detections[name] = [(f.score, f.box_px, f.peak_px) for f in result.findings if f.category == name]
         case.truths[name] = [f.box for f in record.findings if f.category == name]
@@ -79,8 +77,6 @@ def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[s
     already-read MammogramImages in record order. Returns (cases, errors)."""
     from ..io import read_mammogram
 
-    reported = list(getattr(predictor, "selected", classes))
-    index = [classes.index(c) for c in reported]
     cases, errors = [], []
     iterator = list(enumerate(records))
     if progress:
@@ -94,7 +90,7 @@ def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[s
         except MammoPatchError as exc:
             errors.append(str(exc))
             continue
-        cases.append(case_from_result(record, result, classes, index))
+        cases.append(case_from_result(record, result, classes))
     return cases, errors
 
 

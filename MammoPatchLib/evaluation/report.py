@@ -84,8 +84,6 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
     classes = list(info.classes)
     errors: List[str] = []
     predictor = candidate_predictor(model, mode=mode, device=device, flip_tta=flip_tta, scales=scales)
-    reported = list(predictor.selected)
-    index = [classes.index(c) for c in reported]
     cases, prepared_images = [], []
     iterator = records
     if progress:
@@ -101,7 +99,7 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
             errors.append(str(exc))
             continue
         prepared_images.append(prepared_from(record, prepared, classes))
-        cases.append(case_from_result(record, result, classes, index))
+        cases.append(case_from_result(record, result, classes))
     if not cases:
         raise MammoPatchError("no image could be evaluated", data)
     patch = _patch_table(model, prepared_images, classes)

@@ -94,6 +94,14 @@ class PredictionResult:
                 "reported_classes": list(self.reported_classes)}
 
     @property
+    def image_score(self) -> float:
+        """The image-level score: the highest heatmap value of the reported classes on the
+        detection grid (what the image gate and the image-level AUC read)."""
+        grid = self.grid_heatmaps if self.grid_heatmaps is not None else self.heatmaps
+        index = [self.classes.index(c) for c in self.reported_classes if c in self.classes]
+        return float(grid[index].max()) if index else 0.0
+
+    @property
     def heatmaps(self) -> np.ndarray:
         """(classes, H, W) float32 probabilities at every source pixel."""
         if self._heatmaps is None:

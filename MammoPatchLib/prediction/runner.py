@@ -35,6 +35,7 @@ from ..results.files import findings_in
 from ..vocabulary import Status
 from .folder import OutputFolder
 from .jobs import Job, shard
+from .image_scores import write_image_scores
 from .rows import RESULT_COLUMNS, Row, write_summary
 from .stages import Failure, ImagePipeline, Inferred, Loaded
 
@@ -80,6 +81,7 @@ def run_batch(jobs: Sequence[Job], folder: OutputFolder, pipeline: ImagePipeline
         merged = _gather(rows, ctx)
         if ctx.is_main:
             write_summary(merged, folder.root / "summary.csv")
+            write_image_scores(merged, folder.root)
         return merged
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +43,7 @@ from ..inference.predictor import CellHeatmaps
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import InferenceDefaults, ModelInfo
+from ..other_breast import OTHER_BREAST_WEIGHT, BreastKey, breast_key, scores_against_other_breast
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .cell_recipe import CellHeadRecipe
@@ -116,8 +117,6 @@ def pretrained_last_stage(recipe: CellHeadRecipe):
     """The backbone's pretrained last stage, where a recipe tunes it (else None)."""
     if not recipe.tail_epochs:
         return None
-    from dataclasses import replace
-
     from ..networks import LastStage
 
     return LastStage(frozen_backbone_model(replace(cell_model_info(recipe), tuned_tail=False)).network.features)
@@ -156,7 +155,7 @@ def out_of_fold_cases(heads: Sequence[FittedCellHead], images: Sequence[CachedIm
         probs = mean_probabilities(heads, image, recipe.flip_tta)
         source = read_mammogram(image.record.path, spacing_mm=image.record.spacing_mm)
         result = predictor.result_from_cells(source, [CellHeatmaps(probs, image.geometry, 32)])  # type: ignore[arg-type]
-        case = case_from_result(image.record, result, classes, reported)
+        case = case_from_result(image.record, result, classes)
         score = _image_score(probs, reported, recipe)
         if score is not None:
             case.image_score = score
@@ -265,6 +264,40 @@ def image_level_intervals(judged: Sequence[ImageCase], draws: int = 1000, seed: 
             for k, v in samples.items()}
 
 
+def record_breast_keys(records: Sequence[ImageRecord]) -> Dict[str, Optional[BreastKey]]:
+    """{image_id: breast key}. A record without a side (mini-MIAS states none) takes its place
+    among its woman's images as the side when she has exactly two of that view: the data set
+    gives one film per breast."""
+    groups: Dict[Tuple[str, str], List[ImageRecord]] = {}
+    for record in records:
+        groups.setdefault((record.patient_id, record.view_position), []).append(record)
+    keys: Dict[str, Optional[BreastKey]] = {}
+    for (woman, view), members in groups.items():
+        unknown = not any(r.laterality for r in members)
+        for place, record in enumerate(sorted(members, key=lambda r: r.image_id)):
+            side = str(place + 1) if unknown and len(members) == 2 else record.laterality
+            keys[record.image_id] = breast_key(woman, view, side)
+    return keys
+
+
+def other_breast_view(outcome: RecipeOutcome, draws: int = 1000) -> Optional[Dict[str, Any]]:
+    """The image AUC with each image's score read against her other breast
+    (:mod:`MammoPatchLib.other_breast`), its interval, and the paired bootstrap over women of its
+    difference from the plain score; None without the records (or without any pair)."""
+    keys = record_breast_keys([c.record for c in outcome.cached])
+    cases = outcome.cases
+    relative = scores_against_other_breast([keys.get(c.image_id) for c in cases], [c.image_score for c in cases])
+    if not any(r is not None for r in relative):
+        return None
+    adjusted = [replace(c, image_score=c.image_score if r is None else r) for c, r in zip(cases, relative)]
+    classes = outcome.recipe.classes
+    paired = paired_difference(cases, adjusted, classes, draws=draws)["image_auc"]
+    return {"weight": OTHER_BREAST_WEIGHT, "paired_images": sum(r is not None for r in relative),
+            "image_auc": lesion_metrics(adjusted, classes)["image_auc"],
+            "interval": list(bootstrap_intervals(adjusted, classes, draws=draws)["image_auc"]),
+            "paired_vs_own_score": paired}
+
+
 def _above(case: ImageCase, thresholds: Dict[str, float]) -> ImageCase:
     """``case`` with only the findings at or above their class's threshold."""
     kept = {name: [d for d in case.detections.get(name, []) if d[0] >= thresholds[name]] for name in thresholds}
@@ -300,6 +333,7 @@ def summarise(outcome: RecipeOutcome, draws: int = 1000) -> Dict[str, Any]:
             "intervals": bootstrap_intervals(outcome.cases, classes, draws=draws),
             "any_finding": any_finding_summary(outcome.cases, classes, draws=draws),
             "per_fold": per_fold, "operating": nested_operating_view(outcome, draws),
+            "other_breast": other_breast_view(outcome, draws),
             "curve": pooled["all_classes_curve"]}
 
 
