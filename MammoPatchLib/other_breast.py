@@ -49,10 +49,13 @@ def other_breast_scores(keys: Sequence[Optional[BreastKey]], scores: Sequence[Op
 
 
 def scores_against_other_breast(keys: Sequence[Optional[BreastKey]], scores: Sequence[Optional[float]],
-                                weight: float = OTHER_BREAST_WEIGHT) -> List[Optional[float]]:
-    """Each image's score minus ``weight`` times its other breast's (None without a pair)."""
+                                weight: float = OTHER_BREAST_WEIGHT,
+                                others: Optional[Sequence[Optional[float]]] = None) -> List[Optional[float]]:
+    """Each image's score minus ``weight`` times its other breast's (None without a pair);
+    ``others``: :func:`other_breast_scores` of the same images, when the caller has them."""
+    others = other_breast_scores(keys, scores) if others is None else others
     return [None if score is None or other is None else score - weight * other
-            for score, other in zip(scores, other_breast_scores(keys, scores))]
+            for score, other in zip(scores, others)]
 
 
 __all__ = ["OTHER_BREAST_WEIGHT", "BreastKey", "breast_key", "other_breast_scores", "scores_against_other_breast"]

@@ -50,7 +50,7 @@ def image_score_rows(rows: Sequence[Row]) -> List[Dict[str, str]]:
     keys = [breast_key(study, view, side) for _, study, view, side, _ in entries]
     scores = [entry[4] for entry in entries]
     others = other_breast_scores(keys, scores)
-    against = scores_against_other_breast(keys, scores)
+    against = scores_against_other_breast(keys, scores, others=others)
 
     def text(value: Optional[float]) -> str:
         return "" if value is None else f"{value:.4f}"
