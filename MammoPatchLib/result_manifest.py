@@ -13,7 +13,7 @@ from .contract import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK, ImageResult, R
 from .results.dicom import DICOM_OUTPUT_FILES
 from .errors import Cancelled
 from .prediction.rows import Row
-from .results.files import VOLUME_FORMATS, class_slug
+from .results.files import FINDINGS_FILE, LABELMAP_LEGEND_FILE, VOLUME_FORMATS, class_slug
 from .volume_bridge import activation_map_files
 
 def _first_existing(folder: Path, stem: str) -> str:
@@ -30,11 +30,11 @@ def image_result(row: Row) -> ImageResult:
     error = row.error or ""
     item = ImageResult(image=str(row.image), status=status, error=error)
     folder = Path(row.output or "")
-    if status == STATUS_FAILED or not row.output or not (folder / "findings.json").is_file():
+    if status == STATUS_FAILED or not row.output or not (folder / FINDINGS_FILE).is_file():
         if status != STATUS_FAILED:
-            item.status, item.error = STATUS_FAILED, error or f"{folder}: findings.json not found"
+            item.status, item.error = STATUS_FAILED, error or f"{folder}: {FINDINGS_FILE} not found"
         return item
-    document = json.loads((folder / "findings.json").read_text(encoding="utf-8"))
+    document = json.loads((folder / FINDINGS_FILE).read_text(encoding="utf-8"))
     classes = list(document["classes"])
     item.folder = str(folder.resolve())
     folder = Path(item.folder)
@@ -43,7 +43,7 @@ def image_result(row: Row) -> ImageResult:
         if path:
             item.heatmaps[name] = path
     item.labelmap = _first_existing(folder, "labelmap")
-    labels = json.loads((folder / "labelmap.json").read_text(encoding="utf-8"))
+    labels = json.loads((folder / LABELMAP_LEGEND_FILE).read_text(encoding="utf-8"))
     item.labelmap_classes = [labels[str(k)] for k in range(len(labels))]
     item.findings = list(document.get("findings", []))
     for index, path in activation_map_files(str(folder)):

@@ -248,8 +248,7 @@ def gated(case: ImageCase, gate: float) -> ImageCase:
     """``case`` as the Predictor reports it with image gate ``gate``: no findings below it."""
     if case.image_score >= gate:
         return case
-    return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score,
-                     {name: [] for name in case.detections}, case.truths)
+    return replace(case, detections={name: [] for name in case.detections})
 
 
 def evaluate_lesions(predictor, records: Sequence[ImageRecord], classes: Sequence[str], images=None,

@@ -11,12 +11,12 @@ own score only.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..io.atomic import atomic_path
+from ..results.files import findings_document
 from ..other_breast import breast_key, other_breast_scores, scores_against_other_breast
 from ..vocabulary import PathLike
 from .rows import Row
@@ -27,18 +27,11 @@ IMAGE_SCORE_COLUMNS = ["image", "image_score", "other_breast_score", "image_scor
                        "view", "laterality"]
 
 
-def _read_output(folder: str) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads((Path(folder) / "findings.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def image_score_rows(rows: Sequence[Row]) -> List[Dict[str, str]]:
     """One CSV row per analysed input of the batch (failed ones have no score)."""
     entries = []
     for row in rows:
-        document = _read_output(row.output) if row.output and not row.failed else None
+        document = findings_document(row.output) if row.output and not row.failed else None
         if document is None:
             continue
         source = document.get("source", {})

@@ -30,6 +30,10 @@ from ..visualize import heatmap_overlay
 from ..vocabulary import (HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, HeatmapChoice, HeatmapDtype, PathLike,  # noqa: F401
                           class_slug)  # class_slug: the file-name mapping, also used from here
 
+#: File names inside an image's output folder (the readers below and the manifest use them).
+FINDINGS_FILE = "findings.json"
+LABELMAP_LEGEND_FILE = "labelmap.json"
+
 FINDING_CSV_COLUMNS = ["image", "class", "score", "xmin_px", "ymin_px", "xmax_px", "ymax_px",
                        "xmin_mm", "ymin_mm", "xmax_mm", "ymax_mm", "area_mm2"]
 
@@ -118,7 +122,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     if formats is not None:
         options = OutputOptions(**{**options.__dict__, "formats": tuple(formats)})
     out = Path(out_dir)
-    if not overwrite and (out / "findings.json").exists():
+    if not overwrite and (out / FINDINGS_FILE).exists():
         raise MammoPatchError("outputs exist already (use --overwrite / overwrite=True to replace them)", out)
     geometry = result.image.geometry
     written: Dict[str, List[str]] = {"heatmaps": [], "labelmap": [], "findings": [], "overlay": [], "dicom": []}
@@ -137,7 +141,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     for (kind, *_), path in zip(volumes, paths):
         written[kind].append(path)
     labels = {"0": "No Finding", **{str(k + 1): name for k, name in enumerate(result.classes)}}
-    _write_text(out / "labelmap.json", json.dumps(labels, indent=1), True)
+    _write_text(out / LABELMAP_LEGEND_FILE, json.dumps(labels, indent=1), True)
     document = {
         "source": result.image.metadata(),
         "model": result.model_record(),
@@ -151,8 +155,8 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "findings": [f.to_dict() for f in result.findings],
     }
-    _write_text(out / "findings.json", json.dumps(document, indent=1), True)
-    written["findings"].append(str(out / "findings.json"))
+    _write_text(out / FINDINGS_FILE, json.dumps(document, indent=1), True)
+    written["findings"].append(str(out / FINDINGS_FILE))
     with atomic_path(out / "findings.csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
@@ -185,12 +189,19 @@ def _full_size(rgb: np.ndarray, shape) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
+def findings_document(folder: PathLike) -> Optional[Dict[str, object]]:
+    """The ``findings.json`` document an earlier run wrote to ``folder``, or None when that file
+    is missing or unreadable (a batch then analyses the image again)."""
+    try:
+        document = json.loads((Path(folder) / FINDINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
 def findings_in(folder: PathLike) -> Optional[List[Dict[str, object]]]:
     """The findings an earlier run wrote to ``folder/findings.json`` (highest score first), or
     None when that file is missing or unreadable."""
-    try:
-        document = json.loads((Path(folder) / "findings.json").read_text(encoding="utf-8"))
-        findings = document["findings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    document = findings_document(folder)
+    findings = document.get("findings") if document is not None else None
     return findings if isinstance(findings, list) else None

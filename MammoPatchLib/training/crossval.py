@@ -300,8 +300,8 @@ def other_breast_view(outcome: RecipeOutcome, draws: int = 1000) -> Optional[Dic
 
 def _above(case: ImageCase, thresholds: Dict[str, float]) -> ImageCase:
     """``case`` with only the findings at or above their class's threshold."""
-    kept = {name: [d for d in case.detections.get(name, []) if d[0] >= thresholds[name]] for name in thresholds}
-    return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score, kept, case.truths)
+    return replace(case, detections={name: [d for d in case.detections.get(name, []) if d[0] >= thresholds[name]]
+                                     for name in thresholds})
 
 
 def any_finding_summary(cases: Sequence[ImageCase], classes: Sequence[str], draws: int = 1000) -> Dict[str, Any]:
