@@ -4,7 +4,9 @@ Findings are detections, not thresholded regions: for each class, the local maxi
 heatmap above the class threshold, at least ``min_distance_mm`` apart, each with a box from
 the heatmap's extent around it (the watershed basin of the peak, where the heatmap is at
 least ``relative_extent`` x the peak, at most one window across), non-maximum suppression
-between boxes of the same class, and at most ``max_per_class`` per class. The label map
+between boxes of the same class, and at most ``max_per_class`` per class. With
+``one_class_per_place``, the same suppression then runs across classes: a place is reported
+once, as its highest-scoring class. The label map
 paints each finding's region with its class (1-based, model class order), higher scores on
 top, so it shows exactly what the findings list says.
 
@@ -64,6 +66,11 @@ class DetectionConfig:
             value of the reported classes) reaches it; 0: on every image. Fitted so that a
             bounded share of normal images gets a finding (:func:`~MammoPatchLib.evaluation.
             lesions.image_gate`).
+        one_class_per_place: also suppress across classes (the ``nms_iou`` and
+            ``suppress_inside`` rules), so one place gives one finding, of its highest-scoring
+            class. A lesion lights up the heatmaps of several classes at once; reported per
+            class, every extra class at the same place is a false positive for a reader and
+            for the class-judged FROC, and the label map shows only one class there anyway.
     """
 
     grid_mm: float = 1.6
@@ -75,6 +82,7 @@ class DetectionConfig:
     suppress_inside: bool = True
     centre_fraction: float = 1.0
     image_threshold: float = 0.0
+    one_class_per_place: bool = False
 
     def to_dict(self) -> Dict[str, object]:
         return config_to_dict(self)
@@ -139,7 +147,12 @@ def _class_candidates(heat: np.ndarray, klass: int, threshold: float, config: De
     return out
 
 
-def _suppress(candidates: List[_Candidate], config: DetectionConfig) -> List[_Candidate]:
+def _suppress(candidates: List[_Candidate], config: DetectionConfig, limit: Optional[int] = None
+              ) -> List[_Candidate]:
+    """``candidates`` highest score first, less those that clash with a kept one (box IoU >=
+    ``nms_iou``, or, with ``suppress_inside``, a peak inside its box); at most ``limit`` kept
+    (``max_per_class`` by default)."""
+    limit = config.max_per_class if limit is None else limit
     kept: List[_Candidate] = []
     for cand in sorted(candidates, key=lambda c: -c.score):
         r0, r1, c0, c1 = cand.box_grid
@@ -154,7 +167,7 @@ def _suppress(candidates: List[_Candidate], config: DetectionConfig) -> List[_Ca
                 break
         if not clash:
             kept.append(cand)
-        if len(kept) >= config.max_per_class:
+        if len(kept) >= limit:
             break
     return kept
 
@@ -187,6 +200,8 @@ def detect_findings(heat_grid: np.ndarray, classes: Sequence[str], thresholds: S
         kept += _suppress(_class_candidates(heat_grid[k], k, float(thresholds[k]), config, cell_mm,
                                             max(1, max_box_cells)), config)
     kept.sort(key=lambda c: -c.score)
+    if config.one_class_per_place:
+        kept = _suppress(kept, config, limit=len(kept))
     height, width = source_shape
     findings, regions = [], []
     for cand in kept:

@@ -172,6 +172,31 @@ def test_two_masses_far_apart_give_two_tight_boxes_and_one_blob_gives_one():
         DetectionConfig(image_threshold=1.5)
 
 
+def test_one_class_per_place_reports_a_place_once_as_its_best_class():
+    """With ``one_class_per_place`` a weaker class at a place another class already reports is
+    dropped, while the same class elsewhere is kept; without it both classes are reported."""
+    from MammoPatchLib.postprocess import DetectionConfig, detect_findings
+
+    gy, gx = np.mgrid[0:64, 0:64]
+
+    def blob(cy, cx, height):
+        return height * np.exp(-((gy - cy) ** 2 + (gx - cx) ** 2) / (2 * 5.0 ** 2))
+
+    grid = np.zeros((10, 64, 64), np.float32)
+    grid[0] = blob(30, 25, 0.9)
+    grid[2] = blob(31, 26, 0.6) + blob(10, 52, 0.7)
+    names = [f"c{k}" for k in range(10)]
+
+    def found(one_class: bool):
+        findings, regions = detect_findings(grid, names, [0.3] * 10, 8, (0.2, 0.2), (512, 512),
+                                            DetectionConfig(one_class_per_place=one_class))
+        assert len(findings) == len(regions)
+        return [(f.category, round(f.score, 2)) for f in findings]
+
+    assert found(False) == [("c0", 0.9), ("c2", 0.7), ("c2", 0.6)]
+    assert found(True) == [("c0", 0.9), ("c2", 0.7)]
+
+
 def test_geometry_chain_maps_heatmaps_like_the_step_by_step_inverse():
     """The separable mapping of cell heatmaps through the chain's index matrix equals MONAI's
     step-by-step inverse of the same chain (resampling, crop, flip, window padding)."""
