@@ -10,7 +10,11 @@ from MammoPatchLib.evaluation.metrics import (
     best_thresholds,
     binary_metrics,
     calibration,
+    FALSE_POSITIVE,
+    FOUND_AGAIN,
+    NEW_LESION,
     froc,
+    match_image,
     patch_metrics,
     roc_auc,
 )
@@ -66,3 +70,18 @@ def test_froc_and_average_precision_by_hand():
     assert result["sensitivity_at_fp"]["1"] == pytest.approx(1.0)
     # AP@0.5: ranked TP,FP,FP,TP,FP -> precision at recall 0.5 = 1, at recall 1 = 2/4 -> AP = 0.5*1 + 0.5*0.5
     assert average_precision(detections, truths, 0.5) == pytest.approx(0.75)
+
+
+def test_match_image_says_new_lesion_false_positive_or_found_again_highest_score_first():
+    """A second detection of a found lesion is neither a hit nor a false positive; with two
+    lesions under one detection, the next detection can still find the second."""
+    truths = [(10, 10, 30, 30), (12, 12, 28, 28)]
+    detections = [(0.2, (200, 200, 210, 210), (205, 205)), (0.9, (11, 11, 29, 29), (20, 20)),
+                  (0.5, (13, 13, 27, 27), (20, 20)), (0.4, (10, 10, 30, 30), (20, 20))]
+    assert match_image(detections, truths) == [(0.9, NEW_LESION), (0.5, NEW_LESION), (0.4, FOUND_AGAIN),
+                                              (0.2, FALSE_POSITIVE)]
+    assert match_image(detections, []) == [(0.9, FALSE_POSITIVE), (0.5, FALSE_POSITIVE), (0.4, FALSE_POSITIVE),
+                                          (0.2, FALSE_POSITIVE)]
+    result = froc([detections], [truths], fp_rates=(0.5, 1))
+    assert result["sensitivity_at_fp"] == {"0.5": 1.0, "1": 1.0}
+    assert result["curve"] == [(0.0, 0.0), (0.0, 0.5), (0.0, 1.0), (1.0, 1.0)]

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..datasets import ImageRecord
 from ..errors import MammoPatchError
-from .metrics import froc, is_hit, roc_auc
+from .metrics import FALSE_POSITIVE, FOUND_AGAIN, froc, is_hit, match_image, merged_by_score, roc_auc
 
 FP_RATES = (0.25, 0.5, 1, 2, 4)
 
@@ -94,14 +94,20 @@ def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[s
     return cases, errors
 
 
+def _same_class_hit(box, peak, truth) -> bool:
+    """The class-judged hit rule on (class, box) pairs."""
+    return box[0] == truth[0] and is_hit(box[1], peak, truth[1])
+
+
+def _class_tagged(case: ImageCase, classes: Sequence[str]) -> Tuple[List[tuple], List[tuple]]:
+    """The case's detections as (score, (class, box), peak) and its truths as (class, box)."""
+    return ([(s, (c, b), p) for c in classes for s, b, p in case.detections.get(c, [])],
+            [(c, b) for c in classes for b in case.truths.get(c, [])])
+
+
 def _pooled_froc(cases: Sequence[ImageCase], classes: Sequence[str]) -> Dict[str, Any]:
-    detections = [[(s, (c, b), p) for c in classes for s, b, p in case.detections.get(c, [])] for case in cases]
-    truths = [[(c, b) for c in classes for b in case.truths.get(c, [])] for case in cases]
-
-    def same_class_hit(box, peak, truth) -> bool:
-        return box[0] == truth[0] and is_hit(box[1], peak, truth[1])
-
-    return froc(detections, truths, FP_RATES, hit=same_class_hit)
+    tagged = [_class_tagged(case, classes) for case in cases]
+    return froc([d for d, _ in tagged], [t for _, t in tagged], FP_RATES, hit=_same_class_hit)
 
 
 def lesion_metrics(cases: Sequence[ImageCase], classes: Sequence[str]) -> Dict[str, Any]:
@@ -138,21 +144,11 @@ class ImageOutcomes:
 
 
 def image_outcomes(case: ImageCase, classes: Sequence[str]) -> ImageOutcomes:
-    detections = [(s, c, b, p) for c in classes for s, b, p in case.detections.get(c, [])]
-    truths = [(c, b) for c in classes for b in case.truths.get(c, [])]
-    found: set = set()
-    scores, hits = [], []
-    for score, name, box, peak in sorted(detections, key=lambda d: -d[0]):
-        match = next((j for j, (c, t) in enumerate(truths) if j not in found and c == name and is_hit(box, peak, t)),
-                     None)
-        if match is None and any(c == name and is_hit(box, peak, t) for c, t in truths):
-            continue
-        if match is not None:
-            found.add(match)
-        scores.append(score)
-        hits.append(match is not None)
-    return ImageOutcomes(np.asarray(scores, float), np.asarray(hits, bool), len(truths), case.abnormal,
-                         case.image_score)
+    detections, truths = _class_tagged(case, classes)
+    kept = [(score, outcome) for score, outcome in match_image(detections, truths, _same_class_hit)
+            if outcome is not FOUND_AGAIN]
+    return ImageOutcomes(np.asarray([s for s, _ in kept], float), np.asarray([o for _, o in kept], bool),
+                         len(truths), case.abnormal, case.image_score)
 
 
 def pooled_figures(outcomes: Sequence[ImageOutcomes]) -> Dict[str, float]:
@@ -210,19 +206,14 @@ def operating_thresholds(cases: Sequence[ImageCase], classes: Sequence[str], fp_
         if not sum(len(t) for t in truths):
             thresholds.append(default)
             continue
-        flat = sorted(((s, i, b, p) for i, case in enumerate(cases) for s, b, p in case.detections.get(name, [])),
-                      key=lambda d: -d[0])
+        matched = merged_by_score([match_image(case.detections.get(name, []), t) for case, t in zip(cases, truths)])
         allowed = fp_per_image * max(len(cases), 1)
         fps, chosen = 0, 1.0
-        found = [set() for _ in cases]
-        for score, i, box, peak in flat:
-            match = next((j for j, t in enumerate(truths[i]) if j not in found[i] and is_hit(box, peak, t)), None)
-            if match is None and not any(is_hit(box, peak, t) for t in truths[i]):
+        for score, outcome in matched:
+            if outcome is FALSE_POSITIVE:
                 fps += 1
                 if fps > allowed:
                     break
-            elif match is not None:
-                found[i].add(match)
             chosen = score
         thresholds.append(float(round(max(floor, chosen), 3)))
     return thresholds

@@ -123,6 +123,35 @@ def is_hit(detection_box, peak, truth_box, iou_threshold: float = 0.1) -> bool:
     return inside or box_iou(detection_box, truth_box) >= iou_threshold
 
 
+#: What :func:`match_image` says of a detection: it found a lesion not yet found, it lies on no
+#: lesion (a false positive), or it found a lesion already found (neither; ``None``).
+NEW_LESION, FALSE_POSITIVE, FOUND_AGAIN = True, False, None
+
+
+def match_image(detections: Sequence[Tuple[float, tuple, tuple]], truths: Sequence[tuple], hit=is_hit
+                ) -> List[Tuple[float, Optional[bool]]]:
+    """One image's detections matched to its true boxes, highest score first (ties in the given
+    order): ``(score, NEW_LESION / FALSE_POSITIVE / FOUND_AGAIN)`` each. Matching never crosses
+    images, so every pooled figure (FROC, its bootstrap, operating thresholds) only has to merge
+    these lists by score instead of matching boxes again."""
+    found: set = set()
+    out: List[Tuple[float, Optional[bool]]] = []
+    for score, box, peak in sorted(detections, key=lambda d: -d[0]):
+        match = next((j for j, t in enumerate(truths) if j not in found and hit(box, peak, t)), None)
+        if match is not None:
+            found.add(match)
+            out.append((score, NEW_LESION))
+        else:
+            out.append((score, FOUND_AGAIN if any(hit(box, peak, t) for t in truths) else FALSE_POSITIVE))
+    return out
+
+
+def merged_by_score(per_image: Sequence[Sequence[Tuple[float, Optional[bool]]]]
+                    ) -> List[Tuple[float, Optional[bool]]]:
+    """The images' matched detections in one list, highest score first; ties keep image order."""
+    return sorted((m for matched in per_image for m in matched), key=lambda m: -m[0])
+
+
 def froc(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[tuple]],
          fp_rates: Sequence[float] = (0.25, 0.5, 1, 2, 4), hit=is_hit) -> Dict[str, object]:
     """FROC over images.
@@ -135,20 +164,15 @@ def froc(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[t
     """
     n_images = len(truths)
     n_truth = sum(len(t) for t in truths)
-    flat = [(score, i, box, peak) for i, dets in enumerate(detections) for score, box, peak in dets]
-    flat.sort(key=lambda d: -d[0])
-    found = [set() for _ in truths]
+    matched = merged_by_score([match_image(d, t, hit) for d, t in zip(detections, truths)])
     curve = [(0.0, 0.0)]
-    fps = 0
-    for score, i, box, peak in flat:
-        match = next((j for j, t in enumerate(truths[i]) if j not in found[i] and hit(box, peak, t)), None)
-        if match is None:
-            if any(hit(box, peak, t) for t in truths[i]):
-                continue  # a second detection of an already-found lesion is neither TP nor FP
-            fps += 1
-        else:
-            found[i].add(match)
-        curve.append((fps / max(n_images, 1), sum(len(f) for f in found) / max(n_truth, 1)))
+    fps = found = 0
+    for _, outcome in matched:
+        if outcome is FOUND_AGAIN:
+            continue  # a second detection of an already-found lesion is neither TP nor FP
+        fps += outcome is FALSE_POSITIVE
+        found += outcome is NEW_LESION
+        curve.append((fps / max(n_images, 1), found / max(n_truth, 1)))
     sensitivity = {}
     for rate in fp_rates:
         reachable = [s for f, s in curve if f <= rate]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -246,6 +246,40 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, 
     return (per_cell * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def split_rows(targets: torch.Tensor, masks: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    """(positive rows, negative rows): cells positive for a class that counts there, and cells
+    where some class counts and none is positive."""
+    positive = ((targets > 0.5) & masks).any(1)
+    return (torch.nonzero(positive).flatten().numpy(),
+            torch.nonzero(~positive & masks.any(1)).flatten().numpy())
+
+
+def train_epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
+                 masks: torch.Tensor, positive_rows: np.ndarray, negative_rows: np.ndarray, recipe: CellHeadRecipe,
+                 epochs: int, optimiser: torch.optim.Optimizer, rng: np.random.Generator, schedule=None,
+                 hard_scores: Optional[Callable[[], np.ndarray]] = None) -> None:
+    """The epoch loop every cell head trains with: each epoch takes every positive row and
+    ``negatives_per_epoch`` negative ones (partly the highest-scoring, re-scored every five
+    epochs, from ``hard_negative_after`` on, when ``hard_scores`` is given), shuffled, in
+    batches of ``batch_cells``, with the focal loss; ``forward(rows)`` gives their logits."""
+    n_neg = min(recipe.negatives_per_epoch, len(negative_rows))
+    scores: Optional[np.ndarray] = None
+    for epoch in range(epochs):
+        if hard_scores is not None and epoch >= recipe.hard_negative_after and (scores is None or epoch % 5 == 0):
+            scores = hard_scores()
+        negatives = _draw_negatives(negative_rows, n_neg, rng, scores, recipe.hard_negative_share)
+        rows = rng.permutation(np.concatenate([positive_rows, negatives]))
+        model.train()
+        for start in range(0, len(rows), recipe.batch_cells):
+            batch = torch.as_tensor(rows[start:start + recipe.batch_cells])
+            loss = focal_loss(forward(batch), targets[batch].float(), masks[batch])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        if schedule is not None:
+            schedule.step()
+
+
 def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str],
                   seed: Optional[int] = None) -> FittedCellHead:
     """Train a head on ``images`` (their cached features) with ``recipe``; ``classes`` are the
@@ -255,28 +289,13 @@ def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes
     rng = np.random.default_rng(seed)
     projection = fit_projection(images, recipe.bottleneck, seed=seed)
     x, t, m = training_cells(images, projection, recipe, classes)
-    positive = ((t > 0.5) & m).any(1)
-    negative_rows = torch.nonzero(~positive & m.any(1)).flatten().numpy()
-    positive_rows = torch.nonzero(positive).flatten().numpy()
+    positive_rows, negative_rows = split_rows(t, m)
     mlp = CellMLP(x.shape[1], recipe.hidden, len(classes), recipe.dropout)
     optimiser = torch.optim.Adam(mlp.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=recipe.epochs)
-    n_neg = min(recipe.negatives_per_epoch, len(negative_rows))
-    hard_scores: Optional[np.ndarray] = None
-    for epoch in range(recipe.epochs):
-        if recipe.hard_negative_share > 0 and epoch >= recipe.hard_negative_after and (
-                hard_scores is None or epoch % 5 == 0):
-            hard_scores = _negative_scores(mlp, x, m, negative_rows)
-        negatives = _draw_negatives(negative_rows, n_neg, rng, hard_scores, recipe.hard_negative_share)
-        rows = rng.permutation(np.concatenate([positive_rows, negatives]))
-        mlp.train()
-        for start in range(0, len(rows), recipe.batch_cells):
-            batch = torch.as_tensor(rows[start:start + recipe.batch_cells])
-            loss = focal_loss(mlp(x[batch].float()), t[batch].float(), m[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-        schedule.step()
+    hard_scores = (lambda: _negative_scores(mlp, x, m, negative_rows)) if recipe.hard_negative_share > 0 else None
+    train_epochs(mlp, lambda batch: mlp(x[batch].float()), t, m, positive_rows, negative_rows, recipe,
+                 recipe.epochs, optimiser, rng, schedule=schedule, hard_scores=hard_scores)
     return FittedCellHead(projection, mlp.eval(), recipe.neighbourhood, list(classes), recipe.head)
 
 

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..networks import LastStage
-from .cell_head_fit import (FittedCellHead, Projection, _draw_negatives, fit_cell_head, focal_loss,
-                            target_rows, training_views)
+from .cell_head_fit import (FittedCellHead, Projection, fit_cell_head, split_rows, target_rows, train_epochs,
+                            training_views)
 from .cell_recipe import CellHeadRecipe
 from .feature_cache import CachedImage
 
@@ -86,24 +86,14 @@ def fit_tuned_tail_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, c
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
     x, inside, t, m = trunk_blocks(images, recipe, classes)
-    positive = ((t > 0.5) & m).any(1)
-    negative_rows = torch.nonzero(~positive & m.any(1)).flatten().numpy()
-    positive_rows = torch.nonzero(positive).flatten().numpy()
+    positive_rows, negative_rows = split_rows(t, m)
     model = _TunedCells(copy.deepcopy(pretrained_tail), head.projection, head.mlp, recipe.neighbourhood)
     optimiser = torch.optim.Adam([
         {"params": model.tail.parameters(), "lr": recipe.tail_learning_rate},
         {"params": [model.weight, model.bias, *model.mlp.parameters()],
          "lr": recipe.learning_rate * HEAD_RATE_WHILE_TUNING}], weight_decay=recipe.weight_decay)
-    n_neg = min(recipe.negatives_per_epoch, len(negative_rows))
-    for _ in range(recipe.tail_epochs):
-        rows = rng.permutation(np.concatenate([positive_rows, _draw_negatives(negative_rows, n_neg, rng, None, 0)]))
-        model.train()
-        for start in range(0, len(rows), recipe.batch_cells):
-            batch = torch.as_tensor(rows[start:start + recipe.batch_cells])
-            loss = focal_loss(model(x[batch], inside[batch]), t[batch].float(), m[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+    train_epochs(model, lambda batch: model(x[batch], inside[batch]), t, m, positive_rows, negative_rows, recipe,
+                 recipe.tail_epochs, optimiser, rng)
     model.eval()
     projection = Projection(model.weight.detach().clone(), model.bias.detach().clone())
     return FittedCellHead(projection, model.mlp.eval(), recipe.neighbourhood, list(classes), "cell",
