@@ -93,7 +93,8 @@ class DetectionConfig:
 
     def __post_init__(self) -> None:
         if not (self.grid_mm > 0 and self.min_distance_mm >= 0 and 0 < self.relative_extent <= 1
-                and self.max_per_class >= 1 and 0 < self.nms_iou <= 1 and 0.0 <= self.image_threshold <= 1.0):
+                and self.max_per_class >= 1 and 0 < self.nms_iou <= 1 and 0.0 <= self.image_threshold <= 1.0
+                and isinstance(self.suppress_inside, bool) and isinstance(self.one_class_per_place, bool)):
             raise ValueError(f"invalid detection settings: {self}")
 
 
@@ -172,6 +173,17 @@ def _suppress(candidates: List[_Candidate], config: DetectionConfig, limit: Opti
     return kept
 
 
+def _cap_per_class(candidates: List[_Candidate], limit: int) -> List[_Candidate]:
+    """The ``limit`` highest-scoring candidates of each class, in the given (score) order."""
+    counts: Dict[int, int] = {}
+    kept = []
+    for cand in candidates:
+        counts[cand.klass] = counts.get(cand.klass, 0) + 1
+        if counts[cand.klass] <= limit:
+            kept.append(cand)
+    return kept
+
+
 def detect_findings(heat_grid: np.ndarray, classes: Sequence[str], thresholds: Sequence[float], factor: int,
                     spacing_rc: Tuple[float, float], source_shape: Tuple[int, int],
                     config: Optional[DetectionConfig] = None, max_box_px: Optional[float] = None
@@ -197,11 +209,12 @@ def detect_findings(heat_grid: np.ndarray, classes: Sequence[str], thresholds: S
         return [], []  # below the image gate: the image has no findings
     kept: List[_Candidate] = []
     for k in range(heat_grid.shape[0]):
-        kept += _suppress(_class_candidates(heat_grid[k], k, float(thresholds[k]), config, cell_mm,
-                                            max(1, max_box_cells)), config)
+        candidates = _class_candidates(heat_grid[k], k, float(thresholds[k]), config, cell_mm, max(1, max_box_cells))
+        # across classes, a class's places are capped only after the other classes have had their say
+        kept += _suppress(candidates, config, limit=len(candidates) if config.one_class_per_place else None)
     kept.sort(key=lambda c: -c.score)
     if config.one_class_per_place:
-        kept = _suppress(kept, config, limit=len(kept))
+        kept = _cap_per_class(_suppress(kept, config, limit=len(kept)), config.max_per_class)
     height, width = source_shape
     findings, regions = [], []
     for cand in kept:

@@ -13,7 +13,7 @@ from .contract import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK, ImageResult, R
 from .results.dicom import DICOM_OUTPUT_FILES
 from .errors import Cancelled
 from .prediction.rows import Row
-from .results.files import FINDINGS_FILE, LABELMAP_LEGEND_FILE, VOLUME_FORMATS, class_slug
+from .results.files import FINDINGS_FILE, LABELMAP_LEGEND_FILE, VOLUME_FORMATS, class_slug, findings_document
 from .volume_bridge import activation_map_files
 
 def _first_existing(folder: Path, stem: str) -> str:
@@ -30,11 +30,11 @@ def image_result(row: Row) -> ImageResult:
     error = row.error or ""
     item = ImageResult(image=str(row.image), status=status, error=error)
     folder = Path(row.output or "")
-    if status == STATUS_FAILED or not row.output or not (folder / FINDINGS_FILE).is_file():
+    document = findings_document(folder) if status != STATUS_FAILED and row.output else None
+    if document is None or not isinstance(document.get("classes"), list):
         if status != STATUS_FAILED:
-            item.status, item.error = STATUS_FAILED, error or f"{folder}: {FINDINGS_FILE} not found"
+            item.status, item.error = STATUS_FAILED, error or f"{folder / FINDINGS_FILE}: missing or unreadable"
         return item
-    document = json.loads((folder / FINDINGS_FILE).read_text(encoding="utf-8"))
     classes = list(document["classes"])
     item.folder = str(folder.resolve())
     folder = Path(item.folder)
@@ -43,8 +43,12 @@ def image_result(row: Row) -> ImageResult:
         if path:
             item.heatmaps[name] = path
     item.labelmap = _first_existing(folder, "labelmap")
-    labels = json.loads((folder / LABELMAP_LEGEND_FILE).read_text(encoding="utf-8"))
-    item.labelmap_classes = [labels[str(k)] for k in range(len(labels))]
+    try:
+        labels = json.loads((folder / LABELMAP_LEGEND_FILE).read_text(encoding="utf-8"))
+        item.labelmap_classes = [labels[str(k)] for k in range(len(labels))]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        item.status, item.error = STATUS_FAILED, f"{folder / LABELMAP_LEGEND_FILE}: unreadable ({exc})"
+        return item
     item.findings = list(document.get("findings", []))
     for index, path in activation_map_files(str(folder)):
         if index < len(item.findings):

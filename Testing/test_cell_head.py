@@ -382,7 +382,6 @@ def test_the_bundled_model_runs_flip_tta_unless_the_command_line_turns_it_off():
     ("image_score", "mean", "image_score must be one of"),
     ("normal_with_finding", 0.0, "normal_with_finding must be in"),
     ("normal_with_finding", 1.5, "normal_with_finding must be in"),
-    ("one_class_per_place", "yes", "one_class_per_place must be true or false"),
 ])
 def test_a_bad_recipe_field_is_a_config_error_naming_it(tmp_path, field, value, message):
     from MammoPatchLib.errors import ConfigError
@@ -439,8 +438,7 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     from MammoPatchLib.training.feature_cache import build_cache
 
     values = {"name": "tuned", "bottleneck": 8, "hidden": 16, "epochs": 2, "negatives_per_epoch": 256,
-              "classes": ["Mass", "Suspicious Calcification"], "tail_epochs": 1, "normal_with_finding": 0.5,
-              "one_class_per_place": True}
+              "classes": ["Mass", "Suspicious Calcification"], "tail_epochs": 1, "normal_with_finding": 0.5}
     config = tmp_path / "tuned.json"
     config.write_text(json.dumps(values), encoding="utf-8")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -456,7 +454,6 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     saved = json.loads((tmp_path / "report" / RECIPES_DIR / "tuned" / CASES_FILE).read_text(encoding="utf-8"))
     _, gate = operating_point([_case_from_dict(c) for c in saved["cases"]], CellHeadRecipe.from_dict(values))
     assert model.info.inference.detection.image_threshold == pytest.approx(gate)
-    assert model.info.inference.detection.one_class_per_place, "the recipe's detection rule is the model's"
     assert Predictor(model, device="cpu").detection.image_threshold == pytest.approx(gate)
     own = Predictor(model, device="cpu", thresholds=[0.5] * len(model.info.classes))
     assert own.detection.image_threshold == 0.0, "thresholds of one's own replace the whole operating point"

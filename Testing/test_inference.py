@@ -195,6 +195,17 @@ def test_one_class_per_place_reports_a_place_once_as_its_best_class():
 
     assert found(False) == [("c0", 0.9), ("c2", 0.7), ("c2", 0.6)]
     assert found(True) == [("c0", 0.9), ("c2", 0.7)]
+    # a class's cap counts only the places it keeps: with one finding per class, c2's place
+    # elsewhere survives its suppressed place under c0
+    capped = detect_findings(grid, names, [0.3] * 10, 8, (0.2, 0.2), (512, 512),
+                             DetectionConfig(one_class_per_place=True, max_per_class=1))[0]
+    assert [(f.category, round(f.score, 2)) for f in capped] == [("c0", 0.9), ("c2", 0.7)]
+    grid[2] = blob(31, 26, 0.8) + blob(10, 52, 0.4)
+    capped = detect_findings(grid, names, [0.3] * 10, 8, (0.2, 0.2), (512, 512),
+                             DetectionConfig(one_class_per_place=True, max_per_class=1))[0]
+    assert [(f.category, round(f.score, 2)) for f in capped] == [("c0", 0.9), ("c2", 0.4)]
+    with pytest.raises(ValueError, match="invalid detection"):
+        DetectionConfig(one_class_per_place="false")
 
 
 def test_geometry_chain_maps_heatmaps_like_the_step_by_step_inverse():

@@ -208,3 +208,27 @@ def test_one_run_at_a_time_each_finished_once_and_leftover_timers_are_harmless(t
     assert second.finished and [f["name"] for f in finished] == ["first", "second"]
     assert slot.last_outcome == {"name": "second", "lines": ["second"], "code": 0}
     assert not slot.running
+
+
+def test_a_damaged_output_folder_is_a_failed_manifest_item_naming_the_file(tmp_path):
+    """An image whose findings.json or labelmap.json cannot be read is listed as failed, with
+    the file named, instead of breaking the whole manifest."""
+    from MammoPatchLib.prediction.rows import Row, Status
+    from MammoPatchLib.result_manifest import image_result
+    from MammoPatchLib.results.files import FINDINGS_FILE, LABELMAP_LEGEND_FILE
+
+    folder = tmp_path / "mdb001"
+    folder.mkdir()
+    row = Row(image="mdb001.png", status=Status.OK, output=str(folder))
+    item = image_result(row)
+    assert item.status == contract.STATUS_FAILED and FINDINGS_FILE in item.error
+    (folder / FINDINGS_FILE).write_text("{not json", encoding="utf-8")
+    item = image_result(row)
+    assert item.status == contract.STATUS_FAILED and FINDINGS_FILE in item.error
+    (folder / FINDINGS_FILE).write_text(json.dumps({"classes": ["Mass"], "findings": []}), encoding="utf-8")
+    (folder / LABELMAP_LEGEND_FILE).write_text("[1,", encoding="utf-8")
+    item = image_result(row)
+    assert item.status == contract.STATUS_FAILED and LABELMAP_LEGEND_FILE in item.error
+    (folder / LABELMAP_LEGEND_FILE).write_text(json.dumps({"0": "No Finding", "1": "Mass"}), encoding="utf-8")
+    item = image_result(row)
+    assert item.status == contract.STATUS_OK and item.labelmap_classes == ["No Finding", "Mass"]

@@ -10,7 +10,7 @@ Lesion level: FROC (sensitivity at given false positives per image) and mAP@IoU 
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -123,12 +123,15 @@ def is_hit(detection_box, peak, truth_box, iou_threshold: float = 0.1) -> bool:
     return inside or box_iou(detection_box, truth_box) >= iou_threshold
 
 
+#: The lesion-hit rule's signature: (detection box, peak, true box) -> hit.
+HitRule = Callable[[tuple, tuple, tuple], bool]
+
 #: What :func:`match_image` says of a detection: it found a lesion not yet found, it lies on no
 #: lesion (a false positive), or it found a lesion already found (neither; ``None``).
 NEW_LESION, FALSE_POSITIVE, FOUND_AGAIN = True, False, None
 
 
-def match_image(detections: Sequence[Tuple[float, tuple, tuple]], truths: Sequence[tuple], hit=is_hit
+def match_image(detections: Sequence[Tuple[float, tuple, tuple]], truths: Sequence[tuple], hit: HitRule = is_hit
                 ) -> List[Tuple[float, Optional[bool]]]:
     """One image's detections matched to its true boxes, highest score first (ties in the given
     order): ``(score, NEW_LESION / FALSE_POSITIVE / FOUND_AGAIN)`` each. Matching never crosses
@@ -153,7 +156,7 @@ def merged_by_score(per_image: Sequence[Sequence[Tuple[float, Optional[bool]]]]
 
 
 def froc(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[tuple]],
-         fp_rates: Sequence[float] = (0.25, 0.5, 1, 2, 4), hit=is_hit) -> Dict[str, object]:
+         fp_rates: Sequence[float] = (0.25, 0.5, 1, 2, 4), hit: HitRule = is_hit) -> Dict[str, object]:
     """FROC over images.
 
     Args:

@@ -191,7 +191,7 @@ def _full_size(rgb: np.ndarray, shape) -> np.ndarray:
 
 def findings_document(folder: PathLike) -> Optional[Dict[str, object]]:
     """The ``findings.json`` document an earlier run wrote to ``folder``, or None when that file
-    is missing or unreadable (a batch then analyses the image again)."""
+    is missing, unreadable or not a JSON object."""
     try:
         document = json.loads((Path(folder) / FINDINGS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

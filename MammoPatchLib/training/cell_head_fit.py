@@ -256,7 +256,8 @@ def split_rows(targets: torch.Tensor, masks: torch.Tensor) -> Tuple[np.ndarray, 
 
 def train_epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
                  masks: torch.Tensor, positive_rows: np.ndarray, negative_rows: np.ndarray, recipe: CellHeadRecipe,
-                 epochs: int, optimiser: torch.optim.Optimizer, rng: np.random.Generator, schedule=None,
+                 epochs: int, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
+                 schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
                  hard_scores: Optional[Callable[[], np.ndarray]] = None) -> None:
     """The epoch loop every cell head trains with: each epoch takes every positive row and
     ``negatives_per_epoch`` negative ones (partly the highest-scoring, re-scored every five

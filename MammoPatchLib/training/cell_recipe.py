@@ -45,8 +45,6 @@ class CellHeadRecipe:
             operating point: an image gate (the model's ``image_threshold``) is fitted on top of
             the class thresholds to keep to it (1.0: no gate). Needs ``image_score`` "max", the
             score the Predictor gates on.
-        one_class_per_place: the model reports each place once, as its highest-scoring class
-            (the Predictor's ``DetectionConfig.one_class_per_place``).
         bundle: "ensemble" (the fold models' heads averaged over one backbone) or "single"
             (one head trained on every woman).
         tail_epochs: epochs that then fine-tune the backbone's last stage (EfficientNet-Lite's
@@ -88,7 +86,6 @@ class CellHeadRecipe:
     image_top_k: int = 4
     fp_per_image: float = 0.25
     normal_with_finding: float = 1.0
-    one_class_per_place: bool = False
     bundle: str = "ensemble"
     tail_epochs: int = 0
     tail_learning_rate: float = 1e-4
@@ -116,7 +113,6 @@ class CellHeadRecipe:
             (0.0 < self.normal_with_finding <= 1.0, "normal_with_finding must be in (0, 1]"),
             (self.normal_with_finding == 1.0 or self.image_score == "max",
              "normal_with_finding below 1 gates on the highest heatmap value: it needs image_score 'max'"),
-            (isinstance(self.one_class_per_place, bool), "one_class_per_place must be true or false"),
             (self.bundle in ("ensemble", "single"), "bundle must be 'ensemble' or 'single'"),
             (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a whole number >= 1"),
             (isinstance(self.tail_epochs, int) and self.tail_epochs >= 0 and self.tail_learning_rate > 0,

@@ -44,7 +44,6 @@ from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import InferenceDefaults, ModelInfo
 from ..other_breast import OTHER_BREAST_WEIGHT, BreastKey, breast_key, scores_against_other_breast
-from ..postprocess import DetectionConfig
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .cell_recipe import CellHeadRecipe
@@ -66,8 +65,7 @@ def cell_model_info(recipe: CellHeadRecipe, ensemble: int = 1) -> ModelInfo:
     return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
                      neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
                      spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
-                     inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta,
-                                                detection=DetectionConfig(one_class_per_place=recipe.one_class_per_place)),
+                     inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta),
                      tuned_tail=recipe.tail_epochs > 0)
 
 
