@@ -189,10 +189,10 @@ def _print_row(row) -> None:
 
 
 def _batch_exit(rows, results: Path) -> int:
-    from .prediction.rows import failed_images
+    from .prediction.rows import SUMMARY_FILE, failed_images
 
     failed = failed_images(rows)
-    print(f"{len(rows) - len(failed)} of {len(rows)} image(s) done; summary: {results / 'summary.csv'}")
+    print(f"{len(rows) - len(failed)} of {len(rows)} image(s) done; summary: {results / SUMMARY_FILE}")
     if failed:
         print(f"{len(failed)} image(s) failed: " + ", ".join(failed), file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -272,7 +272,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                          resume=args.resume, progress=not args.no_progress, workers=args.workers,
                          on_result=_print_row)
     code = _batch_exit(rows, out / "results")
-    print(f"sample mammogram: {sample}\noverlay: {out / 'results' / 'sample_mammogram' / 'overlay.png'}")
+    from .results.files import OVERLAY_FILE
+
+    print(f"sample mammogram: {sample}\noverlay: {out / 'results' / 'sample_mammogram' / OVERLAY_FILE}")
     for f in mammo.findings:
         print(f"  drawn in the sample: {f.category} at box {tuple(round(v) for v in f.box)}")
     return code

@@ -13,7 +13,7 @@ from .contract import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK, ImageResult, R
 from .results.dicom import DICOM_OUTPUT_FILES
 from .errors import Cancelled
 from .prediction.rows import Row
-from .results.files import FINDINGS_FILE, LABELMAP_LEGEND_FILE, VOLUME_FORMATS, class_slug, findings_document
+from .results.files import FINDINGS_FILE, LABELMAP_LEGEND_FILE, LABELMAP_STEM, VOLUME_FORMATS, findings_document, heatmap_stem
 from .volume_bridge import activation_map_files
 
 def _first_existing(folder: Path, stem: str) -> str:
@@ -39,10 +39,10 @@ def image_result(row: Row) -> ImageResult:
     item.folder = str(folder.resolve())
     folder = Path(item.folder)
     for name in (document.get("heatmaps") or {}).get("classes") or []:
-        path = _first_existing(folder, f"heatmap_{class_slug(name)}")
+        path = _first_existing(folder, heatmap_stem(name))
         if path:
             item.heatmaps[name] = path
-    item.labelmap = _first_existing(folder, "labelmap")
+    item.labelmap = _first_existing(folder, LABELMAP_STEM)
     try:
         labels = json.loads((folder / LABELMAP_LEGEND_FILE).read_text(encoding="utf-8"))
         item.labelmap_classes = [labels[str(k)] for k in range(len(labels))]

@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Sequence
 from ..io.atomic import atomic_path
 from ..vocabulary import PathLike, Status
 
-#: The columns of ``summary.csv``, in order.
+#: A batch's summary file, in its output folder, and its columns, in order.
+SUMMARY_FILE = "summary.csv"
 SUMMARY_COLUMNS = ["image", "status", "error", "findings", "top_class", "top_score", "seconds", "output", "warnings",
                    "rank"]
 

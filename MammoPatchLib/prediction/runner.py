@@ -36,7 +36,7 @@ from ..vocabulary import Status
 from .folder import OutputFolder
 from .jobs import Job, shard
 from .image_scores import write_image_scores
-from .rows import RESULT_COLUMNS, Row, write_summary
+from .rows import RESULT_COLUMNS, SUMMARY_FILE, Row, write_summary
 from .stages import Failure, ImagePipeline, Inferred, Loaded
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def run_batch(jobs: Sequence[Job], folder: OutputFolder, pipeline: ImagePipeline
         rows = batch.run(workers, progress, on_image, on_result, on_progress)
         merged = _gather(rows, ctx)
         if ctx.is_main:
-            write_summary(merged, folder.root / "summary.csv")
+            write_summary(merged, folder.root / SUMMARY_FILE)
             write_image_scores(merged, folder.root)
         return merged
 
@@ -112,7 +112,7 @@ class _RankBatch:
             if self.rank_file is not None:
                 write_summary(self.rows, self.rank_file, RESULT_COLUMNS)
             else:
-                write_summary(self.rows, self.folder.root / "summary.csv")
+                write_summary(self.rows, self.folder.root / SUMMARY_FILE)
             if on_result is not None:
                 on_result(row)
             if bar is not None:

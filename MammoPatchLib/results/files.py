@@ -32,7 +32,15 @@ from ..vocabulary import (HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, Heatm
 
 #: File names inside an image's output folder (the readers below and the manifest use them).
 FINDINGS_FILE = "findings.json"
+FINDINGS_CSV_FILE = "findings.csv"
 LABELMAP_LEGEND_FILE = "labelmap.json"
+LABELMAP_STEM = "labelmap"
+OVERLAY_FILE = "overlay.png"
+
+
+def heatmap_stem(name: str) -> str:
+    """The file name, without its extension, of class ``name``'s heatmap."""
+    return f"heatmap_{class_slug(name)}"
 
 FINDING_CSV_COLUMNS = ["image", "class", "score", "xmin_px", "ymin_px", "xmax_px", "ymax_px",
                        "xmin_mm", "ymin_mm", "xmax_mm", "ymax_mm", "area_mm2"]
@@ -134,8 +142,8 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
         for name, values in zip(classes, maps if classes else []):
             if options.heatmap_dtype == HeatmapDtype.UINT8:
                 values = np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
-            volumes.append(("heatmaps", values, map_geometry, out / f"heatmap_{class_slug(name)}{ext}"))
-        volumes.append(("labelmap", result.label_map, geometry, out / f"labelmap{ext}"))
+            volumes.append(("heatmaps", values, map_geometry, out / f"{heatmap_stem(name)}{ext}"))
+        volumes.append(("labelmap", result.label_map, geometry, out / f"{LABELMAP_STEM}{ext}"))
     with ThreadPoolExecutor(max_workers=max(1, min(len(volumes), os.cpu_count() or 1, 8))) as pool:
         paths = list(pool.map(lambda v: write_volume(v[1], v[2], v[3]), volumes))
     for (kind, *_), path in zip(volumes, paths):
@@ -157,19 +165,19 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     }
     _write_text(out / FINDINGS_FILE, json.dumps(document, indent=1), True)
     written["findings"].append(str(out / FINDINGS_FILE))
-    with atomic_path(out / "findings.csv") as tmp:
+    with atomic_path(out / FINDINGS_CSV_FILE) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
             writer.writerow(FINDING_CSV_COLUMNS)
             for f in result.findings:
                 writer.writerow([result.image.path, f.category, f"{f.score:.4f}", *f.box_px,
                                  *(f"{v:.2f}" for v in f.box_mm), f"{f.area_mm2:.1f}"])
-    written["findings"].append(str(out / "findings.csv"))
+    written["findings"].append(str(out / FINDINGS_CSV_FILE))
     overlay_step = max(1, int(np.ceil(max(result.image.shape) / 1400)))
     shown = [result.classes.index(c) for c in (heatmap_classes(result, "selected", selected_classes) or result.classes)]
     overlay = heatmap_overlay(result.image.pixels, result.heatmaps_every(overlay_step, shown).max(axis=0),
                               result.findings, result.classes)
-    written["overlay"].append(write_png(overlay, out / "overlay.png"))
+    written["overlay"].append(write_png(overlay, out / OVERLAY_FILE))
     if options.dicom:
         from .dicom import write_dicom_outputs
 
