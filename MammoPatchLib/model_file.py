@@ -32,7 +32,7 @@ from .io.paths import file_problem
 from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, HEAD_TYPES, PatchClassifier, has_tunable_last_stage
 from .postprocess import DetectionConfig
 from .transforms import PreprocessConfig
-from .vocabulary import FINDING_CLASSES, PathLike, class_slug
+from .vocabulary import FINDING_CLASSES, PathLike, class_slug, heatmap_stem
 
 FORMAT = "mammopatch-model"
 FORMAT_VERSION = 2
@@ -172,7 +172,7 @@ def _check_file_names(classes: Sequence[str]) -> None:
         if not slug:
             raise ConfigError(f"model class {name!r} has no letters or digits to name its output files with")
         if slug in owner:
-            raise ConfigError(f"model classes {owner[slug]!r} and {name!r} both get the file name heatmap_{slug}: "
+            raise ConfigError(f"model classes {owner[slug]!r} and {name!r} both get the file name {heatmap_stem(name)}: "
                               "class names must differ in more than case and punctuation")
         owner[slug] = name
 

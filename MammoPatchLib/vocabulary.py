@@ -72,6 +72,11 @@ def class_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def heatmap_stem(name: str) -> str:
+    """The file name, without its extension, of class ``name``'s heatmap."""
+    return f"heatmap_{class_slug(name)}"
+
+
 def class_index(name: str, classes: Sequence[str] = FINDING_CLASSES) -> int:
     """Index of ``name`` in ``classes`` (case-insensitive); ValueError names the choices."""
     lowered = [c.lower() for c in classes]

@@ -28,7 +28,7 @@ from ..io import atomic_path, write_png, write_volume
 from ..io.image import ImageGeometry
 from ..visualize import heatmap_overlay
 from ..vocabulary import (HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, HeatmapChoice, HeatmapDtype, PathLike,  # noqa: F401
-                          class_slug)  # class_slug: the file-name mapping, also used from here
+                          class_slug, heatmap_stem)  # the file-name mappings, also used from here
 
 #: File names inside an image's output folder (the readers below and the manifest use them).
 FINDINGS_FILE = "findings.json"
@@ -36,11 +36,6 @@ FINDINGS_CSV_FILE = "findings.csv"
 LABELMAP_LEGEND_FILE = "labelmap.json"
 LABELMAP_STEM = "labelmap"
 OVERLAY_FILE = "overlay.png"
-
-
-def heatmap_stem(name: str) -> str:
-    """The file name, without its extension, of class ``name``'s heatmap."""
-    return f"heatmap_{class_slug(name)}"
 
 FINDING_CSV_COLUMNS = ["image", "class", "score", "xmin_px", "ymin_px", "xmax_px", "ymax_px",
                        "xmin_mm", "ymin_mm", "xmax_mm", "ymax_mm", "area_mm2"]
