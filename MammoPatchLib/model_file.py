@@ -30,6 +30,7 @@ from .errors import ConfigError, ModelFileError
 from .io.atomic import atomic_path
 from .io.paths import file_problem
 from .networks import BACKBONES, DEFAULT_BACKBONE, HEAD_POOLINGS, HEAD_TYPES, PatchClassifier, has_tunable_last_stage
+from .other_breast import OtherBreastPoint
 from .postprocess import DetectionConfig
 from .transforms import PreprocessConfig
 from .vocabulary import FINDING_CLASSES, PathLike, class_slug, heatmap_stem
@@ -49,12 +50,16 @@ class InferenceDefaults:
         detection: how findings are picked from the heatmaps.
         temperatures: per-class calibration temperatures (empty: none; probability =
             sigmoid(logit / T); see evaluation.calibration).
+        other_breast: the operating point for an image read against the woman's other breast
+            (:class:`~MammoPatchLib.other_breast.OtherBreastPoint`; weight 0: none), used when
+            both breasts of a view are predicted together.
     """
 
     report_classes: List[str] = field(default_factory=list)
     flip_tta: bool = False
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     temperatures: List[float] = field(default_factory=list)
+    other_breast: OtherBreastPoint = field(default_factory=OtherBreastPoint)
 
 
 @dataclass
@@ -143,6 +148,10 @@ class ModelInfo:
         unknown = [c for c in self.inference.report_classes if c not in self.classes]
         if unknown:
             raise ConfigError(f"model inference.report_classes {unknown} are not among its classes")
+        paired = self.inference.other_breast
+        if paired.active and len(paired.thresholds) != len(self.classes):
+            raise ConfigError(f"model inference.other_breast.thresholds must be {len(self.classes)} numbers "
+                              f"(one per class), got {len(paired.thresholds)}")
 
     def preprocess_config(self, scale: float = 1.0) -> PreprocessConfig:
         """The preprocessing this model needs; ``scale`` multiplies its pixel spacing (a

@@ -1,4 +1,4 @@
-"""The other breast as context for the image-level score.
+"""The other breast as context for the image-level score and for the findings.
 
 Asymmetries and distortions are defined by comparing a breast with the other one, and what is
 ordinary for one woman's tissue (density, a scanner's contrast) shows on both sides. So an
@@ -7,13 +7,24 @@ image's score is read against the same view of her other breast: its score minus
 out-of-fold predictions of an earlier bundled recipe (0.25-1 all helped, 0.5 and 0.75 most),
 and is reported for every recipe since beside the plain score (``mammopatch crossval``).
 
+A finding is read the same way (:func:`relative_score`): its score minus the weight times the
+highest heatmap value of its class in the other breast, so a place stands out only if it
+stands out against what the same class finds in her other breast. A model fitted that way
+carries a second operating point for pairs (:class:`OtherBreastPoint`); the Predictor applies
+it as per-class thresholds raised by the weight times the other breast's maxima
+(:func:`threshold_against_other_breast`), the same rule turned around.
+
 Pure Python on (key, score) pairs: the batch runner reads them from its outputs, the
 cross-validation from its records.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from .config import config_from_dict, config_to_dict
 
 #: How much of the other breast's image score is taken off an image's own.
 OTHER_BREAST_WEIGHT = 0.5
@@ -22,6 +33,57 @@ OTHER_BREAST_WEIGHT = 0.5
 #: only in side ("L" / "R" from the file, or any two distinct labels where the data set says
 #: which films are one woman's two breasts but not which is which).
 BreastKey = Tuple[str, str, str]
+
+
+@dataclass
+class OtherBreastPoint:
+    """A model's operating point for an image read against the other breast, fitted on the
+    pooled out-of-fold predictions read that way (``mammopatch crossval``).
+
+    Attributes:
+        weight: how much of the other breast's per-class maxima (and image score) is taken off
+            (0: the model has no such operating point).
+        thresholds: per-class thresholds on the relative finding scores, in the model's class
+            order (they may be below 0: a relative score is).
+        image_threshold: the image gate on the relative image score (0: no gate).
+    """
+
+    weight: float = 0.0
+    thresholds: List[float] = field(default_factory=list)
+    image_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.weight, (int, float)) and 0.0 <= self.weight <= 1.0):
+            raise ValueError(f"other-breast weight must be in [0, 1], got {self.weight!r}")
+        if any(not isinstance(t, (int, float)) or not math.isfinite(t) or not -1.0 <= t <= 1.0
+               for t in self.thresholds):
+            raise ValueError(f"other-breast thresholds must be numbers in [-1, 1], got {self.thresholds!r}")
+        if self.weight and not self.thresholds:
+            raise ValueError("an other-breast operating point with a weight needs its thresholds")
+        if not -1.0 <= float(self.image_threshold) <= 1.0:
+            raise ValueError(f"other-breast image_threshold must be in [-1, 1], got {self.image_threshold!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0
+
+    def to_dict(self) -> Dict[str, object]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values) -> "OtherBreastPoint":
+        return config_from_dict(cls, values, "other_breast")
+
+
+def relative_score(score: float, other: float, weight: float = OTHER_BREAST_WEIGHT) -> float:
+    """A score read against the other breast's (the same class's highest heatmap value there,
+    or her other image's score)."""
+    return score - weight * other
+
+
+def threshold_against_other_breast(threshold: float, other: float, weight: float = OTHER_BREAST_WEIGHT) -> float:
+    """The plain-score threshold that :func:`relative_score` >= ``threshold`` amounts to."""
+    return threshold + weight * other
 
 
 def breast_key(woman: str, view: str, side: str) -> Optional[BreastKey]:
@@ -54,8 +116,8 @@ def scores_against_other_breast(keys: Sequence[Optional[BreastKey]], scores: Seq
     """Each image's score minus ``weight`` times its other breast's (None without a pair);
     ``others``: :func:`other_breast_scores` of the same images, when the caller has them."""
     others = other_breast_scores(keys, scores) if others is None else others
-    return [None if score is None or other is None else score - weight * other
+    return [None if score is None or other is None else relative_score(score, other, weight)
             for score, other in zip(scores, others)]
 
 
-__all__ = ["OTHER_BREAST_WEIGHT", "BreastKey", "breast_key", "other_breast_scores", "scores_against_other_breast"]
+__all__ = ["OTHER_BREAST_WEIGHT", "OtherBreastPoint", "relative_score", "threshold_against_other_breast", "BreastKey", "breast_key", "other_breast_scores", "scores_against_other_breast"]

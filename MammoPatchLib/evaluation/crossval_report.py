@@ -28,8 +28,9 @@ def recipe_table(report: Dict[str, Any]) -> List[str]:
     the paired difference at 1 FP/image and in AUC, and the five folds at 1 FP/image."""
     lines = ["| recipe | sens@1 FP (95 % CI) | sens@4 FP | any finding: sens@1 FP (95 % CI) | image AUC (95 % CI) | "
              "vs baseline: sens@1 | vs baseline: any finding @1 | vs baseline: AUC | folds at 1 FP | "
-             "abnormal with finding | normal without | image AUC vs other breast (95 % CI) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "abnormal with finding | normal without | image AUC vs other breast (95 % CI) | "
+             "findings vs other breast: sens@1 FP (95 % CI), paired; abnormal with finding / normal without |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["recipes"].items():
         sens, iv = row["sensitivity_at_fp"], row["intervals"]
         paired = row.get("paired_vs_baseline")
@@ -48,7 +49,8 @@ def recipe_table(report: Dict[str, Any]) -> List[str]:
                      f"{_f(any_sens.get('1'))}{_ci(anywhere.get('intervals', {}).get('sens@1'))} | "
                      f"{_f(row['image_auc'], 3)}{_ci(iv.get('image_auc'))} | {vs_sens} | {vs_any} | {vs_auc} | {folds} | "
                      f"{_f(op['abnormal_with_finding'])} | {_f(op['normal_without_finding'])} | "
-                     f"{other_breast_phrase(row.get('other_breast'))} |")
+                     f"{other_breast_phrase(row.get('other_breast'))} | "
+                     f"{findings_vs_other_breast_phrase(row.get('other_breast'))} |")
     return lines
 
 
@@ -59,6 +61,18 @@ def other_breast_phrase(view: Optional[Dict[str, Any]]) -> str:
     p = view["paired_vs_own_score"]
     return (f"{_f(view['image_auc'], 3)}{_ci(view['interval'])}, paired {p['difference']:+.3f} "
             f"({_f(p['low'], 3)} to {_f(p['high'], 3)})")
+
+
+def findings_vs_other_breast_phrase(view: Optional[Dict[str, Any]]) -> str:
+    """"sens@1 (CI), paired +d (lo to hi); abnormal / normal" with every finding read against the
+    same class in the other breast, at nested operating points fitted on those relative scores."""
+    findings = (view or {}).get("findings")
+    if not findings:
+        return "-"
+    p, op = findings["paired_vs_plain"]["sens@1"], findings["operating"]
+    return (f"{_f(findings['sensitivity_at_fp'].get('1'))}{_ci(findings['intervals'].get('sens@1'))}, paired "
+            f"{p['difference']:+.3f} ({_f(p['low'], 3)} to {_f(p['high'], 3)}); "
+            f"{_f(op['abnormal_with_finding'])} / {_f(op['normal_without_finding'])}")
 
 
 def per_class_table(row: Dict[str, Any]) -> List[str]:

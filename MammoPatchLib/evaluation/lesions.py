@@ -44,12 +44,21 @@ class ImageCase:
     image_score: float
     detections: Dict[str, List[Tuple[float, tuple, tuple]]] = field(default_factory=dict)  # (score, box, peak)
     truths: Dict[str, List[tuple]] = field(default_factory=dict)
+    class_maxima: Dict[str, float] = field(default_factory=dict)  # each class's highest heatmap value
+
+    def class_maximum(self, name: str) -> float:
+        """The class's highest heatmap value (its best detection's score when not recorded)."""
+        if name in self.class_maxima:
+            return self.class_maxima[name]
+        return max((d[0] for d in self.detections.get(name, [])), default=0.0)
 
 
 def case_from_result(record: ImageRecord, result, classes: Sequence[str]) -> ImageCase:
     """What one prediction contributes: detections and truths per class, the image score
     (:attr:`~MammoPatchLib.inference.PredictionResult.image_score`)."""
-    case = ImageCase(record.image_id, record.patient_id, not record.is_normal, result.image_score)
+    maxima = result.max_probability()
+    case = ImageCase(record.image_id, record.patient_id, not record.is_normal, result.image_score,
+                     class_maxima={name: maxima[name] for name in classes if name in maxima})
     for name in classes:
         case.detections[name] = [(f.score, f.box_px, f.peak_px) for f in result.findings if f.category == name]
         case.truths[name] = [f.box for f in record.findings if f.category == name]
@@ -68,7 +77,8 @@ def any_finding_case(case: ImageCase, classes: Sequence[str], nms_iou: float = 0
             kept.append((score, box, peak))
     truths = [b for name in classes for b in case.truths.get(name, [])]
     return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score,
-                     {ANY_FINDING: kept}, {ANY_FINDING: truths})
+                     {ANY_FINDING: kept}, {ANY_FINDING: truths},
+                     {ANY_FINDING: max((case.class_maximum(name) for name in classes), default=0.0)})
 
 
 def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[str], images=None,
@@ -236,8 +246,9 @@ def image_gate(cases: Sequence[ImageCase], normal_with_finding: float) -> float:
 
 
 def gated(case: ImageCase, gate: float) -> ImageCase:
-    """``case`` as the Predictor reports it with image gate ``gate``: no findings below it."""
-    if case.image_score >= gate:
+    """``case`` as the Predictor reports it with image gate ``gate``: no findings below it; 0.0
+    is no gate, as for the Predictor (a score read against the other breast can be below 0)."""
+    if not gate or case.image_score >= gate:
         return case
     return replace(case, detections={name: [] for name in case.detections})
 

@@ -18,6 +18,7 @@ from ..io.image import MammogramImage
 from ..io.validate import check_geometry
 from ..model_file import LoadedModel, ModelInfo
 from ..networks import FEATURE_STRIDE
+from ..other_breast import threshold_against_other_breast
 from ..postprocess import DetectedFinding, detect_findings, label_map_from_findings
 from ..transforms import PreprocessedImage, preprocess
 from ..vocabulary import InferenceMode
@@ -64,7 +65,9 @@ class PredictionResult:
     needs, so runs that only want findings never pay for it. ``grid_heatmaps`` holds the
     same maps on the coarse detection grid (every ``grid_factor``-th pixel). ``model_info``
     is the model file's :class:`ModelInfo`; ``model_path``, ``model_sha256`` and the run's
-    ``flip_tta``, ``scales`` and ``reported_classes`` say how the result was made.
+    ``flip_tta``, ``scales`` and ``reported_classes`` say how the result was made;
+    ``other_breast`` is empty, or says which image of the other breast the findings were read
+    against (:meth:`Predictor.against_other_breast`).
     """
 
     label_map: np.ndarray  # (H, W) uint8, 0 = no finding, k = classes[k - 1]
@@ -82,6 +85,7 @@ class PredictionResult:
     scales: Tuple[float, ...] = (1.0,)
     grid_heatmaps: Optional[np.ndarray] = None
     grid_factor: int = 1
+    other_breast: Dict[str, Any] = field(default_factory=dict)
     make_heatmaps: Optional[Callable[..., np.ndarray]] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -311,18 +315,13 @@ class Predictor:
         info = self.model.info
         timings = timings if timings is not None else {}
         start = time.perf_counter()
-        spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
         factor, grid_rows, grid_cols = detection_grid(image.shape, image.spacing_mm, self.detection.grid_mm)
         grid_heat = None
         for maps in all_maps:
             at_grid = cells_to_source(maps.cells, maps.prepared, maps.stride, grid_rows, grid_cols)
             grid_heat = at_grid if grid_heat is None else grid_heat + at_grid
         grid = (grid_heat / len(all_maps)).clamp_(0.0, 1.0).cpu().numpy()
-        thresholds = [t if c in self.selected else np.inf for c, t in zip(info.classes, self.thresholds)]
-        window_px = info.window * (info.spacing_mm or image.spacing_mm) / image.spacing_mm
-        findings, regions = detect_findings(grid, info.classes, thresholds, factor, spacing_rc, image.shape,
-                                            self.detection, max_box_px=window_px)
-        label_map = label_map_from_findings(regions, grid.shape[1:], factor, image.shape)
+        findings, label_map = self._detect(image, grid, factor, self.thresholds, self.detection)
         _add(timings, "postprocess_s", start)
         return PredictionResult(label_map=label_map, findings=findings, classes=list(info.classes),
                                 thresholds=list(self.thresholds), image=image, mode=self.mode, timings=timings,
@@ -332,6 +331,55 @@ class Predictor:
                                 grid_heatmaps=grid, grid_factor=factor,
                                 make_heatmaps=lambda rows=None, cols=None, channels=None: source_heatmaps(
                                     all_maps, rows, cols, channels))
+
+
+    def _detect(self, image: MammogramImage, grid: np.ndarray, factor: int, thresholds: Sequence[float],
+                detection) -> Tuple[List[DetectedFinding], np.ndarray]:
+        """Findings and label map from the detection-grid heatmaps at ``thresholds`` (classes
+        not reported never give a finding)."""
+        info = self.model.info
+        spacing_rc = (image.geometry.row_spacing, image.geometry.col_spacing)
+        cut = [t if c in self.selected else np.inf for c, t in zip(info.classes, thresholds)]
+        window_px = info.window * (info.spacing_mm or image.spacing_mm) / image.spacing_mm
+        findings, regions = detect_findings(grid, info.classes, cut, factor, spacing_rc, image.shape,
+                                            detection, max_box_px=window_px)
+        return findings, label_map_from_findings(regions, grid.shape[1:], factor, image.shape)
+
+    @property
+    def reads_other_breast(self) -> bool:
+        """Whether :meth:`against_other_breast` changes anything: the model carries an operating
+        point for pairs and the caller kept the model's thresholds (your thresholds are for
+        single images)."""
+        return self.model.info.inference.other_breast.active and self.options.thresholds is None
+
+    def against_other_breast(self, result: PredictionResult, other: PredictionResult) -> PredictionResult:
+        """``result`` with its findings and label map picked at the model's operating point for
+        pairs: each class's threshold raised by the weight x that class's highest heatmap value
+        in ``other`` (the same view of her other breast), the image gate by the weight x
+        ``other``'s image score (:mod:`MammoPatchLib.other_breast`). The heatmaps are the same.
+        Returns ``result`` itself when :attr:`reads_other_breast` is False."""
+        if not self.reads_other_breast:
+            return result
+        if result.grid_heatmaps is None or other.grid_heatmaps is None:
+            raise ValueError("reading against the other breast needs both results' detection-grid heatmaps")
+        point = self.model.info.inference.other_breast
+        maxima = other.max_probability()
+        thresholds = [threshold_against_other_breast(t, maxima[c], point.weight)
+                      for c, t in zip(result.classes, point.thresholds)]
+        gate = 0.0
+        if point.image_threshold:
+            gate = min(max(threshold_against_other_breast(point.image_threshold, other.image_score, point.weight),
+                           0.0), 1.0)
+        start = time.perf_counter()
+        findings, label_map = self._detect(result.image, result.grid_heatmaps, result.grid_factor, thresholds,
+                                           replace(self.detection, image_threshold=gate))
+        timings = dict(result.timings)
+        _add(timings, "postprocess_s", start)
+        record = {"image": str(other.image.path or ""), "weight": point.weight,
+                  "image_score": round(other.image_score, 6),
+                  "class_maxima": {c: round(maxima[c], 6) for c in self.selected}}
+        return replace(result, findings=findings, label_map=label_map, thresholds=thresholds, timings=timings,
+                       other_breast=record)
 
 
 def source_heatmaps(all_maps: Sequence[CellHeatmaps], rows=None, cols=None,

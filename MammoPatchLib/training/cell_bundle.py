@@ -14,7 +14,9 @@ import torch
 from ..evaluation.crossval_report import backbone_phrase, ensemble_phrase, model_card
 from ..io.atomic import atomic_path
 from ..model_file import build_network, save_model
-from .crossval import RecipeOutcome, cell_model_info, fit_head, operating_point, seed_of, summarise
+from ..other_breast import OTHER_BREAST_WEIGHT, OtherBreastPoint
+from .crossval import (RecipeOutcome, cases_against_other_breast, cell_model_info, fit_head, operating_point,
+                       record_breast_keys, seed_of, summarise)
 
 
 def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, draws: int = 1000,
@@ -39,7 +41,8 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
             target.load_state_dict(head.to_head(channels).state_dict())
     by_class, gate = operating_point(outcome.cases, recipe)
     thresholds = [by_class.get(c, 0.5) for c in info.classes]
-    inference = replace(info.inference, detection=replace(info.inference.detection, image_threshold=gate))
+    inference = replace(info.inference, detection=replace(info.inference.detection, image_threshold=gate),
+                        other_breast=other_breast_point(outcome, info.classes))
     summary = dict((report or {}).get("recipes", {}).get(recipe.name) or summarise(outcome, draws=draws))
     summary.pop("curve", None)
     summary.pop("paired_vs_baseline", None)
@@ -67,6 +70,19 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text(card, encoding="utf-8")
     return path
+
+
+def other_breast_point(outcome: RecipeOutcome, classes) -> OtherBreastPoint:
+    """The operating point for an image read against her other breast, fitted like the plain one
+    on the pooled out-of-fold cases read that way; none (weight 0) when the data has no pairs."""
+    keys = record_breast_keys([c.record for c in outcome.cached])
+    paired = [k for k in keys.values() if k is not None]
+    if not outcome.cached or len({k[:2] for k in paired}) == len(paired):
+        return OtherBreastPoint()
+    by_class, gate = operating_point(cases_against_other_breast(outcome.cases, keys), outcome.recipe)
+    return OtherBreastPoint(weight=OTHER_BREAST_WEIGHT,
+                            thresholds=[round(float(min(max(by_class.get(c, 1.0), -1.0), 1.0)), 6) for c in classes],
+                            image_threshold=round(float(gate), 6))
 
 
 def seconds_per_image(model_path: Path, record, single_head=None, repeats: int = 2) -> Dict[str, float]:

@@ -43,7 +43,8 @@ from ..inference.predictor import CellHeatmaps
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import InferenceDefaults, ModelInfo
-from ..other_breast import OTHER_BREAST_WEIGHT, BreastKey, breast_key, scores_against_other_breast
+from ..other_breast import (OTHER_BREAST_WEIGHT, BreastKey, breast_key, other_breast_scores, relative_score,
+                            scores_against_other_breast)
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .cell_recipe import CellHeadRecipe
@@ -280,22 +281,51 @@ def record_breast_keys(records: Sequence[ImageRecord]) -> Dict[str, Optional[Bre
     return keys
 
 
+def cases_against_other_breast(cases: Sequence[ImageCase], keys: Dict[str, Optional[BreastKey]],
+                               weight: float = OTHER_BREAST_WEIGHT) -> List[ImageCase]:
+    """Each case read against her other breast (:mod:`MammoPatchLib.other_breast`): every finding's
+    score minus ``weight`` x the highest heatmap value of its class in the other breast, the image
+    score minus ``weight`` x the other's. A case without a pair stays as it is."""
+    ordered = [keys.get(c.image_id) for c in cases]
+    classes = sorted({name for c in cases for name in c.detections})
+    other_max = {name: other_breast_scores(ordered, [c.class_maximum(name) for c in cases]) for name in classes}
+    other_image = other_breast_scores(ordered, [c.image_score for c in cases])
+    out = []
+    for index, case in enumerate(cases):
+        if other_image[index] is None:
+            out.append(case)
+            continue
+        detections = {name: [(relative_score(s, other_max[name][index] or 0.0, weight), box, peak) for s, box, peak in dets]
+                      for name, dets in case.detections.items()}
+        out.append(replace(case, detections=detections,
+                           image_score=relative_score(case.image_score, other_image[index], weight)))
+    return out
+
+
 def other_breast_view(outcome: RecipeOutcome, draws: int = 1000) -> Optional[Dict[str, Any]]:
-    """The image AUC with each image's score read against her other breast
-    (:mod:`MammoPatchLib.other_breast`), its interval, and the paired bootstrap over women of its
-    difference from the plain score; None without the records (or without any pair)."""
+    """The figures with each image read against her other breast (:func:`cases_against_other_breast`):
+    the image AUC and the FROC with intervals, their paired bootstrap over women against the
+    plain reading, and the nested image-level view at operating points fitted on the relative
+    scores; None without the records (or without any pair)."""
     keys = record_breast_keys([c.record for c in outcome.cached])
     cases = outcome.cases
     relative = scores_against_other_breast([keys.get(c.image_id) for c in cases], [c.image_score for c in cases])
     if not any(r is not None for r in relative):
         return None
-    adjusted = [replace(c, image_score=c.image_score if r is None else r) for c, r in zip(cases, relative)]
     classes = outcome.recipe.classes
-    paired = paired_difference(cases, adjusted, classes, draws=draws)["image_auc"]
+    scores_only = [replace(c, image_score=c.image_score if r is None else r) for c, r in zip(cases, relative)]
+    paired = paired_difference(cases, scores_only, classes, draws=draws)["image_auc"]
+    adjusted = cases_against_other_breast(cases, keys)
+    pooled = lesion_metrics(adjusted, classes)
+    paired_findings = paired_difference(cases, adjusted, classes, draws=draws)
     return {"weight": OTHER_BREAST_WEIGHT, "paired_images": sum(r is not None for r in relative),
-            "image_auc": lesion_metrics(adjusted, classes)["image_auc"],
-            "interval": list(bootstrap_intervals(adjusted, classes, draws=draws)["image_auc"]),
-            "paired_vs_own_score": paired}
+            "image_auc": lesion_metrics(scores_only, classes)["image_auc"],
+            "interval": list(bootstrap_intervals(scores_only, classes, draws=draws)["image_auc"]),
+            "paired_vs_own_score": paired,
+            "findings": {"sensitivity_at_fp": pooled["all_classes_froc"], "score": pooled["score"],
+                         "intervals": bootstrap_intervals(adjusted, classes, draws=draws),
+                         "paired_vs_plain": {k: paired_findings[k] for k in ("sens@1", "score")},
+                         "operating": nested_operating_view(replace(outcome, cases=adjusted), draws)}}
 
 
 def _above(case: ImageCase, thresholds: Dict[str, float]) -> ImageCase:
@@ -341,7 +371,7 @@ def summarise(outcome: RecipeOutcome, draws: int = 1000) -> Dict[str, Any]:
 
 def _case_to_dict(case: ImageCase) -> Dict[str, Any]:
     return {"image_id": case.image_id, "patient_id": case.patient_id, "abnormal": case.abnormal,
-            "image_score": case.image_score,
+            "image_score": case.image_score, "class_maxima": case.class_maxima,
             "detections": {k: [[float(s), list(map(float, b)), list(map(float, p))] for s, b, p in v]
                            for k, v in case.detections.items()},
             "truths": {k: [list(map(float, b)) for b in v] for k, v in case.truths.items()}}
@@ -350,7 +380,8 @@ def _case_to_dict(case: ImageCase) -> Dict[str, Any]:
 def _case_from_dict(d: Dict[str, Any]) -> ImageCase:
     return ImageCase(d["image_id"], d["patient_id"], bool(d["abnormal"]), float(d["image_score"]),
                      {k: [(s, tuple(b), tuple(p)) for s, b, p in v] for k, v in d["detections"].items()},
-                     {k: [tuple(b) for b in v] for k, v in d["truths"].items()})
+                     {k: [tuple(b) for b in v] for k, v in d["truths"].items()},
+                     {k: float(v) for k, v in d.get("class_maxima", {}).items()})
 
 
 def save_outcome(outcome: RecipeOutcome, summary: Dict[str, Any], out_dir: Path) -> Path:
