@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import config_from_dict, config_to_dict
 
@@ -94,6 +94,20 @@ def breast_key(woman: str, view: str, side: str) -> Optional[BreastKey]:
     return (woman, (view or "").strip().upper(), side)
 
 
+def source_breast_key(source: Mapping[str, Any]) -> Optional[BreastKey]:
+    """The key of an image from its description (``MammogramImage.metadata()``, or the "source"
+    of its ``findings.json``): its study (or patient), view and side from the DICOM header; None
+    for a file that states no study or no side."""
+    return breast_key(source_study(source), str(source.get("view_position") or ""),
+                      str(source.get("laterality") or ""))
+
+
+def source_study(source: Mapping[str, Any]) -> str:
+    """The study an image belongs to (its StudyInstanceUID, else its PatientID; "" if neither)."""
+    uids = source.get("uids") or {}
+    return str(uids.get("StudyInstanceUID") or uids.get("PatientID") or "")
+
+
 def other_breast_scores(keys: Sequence[Optional[BreastKey]], scores: Sequence[Optional[float]]
                         ) -> List[Optional[float]]:
     """For each image, the highest score among the images of the other side (same woman, same
@@ -120,4 +134,4 @@ def scores_against_other_breast(keys: Sequence[Optional[BreastKey]], scores: Seq
             for score, other in zip(scores, others)]
 
 
-__all__ = ["OTHER_BREAST_WEIGHT", "OtherBreastPoint", "relative_score", "threshold_against_other_breast", "BreastKey", "breast_key", "other_breast_scores", "scores_against_other_breast"]
+__all__ = ["OTHER_BREAST_WEIGHT", "OtherBreastPoint", "relative_score", "threshold_against_other_breast", "BreastKey", "breast_key", "source_breast_key", "source_study", "other_breast_scores", "scores_against_other_breast"]

@@ -253,6 +253,10 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     assert "pooled out-of-fold" in card and "tiny" in card and "--folds 2" in card
     assert "(2 folds x 2 seeds)" in card
     assert "read against the same view of her other breast" in card
+    point = model.info.inference.other_breast  # the synthetic women have both breasts of each view
+    assert point.active and len(point.thresholds) == 10
+    assert "findings vs other breast" in (out / "report" / "crossval.md").read_text(encoding="utf-8")
+    assert set(other["findings"]["sensitivity_at_fp"]) == {"0.25", "0.5", "1", "2", "4"}
 
 
 def test_films_without_a_side_pair_only_when_a_woman_has_two_of_the_view():
@@ -325,6 +329,101 @@ def test_out_of_fold_findings_equal_the_predict_path(crossval_run, tmp_path):
         fresh = sorted((f.category, round(f.score, 2), tuple(f.peak_px)) for f in result.findings)
         cached_view = sorted((name, round(s, 2), tuple(p)) for name, dets in case.detections.items() for s, b, p in dets)
         assert fresh == cached_view
+
+
+def test_findings_read_against_the_other_breast_equal_cross_validations_relative_reading(crossval_run, tmp_path):
+    """The Predictor's reading of a pair at the model's operating point for pairs keeps exactly
+    the findings whose relative score (cross-validation's reading) reaches the pair thresholds."""
+    out, _ = crossval_run
+    from dataclasses import replace
+
+    from MammoPatchLib.datasets import load_records
+    from MammoPatchLib.evaluation.lesions import candidate_predictor
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.io import read_mammogram
+    from MammoPatchLib.model_file import build_network, load_model, save_model
+    from MammoPatchLib.other_breast import OTHER_BREAST_WEIGHT, OtherBreastPoint
+    from MammoPatchLib.training.crossval import (cases_against_other_breast, cell_model_info, out_of_fold_cases,
+                                                 record_breast_keys)
+    from MammoPatchLib.training.feature_cache import build_cache
+
+    recipe = CellHeadRecipe(name="tiny", bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=256,
+                            classes=["Mass", "Suspicious Calcification"])
+    records, _ = load_records("synthetic:4", work_dir=out / "report")
+    cached, _ = build_cache(records, cell_model_info(recipe), out / "report" / "feature-cache", progress=False)
+    keys = record_breast_keys(records)
+    first = cached[0]
+    partner = next(c for c in cached if keys[c.record.image_id][:2] == keys[first.record.image_id][:2]
+                   and c is not first)
+    fitted = [fit_cell_head(cached[4:], recipe, list(cell_model_info(recipe).classes), seed=0)]
+    info = cell_model_info(recipe)
+    network = build_network(info, pretrained=True).eval()
+    network.head.load_state_dict(fitted[0].to_head(network.features.out_channels).state_dict())
+    save_model(network, info, tmp_path / "fold.pt")
+    cases = out_of_fold_cases(fitted, [first, partner], recipe, candidate_predictor(load_model(tmp_path / "fold.pt"),
+                                                                                    device="cpu", classes=recipe.classes))
+    relative = cases_against_other_breast(cases, keys)
+    assert relative[0].image_score == pytest.approx(cases[0].image_score - OTHER_BREAST_WEIGHT * cases[1].image_score)
+
+    scores = sorted(s for dets in relative[0].detections.values() for s, _, _ in dets)
+    cut = round(float(np.median(scores)), 4)  # a bar that keeps some and drops some
+    pair_thresholds = [cut] * len(info.classes)
+    paired_info = replace(info, inference=replace(info.inference, other_breast=OtherBreastPoint(
+        OTHER_BREAST_WEIGHT, pair_thresholds, 0.0)))
+    save_model(network, paired_info, tmp_path / "paired.pt")
+    model = load_model(tmp_path / "paired.pt")
+    assert model.info.inference.other_breast.thresholds == pair_thresholds
+    predictor = Predictor(model, device="cpu", classes=recipe.classes,
+                          detection=replace(info.inference.detection, max_per_class=10))
+    assert predictor.reads_other_breast
+    results = [predictor.predict_image(read_mammogram(c.record.path)) for c in (first, partner)]
+    read = predictor.against_other_breast(results[0], results[1])
+    assert read.other_breast["image"] == str(results[1].image.path)
+    fresh = sorted((f.category, round(f.score, 3), tuple(f.peak_px)) for f in read.findings)
+    expected = sorted((name, round(s + OTHER_BREAST_WEIGHT * cases[1].class_maxima[name], 3), tuple(p))
+                      for name, dets in relative[0].detections.items() for s, b, p in dets if s >= cut)
+    assert fresh == expected and 0 < len(expected) < len(scores)
+    with_own_thresholds = Predictor(model, device="cpu", thresholds=[0.5] * len(info.classes))
+    assert not with_own_thresholds.reads_other_breast  # your thresholds: a single-image operating point
+
+
+def test_a_batch_reads_the_two_breasts_of_a_view_against_each_other(crossval_run, tmp_path):
+    """Two DICOM files of one study and view, other sides, three images apart: each is written
+    read against the other, as the Predictor reads the pair; a film of another view, and the
+    pair when it lies further apart than the batch waits, are read alone."""
+    out, _ = crossval_run
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.io import read_mammogram
+    from MammoPatchLib.model_file import load_model
+    from MammoPatchLib.prediction.runner import PAIR_PATIENCE
+    from MammoPatchLib.results.files import findings_document
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    def film(name, side, view, seed, study="1.2.3.4"):
+        phantom = synthesize_mammogram(shape=(400, 320), laterality=side, view_position=view, seed=seed)
+        return write_dicom(phantom, tmp_path / "in" / f"{name}.dcm", study_uid=study)
+
+    (tmp_path / "in").mkdir()
+    files = [film("a-left-cc", "L", "CC", 1), film("b-left-mlo", "L", "MLO", 2), film("c-other-study", "R", "CC", 3,
+                                                                                      "9.9"),
+             film("d-right-cc", "R", "CC", 4)]
+    model = load_model(out / "model.pt")
+    predictor = Predictor(model, device="cpu")
+    rows = predict_files(files, tmp_path / "out", predictor=predictor, progress=False, workers=1)
+    assert [r.image for r in rows] == files and all(not r.failed for r in rows)
+    documents = {Path(r.image).stem: findings_document(r.output) for r in rows}
+    assert documents["a-left-cc"]["other_breast"]["image"] == files[3]
+    assert documents["d-right-cc"]["other_breast"]["image"] == files[0]
+    assert documents["b-left-mlo"]["other_breast"] is None and documents["c-other-study"]["other_breast"] is None
+    alone = [predictor.predict_image(read_mammogram(f)) for f in (files[0], files[3])]
+    read = predictor.against_other_breast(alone[0], alone[1])
+    assert [f["score"] for f in documents["a-left-cc"]["findings"]] == pytest.approx([f.score for f in read.findings],
+                                                                                   abs=1e-4)
+    far = files[:1] + [film(f"x{k}", "L", "MLO", 10 + k) for k in range(PAIR_PATIENCE)] + files[3:]
+    rows = predict_files(far, tmp_path / "far", predictor=predictor, progress=False, workers=0)
+    assert findings_document(rows[0].output)["other_breast"] is None and findings_document(rows[-1].output)[
+        "other_breast"] is None
 
 
 def test_bootstraps_fast_figures_equal_the_froc_of_lesion_metrics():

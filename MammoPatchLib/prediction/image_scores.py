@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..io.atomic import atomic_path
 from ..results.files import findings_document
-from ..other_breast import breast_key, other_breast_scores, scores_against_other_breast
+from ..other_breast import other_breast_scores, scores_against_other_breast, source_breast_key, source_study
 from ..vocabulary import PathLike
 from .rows import Row
 
@@ -35,13 +35,11 @@ def image_score_rows(rows: Sequence[Row]) -> List[Dict[str, str]]:
         if document is None:
             continue
         source = document.get("source", {})
-        uids = source.get("uids", {})
-        study = uids.get("StudyInstanceUID") or uids.get("PatientID") or ""
+        key = source_breast_key(source)
         score = document.get("image_score")
-        entries.append((row.image, study, source.get("view_position", ""), source.get("laterality", ""),
-                        float(score) if isinstance(score, (int, float)) else None))
-    keys = [breast_key(study, view, side) for _, study, view, side, _ in entries]
-    scores = [entry[4] for entry in entries]
+        entries.append((row.image, key, source, float(score) if isinstance(score, (int, float)) else None))
+    keys = [entry[1] for entry in entries]
+    scores = [entry[3] for entry in entries]
     others = other_breast_scores(keys, scores)
     against = scores_against_other_breast(keys, scores, others=others)
 
@@ -49,8 +47,10 @@ def image_score_rows(rows: Sequence[Row]) -> List[Dict[str, str]]:
         return "" if value is None else f"{value:.4f}"
 
     return [{"image": image, "image_score": text(score), "other_breast_score": text(other),
-             "image_score_vs_other_breast": text(relative), "study": study, "view": view, "laterality": side}
-            for (image, study, view, side, score), other, relative in zip(entries, others, against)]
+             "image_score_vs_other_breast": text(relative), "study": source_study(source),
+             "view": source.get("view_position", "") or "", "laterality": source.get("laterality", "") or ""}
+            for (image, key, source, score), other, relative in zip(entries, others, against)]
+
 
 
 def write_image_scores(rows: Sequence[Row], root: PathLike) -> str:

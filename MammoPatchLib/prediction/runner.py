@@ -12,6 +12,9 @@ three stages of one image (:class:`~MammoPatchLib.prediction.stages.ImagePipelin
   thread computes the full-size heatmaps and writes and publishes the outputs of the previous
   image (at most ``MAX_PENDING_WRITES`` waiting). OpenCV, NumPy, PyTorch and SimpleITK release
   the GIL in the heavy parts. ``workers=0`` runs the three stages in turn on the main thread.
+- Pairs: when the model carries an operating point for pairs, an image waits (at most
+  ``PAIR_PATIENCE`` images) for the other breast of its view (same study, same view, the
+  other ImageLaterality), and both are written read against each other (:class:`PairWait`).
 - Resuming: an image whose output folder exists is not loaded: with ``resume`` it is "done
   earlier" (its row read back from its findings), with ``overwrite`` it is recomputed, with
   neither it fails without touching the folder.
@@ -26,11 +29,13 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..distributed import RankContext
 from ..errors import Cancelled, MammoPatchError
+from ..other_breast import BreastKey, source_breast_key
 from ..results.files import findings_in
 from ..vocabulary import Status
 from .folder import OutputFolder
@@ -94,6 +99,7 @@ class _RankBatch:
         self.resume, self.overwrite = resume, overwrite
         self.rows: List[Row] = []
         self.rank_file = folder.root / f"results-rank{ctx.rank}.csv" if ctx.distributed else None
+        self.pairs = PairWait(pipeline)
 
     def run(self, workers: int, progress: bool, on_image: Optional[ImageCallback],
             on_result: Optional[Callable[[Row], None]], on_progress: Optional[ProgressCallback]) -> List[Row]:
@@ -127,10 +133,12 @@ class _RankBatch:
                     if on_image is not None:
                         on_image(position, len(self.jobs), job.path)
                     image_progress = _image_progress(on_progress, position, len(self.jobs), job.name)
-                    writing.append(self._process(job, loading.pop(job.index, None), writer if workers else None,
+                    writing.extend(self._process(job, loading.pop(job.index, None), writer if workers else None,
                                                  image_progress))
                     while len(writing) > MAX_PENDING_WRITES or (writing and writing[0][1].done()):
                         record(*writing.popleft())
+                writing.extend(self._written(job, inferred, start, writer if workers else None)
+                               for job, inferred, start in self.pairs.release_all())
                 while writing:
                     record(*writing.popleft())
         except Cancelled:
@@ -140,6 +148,7 @@ class _RankBatch:
         finally:
             if bar is not None:
                 bar.close()
+        self.rows.sort(key=lambda r: int(r.index))  # an image that waited for its pair was written later
         return self.rows
 
     def _load_ahead(self, loaders: ThreadPoolExecutor, loading: Dict[int, Future], position: int,
@@ -153,27 +162,38 @@ class _RankBatch:
         return self.overwrite or not self.folder.is_complete(job.name)
 
     def _process(self, job: Job, loading: Optional[Future], writer: Optional[ThreadPoolExecutor],
-                 image_progress: Optional[ProgressCallback]) -> Tuple[Job, Future, float]:
-        """One job through its stages: (job, the future of its row, when its work began). The
-        row is written on ``writer`` while the next image runs, or here without one."""
+                 image_progress: Optional[ProgressCallback]) -> List[Tuple[Job, Future, float]]:
+        """One job through its stages: [(job, the future of its row, when its work began)] for
+        the images whose rows are on their way: none while this image waits for the other breast
+        of its view, two when it completes a pair. A row is written on ``writer`` while the next
+        image runs, or here without one."""
         loaded = loading.result() if loading is not None else None
         start = time.perf_counter()
         done: Future = Future()
         blocked = self.folder.in_the_way(job.name)
         if blocked is not None:  # a user's file or folder: never moved, replaced or deleted
             done.set_result(Row(image=str(job.path), status=Status.FAILED, error=str(MammoPatchError(blocked, job.path))))
-            return job, done, start
+            return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
         if not self._needs_loading(job):
             done.set_result(self._existing(job))
-            return job, done, start
+            return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
         inferred = self._infer(job, loaded if loaded is not None else self.pipeline.load(job.path, job.spacing_mm),
                                image_progress)
         if isinstance(inferred, Failure):
             done.set_result(_failed(inferred))
-        elif writer is None:
-            done.set_result(self._write(job, inferred))
-        else:
-            done = writer.submit(self._write, job, inferred)
+            return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
+        return self._written_all(self.pairs.offer(job, inferred, start), writer)
+
+    def _written_all(self, ready: List[Tuple[Job, Inferred, float]],
+                     writer: Optional[ThreadPoolExecutor]) -> List[Tuple[Job, Future, float]]:
+        return [self._written(job, inferred, start, writer) for job, inferred, start in ready]
+
+    def _written(self, job: Job, inferred: Inferred, start: float,
+                 writer: Optional[ThreadPoolExecutor]) -> Tuple[Job, Future, float]:
+        if writer is not None:
+            return job, writer.submit(self._write, job, inferred), start
+        done: Future = Future()
+        done.set_result(self._write(job, inferred))
         return job, done, start
 
     def _existing(self, job: Job) -> Row:
@@ -211,6 +231,60 @@ class _RankBatch:
                            type(outcome.error).__name__, outcome.error)
             outcome = self.pipeline.write(inferred, self.folder, job.name)
         return _failed(outcome) if isinstance(outcome, Failure) else outcome
+
+
+#: Images a batch goes on to after one whose other breast it has not met yet, before that one
+#: is written as read alone (a VinDr study's four views lie side by side in a sorted batch).
+PAIR_PATIENCE = 3
+
+
+@dataclass
+class _Waiting:
+    job: Job
+    inferred: Inferred
+    start: float
+    key: BreastKey
+    age: int = 0
+
+
+class PairWait:
+    """Images held back until the other breast of their view has been predicted too, so that
+    both are read against each other (:meth:`ImagePipeline.against_other_breast`), when the
+    model carries an operating point for pairs. An image whose other breast does not come
+    within :data:`PAIR_PATIENCE` images (or is on another rank, or was done earlier in a
+    resumed batch) is read alone; its ``findings.json`` says which reading it got."""
+
+    def __init__(self, pipeline: ImagePipeline, patience: int = PAIR_PATIENCE) -> None:
+        self.pipeline, self.patience = pipeline, patience
+        self.enabled = pipeline.predictor.reads_other_breast
+        self.waiting: List[_Waiting] = []
+
+    def offer(self, job: Job, inferred: Inferred, start: float) -> List[Tuple[Job, Inferred, float]]:
+        """The images ready to be written once ``inferred`` is known (oldest first)."""
+        ready = self.tick()
+        key = source_breast_key(inferred.loaded.image.metadata()) if self.enabled else None
+        if key is None:
+            return ready + [(job, inferred, start)]
+        match = next((w for w in self.waiting if w.key[:2] == key[:2] and w.key[2] != key[2]), None)
+        if match is None:
+            self.waiting.append(_Waiting(job, inferred, start, key))
+            return ready
+        self.waiting.remove(match)
+        return ready + [(match.job, self.pipeline.against_other_breast(match.inferred, inferred), match.start),
+                        (job, self.pipeline.against_other_breast(inferred, match.inferred), start)]
+
+    def tick(self) -> List[Tuple[Job, Inferred, float]]:
+        """One more image has gone by: those that waited too long, to be written as read alone."""
+        for waiting in self.waiting:
+            waiting.age += 1
+        late = [w for w in self.waiting if w.age > self.patience]
+        self.waiting = [w for w in self.waiting if w.age <= self.patience]
+        return [(w.job, w.inferred, w.start) for w in late]
+
+    def release_all(self) -> List[Tuple[Job, Inferred, float]]:
+        """The end of the batch: every image still waiting, read alone."""
+        late, self.waiting = self.waiting, []
+        return [(w.job, w.inferred, w.start) for w in late]
 
 
 def _image_progress(on_progress: Optional[ProgressCallback], position: int, count: int,

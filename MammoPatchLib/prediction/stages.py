@@ -152,6 +152,26 @@ class ImagePipeline:
         except Exception as exc:  # noqa: BLE001 - reported by the caller
             return Failure(loaded.source, exc, "infer")
 
+    def against_other_breast(self, inferred: Inferred, other: Inferred) -> Inferred:
+        """Stage 2 for one of a pair: ``inferred``'s findings picked again at the model's
+        operating point for pairs, against ``other`` (the same view of her other breast;
+        :meth:`Predictor.against_other_breast`), its Grad-CAM maps made for those findings.
+        On an unexpected error the image keeps its own reading, with a warning: nothing is lost."""
+        try:
+            result = self.predictor.against_other_breast(inferred.result, other.result)
+            if result is inferred.result:
+                return inferred
+            maps: List[ActivationMap] = []
+            if self.outputs.activation_maps and result.findings:
+                maps = activation_maps(self.predictor, inferred.loaded.image, result, self.outputs.activation_maps)
+            return Inferred(inferred.loaded, result, maps)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the single-image reading stands
+            logger.warning("%s: could not read it against %s (%s); its findings are its own",
+                           inferred.loaded.source, other.loaded.source, exc)
+            return inferred
+
     def write(self, inferred: Inferred, folder: OutputFolder, name: str) -> Union[Row, Failure]:
         """Stage 3: write every output into a private folder, publish it as ``folder/name``
         (replacing an older one: whether that may happen is the batch's decision, made before

@@ -152,6 +152,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
         "classes": result.classes,
         "thresholds": result.thresholds,
         "image_score": round(result.image_score, 6),
+        "other_breast": result.other_breast or None,
         "heatmaps": {"classes": classes, "spacing_mm": [map_geometry.spacing[1], map_geometry.spacing[0]]
                      if classes else None, "every_nth_pixel": step, "dtype": options.heatmap_dtype,
                      "scale": (1 / 255) if options.heatmap_dtype == HeatmapDtype.UINT8 else 1.0},
