@@ -252,7 +252,7 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     card = (out / "model.md").read_text(encoding="utf-8")
     assert "pooled out-of-fold" in card and "tiny" in card and "--folds 2" in card
     assert "(2 folds x 2 seeds)" in card
-    assert "read against the same view of her other breast" in card
+    assert "read against the same view of her other breast" in card and "Both breasts of a view read together" in card
     point = model.info.inference.other_breast  # the synthetic women have both breasts of each view
     assert point.active and len(point.thresholds) == 10
     assert "findings vs other breast" in (out / "report" / "crossval.md").read_text(encoding="utf-8")
@@ -424,6 +424,28 @@ def test_a_batch_reads_the_two_breasts_of_a_view_against_each_other(crossval_run
     rows = predict_files(far, tmp_path / "far", predictor=predictor, progress=False, workers=0)
     assert findings_document(rows[0].output)["other_breast"] is None and findings_document(rows[-1].output)[
         "other_breast"] is None
+
+
+def test_a_manifest_states_study_view_and_side_of_films_that_do_not(crossval_run, tmp_path):
+    """PNG films say nothing of the woman or the side: a manifest's study, view and laterality
+    columns pair them, and their findings.json records what was stated."""
+    out, _ = crossval_run
+    from PIL import Image
+
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.results.files import findings_document
+    from MammoPatchLib.synthetic import synthesize_mammogram
+
+    for name, side, seed in (("left", "L", 1), ("right", "R", 2)):
+        pixels = synthesize_mammogram(shape=(400, 320), laterality=side, seed=seed, bits_stored=8).pixels
+        Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / f"{name}.png")
+    manifest = tmp_path / "films.csv"
+    manifest.write_text("path,spacing_mm,study,view,laterality\nleft.png,0.2,woman-7,cc,l\nright.png,0.2,woman-7,CC,R\n")
+    rows = predict_files([manifest], tmp_path / "out", model=out / "model.pt", device="cpu", progress=False)
+    left, right = (findings_document(r.output) for r in rows)
+    assert left["source"]["laterality"] == "L" and left["source"]["view_position"] == "CC"
+    assert left["source"]["uids"]["StudyInstanceUID"] == "woman-7"
+    assert left["other_breast"]["image"].endswith("right.png") and right["other_breast"]["image"].endswith("left.png")
 
 
 def test_bootstraps_fast_figures_equal_the_froc_of_lesion_metrics():

@@ -56,6 +56,7 @@ def test_manifest_paths_are_relative_to_it_and_carry_spacing(tmp_path):
     ("path,spacing_mm\nx.dcm,0.1\ny.dcm,-1\n", "line 3"),
     ("path\n\n\"\"\n", "empty path"),
     ("path\nx.dcm,0.1\n", "more fields"),
+    ("path,laterality\nx.png,left\n", "line 2: laterality must be L or R"),
 ])
 def test_a_bad_manifest_is_refused_naming_file_and_line(tmp_path, content, expected):
     manifest = tmp_path / "m.csv"

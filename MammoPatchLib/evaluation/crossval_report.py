@@ -75,6 +75,24 @@ def findings_vs_other_breast_phrase(view: Optional[Dict[str, Any]]) -> str:
             f"{_f(op['abnormal_with_finding'])} / {_f(op['normal_without_finding'])}")
 
 
+def _pairs_paragraph(view: Optional[Dict[str, Any]]) -> List[str]:
+    """The card's paragraph on both breasts of a view read together (a batch that holds them)."""
+    findings = (view or {}).get("findings")
+    if not findings:
+        return []
+    sens, iv, op = findings["sensitivity_at_fp"], findings["intervals"], findings["operating"]
+    p = findings["paired_vs_plain"]["sens@1"]
+    return [f"Both breasts of a view read together (a batch that holds both DICOM files of a study's view: each "
+            f"finding's score minus {view['weight']} x the highest value of its class in the other breast, the image "
+            f"score likewise; the model's operating point for pairs): sensitivity at 0.25/0.5/1/2/4 FP/image "
+            + "/".join(_f(sens.get(str(r))) for r in FP_RATES) + f", at 1 FP/image {_f(sens.get('1'))}"
+            f"{_ci(iv.get('sens@1'))}, paired against the single-image reading {p['difference']:+.3f} "
+            f"({_f(p['low'], 3)} to {_f(p['high'], 3)}); at that operating point (nested) "
+            f"{_f(100 * op['abnormal_with_finding'], 0)} %{_pct_ci(op, 'abnormal_with_finding')} of abnormal images "
+            f"get a finding, {_f(100 * op['normal_without_finding'], 0)} %{_pct_ci(op, 'normal_without_finding')} of "
+            f"normal images get none, {_f(op['false_findings_per_image'])} false findings per image.", ""]
+
+
 def per_class_table(row: Dict[str, Any]) -> List[str]:
     lines = ["| class | lesions | " + " | ".join(f"{r} FP" for r in FP_RATES) + " |",
              "|---|---|" + "---|" * len(FP_RATES)]
@@ -204,6 +222,7 @@ def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, 
         "none; "
         f"{_f(op['false_findings_per_image'])} false findings per image; {_f(100 * op['lesions_hit'], 0)} % of "
         "lesions are hit by a finding.", "",
+        *_pairs_paragraph(summary.get("other_breast")),
         "Per class (pooled out-of-fold; a class's false positives per image count only that class's findings, so "
         "each row sits above the all-classes row, where every class's false findings count together):", "",
         *per_class_table(summary), "",

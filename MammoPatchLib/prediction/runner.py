@@ -156,7 +156,7 @@ class _RankBatch:
         """Start loading the next ``2 x workers`` images that need it."""
         for job in self.jobs[position:position + 2 * workers]:
             if job.index not in loading and self._needs_loading(job):
-                loading[job.index] = loaders.submit(self.pipeline.load, job.path, job.spacing_mm)
+                loading[job.index] = loaders.submit(self.pipeline.load, job.path, job.spacing_mm, job.stated)
 
     def _needs_loading(self, job: Job) -> bool:
         return self.overwrite or not self.folder.is_complete(job.name)
@@ -177,7 +177,7 @@ class _RankBatch:
         if not self._needs_loading(job):
             done.set_result(self._existing(job))
             return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
-        inferred = self._infer(job, loaded if loaded is not None else self.pipeline.load(job.path, job.spacing_mm),
+        inferred = self._infer(job, loaded if loaded is not None else self.pipeline.load(job.path, job.spacing_mm, job.stated),
                                image_progress)
         if isinstance(inferred, Failure):
             done.set_result(_failed(inferred))
@@ -219,7 +219,7 @@ class _RankBatch:
         if isinstance(outcome, Failure) and outcome.worth_retrying:
             logger.warning("%s: unexpected %s (%s); retrying once", job.path, type(outcome.error).__name__,
                            outcome.error)
-            again = self.pipeline.load(job.path, job.spacing_mm)
+            again = self.pipeline.load(job.path, job.spacing_mm, job.stated)
             outcome = again if isinstance(again, Failure) else self.pipeline.infer(again, image_progress)
         return outcome
 

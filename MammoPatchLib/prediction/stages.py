@@ -38,6 +38,7 @@ from ..results.files import OutputOptions, write_result
 from ..transforms import PreprocessedImage
 from ..vocabulary import PathLike, Status
 from .folder import OutputFolder
+from .jobs import Stated
 from .rows import Row
 
 logger = logging.getLogger(__name__)
@@ -130,11 +131,15 @@ class ImagePipeline:
         self.predictor = predictor
         self.outputs = outputs or OutputOptions()
 
-    def load(self, source: ImageSource, spacing_mm: Optional[float] = None) -> Union[Loaded, Failure]:
-        """Stage 1: read, validate, check against the model, preprocess."""
+    def load(self, source: ImageSource, spacing_mm: Optional[float] = None,
+             stated: Optional[Stated] = None) -> Union[Loaded, Failure]:
+        """Stage 1: read, validate, check against the model, preprocess; ``stated``: what a
+        batch's manifest says of the film (study, view, side) where the file says nothing."""
         name = _source_name(source)
         try:
             image = image_from(source, spacing_mm)
+            if stated is not None:
+                stated.apply_to(image)
             return Loaded(source=name, image=image, prepared=self.predictor.prepare(image))
         except Exception as exc:  # noqa: BLE001 - reported by the caller
             return Failure(name, exc, "load")
