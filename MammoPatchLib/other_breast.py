@@ -134,4 +134,5 @@ def scores_against_other_breast(keys: Sequence[Optional[BreastKey]], scores: Seq
             for score, other in zip(scores, others)]
 
 
-__all__ = ["OTHER_BREAST_WEIGHT", "OtherBreastPoint", "relative_score", "threshold_against_other_breast", "BreastKey", "breast_key", "source_breast_key", "source_study", "other_breast_scores", "scores_against_other_breast"]
+__all__ = ["OTHER_BREAST_WEIGHT", "OtherBreastPoint", "relative_score", "threshold_against_other_breast", "BreastKey",
+           "breast_key", "source_breast_key", "source_study", "other_breast_scores", "scores_against_other_breast"]

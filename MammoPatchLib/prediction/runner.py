@@ -177,8 +177,9 @@ class _RankBatch:
         if not self._needs_loading(job):
             done.set_result(self._existing(job))
             return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
-        inferred = self._infer(job, loaded if loaded is not None else self.pipeline.load(job.path, job.spacing_mm, job.stated),
-                               image_progress)
+        if loaded is None:
+            loaded = self.pipeline.load(job.path, job.spacing_mm, job.stated)
+        inferred = self._infer(job, loaded, image_progress)
         if isinstance(inferred, Failure):
             done.set_result(_failed(inferred))
             return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)

@@ -295,8 +295,8 @@ def cases_against_other_breast(cases: Sequence[ImageCase], keys: Dict[str, Optio
         if other_image[index] is None:
             out.append(case)
             continue
-        detections = {name: [(relative_score(s, other_max[name][index] or 0.0, weight), box, peak) for s, box, peak in dets]
-                      for name, dets in case.detections.items()}
+        detections = {name: [(relative_score(s, other_max[name][index] or 0.0, weight), box, peak)
+                             for s, box, peak in dets] for name, dets in case.detections.items()}
         out.append(replace(case, detections=detections,
                            image_score=relative_score(case.image_score, other_image[index], weight)))
     return out
