@@ -253,10 +253,12 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     assert "pooled out-of-fold" in card and "tiny" in card and "--folds 2" in card
     assert "(2 folds x 2 seeds)" in card
     assert "read against the same view of her other breast" in card and "Both breasts of a view read together" in card
+    assert "any finding at 1 FP/image" in card
     point = model.info.inference.other_breast  # the synthetic women have both breasts of each view
     assert point.active and len(point.thresholds) == 10
     assert "findings vs other breast" in (out / "report" / "crossval.md").read_text(encoding="utf-8")
     assert set(other["findings"]["sensitivity_at_fp"]) == {"0.25", "0.5", "1", "2", "4"}
+    assert "difference" in other["findings"]["any_finding"]["paired_vs_plain"]
 
 
 def test_films_without_a_side_pair_only_when_a_woman_has_two_of_the_view():

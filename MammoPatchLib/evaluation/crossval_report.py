@@ -87,10 +87,20 @@ def _pairs_paragraph(view: Optional[Dict[str, Any]]) -> List[str]:
             f"score likewise; the model's operating point for pairs): sensitivity at 0.25/0.5/1/2/4 FP/image "
             + "/".join(_f(sens.get(str(r))) for r in FP_RATES) + f", at 1 FP/image {_f(sens.get('1'))}"
             f"{_ci(iv.get('sens@1'))}, paired against the single-image reading {p['difference']:+.3f} "
-            f"({_f(p['low'], 3)} to {_f(p['high'], 3)}); at that operating point (nested) "
+            f"({_f(p['low'], 3)} to {_f(p['high'], 3)}){_pairs_any_finding(findings.get('any_finding'))}; at that "
+            f"operating point (nested) "
             f"{_f(100 * op['abnormal_with_finding'], 0)} %{_pct_ci(op, 'abnormal_with_finding')} of abnormal images "
             f"get a finding, {_f(100 * op['normal_without_finding'], 0)} %{_pct_ci(op, 'normal_without_finding')} of "
             f"normal images get none, {_f(op['false_findings_per_image'])} false findings per image.", ""]
+
+
+def _pairs_any_finding(anywhere: Optional[Dict[str, Any]]) -> str:
+    if not anywhere:
+        return ""
+    p = anywhere["paired_vs_plain"]
+    return (f"; any finding at 1 FP/image {_f(anywhere['sensitivity_at_fp'].get('1'))}"
+            f"{_ci(anywhere['intervals'].get('sens@1'))}, paired {p['difference']:+.3f} ({_f(p['low'], 3)} to "
+            f"{_f(p['high'], 3)})")
 
 
 def per_class_table(row: Dict[str, Any]) -> List[str]:

@@ -318,6 +318,11 @@ def other_breast_view(outcome: RecipeOutcome, draws: int = 1000) -> Optional[Dic
     adjusted = cases_against_other_breast(cases, keys)
     pooled = lesion_metrics(adjusted, classes)
     paired_findings = paired_difference(cases, adjusted, classes, draws=draws)
+    anywhere = any_finding_summary(adjusted, classes, draws=draws)
+    anywhere.pop("curve", None)
+    anywhere["paired_vs_plain"] = paired_difference([any_finding_case(c, classes) for c in cases],
+                                                    [any_finding_case(c, classes) for c in adjusted], [ANY_FINDING],
+                                                    draws=draws)["sens@1"]
     return {"weight": OTHER_BREAST_WEIGHT, "paired_images": sum(r is not None for r in relative),
             "image_auc": lesion_metrics(scores_only, classes)["image_auc"],
             "interval": list(bootstrap_intervals(scores_only, classes, draws=draws)["image_auc"]),
@@ -325,6 +330,7 @@ def other_breast_view(outcome: RecipeOutcome, draws: int = 1000) -> Optional[Dic
             "findings": {"sensitivity_at_fp": pooled["all_classes_froc"], "score": pooled["score"],
                          "intervals": bootstrap_intervals(adjusted, classes, draws=draws),
                          "paired_vs_plain": {k: paired_findings[k] for k in ("sens@1", "score")},
+                         "any_finding": anywhere,
                          "operating": nested_operating_view(replace(outcome, cases=adjusted), draws)}}
 
 
