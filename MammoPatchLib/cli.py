@@ -143,6 +143,9 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", type=_probability, nargs="+", default=None,
                         help="per-class probability thresholds (one per model class); they replace the model's "
                              "operating point, its image gate included")
+    parser.add_argument("--alone", dest="other_breast", action="store_false",
+                        help="read every image alone, even where the batch holds the other breast of its view "
+                             "(default: both breasts of a view are read against each other when the model can)")
     parser.add_argument("--format", nargs="+", choices=list(VOLUME_FORMATS), default=["nrrd"], dest="formats",
                         help="volume format(s) of the heatmaps and label map (default: nrrd)")
     parser.add_argument("--heatmaps", choices=HEATMAP_CHOICES, default=HeatmapChoice.SELECTED.value,
@@ -171,7 +174,8 @@ def _options(args: argparse.Namespace, dicom: bool = False):
 
     predict = PredictOptions(mode=args.mode, device=args.device, sw_batch_size=args.batch_size, blend=args.blend,
                              scales=tuple(args.scales), flip_tta=args.flip_tta, compile=args.compile,
-                             classes=args.classes, thresholds=args.thresholds, progress=not args.no_progress)
+                             classes=args.classes, thresholds=args.thresholds, progress=not args.no_progress,
+                             other_breast=args.other_breast)
     outputs = OutputOptions(formats=tuple(args.formats), heatmaps=args.heatmaps,
                             heatmap_spacing_mm=args.heatmap_spacing, heatmap_dtype=args.heatmap_dtype,
                             dicom=args.dicom_out or dicom, activation_maps=args.activation_maps)

@@ -422,6 +422,9 @@ def test_a_batch_reads_the_two_breasts_of_a_view_against_each_other(crossval_run
     read = predictor.against_other_breast(alone[0], alone[1])
     assert [f["score"] for f in documents["a-left-cc"]["findings"]] == pytest.approx([f.score for f in read.findings],
                                                                                    abs=1e-4)
+    rows = predict_files(files, tmp_path / "alone", predictor=Predictor(model, device="cpu", other_breast=False),
+                         progress=False)
+    assert all(findings_document(r.output)["other_breast"] is None for r in rows)
     far = files[:1] + [film(f"x{k}", "L", "MLO", 10 + k) for k in range(PAIR_PATIENCE)] + files[3:]
     rows = predict_files(far, tmp_path / "far", predictor=predictor, progress=False, workers=0)
     assert findings_document(rows[0].output)["other_breast"] is None and findings_document(rows[-1].output)[

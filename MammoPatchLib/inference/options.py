@@ -38,6 +38,8 @@ class PredictOptions:
         compile: ``torch.compile`` the network (CUDA; pays off over many images).
         preprocessing: preprocessing parameters replacing the model's (the target spacing
             still follows the model's spacing and ``scales``).
+        other_breast: read the two breasts of a view against each other when a batch holds
+            both and the model carries an operating point for pairs (False: every image alone).
     """
 
     mode: str = DEFAULT_MODE
@@ -53,6 +55,7 @@ class PredictOptions:
     detection: Optional[DetectionConfig] = None
     compile: bool = False
     preprocessing: Optional[PreprocessConfig] = None
+    other_breast: bool = True
 
     def __post_init__(self) -> None:
         def keep(name: str, value: Any) -> None:

@@ -348,9 +348,10 @@ class Predictor:
     @property
     def reads_other_breast(self) -> bool:
         """Whether :meth:`against_other_breast` changes anything: the model carries an operating
-        point for pairs and the caller kept the model's thresholds (your thresholds are for
-        single images)."""
-        return self.model.info.inference.other_breast.active and self.options.thresholds is None
+        point for pairs, the caller kept the model's thresholds (your thresholds are for
+        single images) and did not ask for every image alone (``other_breast=False``)."""
+        return (self.model.info.inference.other_breast.active and self.options.thresholds is None
+                and self.options.other_breast)
 
     def against_other_breast(self, result: PredictionResult, other: PredictionResult) -> PredictionResult:
         """``result`` with its findings and label map picked at the model's operating point for
