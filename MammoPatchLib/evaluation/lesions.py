@@ -77,8 +77,7 @@ def any_finding_case(case: ImageCase, classes: Sequence[str], nms_iou: float = 0
             kept.append((score, box, peak))
     truths = [b for name in classes for b in case.truths.get(name, [])]
     return ImageCase(case.image_id, case.patient_id, case.abnormal, case.image_score,
-                     {ANY_FINDING: kept}, {ANY_FINDING: truths},
-                     {ANY_FINDING: max((case.class_maximum(name) for name in classes), default=0.0)})
+                     {ANY_FINDING: kept}, {ANY_FINDING: truths})
 
 
 def collect_cases(predictor, records: Sequence[ImageRecord], classes: Sequence[str], images=None,

@@ -35,11 +35,10 @@ def image_score_rows(rows: Sequence[Row]) -> List[Dict[str, str]]:
         if document is None:
             continue
         source = document.get("source", {})
-        key = source_breast_key(source)
         score = document.get("image_score")
-        entries.append((row.image, key, source, float(score) if isinstance(score, (int, float)) else None))
-    keys = [entry[1] for entry in entries]
-    scores = [entry[3] for entry in entries]
+        entries.append((row.image, source, float(score) if isinstance(score, (int, float)) else None))
+    keys = [source_breast_key(source) for _, source, _ in entries]
+    scores = [score for _, _, score in entries]
     others = other_breast_scores(keys, scores)
     against = scores_against_other_breast(keys, scores, others=others)
 
@@ -49,8 +48,7 @@ def image_score_rows(rows: Sequence[Row]) -> List[Dict[str, str]]:
     return [{"image": image, "image_score": text(score), "other_breast_score": text(other),
              "image_score_vs_other_breast": text(relative), "study": source_study(source),
              "view": source.get("view_position", "") or "", "laterality": source.get("laterality", "") or ""}
-            for (image, key, source, score), other, relative in zip(entries, others, against)]
-
+            for (image, source, score), other, relative in zip(entries, others, against)]
 
 
 def write_image_scores(rows: Sequence[Row], root: PathLike) -> str:

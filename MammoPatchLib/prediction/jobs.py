@@ -20,7 +20,6 @@ from ..vocabulary import PathLike
 from .folder import output_stem, unique_names
 
 
-
 @dataclass(frozen=True)
 class Stated:
     """What a manifest row says of its film (empty: not stated)."""

@@ -137,8 +137,7 @@ class _RankBatch:
                                                  image_progress))
                     while len(writing) > MAX_PENDING_WRITES or (writing and writing[0][1].done()):
                         record(*writing.popleft())
-                writing.extend(self._written(job, inferred, start, writer if workers else None)
-                               for job, inferred, start in self.pairs.release_all())
+                writing.extend(self._written_all(self.pairs.release_all(), writer if workers else None))
                 while writing:
                     record(*writing.popleft())
         except Cancelled:
@@ -173,17 +172,16 @@ class _RankBatch:
         blocked = self.folder.in_the_way(job.name)
         if blocked is not None:  # a user's file or folder: never moved, replaced or deleted
             done.set_result(Row(image=str(job.path), status=Status.FAILED, error=str(MammoPatchError(blocked, job.path))))
-            return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
-        if not self._needs_loading(job):
+        elif not self._needs_loading(job):
             done.set_result(self._existing(job))
-            return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
-        if loaded is None:
-            loaded = self.pipeline.load(job.path, job.spacing_mm, job.stated)
-        inferred = self._infer(job, loaded, image_progress)
-        if isinstance(inferred, Failure):
+        else:
+            if loaded is None:
+                loaded = self.pipeline.load(job.path, job.spacing_mm, job.stated)
+            inferred = self._infer(job, loaded, image_progress)
+            if not isinstance(inferred, Failure):
+                return self._written_all(self.pairs.offer(job, inferred, start), writer)
             done.set_result(_failed(inferred))
-            return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
-        return self._written_all(self.pairs.offer(job, inferred, start), writer)
+        return [(job, done, start)] + self._written_all(self.pairs.tick(), writer)
 
     def _written_all(self, ready: List[Tuple[Job, Inferred, float]],
                      writer: Optional[ThreadPoolExecutor]) -> List[Tuple[Job, Future, float]]:

@@ -75,11 +75,10 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
 def other_breast_point(outcome: RecipeOutcome, classes) -> OtherBreastPoint:
     """The operating point for an image read against her other breast, fitted like the plain one
     on the pooled out-of-fold cases read that way; none (weight 0) when the data has no pairs."""
-    keys = record_breast_keys([c.record for c in outcome.cached])
-    paired = [k for k in keys.values() if k is not None]
-    if not outcome.cached or len({k[:2] for k in paired}) == len(paired):
+    adjusted = cases_against_other_breast(outcome.cases, record_breast_keys([c.record for c in outcome.cached]))
+    if all(a is c for a, c in zip(adjusted, outcome.cases)):
         return OtherBreastPoint()
-    by_class, gate = operating_point(cases_against_other_breast(outcome.cases, keys), outcome.recipe)
+    by_class, gate = operating_point(adjusted, outcome.recipe)
     return OtherBreastPoint(weight=OTHER_BREAST_WEIGHT,
                             thresholds=[round(float(min(max(by_class.get(c, 1.0), -1.0), 1.0)), 6) for c in classes],
                             image_threshold=round(float(gate), 6))

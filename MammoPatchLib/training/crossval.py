@@ -43,8 +43,7 @@ from ..inference.predictor import CellHeatmaps
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import InferenceDefaults, ModelInfo
-from ..other_breast import (OTHER_BREAST_WEIGHT, BreastKey, breast_key, other_breast_scores, relative_score,
-                            scores_against_other_breast)
+from ..other_breast import OTHER_BREAST_WEIGHT, BreastKey, breast_key, other_breast_scores, relative_score
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .cell_recipe import CellHeadRecipe
@@ -285,7 +284,7 @@ def cases_against_other_breast(cases: Sequence[ImageCase], keys: Dict[str, Optio
                                weight: float = OTHER_BREAST_WEIGHT) -> List[ImageCase]:
     """Each case read against her other breast (:mod:`MammoPatchLib.other_breast`): every finding's
     score minus ``weight`` x the highest heatmap value of its class in the other breast, the image
-    score minus ``weight`` x the other's. A case without a pair stays as it is."""
+    score minus ``weight`` x the other's. A case without a pair is returned itself."""
     ordered = [keys.get(c.image_id) for c in cases]
     classes = sorted({name for c in cases for name in c.detections})
     other_max = {name: other_breast_scores(ordered, [c.class_maximum(name) for c in cases]) for name in classes}
@@ -307,15 +306,14 @@ def other_breast_view(outcome: RecipeOutcome, draws: int = 1000) -> Optional[Dic
     the image AUC and the FROC with intervals, their paired bootstrap over women against the
     plain reading, and the nested image-level view at operating points fitted on the relative
     scores; None without the records (or without any pair)."""
-    keys = record_breast_keys([c.record for c in outcome.cached])
     cases = outcome.cases
-    relative = scores_against_other_breast([keys.get(c.image_id) for c in cases], [c.image_score for c in cases])
-    if not any(r is not None for r in relative):
+    adjusted = cases_against_other_breast(cases, record_breast_keys([c.record for c in outcome.cached]))
+    paired_images = sum(a is not c for a, c in zip(adjusted, cases))
+    if not paired_images:
         return None
     classes = outcome.recipe.classes
-    scores_only = [replace(c, image_score=c.image_score if r is None else r) for c, r in zip(cases, relative)]
+    scores_only = [replace(c, image_score=a.image_score) for c, a in zip(cases, adjusted)]
     paired = paired_difference(cases, scores_only, classes, draws=draws)["image_auc"]
-    adjusted = cases_against_other_breast(cases, keys)
     pooled = lesion_metrics(adjusted, classes)
     paired_findings = paired_difference(cases, adjusted, classes, draws=draws)
     anywhere = any_finding_summary(adjusted, classes, draws=draws)
@@ -323,7 +321,7 @@ def other_breast_view(outcome: RecipeOutcome, draws: int = 1000) -> Optional[Dic
     anywhere["paired_vs_plain"] = paired_difference([any_finding_case(c, classes) for c in cases],
                                                     [any_finding_case(c, classes) for c in adjusted], [ANY_FINDING],
                                                     draws=draws)["sens@1"]
-    return {"weight": OTHER_BREAST_WEIGHT, "paired_images": sum(r is not None for r in relative),
+    return {"weight": OTHER_BREAST_WEIGHT, "paired_images": paired_images,
             "image_auc": lesion_metrics(scores_only, classes)["image_auc"],
             "interval": list(bootstrap_intervals(scores_only, classes, draws=draws)["image_auc"]),
             "paired_vs_own_score": paired,
