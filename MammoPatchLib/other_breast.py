@@ -15,7 +15,9 @@ it as per-class thresholds raised by the weight times the other breast's maxima
 (:func:`threshold_against_other_breast`), the same rule turned around.
 
 Pure Python on (key, score) pairs: the batch runner reads them from its outputs, the
-cross-validation from its records.
+cross-validation from its records. What a reading takes of the other image is its
+:class:`BreastScores`, which its ``findings.json`` records, so a resumed batch can read an
+image against one done in an earlier run.
 """
 
 from __future__ import annotations
@@ -73,6 +75,28 @@ class OtherBreastPoint:
     @classmethod
     def from_dict(cls, values) -> "OtherBreastPoint":
         return config_from_dict(cls, values, "other_breast")
+
+
+#: Decimals of the scores :class:`BreastScores` keeps (and ``findings.json`` records).
+SCORE_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class BreastScores:
+    """What reading an image against the other breast takes of that other image: each class's
+    highest heatmap value and its image score (and its file, for the record). Kept rounded as
+    the other image's ``findings.json`` records them (:meth:`rounded`), so that an image read
+    against one done in an earlier run of a batch gets the findings it gets when both are read
+    in one run."""
+
+    image: str
+    class_maxima: Dict[str, float]
+    image_score: float
+
+    @classmethod
+    def rounded(cls, image: str, class_maxima: Mapping[str, float], image_score: float) -> "BreastScores":
+        return cls(image, {c: round(float(v), SCORE_DECIMALS) for c, v in class_maxima.items()},
+                   round(float(image_score), SCORE_DECIMALS))
 
 
 def relative_score(score: float, other: float, weight: float = OTHER_BREAST_WEIGHT) -> float:
@@ -134,5 +158,6 @@ def scores_against_other_breast(keys: Sequence[Optional[BreastKey]], scores: Seq
             for score, other in zip(scores, others)]
 
 
-__all__ = ["OTHER_BREAST_WEIGHT", "OtherBreastPoint", "relative_score", "threshold_against_other_breast", "BreastKey",
+__all__ = ["OTHER_BREAST_WEIGHT", "OtherBreastPoint", "SCORE_DECIMALS", "BreastScores", "relative_score",
+           "threshold_against_other_breast", "BreastKey",
            "breast_key", "source_breast_key", "source_study", "other_breast_scores", "scores_against_other_breast"]

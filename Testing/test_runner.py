@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import tiny_model_file
+from helpers import probe_model, tiny_model_file
 from MammoPatchLib.errors import MammoPatchError
-from MammoPatchLib.prediction.jobs import plan_jobs, read_manifest, shard
+from MammoPatchLib.prediction.jobs import plan_jobs, read_manifest, shard, study_groups
 from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
 
 
@@ -302,3 +302,128 @@ def test_a_batch_lists_each_image_score_against_the_other_breast(model_path, tmp
     assert rows["b-left"]["image_score_vs_other_breast"] == "" and rows["b-left"]["study"] == "1.2.3.2"
     predict_files([folder], out, model=model_path, device="cpu", progress=False, resume=True)
     assert table() == rows
+
+
+def test_ranks_take_whole_studies_so_both_breasts_of_a_view_meet(tmp_path):
+    """Under torchrun each rank takes whole studies, dealt in turn in the order of their first
+    job: DICOM files by the StudyInstanceUID of their header, PNG films by their manifest row's
+    study; a film of no known study, and one whose header cannot be read, is a study of its own
+    and still goes to a rank. Every job once, in job order, the studies shared evenly."""
+    for name, side, study in (("s1-left", "L", "1.2.1"), ("s1-right", "R", "1.2.1"), ("s3-left", "L", "1.2.3"),
+                              ("s3-right", "R", "1.2.3")):
+        write_dicom(synthesize_mammogram((64, 64), 0.2, side, "CC", [], seed=0), tmp_path / f"{name}.dcm",
+                    study_uid=study)
+    for name in ("s2-left.png", "s2-right.png", "lonely.png"):
+        (tmp_path / name).write_bytes(b"")  # only their rows are read while planning
+    (tmp_path / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 50)
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text("path,study,laterality\ns1-left.dcm,,\ns1-right.dcm,,\ns2-left.png,woman-2,L\n"
+                        "s2-right.png,woman-2,R\ns3-left.dcm,,\nlonely.png,,\ncorrupt.dcm,,\ns3-right.dcm,,\n")
+    jobs = plan_jobs([manifest])
+    assert [j.index for j in jobs] == list(range(8))
+    shares = [shard(jobs, r, 2) for r in range(2)]
+    assert [[j.name for j in share] for share in shares] == [
+        ["s1-left", "s1-right", "s3-left", "corrupt", "s3-right"],  # studies 1, 3 and the corrupt file
+        ["s2-left", "s2-right", "lonely"]]  # study 2 and the film of no study
+    assert sorted(j.index for share in shares for j in share) == list(range(8)), "every job on exactly one rank"
+    assert all([j.index for j in share] == sorted(j.index for j in share) for share in shares), "job order"
+    group = dict(zip((j.index for j in jobs), study_groups(jobs)))
+    assert [len({group[j.index] for j in share}) for share in shares] == [3, 2], "studies dealt evenly"
+    assert [shard(plan_jobs([manifest]), r, 2) for r in range(2)] == shares, "every rank deals the same"
+    assert shard(jobs, 0, 1) == jobs
+
+
+def _paired_probe(model=None, point=None):
+    """A probe model (:func:`helpers.probe_model`, or ``model``) with an operating point for
+    pairs (by default a Mass threshold of 0.45 + 0.5 x the other breast's highest Mass value)."""
+    from dataclasses import replace
+
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.other_breast import OtherBreastPoint
+
+    model = model or probe_model()
+    point = point or OtherBreastPoint(0.5, [0.45] + [0.5] * 9, 0.0)
+    model.info = replace(model.info, inference=replace(model.info.inference, other_breast=point))
+    return Predictor(model, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("first", ["left", "right"])
+def test_a_resumed_batch_reads_an_image_against_the_other_breast_done_earlier(tmp_path, first):
+    """A batch stopped after one breast of a view (here: run on that file alone) and resumed on
+    both reads the other against what the first one's findings.json records: the findings and
+    the record of an uninterrupted paired run, whichever of the two comes first in the batch.
+    The image done earlier stays as written; an older findings.json without the per-class
+    maxima leaves the pending image read alone."""
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.io import read_mammogram
+    from MammoPatchLib.results.files import findings_document
+
+    files = {side: write_dicom(synthesize_mammogram((400, 320), 0.2, side[0].upper(), "CC", ["round mass"],
+                                                    seed=seed), tmp_path / "in" / f"{side}.dcm", study_uid="1.2.3")
+             for side, seed in (("left", 7), ("right", 2))}
+    second = "right" if first == "left" else "left"
+    both = [files["left"], files["right"]]
+    predictor = _paired_probe()
+    predict_files(both, tmp_path / "paired", predictor=predictor, progress=False)
+    paired = findings_document(tmp_path / "paired" / second)
+    alone = predictor.predict_image(read_mammogram(files[second])).findings
+    assert paired["other_breast"]["image"] == files[first]
+    assert len(paired["findings"]) < len(alone), "the pair reading drops a finding the image alone has"
+
+    out, old = tmp_path / "out", tmp_path / "old"
+    for folder in (out, old):
+        predict_files([files[first]], folder, predictor=predictor, progress=False)
+    written = (out / first / "findings.json").read_bytes()
+    document = json.loads(written)
+    assert document["other_breast"] is None and set(document["class_maxima"]) == set(document["classes"])
+    rows = predict_files(both, out, predictor=predictor, progress=False, resume=True)
+    assert {Path(r.image).stem: r.status for r in rows} == {first: "done earlier", second: "ok"}
+    resumed = findings_document(out / second)
+    assert resumed["other_breast"] == paired["other_breast"]
+    assert resumed["findings"] == paired["findings"] and resumed["thresholds"] == paired["thresholds"]
+    assert (out / first / "findings.json").read_bytes() == written, "the image done earlier is not rewritten"
+
+    del document["class_maxima"]  # as written before findings.json recorded them
+    (old / first / "findings.json").write_text(json.dumps(document))
+    predict_files(both, old, predictor=predictor, progress=False, resume=True)
+    assert findings_document(old / second)["other_breast"] is None
+    assert len(findings_document(old / second)["findings"]) == len(alone)
+
+
+def test_grad_cam_maps_are_made_once_for_the_findings_a_pair_reading_writes(tmp_path, monkeypatch):
+    """With --activation-maps, a batch that reads two breasts against each other makes each
+    image's Grad-CAM maps once, after the pair reading, for the findings it writes (not for the
+    single-image findings first picked): one call per image, and the written maps name the
+    written top findings."""
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.model_file import load_model
+    from MammoPatchLib.other_breast import OtherBreastPoint
+    from MammoPatchLib.prediction import stages
+    from MammoPatchLib.results.files import OutputOptions, class_slug, findings_document
+
+    files = [write_dicom(synthesize_mammogram((400, 320), 0.2, side, "CC", ["round mass"], seed=seed),
+                         tmp_path / "in" / f"{name}.dcm", study_uid="1.2.3")
+             for name, side, seed in (("left", "L", 7), ("right", "R", 2))]
+    made = []
+    real = stages.activation_maps
+
+    def counted(predictor, image, result, count=3):
+        made.append((Path(image.path).stem, json.loads(json.dumps([f.to_dict() for f in result.findings]))))
+        return real(predictor, image, result, count)
+
+    monkeypatch.setattr(stages, "activation_maps", counted)
+    network = load_model(tiny_model_file(tmp_path / "tiny.pt"))  # Grad-CAM needs the real network
+    predictor = _paired_probe(network, OtherBreastPoint(0.1, [0.0] * 10, 0.0))  # every peak a finding
+    rows = predict_files(files, tmp_path / "out", predictor=predictor, outputs=OutputOptions(activation_maps=1),
+                         progress=False)
+    assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
+    written = {name: findings_document(tmp_path / "out" / name) for name in ("left", "right")}
+    assert all(doc["other_breast"] is not None for doc in written.values()), "both read as a pair"
+    with_findings = {name for name, doc in written.items() if doc["findings"]}
+    assert with_findings, "at thresholds of 0 every image has findings"
+    assert sorted(name for name, _ in made) == sorted(with_findings), "one set of maps per image"
+    for name, findings in made:
+        assert findings == written[name]["findings"], "maps made for the findings written"
+        top = written[name]["findings"][0]["category"]
+        assert sorted(p.name for p in (tmp_path / "out" / name).glob("activation_*.nrrd")) == [
+            f"activation_1_{class_slug(top)}.nrrd"]

@@ -18,7 +18,7 @@ from ..io.image import MammogramImage
 from ..io.validate import check_geometry
 from ..model_file import LoadedModel, ModelInfo
 from ..networks import FEATURE_STRIDE
-from ..other_breast import threshold_against_other_breast
+from ..other_breast import BreastScores, threshold_against_other_breast
 from ..postprocess import DetectedFinding, detect_findings, label_map_from_findings
 from ..transforms import PreprocessedImage, preprocess
 from ..vocabulary import InferenceMode
@@ -137,6 +137,11 @@ class PredictionResult:
         """Each class's highest heatmap value (on the detection grid)."""
         grid = self.grid_heatmaps if self.grid_heatmaps is not None else self.heatmaps
         return {c: float(grid[k].max()) for k, c in enumerate(self.classes)}
+
+    def breast_scores(self) -> BreastScores:
+        """What an image of the other breast is read against of this one
+        (:meth:`Predictor.against_other_breast`; this image's ``findings.json`` records it)."""
+        return BreastScores.rounded(str(self.image.path or ""), self.max_probability(), self.image_score)
 
     def summary(self) -> Dict[str, Any]:
         return {"image": self.image.path, "mode": self.mode, "findings": len(self.findings),
@@ -353,18 +358,29 @@ class Predictor:
         return (self.model.info.inference.other_breast.active and self.options.thresholds is None
                 and self.options.other_breast)
 
-    def against_other_breast(self, result: PredictionResult, other: PredictionResult) -> PredictionResult:
+    def against_other_breast(self, result: PredictionResult,
+                             other: Union[PredictionResult, BreastScores]) -> PredictionResult:
         """``result`` with its findings and label map picked at the model's operating point for
         pairs: each class's threshold raised by the weight x that class's highest heatmap value
         in ``other`` (the same view of her other breast), the image gate by the weight x
         ``other``'s image score (:mod:`MammoPatchLib.other_breast`). The heatmaps are the same.
+        ``other`` is that image's result, or its :class:`BreastScores` (what its findings.json
+        records: a resumed batch has no more of an image done in an earlier run); a result is
+        read through its BreastScores, so both give the same findings.
         Returns ``result`` itself when :attr:`reads_other_breast` is False."""
         if not self.reads_other_breast:
             return result
-        if result.grid_heatmaps is None or other.grid_heatmaps is None:
+        if isinstance(other, PredictionResult):
+            if other.grid_heatmaps is None:
+                raise ValueError("reading against the other breast needs both results' detection-grid heatmaps")
+            other = other.breast_scores()
+        if result.grid_heatmaps is None:
             raise ValueError("reading against the other breast needs both results' detection-grid heatmaps")
+        missing = [c for c in result.classes if c not in other.class_maxima]
+        if missing:
+            raise ValueError(f"the other breast's scores lack the class(es) {missing}")
         point = self.model.info.inference.other_breast
-        maxima = other.max_probability()
+        maxima = other.class_maxima
         thresholds = [threshold_against_other_breast(t, maxima[c], point.weight)
                       for c, t in zip(result.classes, point.thresholds)]
         gate = 0.0
@@ -376,9 +392,8 @@ class Predictor:
                                            replace(self.detection, image_threshold=gate))
         timings = dict(result.timings)
         _add(timings, "postprocess_s", start)
-        record = {"image": str(other.image.path or ""), "weight": point.weight,
-                  "image_score": round(other.image_score, 6),
-                  "class_maxima": {c: round(maxima[c], 6) for c in self.selected}}
+        record = {"image": other.image, "weight": point.weight, "image_score": other.image_score,
+                  "class_maxima": {c: maxima[c] for c in self.selected}}
         return replace(result, findings=findings, label_map=label_map, thresholds=thresholds, timings=timings,
                        other_breast=record)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -221,11 +221,7 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     pixels, voi_applied = _display_values(stored, ds, apply_voi, photometric, warnings)
     spacing, spacing_source, spacing_problem = _spacing(ds)
     laterality = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "") or "").strip().upper()
-    uids = {
-        key: str(getattr(ds, key))
-        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID")
-        if getattr(ds, key, None) not in (None, "")
-    }
+    uids = _uids(ds)
     return MammogramImage(
         pixels=pixels,
         geometry=_geometry(ds, spacing or (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM), warnings),
@@ -244,17 +240,34 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     )
 
 
-def _open_dataset(path: str, warnings: List[str]):
-    """The parsed data set; a file without the Part 10 preamble is accepted (many archives
-    store bare data sets) when it parses and carries the attributes an image needs."""
+def read_dicom_uids(path: PathLike) -> Dict[str, str]:
+    """The identifiers :func:`read_dicom` gives an image (its ``uids``), from the header alone:
+    a batch plans with them (which study each file belongs to) without decoding any pixels.
+
+    Raises:
+        ImageReadError: not DICOM, or a header that cannot be parsed.
+    """
+    return _uids(_open_dataset(os.fspath(path), [], header_only=True))
+
+
+def _uids(ds) -> Dict[str, str]:
+    return {key: str(getattr(ds, key)) for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                                                   "PatientID")
+            if getattr(ds, key, None) not in (None, "")}
+
+
+def _open_dataset(path: str, warnings: List[str], header_only: bool = False):
+    """The parsed data set (``header_only``: up to the pixel data); a file without the Part 10
+    preamble is accepted (many archives store bare data sets) when it parses and carries the
+    attributes an image needs."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
     except InvalidDicomError:
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=header_only)
             if "PixelData" not in ds and "SOPClassUID" not in ds:
                 raise InvalidDicomError("no image attributes")
         except Exception:  # noqa: BLE001 - whatever forced parsing raises, it is not DICOM

@@ -14,14 +14,14 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
 import numpy as np
 
 from ..errors import ImageReadError, InvalidImageError, UnsupportedImageError
 from ..vocabulary import PathLike
 from . import headers
-from .dicom import read_dicom
+from .dicom import read_dicom, read_dicom_uids
 from .image import ImageGeometry, MammogramImage
 from .paths import file_problem
 from .spacing import apply_policy, is_usable, judge
@@ -51,6 +51,22 @@ def is_dicom_file(path: PathLike) -> bool:
             return handle.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def _reads_as_dicom(path: Path) -> bool:
+    """Whether :func:`read_mammogram` reads the file as DICOM (its preamble, or its extension)."""
+    return is_dicom_file(path) or _extension(path) in DICOM_EXTENSIONS
+
+
+def read_uids(path: PathLike) -> Dict[str, str]:
+    """The ``uids`` :func:`read_mammogram` would give the file's image (study, series, instance,
+    patient), from its header alone, without decoding pixels: {} for the formats that store none.
+
+    Raises:
+        ImageReadError: a DICOM file whose header cannot be parsed.
+    """
+    file = Path(path)
+    return read_dicom_uids(file) if _reads_as_dicom(file) else {}
 
 
 def _read_pillow(path: Path) -> MammogramImage:
@@ -237,7 +253,7 @@ def read_mammogram(
     if problem is not None:
         raise ImageReadError(problem, file)
     ext = _extension(file)
-    if is_dicom_file(file) or ext in DICOM_EXTENSIONS:
+    if _reads_as_dicom(file):
         image = read_dicom(file, apply_voi=apply_voi)
     elif ext in PILLOW_EXTENSIONS:
         image = _read_pillow(file)

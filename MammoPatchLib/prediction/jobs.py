@@ -5,19 +5,28 @@ order with unique output names, and each rank's share of them under torchrun.
   optional ``spacing_mm`` column for files that store no spacing, and optional ``study``,
   ``view`` and ``laterality`` columns for files that state none (PNG, PGM): they let a batch
   read the two breasts of a view against each other (:class:`~.runner.PairWait`).
-- Rank r of W takes jobs r, r + W, r + 2W, ... of the job list (:func:`shard`).
+- Under torchrun each rank takes whole studies (:func:`shard`): the jobs are grouped by the
+  study of their film (DICOM: StudyInstanceUID, else PatientID, read from the header alone; other
+  files: the manifest's ``study``), and the groups are dealt to the ranks in turn in the order of
+  their first job, so that the two breasts of a view meet on one rank and are read against each
+  other, and the ranks' loads stay even over many studies.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 from ..errors import MammoPatchError
+from ..other_breast import source_study
 from ..vocabulary import PathLike
 from .folder import output_stem, unique_names
+
+#: Threads reading the files' headers when a batch is dealt to torchrun ranks (:func:`study_groups`).
+HEADER_READERS = 8
 
 
 @dataclass(frozen=True)
@@ -31,12 +40,18 @@ class Stated:
     def apply_to(self, image) -> None:
         """Fill in what ``image`` (a MammogramImage) does not state itself; the file's own
         header wins where it states a value."""
-        if self.study and not (image.uids.get("StudyInstanceUID") or image.uids.get("PatientID")):
-            image.uids = {**image.uids, "StudyInstanceUID": self.study}
+        image.uids = self.uids_for(image.uids)
         if self.view_position and not image.view_position:
             image.view_position = self.view_position
         if self.laterality and not image.laterality:
             image.laterality = self.laterality
+
+    def uids_for(self, uids: Dict[str, str]) -> Dict[str, str]:
+        """A file's identifiers with the stated study where the file states no study (and no
+        patient, which stands for one: :func:`~MammoPatchLib.other_breast.source_study`)."""
+        if self.study and not source_study({"uids": uids}):
+            return {**uids, "StudyInstanceUID": self.study}
+        return uids
 
 
 @dataclass(frozen=True)
@@ -110,9 +125,38 @@ def plan_jobs(inputs, spacing_mm: Optional[float] = None) -> List[Job]:
             for i, ((p, s, stated), n) in enumerate(zip(unique, names))]
 
 
-
 def shard(jobs: Sequence[Job], rank: int, world_size: int) -> List[Job]:
-    """Rank ``rank``'s share of the batch: jobs rank, rank + W, rank + 2W, ... Interleaving
-    (rather than blocks) keeps the ranks' loads even when neighbouring inputs differ in size,
-    e.g. a VinDr study's four views."""
-    return [job for job in jobs if job.index % world_size == rank]
+    """Rank ``rank``'s share of the batch, in job order: the jobs of every W-th study, counting
+    the studies in the order of their first job (:func:`study_groups`). Every rank computes the
+    same deal from the same job list. Whole studies, so that the two breasts of a view are on one
+    rank (:class:`~.runner.PairWait`); dealt in turn rather than in blocks, so that each rank gets
+    as many studies as the next (give or take one) wherever the large ones lie."""
+    if world_size <= 1:
+        return list(jobs)
+    groups = study_groups(jobs)
+    turn: Dict[Hashable, int] = {}
+    for group in groups:
+        turn.setdefault(group, len(turn))
+    return [job for job, group in zip(jobs, groups) if turn[group] % world_size == rank]
+
+
+def study_groups(jobs: Sequence[Job]) -> List[Hashable]:
+    """Each job's group: its film's study as the batch will read it (the file's StudyInstanceUID
+    or PatientID, from its header alone, else the study its manifest row states), or the job
+    itself for a film of no known study, or whose header cannot be read (loading it reports why).
+    The headers are read on a few threads: on a network share, reading is mostly waiting."""
+    with ThreadPoolExecutor(max_workers=HEADER_READERS) as readers:
+        studies = list(readers.map(job_study, jobs))
+    return [("study", study) if study else ("job", job.index) for job, study in zip(jobs, studies)]
+
+
+def job_study(job: Job) -> str:
+    """The study of a job's film, as pairing keys it (:func:`~MammoPatchLib.other_breast.source_study`
+    of the image's uids once the manifest row is applied); "" when unknown or unreadable."""
+    from ..io.readers import read_uids
+
+    try:
+        uids = read_uids(job.path)
+    except Exception:  # noqa: BLE001 - a file that cannot be read fails when it is loaded, named there
+        return ""
+    return source_study({"uids": job.stated.uids_for(uids)})

@@ -1,10 +1,12 @@
 """Running a batch: the stage order, the threads, retries, resuming and the ranks, around the
 three stages of one image (:class:`~MammoPatchLib.prediction.stages.ImagePipeline`: load, infer, write).
 
-- Launched by torchrun (WORLD_SIZE > 1), rank r takes jobs r, r + W, r + 2W, ... of the sorted
-  job list (:mod:`.jobs`); the process group (gloo on CPU, NCCL on GPUs; :mod:`MammoPatchLib.distributed`)
-  is used only for the start barrier and the final gather of every rank's rows into
-  ``summary.csv``. Each rank also keeps ``results-rank<r>.csv`` up to date, so a rank that dies
+- Launched by torchrun (WORLD_SIZE > 1), rank r takes whole studies: the r-th, (r + W)-th, ...
+  study of the sorted job list, in the order of their first image, each rank working out the
+  same deal from the files' headers (:func:`.jobs.shard`), so that the two breasts of a view
+  are on one rank and can be read as a pair. The process group (gloo on CPU, NCCL on GPUs;
+  :mod:`MammoPatchLib.distributed`) is used only for the start barrier and the final gather of
+  every rank's rows into ``summary.csv``. Each rank also keeps ``results-rank<r>.csv`` up to date, so a rank that dies
   loses only its image in flight, and a re-run with ``--resume`` finishes the batch (failed
   images are retried: they have no output).
 - Per rank, the three stages overlap: ``workers`` threads load the next images (a bounded
@@ -17,7 +19,9 @@ three stages of one image (:class:`~MammoPatchLib.prediction.stages.ImagePipelin
   other ImageLaterality), and both are written read against each other (:class:`PairWait`).
 - Resuming: an image whose output folder exists is not loaded: with ``resume`` it is "done
   earlier" (its row read back from its findings), with ``overwrite`` it is recomputed, with
-  neither it fails without touching the folder.
+  neither it fails without touching the folder. An image done earlier is still the other
+  breast of a pending one: that one is read against what the earlier image's findings.json
+  records (its per-class maxima and image score), while the earlier image stays as written.
 - Retries: a stage that fails unexpectedly (not a bad input, not memory) gets one more try;
   a failed inference loads the file again first.
 """
@@ -31,12 +35,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from ..distributed import RankContext
 from ..errors import Cancelled, MammoPatchError
-from ..other_breast import BreastKey, source_breast_key
-from ..results.files import findings_in
+from ..other_breast import BreastKey, BreastScores, source_breast_key
+from ..results.files import breast_scores_of, findings_document, findings_of
 from ..vocabulary import Status
 from .folder import OutputFolder
 from .jobs import Job, shard
@@ -173,7 +177,9 @@ class _RankBatch:
         if blocked is not None:  # a user's file or folder: never moved, replaced or deleted
             done.set_result(Row(image=str(job.path), status=Status.FAILED, error=str(MammoPatchError(blocked, job.path))))
         elif not self._needs_loading(job):
-            done.set_result(self._existing(job))
+            row, document = self._existing(job)
+            done.set_result(row)
+            return [(job, done, start)] + self._written_all(self.pairs.offer_done(document), writer)
         else:
             if loaded is None:
                 loaded = self.pipeline.load(job.path, job.spacing_mm, job.stated)
@@ -189,26 +195,34 @@ class _RankBatch:
 
     def _written(self, job: Job, inferred: Inferred, start: float,
                  writer: Optional[ThreadPoolExecutor]) -> Tuple[Job, Future, float]:
-        if writer is not None:
-            return job, writer.submit(self._write, job, inferred), start
+        """An image whose findings are final: its Grad-CAM maps made here (the device's
+        thread), its outputs written on ``writer``."""
+        explained = self.pipeline.explain(inferred)
         done: Future = Future()
-        done.set_result(self._write(job, inferred))
+        if isinstance(explained, Failure):
+            done.set_result(_failed(explained))
+        elif writer is not None:
+            return job, writer.submit(self._write, job, explained), start
+        else:
+            done.set_result(self._write(job, explained))
         return job, done, start
 
-    def _existing(self, job: Job) -> Row:
+    def _existing(self, job: Job) -> Tuple[Row, Optional[Dict[str, Any]]]:
         """The row of an image whose output folder exists: done earlier (its findings read back,
-        so a resumed batch's summary matches an uninterrupted one), or refused."""
+        so a resumed batch's summary matches an uninterrupted one), or refused; and its
+        ``findings.json`` document when done earlier (None if refused or unreadable)."""
         output = self.folder.root / job.name
         if not self.resume:
             error = MammoPatchError("outputs exist already (--resume skips them, --overwrite replaces them)", output)
-            return Row(image=str(job.path), status=Status.FAILED, error=str(error))
-        findings = findings_in(output)
+            return Row(image=str(job.path), status=Status.FAILED, error=str(error)), None
+        document = findings_document(output)
+        findings = findings_of(document)
         if findings is None:
-            return Row(image=str(job.path), status=Status.DONE_EARLIER, output=str(output))
+            return Row(image=str(job.path), status=Status.DONE_EARLIER, output=str(output)), document
         top = findings[0] if findings else None
         return Row(image=str(job.path), status=Status.DONE_EARLIER, findings=len(findings),
                    top_class=str(top["category"]) if top else "", top_score=float(top["score"]) if top else None,
-                   output=str(output))
+                   output=str(output)), document
 
     def _infer(self, job: Job, loaded: Union[Loaded, Failure],
                image_progress: Optional[ProgressCallback]) -> Union[Inferred, Failure]:
@@ -246,17 +260,32 @@ class _Waiting:
     age: int = 0
 
 
+@dataclass
+class _DoneEarlier:
+    """An image done in an earlier run of a resumed batch: not written again, but the other
+    breast of its view may still be read against what its findings.json records."""
+
+    scores: BreastScores
+    key: BreastKey
+    age: int = 0
+
+
 class PairWait:
     """Images held back until the other breast of their view has been predicted too, so that
     both are read against each other (:meth:`ImagePipeline.against_other_breast`), when the
     model carries an operating point for pairs. An image whose other breast does not come
-    within :data:`PAIR_PATIENCE` images (or is on another rank, or was done earlier in a
-    resumed batch) is read alone; its ``findings.json`` says which reading it got."""
+    within :data:`PAIR_PATIENCE` images is read alone; its ``findings.json`` says which
+    reading it got. In a resumed batch an image may meet (within the same patience, so that it
+    gets the reading an uninterrupted run gives it) the other breast done in an earlier run:
+    it is read against what that one's findings.json records (:meth:`offer_done`), and the
+    earlier image stays as it was written (read alone, if it was); an earlier findings.json
+    that does not record its per-class maxima (older outputs) leaves the image read alone."""
 
     def __init__(self, pipeline: ImagePipeline, patience: int = PAIR_PATIENCE) -> None:
         self.pipeline, self.patience = pipeline, patience
         self.enabled = pipeline.predictor.reads_other_breast
         self.waiting: List[_Waiting] = []
+        self.done: List[_DoneEarlier] = []
 
     def offer(self, job: Job, inferred: Inferred, start: float) -> List[Tuple[Job, Inferred, float]]:
         """The images ready to be written once ``inferred`` is known (oldest first)."""
@@ -264,26 +293,56 @@ class PairWait:
         key = source_breast_key(inferred.loaded.image.metadata()) if self.enabled else None
         if key is None:
             return ready + [(job, inferred, start)]
-        match = next((w for w in self.waiting if w.key[:2] == key[:2] and w.key[2] != key[2]), None)
+        match = _partner(self.waiting, key)
+        if match is not None:
+            self.waiting.remove(match)
+            return ready + [(match.job, self.pipeline.against_other_breast(match.inferred, inferred), match.start),
+                            (job, self.pipeline.against_other_breast(inferred, match.inferred), start)]
+        earlier = _partner(self.done, key)
+        if earlier is not None:
+            self.done.remove(earlier)
+            return ready + [(job, self.pipeline.against_other_breast(inferred, earlier.scores), start)]
+        self.waiting.append(_Waiting(job, inferred, start, key))
+        return ready
+
+    def offer_done(self, document: Optional[Dict[str, Any]]) -> List[Tuple[Job, Inferred, float]]:
+        """The images ready to be written once an image done earlier has gone by (``document``:
+        its findings.json, None when refused or unreadable): a waiting image of the other breast
+        is read against it; otherwise later ones may be."""
+        ready = self.tick()
+        scores = breast_scores_of(document) if self.enabled else None
+        source = document.get("source") if scores is not None and document is not None else None
+        key = source_breast_key(source) if isinstance(source, dict) else None
+        if key is None or scores is None:
+            return ready
+        match = _partner(self.waiting, key)
         if match is None:
-            self.waiting.append(_Waiting(job, inferred, start, key))
+            self.done.append(_DoneEarlier(scores, key))
             return ready
         self.waiting.remove(match)
-        return ready + [(match.job, self.pipeline.against_other_breast(match.inferred, inferred), match.start),
-                        (job, self.pipeline.against_other_breast(inferred, match.inferred), start)]
+        return ready + [(match.job, self.pipeline.against_other_breast(match.inferred, scores), match.start)]
 
     def tick(self) -> List[Tuple[Job, Inferred, float]]:
         """One more image has gone by: those that waited too long, to be written as read alone."""
-        for waiting in self.waiting:
-            waiting.age += 1
+        for entry in [*self.waiting, *self.done]:
+            entry.age += 1
         late = [w for w in self.waiting if w.age > self.patience]
         self.waiting = [w for w in self.waiting if w.age <= self.patience]
+        self.done = [d for d in self.done if d.age <= self.patience]
         return [(w.job, w.inferred, w.start) for w in late]
 
     def release_all(self) -> List[Tuple[Job, Inferred, float]]:
         """The end of the batch: every image still waiting, read alone."""
-        late, self.waiting = self.waiting, []
+        late, self.waiting, self.done = self.waiting, [], []
         return [(w.job, w.inferred, w.start) for w in late]
+
+
+_Keyed = TypeVar("_Keyed", _Waiting, _DoneEarlier)
+
+
+def _partner(entries: Sequence[_Keyed], key: BreastKey) -> Optional[_Keyed]:
+    """The first of ``entries`` (each with a ``key``) that is the other breast of ``key``'s view."""
+    return next((e for e in entries if e.key[:2] == key[:2] and e.key[2] != key[2]), None)
 
 
 def _image_progress(on_progress: Optional[ProgressCallback], position: int, count: int,

@@ -34,6 +34,7 @@ from ..inference.predictor import PredictionResult, Predictor
 from ..io import MammogramImage, read_mammogram
 from ..io.image import DEFAULT_SPACING_MM, ImageGeometry
 from ..io.readers import validate_pixels
+from ..other_breast import BreastScores
 from ..results.files import OutputOptions, write_result
 from ..transforms import PreprocessedImage
 from ..vocabulary import PathLike, Status
@@ -145,36 +146,48 @@ class ImagePipeline:
             return Failure(name, exc, "load")
 
     def infer(self, loaded: Loaded, on_progress: Optional[ProgressFn] = None) -> Union[Inferred, Failure]:
-        """Stage 2: the network's work (on the thread that owns the device)."""
+        """Stage 2: the network's work (on the thread that owns the device). No Grad-CAM maps
+        yet: a batch may still pick the findings again against the other breast
+        (:meth:`against_other_breast`), and the maps are made once, for the findings written
+        (:meth:`explain`)."""
         try:
             result = self.predictor.predict_image(loaded.image, on_progress=on_progress, prepared=loaded.prepared)
-            maps: List[ActivationMap] = []
-            if self.outputs.activation_maps and result.findings:
-                maps = activation_maps(self.predictor, loaded.image, result, self.outputs.activation_maps)
-            return Inferred(loaded, result, maps)
+            return Inferred(loaded, result)
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - reported by the caller
             return Failure(loaded.source, exc, "infer")
 
-    def against_other_breast(self, inferred: Inferred, other: Inferred) -> Inferred:
-        """Stage 2 for one of a pair: ``inferred``'s findings picked again at the model's
-        operating point for pairs, against ``other`` (the same view of her other breast;
-        :meth:`Predictor.against_other_breast`), its Grad-CAM maps made for those findings.
-        On an unexpected error the image keeps its own reading, with a warning: nothing is lost."""
+    def explain(self, inferred: Inferred) -> Union[Inferred, Failure]:
+        """The end of stage 2, once the image's findings are final: the Grad-CAM maps of its top
+        findings when the outputs ask for them (on the thread that owns the device)."""
+        if not self.outputs.activation_maps or not inferred.result.findings or inferred.activation_maps:
+            return inferred
         try:
-            result = self.predictor.against_other_breast(inferred.result, other.result)
-            if result is inferred.result:
-                return inferred
-            maps: List[ActivationMap] = []
-            if self.outputs.activation_maps and result.findings:
-                maps = activation_maps(self.predictor, inferred.loaded.image, result, self.outputs.activation_maps)
-            return Inferred(inferred.loaded, result, maps)
+            maps = activation_maps(self.predictor, inferred.loaded.image, inferred.result,
+                                   self.outputs.activation_maps)
+            return Inferred(inferred.loaded, inferred.result, maps)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            return Failure(inferred.loaded.source, exc, "infer")
+
+    def against_other_breast(self, inferred: Inferred, other: Union[Inferred, BreastScores]) -> Inferred:
+        """Stage 2 for one of a pair: ``inferred``'s findings picked again at the model's
+        operating point for pairs, against ``other`` (the same view of her other breast, or what
+        its findings.json records of it when it was done in an earlier run;
+        :meth:`Predictor.against_other_breast`). On an unexpected error the image keeps its
+        own reading, with a warning: nothing is lost."""
+        scores = other if isinstance(other, BreastScores) else other.result
+        try:
+            result = self.predictor.against_other_breast(inferred.result, scores)
+            return inferred if result is inferred.result else Inferred(inferred.loaded, result)
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - the single-image reading stands
             logger.warning("%s: could not read it against %s (%s); its findings are its own",
-                           inferred.loaded.source, other.loaded.source, exc)
+                           inferred.loaded.source, other.image if isinstance(other, BreastScores)
+                           else other.loaded.source, exc)
             return inferred
 
     def write(self, inferred: Inferred, folder: OutputFolder, name: str) -> Union[Row, Failure]:

@@ -4,7 +4,9 @@ Per image, in ``<out>/<image stem>/``:
 - ``heatmap_<class>.nrrd`` (or .nii.gz): per-class probability maps, float32, source geometry;
 - ``labelmap.nrrd``: uint8 label map (0 = no finding, k = class k) with the class names in
   ``labelmap.json``;
-- ``findings.json`` (source metadata, model, findings) and ``findings.csv`` (one row per finding);
+- ``findings.json`` (source metadata, model, findings, the image score and each class's highest
+  heatmap value, which an image of the other breast is read against: :func:`breast_scores_of`)
+  and ``findings.csv`` (one row per finding);
 - ``overlay.png``: the mammogram with the heatmap and labelled boxes.
 
 The choices (volume formats, which heatmaps, their type) are the shared vocabulary's.
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..errors import MammoPatchError
 from ..inference.predictor import PredictionResult
+from ..other_breast import BreastScores
 from ..io import atomic_path, write_png, write_volume
 from ..io.image import ImageGeometry
 from ..visualize import heatmap_overlay
@@ -145,13 +148,15 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
         written[kind].append(path)
     labels = {"0": "No Finding", **{str(k + 1): name for k, name in enumerate(result.classes)}}
     _write_text(out / LABELMAP_LEGEND_FILE, json.dumps(labels, indent=1), True)
+    scores = result.breast_scores()
     document = {
         "source": result.image.metadata(),
         "model": result.model_record(),
         "mode": result.mode,
         "classes": result.classes,
         "thresholds": result.thresholds,
-        "image_score": round(result.image_score, 6),
+        "image_score": scores.image_score,
+        "class_maxima": scores.class_maxima,
         "other_breast": result.other_breast or None,
         "heatmaps": {"classes": classes, "spacing_mm": [map_geometry.spacing[1], map_geometry.spacing[0]]
                      if classes else None, "every_nth_pixel": step, "dtype": options.heatmap_dtype,
@@ -206,6 +211,27 @@ def findings_document(folder: PathLike) -> Optional[Dict[str, object]]:
 def findings_in(folder: PathLike) -> Optional[List[Dict[str, object]]]:
     """The findings an earlier run wrote to ``folder/findings.json`` (highest score first), or
     None when that file is missing or unreadable."""
-    document = findings_document(folder)
+    return findings_of(findings_document(folder))
+
+
+def findings_of(document: Optional[Dict[str, object]]) -> Optional[List[Dict[str, object]]]:
+    """The findings of a ``findings.json`` document (:func:`findings_document`), None without."""
     findings = document.get("findings") if document is not None else None
     return findings if isinstance(findings, list) else None
+
+
+def breast_scores_of(document: Optional[Dict[str, object]]) -> Optional[BreastScores]:
+    """What an image of the other breast is read against of the image a ``findings.json``
+    document describes (:meth:`PredictionResult.breast_scores`), or None when it does not
+    record it (written before findings.json recorded each class's highest heatmap value)."""
+    if document is None:
+        return None
+    maxima, score, source = document.get("class_maxima"), document.get("image_score"), document.get("source")
+    if not isinstance(maxima, dict) or not _is_number(score) or not all(_is_number(v) for v in maxima.values()):
+        return None
+    image = source.get("path") if isinstance(source, dict) else None
+    return BreastScores(str(image or ""), {str(c): float(v) for c, v in maxima.items()}, float(score))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
