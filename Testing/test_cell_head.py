@@ -604,3 +604,53 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
         fresh = sorted((f.category, round(f.score, 2), tuple(f.peak_px)) for f in result.findings)
         cached_view = sorted((name, round(s, 2), tuple(p)) for name, dets in case.detections.items() for s, b, p in dets)
         assert fresh == cached_view
+
+
+def test_scale_augmentation_trains_on_each_training_image_at_its_other_spacings(crossval_run, monkeypatch):
+    """``train_scales`` caches every image again at those multiples of the recipe's spacing
+    (its cells then cover more of the film, its lesions still land on their own cells), and
+    each fold trains on the training women's images at every scale while the held-out women
+    are predicted at the recipe's own spacing only."""
+    out, _ = crossval_run
+    from MammoPatchLib.datasets import load_records
+    from MammoPatchLib.training import crossval as crossval_module
+    from MammoPatchLib.training.crossval import cached_features, run_recipe, training_variants
+
+    recipe = CellHeadRecipe(name="tiny-scales", bottleneck=8, hidden=16, epochs=1, negatives_per_epoch=128,
+                            classes=["Mass", "Suspicious Calcification"], train_scales=[2.0])
+    records, _ = load_records("synthetic:4", work_dir=out / "report")
+    known = {}
+    base = cached_features(records, recipe, out / "report" / "feature-cache", False, known)
+    (scaled,) = training_variants(records, recipe, out / "report" / "feature-cache", False, known)
+    assert [c.record.image_id for c in scaled] == [c.record.image_id for c in base]
+    for small, full in zip(scaled, base):
+        assert small.geometry.scale == pytest.approx(0.5 * full.geometry.scale, rel=0.02)
+    lesioned = next(i for i, c in enumerate(base) if any(f.category == "Mass" for f in c.record.findings))
+    for image in (base[lesioned], scaled[lesioned]):
+        targets, _ = cell_targets(image.record, image.geometry, image.grid_shape, recipe.classes, recipe.classes)
+        assert targets[0].sum() >= 1, "the lesion is positive at every scale"
+
+    trained = []
+    real = crossval_module.fit_fold_heads
+
+    def recorded(train, recipe, fold, last_stage=None):
+        trained.append((fold, [(c.record.image_id, c.geometry.scale) for c in train]))
+        return real(train, recipe, fold, last_stage)
+
+    monkeypatch.setattr(crossval_module, "fit_fold_heads", recorded)
+    fold_of = {c.record.image_id: i % 2 for i, c in enumerate(base)}
+    outcome = run_recipe(recipe, base, fold_of, progress=False, variants=[scaled])
+    assert len(outcome.cases) == len(base), "held-out images once each, at the recipe's spacing"
+    for fold, images in trained:
+        ids = [image_id for image_id, _ in images]
+        expected = sorted(c.record.image_id for c in base if fold_of[c.record.image_id] != fold)
+        assert sorted(ids) == sorted(expected * 2), "each training image at both scales, no held-out one"
+        assert len({scale for _, scale in images}) > 1
+
+
+@pytest.mark.parametrize("scales", [[1.0], [0.8, 0.8], [0.1]])
+def test_train_scales_are_checked(scales):
+    from MammoPatchLib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_scales"):
+        CellHeadRecipe(train_scales=scales)

@@ -29,7 +29,8 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     if recipe.bundle == "single":
         if cached is None:
             raise ValueError("a single-head bundle needs the cached images to train on")
-        heads = [fit_head(list(cached), recipe, seed_of(recipe, 0, member)) for member in range(recipe.seeds)]
+        train = [*cached, *(v for variant in outcome.variants for v in variant)]  # recipe.train_scales
+        heads = [fit_head(train, recipe, seed_of(recipe, 0, member)) for member in range(recipe.seeds)]
     else:
         heads = outcome.heads
     info = cell_model_info(recipe, ensemble=len(heads))

@@ -57,6 +57,10 @@ class CellHeadRecipe:
             most recipe changes do, and the average of a few is both a steadier measurement
             and a better model.
         seed: random seed (initialisation, sampling; the folds have their own).
+        train_scales: scale augmentation: each training image is also learnt from at these
+            multiples of ``spacing_mm`` (e.g. [0.8, 1.25]: features cached at 0.16 and 0.25 mm
+            beside 0.2 mm), so the head sees each lesion at more than one size; held-out
+            images and the model's own inference stay at ``spacing_mm`` (empty: none).
     """
 
     name: str = "cell-head"
@@ -91,6 +95,7 @@ class CellHeadRecipe:
     tail_learning_rate: float = 1e-4
     seeds: int = 1
     seed: int = 0
+    train_scales: List[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         checks = [
@@ -119,6 +124,9 @@ class CellHeadRecipe:
              "tail_epochs must be a whole number >= 0, tail_learning_rate > 0"),
             (not self.tail_epochs or (self.head == "cell" and has_tunable_last_stage(self.backbone)),
              "tail_epochs needs the cell head on an EfficientNet-Lite backbone (one with a trunk and a tail)"),
+            (all(isinstance(v, (int, float)) and 0.25 <= v <= 4.0 and v != 1.0 for v in self.train_scales)
+             and len(set(self.train_scales)) == len(self.train_scales),
+             "train_scales must be distinct multiples of spacing_mm between 0.25 and 4, none of them 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -79,6 +79,7 @@ class RecipeOutcome:
     heads: List[FittedCellHead] = field(default_factory=list)
     seconds: float = 0.0
     cached: List[CachedImage] = field(default_factory=list, repr=False)
+    variants: List[List[CachedImage]] = field(default_factory=list, repr=False)  # recipe.train_scales'
 
 
 def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, seed: int = 0) -> Dict[str, int]:
@@ -164,8 +165,11 @@ def out_of_fold_cases(heads: Sequence[FittedCellHead], images: Sequence[CachedIm
 
 
 def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: Dict[str, int],
-               progress: bool = True) -> RecipeOutcome:
-    """Train one head per fold on the other folds and predict the held-out women."""
+               progress: bool = True, variants: Sequence[Sequence[CachedImage]] = ()) -> RecipeOutcome:
+    """Train one head per fold on the other folds and predict the held-out women.
+    ``variants``: the same images at the recipe's ``train_scales`` (:func:`training_variants`),
+    whose training women's copies join each fold's training images; held-out women are
+    predicted at the recipe's own spacing only."""
     start = time.perf_counter()
     folds = sorted(set(fold_of.values()))
     predictor = candidate_predictor(frozen_backbone_model(cell_model_info(recipe)), device="cpu",
@@ -174,7 +178,8 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
     heads: List[FittedCellHead] = []
     last_stage = pretrained_last_stage(recipe)
     for fold in folds:
-        train = [c for c in cached if fold_of[c.record.image_id] != fold]
+        train = [c for c in [*cached, *(v for variant in variants for v in variant)]
+                 if fold_of[c.record.image_id] != fold]
         held = [c for c in cached if fold_of[c.record.image_id] == fold]
         fold_start = time.perf_counter()
         members = fit_fold_heads(train, recipe, fold, last_stage)
@@ -183,7 +188,45 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
         if progress:
             print(f"  {recipe.name}: fold {fold + 1}/{len(folds)} ({len(train)} training, {len(held)} held-out "
                   f"images) in {time.perf_counter() - fold_start:.1f} s", flush=True)
-    return RecipeOutcome(recipe, cases, dict(fold_of), heads, time.perf_counter() - start, list(cached))
+    return RecipeOutcome(recipe, cases, dict(fold_of), heads, time.perf_counter() - start, list(cached),
+                         [list(v) for v in variants])
+
+
+def training_variants(records: Sequence[ImageRecord], recipe: CellHeadRecipe, cache_dir: Path,
+                      progress: bool = True,
+                      known: Optional[Dict[tuple, List[CachedImage]]] = None) -> List[List[CachedImage]]:
+    """The cached features of ``records`` at each of the recipe's ``train_scales`` (the pixel
+    spacing times that scale), for scale augmentation; ``known``: caches already read, by
+    :func:`cache_lookup_key`, reused and extended."""
+    known = known if known is not None else {}
+    variants = []
+    for scale in recipe.train_scales:
+        scaled = replace(recipe, spacing_mm=recipe.spacing_mm * scale, train_scales=[])
+        variants.append(cached_features(records, scaled, cache_dir, progress, known))
+    return variants
+
+
+def cache_lookup_key(recipe: CellHeadRecipe) -> tuple:
+    """What a recipe's cached features depend on (recipes that agree on it share one cache)."""
+    return (recipe.backbone, recipe.spacing_mm, json.dumps(recipe.preprocessing.__dict__, sort_keys=True, default=str),
+            recipe.tail_epochs > 0)
+
+
+def cached_features(records: Sequence[ImageRecord], recipe: CellHeadRecipe, cache_dir: Path, progress: bool,
+                    known: Dict[tuple, List[CachedImage]]) -> List[CachedImage]:
+    """The recipe's cached features of every record (computed where missing; see
+    :func:`~.feature_cache.build_cache`), once per :func:`cache_lookup_key` in ``known``.
+
+    Raises:
+        MammoPatchError: an image could not be read (the first such file named)."""
+    key = cache_lookup_key(recipe)
+    if key not in known:
+        cached, errors = build_cache(records, cell_model_info(recipe), cache_dir, progress=progress,
+                                     trunk=recipe.tail_epochs > 0)
+        if errors:
+            raise MammoPatchError(f"{len(errors)} image(s) could not be read for cross-validation: {errors[0]}")
+        known[key] = cached
+    return known[key]
 
 
 def image_level_view(cases: Sequence[ImageCase], thresholds: Dict[str, float]) -> Dict[str, float]:
@@ -448,15 +491,9 @@ def crossval(recipes: Sequence[CellHeadRecipe], data: str, folds: int, out_dir, 
     outcomes = []
     cached_by_key: Dict[tuple, List[CachedImage]] = {}
     for recipe in recipes:
-        trunk = recipe.tail_epochs > 0
-        key = (recipe.backbone, recipe.spacing_mm, json.dumps(recipe.preprocessing.__dict__, sort_keys=True, default=str),
-               trunk)
-        if key not in cached_by_key:
-            cached, errors = build_cache(records, cell_model_info(recipe), cache, progress=progress, trunk=trunk)
-            if errors:
-                raise MammoPatchError(f"{len(errors)} image(s) could not be read for cross-validation: {errors[0]}")
-            cached_by_key[key] = cached
-        outcome = run_recipe(recipe, cached_by_key[key], fold_of, progress)
+        cached = cached_features(records, recipe, cache, progress, cached_by_key)
+        variants = training_variants(records, recipe, cache, progress, cached_by_key)
+        outcome = run_recipe(recipe, cached, fold_of, progress, variants)
         save_outcome(outcome, summarise(outcome, draws=draws), out_dir)
         outcomes.append(outcome)
     names = [p.name for p in sorted((out_dir / RECIPES_DIR).glob("*"))]
@@ -474,5 +511,6 @@ def crossval(recipes: Sequence[CellHeadRecipe], data: str, folds: int, out_dir, 
     return report
 
 
-__all__ = ["crossval", "run_recipe", "summarise", "any_finding_summary", "cell_model_info", "fold_assignment", "RecipeOutcome",
-           "FP_RATES", "image_level_view", "nested_operating_view", "load_outcomes", "compare_all"]
+__all__ = ["crossval", "run_recipe", "training_variants", "cached_features", "summarise", "any_finding_summary",
+           "cell_model_info", "fold_assignment", "RecipeOutcome", "FP_RATES", "image_level_view",
+           "nested_operating_view", "load_outcomes", "compare_all"]
