@@ -15,8 +15,8 @@ from ..evaluation.crossval_report import backbone_phrase, ensemble_phrase, model
 from ..io.atomic import atomic_path
 from ..model_file import build_network, save_model
 from ..other_breast import OTHER_BREAST_WEIGHT, OtherBreastPoint
-from .crossval import (RecipeOutcome, cases_against_other_breast, cell_model_info, fit_head, operating_point,
-                       record_breast_keys, seed_of, summarise)
+from .crossval import (RecipeOutcome, at_every_scale, cases_against_other_breast, cell_model_info, fit_head,
+                       operating_point, record_breast_keys, seed_of, summarise)
 
 
 def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, draws: int = 1000,
@@ -29,7 +29,7 @@ def write_bundled_model(outcome: RecipeOutcome, path, data: str, cached=None, dr
     if recipe.bundle == "single":
         if cached is None:
             raise ValueError("a single-head bundle needs the cached images to train on")
-        train = [*cached, *(v for variant in outcome.variants for v in variant)]  # recipe.train_scales
+        train = at_every_scale(cached, outcome.variants)
         heads = [fit_head(train, recipe, seed_of(recipe, 0, member)) for member in range(recipe.seeds)]
     else:
         heads = outcome.heads

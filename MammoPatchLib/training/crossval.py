@@ -79,7 +79,7 @@ class RecipeOutcome:
     heads: List[FittedCellHead] = field(default_factory=list)
     seconds: float = 0.0
     cached: List[CachedImage] = field(default_factory=list, repr=False)
-    variants: List[List[CachedImage]] = field(default_factory=list, repr=False)  # recipe.train_scales'
+    variants: List[List[CachedImage]] = field(default_factory=list, repr=False)  # at recipe.train_scales
 
 
 def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, seed: int = 0) -> Dict[str, int]:
@@ -178,8 +178,7 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
     heads: List[FittedCellHead] = []
     last_stage = pretrained_last_stage(recipe)
     for fold in folds:
-        train = [c for c in [*cached, *(v for variant in variants for v in variant)]
-                 if fold_of[c.record.image_id] != fold]
+        train = [c for c in at_every_scale(cached, variants) if fold_of[c.record.image_id] != fold]
         held = [c for c in cached if fold_of[c.record.image_id] == fold]
         fold_start = time.perf_counter()
         members = fit_fold_heads(train, recipe, fold, last_stage)
@@ -190,6 +189,12 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
                   f"images) in {time.perf_counter() - fold_start:.1f} s", flush=True)
     return RecipeOutcome(recipe, cases, dict(fold_of), heads, time.perf_counter() - start, list(cached),
                          [list(v) for v in variants])
+
+
+def at_every_scale(cached: Sequence[CachedImage], variants: Sequence[Sequence[CachedImage]]) -> List[CachedImage]:
+    """The images to train on: each cached image at the recipe's spacing, then at each of its
+    ``train_scales`` (:func:`training_variants`)."""
+    return [*cached, *(image for variant in variants for image in variant)]
 
 
 def training_variants(records: Sequence[ImageRecord], recipe: CellHeadRecipe, cache_dir: Path,
@@ -511,6 +516,6 @@ def crossval(recipes: Sequence[CellHeadRecipe], data: str, folds: int, out_dir, 
     return report
 
 
-__all__ = ["crossval", "run_recipe", "training_variants", "cached_features", "summarise", "any_finding_summary",
+__all__ = ["crossval", "run_recipe", "at_every_scale", "training_variants", "cached_features", "summarise", "any_finding_summary",
            "cell_model_info", "fold_assignment", "RecipeOutcome", "FP_RATES", "image_level_view",
            "nested_operating_view", "load_outcomes", "compare_all"]
