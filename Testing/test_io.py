@@ -352,3 +352,20 @@ def test_warnings_print_numbers_not_numpy_reprs(tmp_path, synthetic_mammo):
     ds.save_as(path)
     warning = next(w for w in read_mammogram(path).warnings if "ImageOrientationPatient" in w)
     assert "(1, 0, 0, 1, 0, 0)" in warning and "np." not in warning
+
+
+def test_available_memory_counts_the_page_cache_linux_would_reclaim(tmp_path):
+    """Free pages alone fall to a few hundred MB after a few GB of files are read or installed
+    (the rest is page cache), so a guard on them refused images that fit; Linux's MemAvailable
+    is what a new allocation can get. Without /proc/meminfo the sysconf figure is used."""
+    import os
+
+    from MammoPatchLib.io.validate import available_memory_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683520 kB\nMemFree:          204800 kB\n"
+                       "MemAvailable:   20971520 kB\nBuffers:            1024 kB\n", encoding="ascii")
+    assert available_memory_bytes(str(meminfo)) == 20971520 * 1024
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    fallback = available_memory_bytes(str(tmp_path / "missing"))
+    assert fallback is not None and abs(fallback - free_pages) < 2**30

@@ -33,8 +33,22 @@ BYTES_PER_ANALYSED_PIXEL = 400
 MAMMOGRAPHY_MODALITIES = ("MG", "")
 
 
-def available_memory_bytes() -> Optional[int]:
-    """Physical memory available now (Linux / macOS sysconf), None when unknown."""
+#: Linux's own estimate of the memory a new process can use (``MemAvailable``).
+LINUX_MEMINFO = "/proc/meminfo"
+
+
+def available_memory_bytes(meminfo: str = LINUX_MEMINFO) -> Optional[int]:
+    """Memory available now, None when unknown. On Linux the kernel's ``MemAvailable``, which
+    counts the page cache it would reclaim: free pages alone (sysconf's ``SC_AVPHYS_PAGES``)
+    fall to a few hundred MB on any machine that has just read or installed some GB of files,
+    and an image that fits would be refused. Elsewhere (macOS) sysconf's free pages."""
+    try:
+        with open(meminfo, encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
