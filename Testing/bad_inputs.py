@@ -290,8 +290,8 @@ def _unsupported_syntax(folder: Path, name: str) -> Path:
     return path
 
 
-#: The rows of README's outcome table, in order: a case belongs to the first whose name
-#: prefixes match.
+#: The rows of the documented outcome table (docs/outputs-and-batches.md), in order: a case
+#: belongs to the first whose name prefixes match.
 GROUPS = [
     ("DICOM", ("dicom",)),
     ("PNG / PGM / TIFF / JPEG", ("png", "pgm", "tiff", "jpeg")),
