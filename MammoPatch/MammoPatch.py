@@ -415,8 +415,8 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
             others = [p for p in missing if p not in dependencies.PROVIDED_BY_SLICER]
             if others:
                 constraints = dependencies.write_constraints(slicer.util.tempDirectory("MammoPatch"))
-                packaging = getattr(slicer, "packaging", None)
-                if packaging is not None and hasattr(packaging, "pip_ensure"):
+                packaging = dependencies.slicer_packaging()
+                if packaging is not None:
                     # Slicer >= 5.12 (Base/Python/slicer/packaging.py): checks, prompts only when asked.
                     packaging.pip_ensure(packaging.load_requirements(requirements), constraints=constraints,
                                          prompt_install=askUser, prompt_restart=askUser, requester="MammoPatch")
