@@ -84,7 +84,7 @@ class MammoPatch(ScriptedLoadableModule):
         self.parent.title = _("MammoPatch")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Mammography")]
         self.parent.dependencies = []
-        self.parent.contributors = ["MammoPatch contributors"]
+        self.parent.contributors = ["MammoPatch developers"]
         self.parent.helpText = _(
             "Finds mammographic findings (masses, calcifications, distortions, asymmetries...) with a patch "
             "classifier slid over the mammogram, and shows per-class heatmaps, a label map and one box per "
