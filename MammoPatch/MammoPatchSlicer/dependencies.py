@@ -4,9 +4,9 @@ extension provides and pip must not replace). setup.cfg's ``install_requires`` i
 union of the two (Testing/test_slicer_dependencies.py holds them equal).
 
 Slicer's own packages are checked, never installed: up to 5.10 Slicer's SimpleITK is built with
-Slicer's ITK (SuperBuild/External_SimpleITK.cmake), so a PyPI wheel in its place would break it; a floor
-above what a Slicer ships can never be met there (SimpleITK >= 2.3 failed every Apply on Slicer
-5.6.2, which ships 2.2.1). Every floor in :data:`PROVIDED_BY_SLICER` is at most what the oldest
+Slicer's ITK (SuperBuild/External_SimpleITK.cmake), so a PyPI wheel in its place would break it;
+a floor above what a Slicer ships can never be met there (SimpleITK >= 2.3 failed every Apply on
+Slicer 5.6.2, which ships 2.2.1). Every floor in :data:`PROVIDED_BY_SLICER` is at most what the oldest
 supported Slicer ships (Testing/constraints/slicer-*.txt, each pin cited to Slicer's SuperBuild).
 
 Installed versions are read from the distributions' metadata (``importlib.metadata``): Slicer's
