@@ -107,6 +107,9 @@ class ImageResult:
         model: {"classes", "reported_classes"} of the model that ran.
         source: the input's metadata, its geometry (spacing, origin, direction) included.
         files: every other file written (findings.json / .csv, overlay.png, ...).
+        thresholds: class name -> the threshold its findings were picked at (None: none).
+        image_score: the image's score (None when not computed).
+        other_breast: which image of the other breast it was read against (None: read alone).
     """
 
     image: str
@@ -122,6 +125,9 @@ class ImageResult:
     model: Dict[str, Any] = field(default_factory=dict)
     source: Dict[str, Any] = field(default_factory=dict)
     files: List[str] = field(default_factory=list)
+    thresholds: Dict[str, Optional[float]] = field(default_factory=dict)
+    image_score: Optional[float] = None
+    other_breast: Optional[Dict[str, Any]] = None
 
 
 @dataclass

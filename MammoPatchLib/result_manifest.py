@@ -57,6 +57,8 @@ def image_result(row: Row) -> ImageResult:
     model = document.get("model") or {}
     item.model = {"classes": classes, "reported_classes": list(model.get("reported_classes") or classes)}
     item.source = document.get("source") or {}
+    item.thresholds = dict(zip(classes, document.get("thresholds") or []))
+    item.image_score, item.other_breast = document.get("image_score"), document.get("other_breast") or None
     listed = set(item.heatmaps.values()) | {item.labelmap} | set(item.dicom.values()) | {
         a["path"] for a in item.activation_maps}
     item.files = sorted(str(p) for p in folder.iterdir() if p.is_file() and str(p) not in listed)

@@ -64,6 +64,11 @@ FINDING_CODES = {
     "Global Asymmetry": ("GLOBAL-ASYMMETRY", "99MAMMOPATCH", "Global asymmetry"),
     "Skin Retraction": ("129796009", "SCT", "Skin retraction of breast"),
 }
+#: The category of every finding class (a SEG segment's SegmentedPropertyCategory), and the
+#: breast with its side (its AnatomicRegion and modifier), as (value, scheme, meaning).
+FINDING_CATEGORY_CODE = ("49755003", "SCT", "Morphologically Abnormal Structure")
+BREAST_CODE = ("76752008", "SCT", "Breast")
+SIDE_CODES = {"R": ("24028007", "SCT", "Right"), "L": ("7771000", "SCT", "Left")}
 
 
 def class_slug(name: str) -> str:

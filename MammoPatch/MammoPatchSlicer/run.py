@@ -1,6 +1,8 @@
-"""One analysis of a volume node, without Qt: export (or locate) the input file, start
-``python -m MammoPatchLib.cli predict ... --result-manifest PATH`` in a worker process, relay
-its progress lines, and when it ends load exactly what the manifest lists into the scene.
+"""One analysis of a study (one volume or several), without Qt: export (or locate) each view's
+file, list them in an input manifest, start ``python -m MammoPatchLib.cli predict manifest.csv
+... --result-manifest PATH`` in one worker process (the model is loaded once and both breasts of
+each view are read together), relay its progress lines, and when it ends load exactly what the
+result manifest lists into each view's own nodes, then remove the run's temporary folder.
 
 What the worker wrote, where, and why it failed is read from the manifest
 (:mod:`MammoPatchLib.contract`); nothing here re-derives folder or file names."""
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from MammoPatchLib.contract import (ALL_CLASSES, REPORTED_CLASSES, STATUS_CANCELLED, STATUS_FAILED, STATUS_OK,
                                     ResultManifest, heatmap_request, parse_error_line, parse_progress_line,
@@ -19,6 +22,7 @@ from MammoPatchLib.contract import (ALL_CLASSES, REPORTED_CLASSES, STATUS_CANCEL
 from MammoPatchLib.vocabulary import DEFAULT_MODE, FINDING_CLASSES
 
 from .scene import LoadedResults, export_volume, load_results
+from .study import StudyView, stated_view, study_key, study_tables, study_volumes, write_input_manifest
 from .worker import WorkerProcess, python_for_worker
 
 logger = logging.getLogger(__name__)
@@ -48,9 +52,17 @@ class RunOutcome:
     seconds: float = 0.0
     findings: List[dict] = field(default_factory=list)
     log: List[str] = field(default_factory=list)
-    results: LoadedResults = field(default_factory=LoadedResults)
+    #: input volume node ID -> the nodes its results are in, for every view loaded
+    views: Dict[str, LoadedResults] = field(default_factory=dict)
     manifest: Optional[ResultManifest] = None
     exit_code: Optional[int] = None
+    #: the study's findings and image-score tables (study.study_tables)
+    tables: tuple = ()
+
+    @property
+    def results(self) -> LoadedResults:
+        """The first view's results (a one-volume run's)."""
+        return next(iter(self.views.values()), LoadedResults())
 
     @property
     def cancelled(self) -> bool:
@@ -103,33 +115,61 @@ def heatmaps_to_load(choice: str) -> Optional[List[str]]:
     return None if choice in (REPORTED_CLASSES, ALL_CLASSES) else [choice]
 
 
-class AnalysisRun:
-    """Analyse ``input_volume`` of ``scene`` in a worker; results land in the scene when it ends,
-    then ``on_finished(outcome)`` is called (once). Drive it with :meth:`poll` (a GUI timer) or
-    :meth:`wait`."""
+def study_views(scene, volumes: Sequence, spacing_mm: Optional[float] = None,
+                input_file: Optional[Callable[[object], Optional[str]]] = None) -> List[StudyView]:
+    """The StudyViews of ``volumes``: each one's DICOM source file (``input_file(volume)``, None:
+    none), the pixel spacing given for the others, and the study / view / laterality the worker
+    is told for files that state none."""
+    views = []
+    for volume in volumes:
+        laterality, view = stated_view(volume)
+        source = input_file(volume) if input_file is not None else None
+        views.append(StudyView(volume, source, None if source else spacing_mm, study_key(scene, volume), view,
+                               laterality))
+    return views
 
-    def __init__(self, scene, input_volume, request: RunRequest, work_folder: str, library_root: str,
-                 input_file: Optional[str] = None, environment: Optional[dict] = None,
+
+class AnalysisRun:
+    """Analyse ``inputs`` (a volume node, a StudyView, or a list of either: a study) of ``scene``
+    in one worker run; each view's results land in its own nodes when it ends, then
+    ``on_finished(outcome)`` is called (once). The work folder is removed at the end, however
+    the run ended. Drive it with :meth:`poll` (a GUI timer) or :meth:`wait`."""
+
+    def __init__(self, scene, inputs: Union[object, Sequence], request: RunRequest, work_folder: str,
+                 library_root: str, environment: Optional[dict] = None,
                  on_progress: Optional[Callable[[float, str], None]] = None,
-                 on_finished: Optional[Callable[[RunOutcome], None]] = None,
-                 output_heatmap=None, output_labelmap=None, python: Optional[str] = None) -> None:
-        if input_volume is None:
+                 on_finished: Optional[Callable[[RunOutcome], None]] = None, python: Optional[str] = None) -> None:
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if not items or any(item is None for item in items):
             raise ValueError("Input mammogram is missing")
-        self.scene, self.input_volume, self.request = scene, input_volume, request
-        self.input_id = input_volume.GetID()
+        self.views = [item if isinstance(item, StudyView) else StudyView(item) for item in items]
+        self.scene, self.request = scene, request
+        self.input_ids = [view.volume.GetID() for view in self.views]
         self.on_progress, self.on_finished = on_progress, on_finished
-        self.output_heatmap, self.output_labelmap = output_heatmap, output_labelmap
+        self.work_folder = work_folder
         os.makedirs(work_folder, exist_ok=True)
-        self.input_file = input_file or export_volume(input_volume, os.path.join(work_folder, "input.nrrd"))
-        self.manifest_path = os.path.join(work_folder, "result-manifest.json")
-        self.command = worker_command(python or python_for_worker(), self.input_file,
-                                      os.path.join(work_folder, "results"), self.manifest_path,
-                                      os.path.join(work_folder, "cancel"), request)
-        self.outcome = RunOutcome()
-        self._start = time.monotonic()
-        logger.info("MammoPatch: %s", " ".join(self.command))
-        self.worker = WorkerProcess(self.command, worker_environment(environment, library_root),
-                                    os.path.join(work_folder, "cancel"), self._on_line, self._on_exit)
+        try:
+            files = [view.input_file or export_volume(view.volume, os.path.join(work_folder, f"input-{index}.nrrd"),
+                                                      view.spacing_mm)
+                     for index, view in enumerate(self.views)]
+            self.input_files = [os.path.realpath(f) for f in files]
+            inputs_csv = write_input_manifest(os.path.join(work_folder, "inputs.csv"), self.views, files)
+            self.manifest_path = os.path.join(work_folder, "result-manifest.json")
+            self.command = worker_command(python or python_for_worker(), inputs_csv,
+                                          os.path.join(work_folder, "results"), self.manifest_path,
+                                          os.path.join(work_folder, "cancel"), request)
+            self.outcome = RunOutcome()
+            self._start = time.monotonic()
+            logger.info("MammoPatch: %s", " ".join(self.command))
+            self.worker = WorkerProcess(self.command, worker_environment(environment, library_root),
+                                        os.path.join(work_folder, "cancel"), self._on_line, self._on_exit)
+        except BaseException:
+            self._remove_work_folder()
+            raise
+
+    @property
+    def input_volume(self):
+        return self.views[0].volume
 
     @property
     def finished(self) -> bool:
@@ -158,6 +198,13 @@ class AnalysisRun:
         errors = [e for e in (parse_error_line(line) for line in self.outcome.log) if e]
         return errors[-1] if errors else ""
 
+    def _remove_work_folder(self) -> None:
+        """The run's temporary folder (the exported inputs, every result file) goes once the
+        results are in the scene: Slicer does not clean its temporary folder
+        (Base/Python/slicer/util.py v5.8.1 line 2893, tempDirectory), and SlicerTotalSegmentator
+        (TotalSegmentator.py, process: shutil.rmtree of its temporary folder) does the same."""
+        shutil.rmtree(self.work_folder, ignore_errors=True)
+
     def _on_exit(self, exit_code: int) -> None:
         outcome = self.outcome
         outcome.exit_code = exit_code
@@ -169,23 +216,38 @@ class AnalysisRun:
         except Exception as exc:  # noqa: BLE001 - shown to the user as the run's error
             logger.debug("MammoPatch: loading the results failed", exc_info=True)
             outcome.status, outcome.error = STATUS_FAILED, str(exc)
+        finally:
+            self._remove_work_folder()
         if self.on_finished is not None:
             self.on_finished(outcome)
 
     def _load(self, outcome: RunOutcome, exit_code: int) -> None:
-        if self.scene.GetNodeByID(self.input_id) is not self.input_volume:
+        present = [self.scene.GetNodeByID(i) is v.volume for i, v in zip(self.input_ids, self.views)]
+        if not any(present):
             raise RuntimeError("the input volume was removed from the scene while it was analysed")
         try:
             manifest = read_manifest(self.manifest_path)
         except ValueError as exc:
             raise RuntimeError(self._last_error_line() or f"{exc} (exit code {exit_code})") from None
         outcome.manifest = manifest
-        if manifest.status != STATUS_OK or not manifest.images:
+        if not manifest.images:
             raise RuntimeError(manifest.error or self._last_error_line() or f"the worker failed (exit code {exit_code})")
-        image = manifest.images[0]
-        outcome.findings = list(image.findings)
-        outcome.results = load_results(self.scene, self.input_volume, image, heatmaps_to_load(self.request.heatmap_class),
-                                       self.output_heatmap, self.output_labelmap)
+        by_file = {os.path.realpath(image.image): image for image in manifest.images}
+        errors = []
+        for view, file, still_there in zip(self.views, self.input_files, present):
+            image = by_file.get(file)
+            name = view.volume.GetName() if still_there else "a removed volume"
+            if not still_there or image is None or image.status == STATUS_FAILED:
+                errors.append(f"{name}: {image.error if image is not None else 'not analysed'}")
+                continue
+            loaded = load_results(self.scene, view.volume, image, heatmaps_to_load(self.request.heatmap_class))
+            outcome.views[view.volume.GetID()] = loaded
+            outcome.findings.extend(image.findings)
+        if outcome.views:
+            first = next(v.volume for v, p in zip(self.views, present) if p)
+            outcome.tables = study_tables(self.scene, study_volumes(self.scene, first), first.GetName())
+        if errors:
+            raise RuntimeError("; ".join(errors))
         outcome.status = STATUS_OK
 
 
