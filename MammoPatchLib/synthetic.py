@@ -46,6 +46,11 @@ TRANSFER_SYNTAXES = {
 
 MAMMO_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 
+#: Patient Orientation (row, column directions) of the phantom: the chest wall is on the image's
+#: left for "L", mirrored for "R"; an MLO's columns run towards the feet as well.
+PATIENT_ORIENTATION = {("L", "CC"): ["A", "R"], ("R", "CC"): ["P", "L"], ("L", "MLO"): ["A", "FR"],
+                       ("R", "MLO"): ["P", "FL"]}
+
 
 @dataclass
 class SyntheticFinding:
@@ -177,6 +182,8 @@ def synthesize_mammogram(
     """
     if laterality not in ("L", "R"):
         raise ValueError(f"laterality must be 'L' or 'R', got {laterality!r}")
+    if view_position not in ("CC", "MLO"):
+        raise ValueError(f"view_position must be 'CC' or 'MLO', got {view_position!r}")
     if not 8 <= bits_stored <= 16:
         raise ValueError(f"bits_stored must be 8..16, got {bits_stored}")
     rng = np.random.default_rng(seed)
@@ -206,6 +213,25 @@ def synthesize_mammogram(
     return SyntheticMammogram(pixels, spacing_mm, laterality, view_position, drawn, mask)
 
 
+def _view_code(view_position: str):
+    """The View Code (CID 4014) of a view position, from pydicom's code dictionary."""
+    from pydicom.sr.codedict import codes
+
+    return {"CC": codes.SCT.CranioCaudal, "MLO": codes.SCT.MedioLateralObliqueProjection}[view_position]
+
+
+def _coded(code, **nested) -> "Dataset":  # noqa: F821
+    """A code sequence item (Code Value, Coding Scheme Designator, Code Meaning) of a pydicom
+    ``Code``, with ``nested`` sequences (keyword: items) inside it."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    for keyword, items in nested.items():
+        setattr(item, keyword, list(items))
+    return item
+
+
 def write_dicom(
     mammogram: SyntheticMammogram,
     path: PathLike,
@@ -217,21 +243,30 @@ def write_dicom(
     sop_uid: Optional[str] = None,
     patient_id: str = "SYNTHETIC",
     spacing_tag: str = "PixelSpacing",
-    window: bool = False,
+    window: bool = True,
 ) -> str:
-    """Write a synthetic mammogram as an MG "For Presentation" DICOM file, atomically.
+    """Write a synthetic mammogram as a Digital Mammography X-Ray Image "For Presentation",
+    atomically, with the attributes a vendor's file carries (dciodvfy finds no error in it):
+    view and anatomy codes, detector and positioner, pixel intensity relationship, Presentation
+    LUT Shape and a VOI window. The window spans the stored range, so the reader's VOI step
+    (always taken on such files) gives back the stored values.
 
     Args:
         photometric: "MONOCHROME2", or "MONOCHROME1" (values stored inverted).
         transfer_syntax: a key of :data:`TRANSFER_SYNTAXES`.
-        spacing_tag: "PixelSpacing", "ImagerPixelSpacing" or "" (no spacing stored).
-        window: also store a Window Center/Width covering the breast.
+        spacing_tag: "PixelSpacing": Pixel Spacing and the same Imager Pixel Spacing (as most
+            vendors write); "ImagerPixelSpacing": that alone; "": no spacing (a file the
+            standard does not allow, for tests of the reader's fallback).
+        window: False leaves the VOI window out (also not allowed; for tests).
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.sr.codedict import codes
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise ValueError(f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}, got {transfer_syntax!r}")
+    if spacing_tag not in ("PixelSpacing", "ImagerPixelSpacing", ""):
+        raise ValueError(f"spacing_tag must be PixelSpacing, ImagerPixelSpacing or '', got {spacing_tag!r}")
     bits = int(bits_stored or max(8, int(mammogram.pixels.max()).bit_length()))
     stored = mammogram.pixels.astype(np.uint16)
     if photometric == "MONOCHROME1":
@@ -255,23 +290,42 @@ def write_dicom(
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "1", "", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
     ds.Manufacturer = "MammoPatch synthetic"
-    ds.PatientOrientation = ["A", "R"] if mammogram.laterality == "L" else ["P", "L"]
     ds.Modality = "MG"
     ds.PresentationIntentType = "FOR PRESENTATION"
+    # Image Type: a processed "For Presentation" image, as vendors derive it from the raw one.
+    ds.ImageType = ["DERIVED", "PRIMARY", ""]
+    ds.PatientOrientation = PATIENT_ORIENTATION[(mammogram.laterality, mammogram.view_position)]
     ds.ImageLaterality = mammogram.laterality
     ds.ViewPosition = mammogram.view_position
+    ds.ViewCodeSequence = [_coded(_view_code(mammogram.view_position), ViewModifierCodeSequence=[])]
+    ds.AnatomicRegionSequence = [_coded(codes.SCT.Breast)]
+    ds.OrganExposed = "BREAST"
+    ds.BodyPartExamined = "BREAST"
+    ds.PositionerType = "MAMMOGRAPHIC"
+    ds.DetectorType = "DIRECT"
+    ds.AcquisitionContextSequence = []
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"  # every syntax written is lossless
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
+    # Log exposure; denser tissue (less X-ray intensity) is brighter in MONOCHROME2, stored
+    # inverted in MONOCHROME1.
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME2" else 1
+    ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
     ds.BitsAllocated = 16
     ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
-    ds.RescaleSlope = 1
-    ds.RescaleIntercept = 0
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "US"
+    spacing = [f"{mammogram.spacing_mm:.4f}", f"{mammogram.spacing_mm:.4f}"]
     if spacing_tag:
-        setattr(ds, spacing_tag, [f"{mammogram.spacing_mm:.4f}", f"{mammogram.spacing_mm:.4f}"])
+        ds.ImagerPixelSpacing = spacing
+    if spacing_tag == "PixelSpacing":
+        ds.PixelSpacing = spacing
     if window:
+        # Linear window over the whole stored range: the identity on stored values.
         ds.WindowCenter = int(2 ** (bits - 1))
         ds.WindowWidth = int(2**bits)
     ds.PixelData = stored.tobytes()

@@ -42,6 +42,7 @@ class BrightCentreProbe(nn.Module):
         return logits
 
 
-def probe_model(thresholds=None, spacing_mm=None) -> LoadedModel:
+def probe_model(thresholds=None, spacing_mm=None, level: float = 0.62) -> LoadedModel:
+    """The probe as a loaded model; a ``level`` above 1 reports nothing on any image."""
     info = ModelInfo(spacing_mm=spacing_mm, thresholds=thresholds or [0.3] + [0.5] * 9, trained=False)
-    return LoadedModel(network=BrightCentreProbe().eval(), info=info, path="<probe>", sha256="")
+    return LoadedModel(network=BrightCentreProbe(level=level).eval(), info=info, path="<probe>", sha256="")

@@ -96,6 +96,85 @@ def test_structured_report_lists_each_finding_with_its_box_score_and_algorithm(r
         assert texts["Algorithm Name"] == "MammoPatch" and texts["Algorithm Version"] == __version__
 
 
+def _image_groups(report):
+    """{tracking identifier: group} of the SR's image-level measurement groups (TID 1501)."""
+    return {group.tracking_identifier: group for group in report.content.get_image_measurement_groups()}
+
+
+def test_structured_report_states_the_summary_and_each_class_maximum(run):
+    source, out, result = run
+    groups = _image_groups(hd.sr.srread(out / "findings_sr.dcm"))
+    (summary,) = groups["image summary"].get_qualitative_evaluations()
+    assert summary.name.value == "111017" and summary.value.meaning == "All algorithms succeeded; with findings"
+    maxima = result.breast_scores().class_maxima
+    assert set(groups) == {"image summary"} | {f"highest {name}" for name in maxima}
+    for name, value in maxima.items():
+        group = groups[f"highest {name}"]
+        assert group.finding_type.meaning == _code_meaning(name)
+        assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
+        (measurement,) = group.get_measurements()
+        assert measurement.derivation.meaning == "Maximum" and measurement.value == pytest.approx(value, abs=1e-5)
+
+
+def _code_meaning(name):
+    from MammoPatchLib.vocabulary import FINDING_CODES
+
+    return FINDING_CODES[name][2]
+
+
+@pytest.fixture(scope="module")
+def normal(tmp_path_factory):
+    """A normal image (no finding drawn) and a model that reports nothing on it, through the
+    command line's path with --dicom-out."""
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    folder = tmp_path_factory.mktemp("normal")
+    source = write_dicom(synthesize_mammogram((320, 256), 0.2, "R", "CC", [], seed=5), folder / "n.dcm")
+    predictor = Predictor(probe_model(spacing_mm=0.2, level=2.0), mode="fast", device="cpu",
+                          classes=["Mass", "Asymmetry"])
+    (row,) = predict_files([source], folder / "out", predictor=predictor, dicom=True, progress=False)
+    return row, pydicom.dcmread(source), folder / "out" / "n"
+
+
+def test_an_image_without_findings_gets_every_dicom_output(normal):
+    row, source, out = normal
+    assert row.status == "ok" and row.findings == 0, row
+    report = hd.sr.srread(out / "findings_sr.dcm")
+    assert report.content.get_planar_roi_measurement_groups() == []
+    (summary,) = _image_groups(report)["image summary"].get_qualitative_evaluations()
+    assert summary.value.meaning == "All algorithms succeeded; without findings"
+    seg = pydicom.dcmread(out / "findings_seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Mass", "Asymmetry"], "the reported classes, empty"
+    assert all(not frame.any() for frame in _segments(seg).values()) and len(_segments(seg)) == 2
+    heat = pydicom.dcmread(out / "heatmaps_seg.dcm")
+    assert heat.SegmentationType == "FRACTIONAL" and len(heat.SegmentSequence) == 2
+    sc = pydicom.dcmread(out / "overlay_sc.dcm")
+    assert sc.Laterality == "R" and sc.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.PatientOrientation == heat.PatientOrientation == source.PatientOrientation
+
+
+def test_classes_without_a_score_get_no_segment_and_no_maximum(run, tmp_path, monkeypatch):
+    """A class the model never learned carries no score (None): the SR states no maximum
+    for it and the heatmap SEG holds no map of it."""
+    from MammoPatchLib.other_breast import BreastScores
+    from MammoPatchLib.results.dicom import write_dicom_outputs
+
+    _, _, result = run
+    scores = result.breast_scores()
+    unscored = BreastScores(scores.image, {**scores.class_maxima, "Asymmetry": None}, scores.image_score)
+    monkeypatch.setattr(result, "breast_scores", lambda: unscored)
+    order = ["Asymmetry", "Mass"]
+    written = write_dicom_outputs(result, tmp_path, order,
+                                  heatmaps=result.heatmaps[[result.classes.index(name) for name in order]])
+    heat = pydicom.dcmread(written["heatmaps"])
+    assert [s.SegmentLabel for s in heat.SegmentSequence] == ["Mass"]
+    np.testing.assert_allclose(_segments(heat)[1].astype(float), np.round(result.heatmaps[0] * 255), atol=1)
+    groups = _image_groups(hd.sr.srread(written["report"]))
+    assert "highest Asymmetry" not in groups and "highest Mass" in groups
+
+
 def test_output_control_writes_fewer_smaller_heatmaps(run, tmp_path):
     from MammoPatchLib.io import read_mammogram
     from MammoPatchLib.results.files import OutputOptions, write_result

@@ -35,19 +35,52 @@ def test_findings_lie_in_the_breast_and_are_visible(laterality):
     assert chest > far, "the chest wall is on the side laterality says"
 
 
-def test_dicom_is_mg_for_presentation(tmp_path):
+@pytest.mark.parametrize("photometric, view", [("MONOCHROME2", "MLO"), ("MONOCHROME1", "CC")])
+def test_dicom_is_a_mammogram_for_presentation_as_vendors_write_it(tmp_path, photometric, view):
+    """The attributes a vendor's For Presentation mammogram carries (dciodvfy's own check is
+    Testing/test_dicom_validity.py); its window spans the stored range, so the reader, which
+    applies it as on any vendor's file, reads the same values as without it."""
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    mammo = synthesize_mammogram((300, 300), 0.1, "R", view, ["round mass"], bits_stored=14, seed=1)
+    path = write_dicom(mammo, tmp_path / "x.dcm", photometric=photometric)
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "MG" and ds.BitsStored == 14 and ds.PhotometricInterpretation == photometric
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.2" and ds.PresentationIntentType == "FOR PRESENTATION"
+    assert list(ds.ImageType)[:2] == ["DERIVED", "PRIMARY"]
+    (view_code,) = ds.ViewCodeSequence
+    expected = codes.SCT.CranioCaudal if view == "CC" else codes.SCT.MedioLateralObliqueProjection
+    assert (view_code.CodeValue, view_code.CodingSchemeDesignator) == (expected.value, "SCT")
+    assert "ViewModifierCodeSequence" in view_code and ds.ViewPosition == view and ds.ImageLaterality == "R"
+    assert ds.AnatomicRegionSequence[0].CodeValue == codes.SCT.Breast.value
+    assert [float(v) for v in ds.ImagerPixelSpacing] == [float(v) for v in ds.PixelSpacing] == [0.1, 0.1]
+    assert (ds.OrganExposed, ds.PositionerType, ds.DetectorType) == ("BREAST", "MAMMOGRAPHIC", "DIRECT")
+    assert (ds.BurnedInAnnotation, ds.LossyImageCompression, ds.RescaleType) == ("NO", "00", "US")
+    monochrome2 = photometric == "MONOCHROME2"
+    assert ds.PixelIntensityRelationship == "LOG" and ds.PixelIntensityRelationshipSign == (-1 if monochrome2 else 1)
+    assert ds.PresentationLUTShape == ("IDENTITY" if monochrome2 else "INVERSE")
+    image, raw = read_mammogram(path), read_mammogram(path, apply_voi=False)
+    assert image.extra["voi"] == "Window" and raw.extra["voi"] == "none"
+    np.testing.assert_array_equal(image.pixels, raw.pixels)
+
+
+def test_a_file_without_window_or_spacing_can_still_be_written_for_reader_tests(tmp_path):
     import pydicom
 
-    mammo = synthesize_mammogram((300, 300), 0.1, "L", "CC", [], bits_stored=14, seed=1)
-    path = write_dicom(mammo, tmp_path / "x.dcm", photometric="MONOCHROME1", window=True)
-    ds = pydicom.dcmread(path)
-    assert ds.Modality == "MG" and ds.BitsStored == 14 and ds.PhotometricInterpretation == "MONOCHROME1"
-    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.2"
-    assert read_mammogram(path).extra["voi"] == "Window"
+    mammo = synthesize_mammogram((300, 300), 0.1, "L", "CC", [], seed=1)
+    ds = pydicom.dcmread(write_dicom(mammo, tmp_path / "x.dcm", spacing_tag="", window=False))
+    assert "WindowCenter" not in ds and "PixelSpacing" not in ds and "ImagerPixelSpacing" not in ds
+    only = pydicom.dcmread(write_dicom(mammo, tmp_path / "i.dcm", spacing_tag="ImagerPixelSpacing"))
+    assert "PixelSpacing" not in only and "ImagerPixelSpacing" in only
 
 
-def test_bad_arguments():
+def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown synthetic finding"):
         synthesize_mammogram((300, 300), findings=["tumour"], seed=0)
     with pytest.raises(ValueError, match="laterality"):
         synthesize_mammogram((300, 300), laterality="X")
+    with pytest.raises(ValueError, match="view_position"):
+        synthesize_mammogram((300, 300), view_position="ML")
+    with pytest.raises(ValueError, match="spacing_tag"):
+        write_dicom(synthesize_mammogram((300, 300), seed=0), tmp_path / "x.dcm", spacing_tag="Spacing")

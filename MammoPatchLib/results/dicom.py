@@ -6,11 +6,15 @@
   segment per class): what the issue calls "a Parametric Map or fractional SEG";
 - a Secondary Capture of the overlay PNG, for viewers that display no SEG;
 - a Comprehensive 3D SR measurement report: one planar ROI per finding (class as finding
-  type, its box as an image-coordinate polyline, the score as a probability), with the
-  algorithm identified by name, version and model SHA-256.
+  type, its box as an image-coordinate polyline, the score as a probability), one image
+  group per class with a score (its highest probability), and an image group stating the CAD
+  summary, "with findings" or "without findings" (an image on which nothing is reported gets
+  every output too), with the algorithm identified by name, version and model SHA-256.
 
 All four share the source's patient and study, each in its own new series. The library never
-builds DICOM data sets by hand: highdicom checks each IOD.
+builds DICOM data sets by hand: highdicom checks each IOD; the two attributes highdicom
+leaves out and dciodvfy asks for (the SEG's Patient Orientation, the capture's Laterality)
+are the source's own.
 """
 
 from __future__ import annotations
@@ -83,8 +87,10 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
     algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence,
                                                    parameters={"model_sha256": sha} if sha else None)
+    # Every segment keeps its frame, empty ones included: highdicom 0.28 fails on a fractional
+    # SEG whose frames are all empty when asked to omit them (an image where nothing is found).
     common = dict(manufacturer="MammoPatch", manufacturer_model_name="MammoPatch sliding-patch classifier",
-                  software_versions=__version__, device_serial_number=sha[:16] or "unknown")
+                  software_versions=__version__, device_serial_number=sha[:16] or "unknown", omit_empty_frames=False)
 
     def description(number: int, name: str):
         return hd.seg.SegmentDescription(
@@ -93,32 +99,67 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
             segmented_property_type=_code(name), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm)
 
-    present = [name for k, name in enumerate(result.classes) if (result.label_map == k + 1).any()]
-    if present:
-        masks = np.stack([result.label_map == result.classes.index(name) + 1 for name in present], axis=-1)[None]
+    scored = _scored_classes(result)
+    segmented = _segmented_classes(result, scored)
+    if segmented:
+        masks = np.stack([result.label_map == result.classes.index(name) + 1 for name in segmented], axis=-1)[None]
         seg = hd.seg.Segmentation(
             source_images=[source], pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description(i + 1, name) for i, name in enumerate(present)],
+            segment_descriptions=[description(i + 1, name) for i, name in enumerate(segmented)],
             series_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["seg"], sop_instance_uid=hd.UID(),
             instance_number=1, series_description="MammoPatch findings", **common)
-        written["seg"] = _save(seg, out / DICOM_OUTPUT_FILES["seg"])
-    if heatmap_classes:
+        written["seg"] = _save(_oriented(seg, source), out / DICOM_OUTPUT_FILES["seg"])
+    kept = [k for k, name in enumerate(heatmap_classes) if name in scored]
+    if kept:
         if heatmaps is None:
-            heatmaps = result.heatmaps_every(1, [result.classes.index(name) for name in heatmap_classes])
+            heatmaps = result.heatmaps_every(1, [result.classes.index(heatmap_classes[k]) for k in kept])
+        else:
+            heatmaps = heatmaps[kept]
         maps = np.moveaxis(heatmaps, 0, -1)[None]
         heat = hd.seg.Segmentation(
             source_images=[source], pixel_array=maps.astype(np.float32),
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
             fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY, max_fractional_value=255,
-            segment_descriptions=[description(i + 1, name) for i, name in enumerate(heatmap_classes)],
+            segment_descriptions=[description(i + 1, heatmap_classes[k]) for i, k in enumerate(kept)],
             series_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["heatmaps"], sop_instance_uid=hd.UID(),
             instance_number=1, series_description="MammoPatch heatmaps (probability)", **common)
-        written["heatmaps"] = _save(heat, out / DICOM_OUTPUT_FILES["heatmaps"])
+        written["heatmaps"] = _save(_oriented(heat, source), out / DICOM_OUTPUT_FILES["heatmaps"])
     if overlay_rgb is not None:
         written["overlay"] = _save(_overlay_capture(source, overlay_rgb), out / DICOM_OUTPUT_FILES["overlay"])
     sr = _findings_report(result, source, algorithm_name, sha)
     written["report"] = _save(sr, out / DICOM_OUTPUT_FILES["report"])
     return written
+
+
+def _scored_classes(result) -> Dict[str, float]:
+    """{class: highest probability} of the classes that carry a score, as findings.json's
+    ``class_maxima`` (a class the model never learned carries none: no segment, no maximum)."""
+    return {name: float(value) for name, value in result.breast_scores().class_maxima.items() if value is not None}
+
+
+def _segmented_classes(result, scored: Dict[str, float]) -> List[str]:
+    """The findings SEG's segments: each class the label map marks, or, on an image where
+    nothing is reported, each reported class that carries a score, as an empty segment (a
+    SEG holds at least one segment; an empty one says the class was looked for and not found)."""
+    present = [name for k, name in enumerate(result.classes) if (result.label_map == k + 1).any()]
+    if present:
+        return present
+    wanted = result.reported_classes or result.classes
+    return [name for name in result.classes if name in wanted and name in scored]
+
+
+def _oriented(seg, source):
+    """The SEG with the source's Patient Orientation (General Image, type 2C for an image
+    without a patient coordinate system, as a projection mammogram is): highdicom omits it."""
+    seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    return seg
+
+
+def _laterality(source) -> Optional[str]:
+    """The source's laterality, "L" or "R", for the capture's series (type 2C for a paired
+    organ); None where the source states neither."""
+    value = str(source.get("ImageLaterality", "") or source.get("Laterality", "") or "").strip().upper()
+    return value if value in ("L", "R") else None
 
 
 def _overlay_capture(source, overlay_rgb: np.ndarray):
@@ -131,13 +172,15 @@ def _overlay_capture(source, overlay_rgb: np.ndarray):
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB, bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT, series_instance_uid=hd.UID(),
         sop_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["overlay"], instance_number=1,
-        manufacturer="MammoPatch", patient_orientation=orientation[:2],
+        manufacturer="MammoPatch", patient_orientation=orientation[:2], laterality=_laterality(source),
         series_description="MammoPatch overlay")
 
 
 def _findings_report(result, source, algorithm_name: str, sha: str):
     """The findings as a Comprehensive 3D SR measurement report: one planar region (the box)
-    with its class and probability per finding."""
+    with its class and probability per finding, then the image's CAD summary (with or without
+    findings) and each scored class's highest probability, so that a report exists, and says
+    so, when nothing is reported (TID 1500 holds at least one measurement group)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -148,6 +191,7 @@ def _findings_report(result, source, algorithm_name: str, sha: str):
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=hd.UID(), name=algorithm_name, manufacturer_name="MammoPatch", model_name=__version__))
+    unit = Code("1", "UCUM", "no units")
     groups: List = []
     for index, finding in enumerate(result.findings, start=1):
         x0, y0, x1, y1 = (float(v) for v in finding.box_px)
@@ -159,9 +203,22 @@ def _findings_report(result, source, algorithm_name: str, sha: str):
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"finding {index}"),
             referenced_region=region, finding_type=_code(finding.category), algorithm_id=report_algorithm,
             measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(finding.score), 6),
-                                            unit=Code("1", "UCUM", "no units"), algorithm_id=report_algorithm)]))
+                                            unit=unit, algorithm_id=report_algorithm)]))
+    image = [hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]
+    summary = (codes.DCM.AllAlgorithmsSucceededWithFindings if result.findings
+               else codes.DCM.AllAlgorithmsSucceededWithoutFindings)
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="image summary"),
+        algorithm_id=report_algorithm, source_images=image,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.CADProcessingAndFindingsSummary, summary)]))
+    for name, value in _scored_classes(result).items():
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"highest {name}"[:64]),
+            finding_type=_code(name), algorithm_id=report_algorithm, source_images=image,
+            measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=round(value, 6), unit=unit,
+                                            derivation=codes.SCT.Maximum, algorithm_id=report_algorithm)]))
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-                                     procedure_reported=codes.SCT.Mammography, imaging_measurements=groups or None,
+                                     procedure_reported=codes.SCT.Mammography, imaging_measurements=groups,
                                      title=codes.DCM.ImagingMeasurementReport)
     sr = hd.sr.Comprehensive3DSR(evidence=[source], content=report, series_number=SERIES_NUMBERS["report"],
                                  series_instance_uid=hd.UID(), sop_instance_uid=hd.UID(), instance_number=1,
