@@ -16,7 +16,7 @@ from typing import Annotated, Callable, List, Optional, Tuple
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -145,8 +145,14 @@ class MammoPatchParameterNode:
     showOtherClasses - also offer the classes the model computes but does not report.
     activationMaps - also load Grad-CAM activation maps of the top findings (one volume each,
         linked to its finding's ROI; like the poster's activation figure).
-    outputHeatmap - probability map of the first heatmap class loaded, in the input's geometry.
-    outputLabelMap - 0 = no finding, k = k-th class.
+    wholeStudy - analyse every view of the mammogram's study in one run (both breasts of each
+        view read together), not only the mammogram.
+    pixelSpacingMm - the pixel spacing of a mammogram that is not DICOM (its file may state none,
+        or ITK's 1 mm default): prefilled from the volume, used for the run and stated in its result.
+
+    Results are not parameters: each mammogram's results are its own nodes, found again by
+    their MammoPatch.source attribute (MammoPatchSlicer.scene), so no output selector can point
+    one image's results at another's nodes (or at the mammogram itself).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -159,8 +165,8 @@ class MammoPatchParameterNode:
     heatmapClass: str = REPORTED_CLASSES
     showOtherClasses: bool = False
     activationMaps: bool = False
-    outputHeatmap: vtkMRMLScalarVolumeNode
-    outputLabelMap: vtkMRMLLabelMapVolumeNode
+    wholeStudy: bool = True
+    pixelSpacingMm: Annotated[float, WithinRange(0.01, 2.0)] = 0.1
 
 
 #
@@ -185,6 +191,7 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._guiConnectedNodeIds = set()
         self._classChoicesKey = None
+        self._spacingVolumeId = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -199,6 +206,8 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.heatmapClassComboBox.connect("currentIndexChanged(int)", self._onHeatmapClassChosen)
+        # qMRMLTableView::selectionChanged (Libs/MRML/Widgets/qMRMLTableView.h v5.8.1 line 108)
+        self.ui.findingsTableView.connect("selectionChanged()", self._onFindingSelected)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -270,7 +279,20 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         key = (node.useDefaultModel, str(node.modelPath) if node.modelPath else "", node.showOtherClasses)
         if key != self._classChoicesKey:
             self._updateClassChoices(key)
+        self._updateSpacing()
         self._checkCanApply()
+
+    def _updateSpacing(self) -> None:
+        """The pixel spacing field: only for a mammogram that is not DICOM, prefilled from the
+        volume's spacing when another volume is chosen."""
+        volume = self._parameterNode.inputVolume
+        isDicom = bool(volume) and self.logic.inputFileForVolume(volume) is not None
+        self.ui.pixelSpacingSpinBox.enabled = bool(volume) and not isDicom
+        volumeId = volume.GetID() if volume else None
+        if volumeId != self._spacingVolumeId:
+            self._spacingVolumeId = volumeId
+            if volume and not isDicom and 0.01 <= volume.GetSpacing()[0] <= 2.0:
+                self._parameterNode.pixelSpacingMm = volume.GetSpacing()[0]
 
     def _updateClassChoices(self, key=None) -> None:
         """The heatmap choices of the selected model (its reported classes; the others when
@@ -315,10 +337,16 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._updateClassChoices(self._classChoicesKey)  # the model file can be read now
         node = self._parameterNode
+        views = self.logic.studyViews(node.inputVolume, node.wholeStudy, node.pixelSpacingMm)
+        undocumented = [v for v in views if v.input_file is None]
+        if undocumented and not slicer.util.confirmOkCancelDisplay(
+                _("Not DICOM, analysed at these pixel spacings (set the mammogram's in 'Pixel spacing'):\n{views}").format(
+                    views="\n".join(f"{v.volume.GetName()}: {self.logic.spacingOf(v):.4g} mm" for v in undocumented))):
+            return
         started = False
         with slicer.util.tryWithErrorDisplay(_("MammoPatch could not start."), waitCursor=True):
             self.logic.startProcessing(
-                node.inputVolume, node.outputHeatmap, node.outputLabelMap, modelPath=self._modelPath(),
+                views, modelPath=self._modelPath(),
                 mode=node.mode, device=node.device, threshold=None if node.useModelThresholds else node.threshold,
                 heatmapClass=node.heatmapClass, progressCallback=self._onProgress, finishedCallback=self._onFinished,
                 activationMaps=ACTIVATION_MAPS if node.activationMaps else 0)
@@ -337,7 +365,9 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Runs in the GUI thread when the worker has ended and its results are loaded."""
         self.ui.applyButton.text = _("Apply")
         self.ui.progressBar.visible = False
-        node = self._parameterNode
+        if outcome.tables:
+            self.ui.findingsTableView.setMRMLTableNode(outcome.tables[0])
+            self.ui.imageScoresTableView.setMRMLTableNode(outcome.tables[1])
         if outcome.cancelled:
             self.ui.statusLabel.text = _("Cancelled")
         elif outcome.error:
@@ -345,12 +375,20 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("MammoPatch failed: {error}").format(error=outcome.error),
                                      detailedText="\n".join(outcome.log[-200:]))
         else:
-            if node:
-                node.outputHeatmap = outcome.results.first_heatmap
-                node.outputLabelMap = outcome.results.labelmap
-            self.ui.statusLabel.text = _("{count} finding(s) in {seconds:.1f} s").format(
-                count=len(outcome.findings), seconds=outcome.seconds)
+            self.ui.statusLabel.text = self.logic.summary(outcome)
         self._checkCanApply()
+
+    def _onFindingSelected(self) -> None:
+        """Centre the views on the finding of the selected row (its ROI node ID is the row's
+        "Finding" cell)."""
+        from MammoPatchSlicer.study import FINDING_COLUMNS
+
+        view = self.ui.findingsTableView
+        table = view.mrmlTableNode()  # qMRMLTableView.h v5.6.2 line 58
+        # the current index of the sorting proxy (sortFilterProxyModel, line 61) mapped to the table's row
+        row = view.sortFilterProxyModel().mapToSource(view.selectionModel().currentIndex()).row()
+        if table is not None and 0 <= row < table.GetNumberOfRows():
+            self.logic.centreOnFinding(table.GetCellText(row, FINDING_COLUMNS.index("Finding")))
 
 
 #
@@ -369,6 +407,7 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
 
         self._slot = RunSlot(qt.QTimer.singleShot)  # one run at a time, each with its own timer chain
         self._modelClassCache = {}
+        self._windowLevelLink = None
 
     def getParameterNode(self):
         return MammoPatchParameterNode(super().getParameterNode())
@@ -489,47 +528,102 @@ class MammoPatchLogic(ScriptedLoadableModuleLogic):
         return dicom_source_file(inputVolume.GetAttribute("DICOM.instanceUIDs"),
                                  slicer.dicomDatabase.fileForInstance if slicer.dicomDatabase else None)
 
-    def startProcessing(self, inputVolume, outputHeatmap=None, outputLabelMap=None, modelPath: Optional[str] = None,
-                        mode: str = DEFAULT_MODE, device: str = "auto", threshold: Optional[float] = None,
-                        heatmapClass: str = REPORTED_CLASSES,
+    def studyViews(self, inputVolume, wholeStudy: bool = True, spacingMm: Optional[float] = None) -> list:
+        """The views to analyse (MammoPatchSlicer.study.StudyView): the mammogram, and with
+        ``wholeStudy`` every other mammogram of its study (MammoPatchSlicer.study.study_volumes).
+        A DICOM view is read from its file; ``spacingMm`` is the pixel spacing of the mammogram
+        itself when it is not DICOM (other non-DICOM views keep their volume's)."""
+        if not inputVolume:
+            raise ValueError(_("Input mammogram is missing"))
+        _ensureLibraryOnPath()
+        from MammoPatchSlicer.run import study_views
+        from MammoPatchSlicer.study import study_volumes
+
+        volumes = study_volumes(slicer.mrmlScene, inputVolume) if wholeStudy else [inputVolume]
+        views = study_views(slicer.mrmlScene, volumes, None, self.inputFileForVolume)
+        if views[0].input_file is None:
+            views[0].spacing_mm = spacingMm
+        return views
+
+    @staticmethod
+    def spacingOf(view) -> float:
+        """The pixel spacing (mm) a view is analysed at when it is not DICOM."""
+        return view.spacing_mm if view.spacing_mm is not None else view.volume.GetSpacing()[0]
+
+    @staticmethod
+    def summary(outcome) -> str:
+        """The result line: findings, views, time, and the pixel spacing each view was read at
+        (and where it came from), so a wrong scale cannot pass unseen."""
+        spacings = "; ".join(f"{loaded.view} {loaded.spacing_mm:.4g} mm ({loaded.spacing_source})"
+                             for loaded in outcome.views.values() if loaded.spacing_mm is not None)
+        return _("{count} finding(s) in {views} view(s), {seconds:.1f} s. Pixel spacing: {spacings}").format(
+            count=len(outcome.findings), views=len(outcome.views), seconds=outcome.seconds, spacings=spacings)
+
+    def startProcessing(self, inputs, modelPath: Optional[str] = None, mode: str = DEFAULT_MODE, device: str = "auto",
+                        threshold: Optional[float] = None, heatmapClass: str = REPORTED_CLASSES,
                         progressCallback: Optional[Callable[[float, str], None]] = None,
                         finishedCallback: Optional[Callable] = None, showResult: bool = True,
                         activationMaps: int = 0):
-        """Start analysing one mammogram volume in a worker process; returns the run at once.
-        The results are loaded into the scene when it ends, then ``finishedCallback(outcome)``
-        (a MammoPatchSlicer.run.RunOutcome) is called, once (MammoPatchSlicer.run.RunSlot)."""
-        if not inputVolume:
+        """Start analysing ``inputs`` (a mammogram volume, or the StudyViews of :meth:`studyViews`)
+        in one worker process; returns the run at once. Each view's results are loaded into its
+        own nodes when it ends, then ``finishedCallback(outcome)`` (a MammoPatchSlicer.run.RunOutcome)
+        is called, once (MammoPatchSlicer.run.RunSlot)."""
+        if not inputs:
             raise ValueError(_("Input mammogram is missing"))
         _ensureLibraryOnPath()
         from MammoPatchSlicer.run import AnalysisRun, RunRequest
 
+        if not isinstance(inputs, (list, tuple)):
+            inputs = self.studyViews(inputs, wholeStudy=False)
         classes, reported = self.modelClasses(modelPath)
         request = RunRequest(model_path=modelPath, mode=mode, device=device, threshold=threshold,
                              heatmap_class=heatmapClass, activation_maps=activationMaps, model_classes=classes,
                              reported_classes=reported)
 
         def onFinished(outcome) -> None:
-            if outcome.status == "ok" and showResult:
-                slicer.util.setSliceViewerLayers(background=inputVolume, foreground=outcome.results.first_heatmap,
-                                                 foregroundOpacity=0.5, label=outcome.results.labelmap, fit=True)
+            if outcome.views and showResult:
+                self.showResults(outcome)
             if finishedCallback:
                 finishedCallback(outcome)
 
         return self._slot.start(lambda finished: AnalysisRun(
-            slicer.mrmlScene, inputVolume, request, slicer.util.tempDirectory("MammoPatch"), _libraryRoot(),
-            input_file=self.inputFileForVolume(inputVolume), environment=slicer.util.startupEnvironment(),
-            on_progress=progressCallback, on_finished=finished, output_heatmap=outputHeatmap,
-            output_labelmap=outputLabelMap), onFinished)
+            slicer.mrmlScene, inputs, request, slicer.util.tempDirectory("MammoPatch"), _libraryRoot(),
+            environment=slicer.util.startupEnvironment(), on_progress=progressCallback, on_finished=finished),
+            onFinished)
 
-    def process(self, inputVolume, outputHeatmap=None, outputLabelMap=None, modelPath: Optional[str] = None,
-                mode: str = DEFAULT_MODE, device: str = "auto", threshold: Optional[float] = None,
-                heatmapClass: str = REPORTED_CLASSES, progressCallback: Optional[Callable[[float, str], None]] = None,
-                showResult: bool = True, activationMaps: int = 0):
-        """Analyse one mammogram volume and wait for the results (Python console, tests).
-        Returns the RunOutcome; raises RuntimeError when the worker failed. The results are
-        loaded once: by whichever of this wait and the timer polls the end first."""
-        run = self.startProcessing(inputVolume, outputHeatmap, outputLabelMap, modelPath, mode, device, threshold,
-                                   heatmapClass, progressCallback, None, showResult, activationMaps)
+    def showResults(self, outcome) -> None:
+        """One view: the mammogram with its heatmap and label map in the slice views. Several: the
+        study in the hanging layout (MammoPatchSlicer.hanging) with window/level linked."""
+        import MammoPatchSlicer.hanging as hanging
+
+        views = hanging.views_of(slicer.mrmlScene, [slicer.mrmlScene.GetNodeByID(i) for i in outcome.views])
+        if len(views) < 2:
+            results = outcome.results
+            slicer.util.setSliceViewerLayers(background=slicer.mrmlScene.GetNodeByID(next(iter(outcome.views))),
+                                             foreground=results.first_heatmap, foregroundOpacity=0.7,
+                                             label=results.labelmap, fit=True)
+            return
+        layoutManager = slicer.app.layoutManager()
+        hanging.hang_study(slicer.mrmlScene, views, layoutManager.layoutLogic().GetLayoutNode() if layoutManager else None)
+        if self._windowLevelLink is not None:
+            self._windowLevelLink.remove()
+        self._windowLevelLink = hanging.WindowLevelLink(list(views.values()))
+
+    def centreOnFinding(self, roiId: str) -> list:
+        """Centre the slice views showing a finding's mammogram on that finding."""
+        from MammoPatchSlicer.hanging import centre_on_finding
+
+        return centre_on_finding(slicer.mrmlScene, roiId)
+
+    def process(self, inputs, modelPath: Optional[str] = None, mode: str = DEFAULT_MODE, device: str = "auto",
+                threshold: Optional[float] = None, heatmapClass: str = REPORTED_CLASSES,
+                progressCallback: Optional[Callable[[float, str], None]] = None, showResult: bool = True,
+                activationMaps: int = 0):
+        """Analyse a mammogram volume (or a study's views) and wait for the results (Python
+        console, tests). Returns the RunOutcome; raises RuntimeError when the worker failed. The
+        results are loaded once: by whichever of this wait and the timer polls the end first."""
+        run = self.startProcessing(inputs, modelPath, mode, device, threshold, heatmapClass, progressCallback, None,
+                                   showResult, activationMaps)
         outcome = run.wait(idle=slicer.app.processEvents)
         if outcome.error:
             raise RuntimeError(outcome.error)
@@ -623,21 +717,26 @@ class MammoPatchTest(ScriptedLoadableModuleTest):
         self.assertFalse(outcome.cancelled)
         heat = logic.lastHeatmapNode
         labels = logic.lastLabelMapNode
-        heatArray = slicer.util.arrayFromVolume(heat)
-        self.assertEqual(heatArray.shape, (1, 512, 416))
+        heatArray = slicer.util.arrayFromVolume(heat)  # the network's cell grid, placed on the image
         self.assertGreaterEqual(float(heatArray.min()), 0.0)
         self.assertLessEqual(float(heatArray.max()), 1.0)
         self.assertEqual(slicer.util.arrayFromVolume(labels).shape, (1, 512, 416))
-        for node in (heat, labels):
-            for a, b in zip(node.GetSpacing(), inputVolume.GetSpacing()):
-                self.assertAlmostEqual(a, b, places=5)
-            for a, b in zip(node.GetOrigin(), inputVolume.GetOrigin()):
-                self.assertAlmostEqual(a, b, places=4)
+        for a, b in zip(labels.GetSpacing(), inputVolume.GetSpacing()):
+            self.assertAlmostEqual(a, b, places=5)
+        for a, b in zip(labels.GetOrigin(), inputVolume.GetOrigin()):
+            self.assertAlmostEqual(a, b, places=4)
         self.assertEqual(len(logic.lastFindingNodes), len(outcome.findings))
         # A second run reuses the nodes instead of piling up new ones.
         volumes = len(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
         logic.process(inputVolume, modelPath=modelPath, mode="fast", device="cpu", heatmapClass="Mass")
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")), volumes)
+        # A second mammogram gets its own nodes; the first keeps its results.
+        other = slicer.util.loadVolume(write_dicom(synthesize_mammogram((512, 416), 0.2, "R", "CC", ["round mass"],
+                                                                        seed=2), os.path.join(folder, "right.dcm")))
+        outcome = logic.process(logic.studyViews(other, wholeStudy=False), modelPath=modelPath, mode="fast",
+                                device="cpu", heatmapClass="Mass")
+        self.assertIsNot(outcome.results.labelmap, labels)
+        self.assertEqual(slicer.util.arrayFromVolume(labels).shape, (1, 512, 416))
         # Activation maps (threshold 0: every class fires, so there are findings to explain).
         outcome = logic.process(inputVolume, modelPath=modelPath, mode="fast", device="cpu", threshold=0.0,
                                 heatmapClass="Mass", activationMaps=2)

@@ -196,6 +196,12 @@ def test_batch_script_runs_in_plain_python(tmp_path):
     rows = {Path(r["image"]).name: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert rows["a.dcm"]["status"] == "ok" and rows["broken.dcm"]["status"] == "failed"
     assert (out / "a" / "labelmap.nrrd").exists()
+    # run by the module's worker (MammoPatchSlicer.run.worker_command), which lists what it wrote
+    from MammoPatchLib.contract import read_manifest
+
+    manifest = read_manifest(str(out / "result-manifest.json"))
+    assert {Path(i.image).name: i.status for i in manifest.images} == {"a.dcm": "ok", "broken.dcm": "failed"}
+    assert "MAMMOPATCH-PROGRESS" not in result.stderr
 
 
 def test_roi_follows_a_rotated_volume_onto_the_boxed_pixels():

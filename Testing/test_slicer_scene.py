@@ -8,7 +8,6 @@ input's own storage node is untouched, and a saved scene keeps the results."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -17,7 +16,7 @@ import pytest
 from conftest import REPO
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
-from slicer import (vtkMRMLLinearTransformNode, vtkMRMLScene,  # noqa: E402
+from slicer import (vtkMRMLScene,  # noqa: E402
                     vtkMRMLVolumeArchetypeStorageNode)
 
 sys.path.insert(0, str(REPO / "MammoPatch"))

@@ -320,3 +320,25 @@ def test_a_failed_or_cancelled_run_removes_its_folder(script, status, tmp_path, 
     run.cancel() if status == "cancelled" else None
     outcome = run.wait(timeout_s=60)
     assert outcome.status == status and not (tmp_path / "run").exists()
+
+
+def test_views_stated_by_name_reach_the_worker_through_its_manifest(tmp_path):
+    """A volume's view comes from its attributes or its name, and the input manifest the
+    module writes is read by the library as the same study / view / laterality."""
+    from MammoPatchSlicer.study import StudyView, stated_view, write_input_manifest
+
+    from MammoPatchLib.prediction.jobs import read_manifest_rows
+
+    scene = vtkMRMLScene()
+    names = {"A_R-CC": ("R", "CC"), "lmlo 2": ("L", "MLO"), "Left MLO": ("L", "MLO"), "mdb001": ("", ""),
+             "CCR": ("", "")}
+    for name, expected in names.items():
+        assert stated_view(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)) == expected, name
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mdb002")
+    volume.SetAttribute("MammoPatch.laterality", "r")
+    volume.SetAttribute("MammoPatch.viewPosition", "mlo")
+    assert stated_view(volume) == ("R", "MLO")
+    views = [StudyView(volume, None, 0.2, "s1", "MLO", "R"), StudyView(volume, None, None, "s1", "MLO", "L")]
+    rows = read_manifest_rows(write_input_manifest(str(tmp_path / "in.csv"), views, ["a.nrrd", "b.nrrd"]))
+    assert [(p.name, s, (st.study, st.view_position, st.laterality)) for p, s, st in rows] == [
+        ("a.nrrd", 0.2, ("s1", "MLO", "R")), ("b.nrrd", None, ("s1", "MLO", "L"))]

@@ -69,13 +69,16 @@ class RunOutcome:
         return self.status == STATUS_CANCELLED
 
 
-def worker_command(python: str, input_file: str, output_folder: str, manifest_path: str, cancel_file: str,
-                   request: RunRequest) -> List[str]:
-    """The worker's command line for a request."""
-    command = [python, "-m", "MammoPatchLib.cli", "predict", input_file, "--out", output_folder,
-               "--mode", request.mode, "--device", request.device, "--no-progress", "--progress-lines",
-               "--cancel-file", cancel_file, "--result-manifest", manifest_path, "--overwrite",
+def worker_command(python: str, inputs: Union[str, Sequence[str]], output_folder: str, manifest_path: str,
+                   cancel_file: str, request: RunRequest, existing: str = "overwrite") -> List[str]:
+    """The worker's command line for a request: ``inputs`` (a file, folder or manifest CSV, or
+    several) into ``output_folder``; ``existing`` outputs: "overwrite", "resume" or "" (refused)."""
+    command = [python, "-m", "MammoPatchLib.cli", "predict", *([inputs] if isinstance(inputs, str) else inputs),
+               "--out", output_folder, "--mode", request.mode, "--device", request.device, "--no-progress",
+               "--progress-lines", "--cancel-file", cancel_file, "--result-manifest", manifest_path,
                "--heatmaps", heatmap_request(request.heatmap_class, request.reported_classes)]
+    if existing:
+        command.append(f"--{existing}")
     if request.model_path:
         command += ["--model", str(request.model_path)]
     if request.threshold is not None:

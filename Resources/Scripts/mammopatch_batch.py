@@ -1,39 +1,57 @@
-"""Headless batch run of MammoPatch.
+"""Headless batch run of MammoPatch over a folder of studies.
 
-In 3D Slicer (uses the module Logic):
+In 3D Slicer (no window; on Linux without a display add ``xvfb-run -a`` in front, or set
+``QT_QPA_PLATFORM=offscreen``), with the script from the installed extension's
+``lib/Slicer-X.Y/qt-scripted-modules/Resources/Scripts/`` folder:
 
-    Slicer --no-main-window --python-script mammopatch_batch.py --input FOLDER_OR_FILES... --output OUT
-           [--model MODEL.pt] [--mode fast|exact] [--device auto|cpu|cuda] [--overwrite]
+    Slicer --no-main-window --python-script .../mammopatch_batch.py --input STUDIES... --output OUT
+           [--model MODEL.pt] [--mode fast|exact] [--device auto|cpu|cuda] [--overwrite | --resume]
 
-In plain Python (no Slicer; the same library function):
+In plain Python (no Slicer), the same worker:
 
     python mammopatch_batch.py --input ... --output OUT
 
-Every mammogram gets heatmaps, a label map, findings (JSON + CSV) and an overlay PNG under
-OUT/<image>/; OUT/summary.csv lists each input as ok or failed with the reason. Bad files are
-skipped and reported. Exit status: 0 all done, 1 some failed, 2 nothing could run.
+The analysis runs in the module's worker process (``mammopatch predict``, started through
+PythonSlicer in Slicer, the running Python elsewhere: MammoPatchSlicer.worker), not in Slicer's
+own process, with the dependencies checked first. The inputs are image files, folders (a
+folder of studies: DICOM pairs both breasts of a view by StudyInstanceUID) or a manifest CSV
+with ``study``, ``view`` and ``laterality`` columns. Every mammogram gets heatmaps, a label map,
+findings (JSON + CSV) and an overlay PNG under OUT/<image>/; OUT/summary.csv lists each input as
+ok or failed with the reason, OUT/result-manifest.json every file written. Bad files are skipped
+and reported. The exit status is the worker's (MammoPatchLib.contract: 0 all done, 1 some
+failed, 2 bad arguments or nothing could run, 3 the output cannot be written, 130 cancelled).
 """
 
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
-# The shared vocabulary is pure Python; in a source tree the library is two folders up.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from MammoPatchLib.contract import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE  # noqa: E402
+# In an installed extension the library and the module's package are two folders up (beside
+# MammoPatch.py); in a source tree the library is two folders up and the package in MammoPatch/.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+for _folder in (os.path.join(_ROOT, "MammoPatch"), _ROOT):
+    if os.path.isdir(_folder) and _folder not in sys.path:
+        sys.path.insert(0, _folder)
+from MammoPatchLib.contract import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_USAGE, parse_progress_line  # noqa: E402
 from MammoPatchLib.vocabulary import DEFAULT_MODE, MODES  # noqa: E402
+
+#: The result manifest the worker writes in the output folder.
+RESULT_MANIFEST = "result-manifest.json"
 
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description="MammoPatch batch prediction")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--input", nargs="+", required=True, help="image files, folders of studies or a manifest CSV")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
     parser.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--resume", action="store_true", help="skip images whose outputs exist")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    existing.add_argument("--resume", action="store_true", help="skip images whose outputs exist")
     return parser.parse_args(argv)
 
 
@@ -46,9 +64,16 @@ def _in_slicer():
         return False
 
 
+def _echo(line: str) -> None:
+    """The worker's output lines, but its progress lines (for the GUI), on stderr."""
+    if parse_progress_line(line) is None:
+        print(line, file=sys.stderr, flush=True)
+
+
 def run(argv):
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    environment = None
     if _in_slicer():
         import slicer
 
@@ -56,30 +81,29 @@ def run(argv):
         if not logic.ensureDependencies(askUser=False):
             logging.error("MammoPatch's dependencies are missing and could not be installed")
             return EXIT_USAGE
-        run_files = logic.processFiles
-    else:
-        here = os.path.dirname(os.path.abspath(__file__))
-        sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, in a source tree
-        from MammoPatchLib.api import predict_files
+        environment = slicer.util.startupEnvironment()
+    from MammoPatchSlicer.run import RunRequest, worker_command, worker_environment
+    from MammoPatchSlicer.worker import WorkerProcess, python_for_worker
 
-        def run_files(inputs, output, modelPath=None, mode=DEFAULT_MODE, device="auto", overwrite=False, resume=False):
-            return predict_files(inputs, output, model=modelPath, mode=mode, device=device, overwrite=overwrite,
-                                 resume=resume, progress=False)
-
-    from MammoPatchLib.errors import MammoPatchError
-
+    python = python_for_worker() if environment is not None else sys.executable
+    work = tempfile.mkdtemp(prefix="mammopatch-batch-")
+    exit_codes = []
     try:
-        rows = run_files(args.input, args.output, modelPath=args.model, mode=args.mode, device=args.device,
-                         overwrite=args.overwrite, resume=args.resume)
-    except MammoPatchError as exc:
-        logging.error("%s", exc)
-        return EXIT_USAGE
-    failed = [r for r in rows if r.failed]
-    for row in failed:
-        logging.error("skipped: %s", row.error)
-    logging.info("%d of %d image(s) done; summary: %s", len(rows) - len(failed), len(rows),
-                 os.path.join(args.output, "summary.csv"))
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+        cancel = os.path.join(work, "cancel")
+        command = worker_command(python, args.input, args.output, os.path.join(args.output, RESULT_MANIFEST),
+                                 cancel, RunRequest(model_path=args.model, mode=args.mode, device=args.device),
+                                 existing="overwrite" if args.overwrite else "resume" if args.resume else "")
+        worker = WorkerProcess(command, worker_environment(environment, _ROOT), cancel,
+                               _echo, exit_codes.append)
+        try:
+            worker.wait()
+        except KeyboardInterrupt:
+            worker.kill()
+            return EXIT_CANCELLED
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    code = exit_codes[0] if exit_codes else EXIT_USAGE
+    return code if code >= 0 else EXIT_SOME_FAILED  # killed by a signal: not all done
 
 
 def main() -> None:

@@ -56,14 +56,50 @@ CPP_METHODS = {
     "vtkMRMLColorLogic.cxx": ["GetFileColorNodeID"],
     "qSlicerCoreApplication.h": ["majorVersion", "minorVersion"],
 }
+#: The study (MammoPatchSlicer.study / hanging / scene): tables, layout, segmentation, subject
+#: hierarchy, slice views; merged into CPP_METHODS below.
+STUDY_CPP_METHODS = {
+    "vtkMRMLTableNode.h": ["AddColumn", "AddEmptyRow", "RemoveAllColumns", "SetCellText", "GetCellText",
+                           "GetNumberOfRows", "SetUseColumnTitleAsColumnHeader"],
+    "vtkMRMLLayoutNode.h": ["AddLayoutDescription", "IsLayoutDescription", "SetViewArrangement"],
+    "vtkMRMLLayoutLogic.h": ["GetLayoutNode"],
+    "vtkSegment.h": ["AddRepresentation", "SetTag", "GetTerminologyEntryTagName", "SetColor"],
+    "vtkSegmentation.h": ["AddSegment", "RemoveAllSegments"],
+    "vtkSegmentationConverter.h": ["GetBinaryLabelmapRepresentationName"],
+    "vtkOrientedImageData.h": ["SetImageToWorldMatrix"],
+    "vtkMRMLSegmentationNode.h": ["GetSegmentation", "SetReferenceImageGeometryParameterFromVolumeNode"],
+    "vtkMRMLScalarVolumeDisplayNode.h": ["ApplyThresholdOn", "ApplyThresholdOff", "AutoThresholdOff",
+                                         "SetLowerThreshold", "SetUpperThreshold", "SetWindowLevel", "GetWindow",
+                                         "GetLevel"],
+    "vtkMRMLSubjectHierarchyNode.h": ["CreateFolderItem", "CreateItem", "GetItemAncestorAtLevel", "GetItemByDataNode",
+                                      "GetItemChildWithName", "GetItemChildren", "GetItemDataNode", "GetItemParent",
+                                      "GetSceneItemID", "GetSubjectHierarchyNode", "SetItemParent"],
+    "vtkMRMLSubjectHierarchyConstants.h": ["GetDICOMLevelStudy"],
+    "vtkMRMLSliceCompositeNode.h": ["GetBackgroundVolumeID", "SetBackgroundVolumeID", "SetForegroundVolumeID",
+                                    "SetLabelVolumeID", "SetForegroundOpacity"],
+    "vtkMRMLAbstractViewNode.h": ["GetLayoutName", "SetLayoutName"],
+    "vtkMRMLSliceNode.h": ["GetSliceToRAS", "SetFieldOfView", "GetFieldOfView", "UpdateMatrices",
+                           "JumpSliceByCentering"],
+    "vtkMRMLMarkupsROINode.h": ["GetCenterWorld"],
+    "vtkMRMLNode.h": ["SetDescription"],
+    "vtkMRMLScene.h": ["GetNthNode", "GetNumberOfNodes"],
+    "vtkMRMLTransformableNode.h": ["GetParentTransformNode"],
+    "vtkMRMLTransformNode.h": ["GetMatrixTransformToWorld"],
+    "vtkMRMLColorNode.h": ["GetColor"],
+}
+for _header, _methods in STUDY_CPP_METHODS.items():
+    CPP_METHODS.setdefault(_header, []).extend(_methods)
 COLOR_FILES = ["Inferno.txt"]
 EXTERNAL = {
     "qt": ["QTimer.singleShot", "QWidget", "QComboBox", "QCheckBox", "QPushButton", "QProgressBar", "QLabel",
-           "QFormLayout", "QVBoxLayout"],
+           "QFormLayout", "QVBoxLayout", "QDoubleSpinBox", "QTableView"],
     "ctk": ["ctkCollapsibleButton", "ctkPathLineEdit", "ctkSliderWidget", "ctkDICOMDatabase.fileForInstance"],
-    "mrml widgets": ["qMRMLWidget", "qMRMLNodeComboBox"],
+    "mrml widgets": ["qMRMLWidget", "qMRMLNodeComboBox", "qMRMLTableView"],
     "vtk": ["vtkMatrix4x4", "vtkCommand.ModifiedEvent", "vtkObject::IsA", "vtkMatrix4x4::GetElement",
-            "vtkMatrix4x4::SetElement", "vtkImageData::GetDimensions"],
+            "vtkMatrix4x4::SetElement", "vtkImageData::GetDimensions", "vtkObject::AddObserver",
+            "vtkObject::RemoveObserver", "vtkDataSet::GetPointData", "vtkDataSetAttributes::GetScalars",
+            "vtkDataArray::DeepCopy", "vtkImageData::AllocateScalars", "vtkImageData::SetDimensions",
+            "vtkIdList::GetId", "vtkIdList::GetNumberOfIds"],
 }
 
 
