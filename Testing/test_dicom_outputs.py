@@ -131,7 +131,7 @@ def normal(tmp_path_factory):
     from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
 
     folder = tmp_path_factory.mktemp("normal")
-    source = write_dicom(synthesize_mammogram((320, 256), 0.2, "R", "CC", [], seed=5), folder / "n.dcm")
+    source = write_dicom(synthesize_mammogram((320, 256), 0.2, "R", "MLO", [], seed=5), folder / "n.dcm")
     predictor = Predictor(probe_model(spacing_mm=0.2, level=2.0), mode="fast", device="cpu",
                           classes=["Mass", "Asymmetry"])
     (row,) = predict_files([source], folder / "out", predictor=predictor, dicom=True, progress=False)
@@ -152,7 +152,8 @@ def test_an_image_without_findings_gets_every_dicom_output(normal):
     assert heat.SegmentationType == "FRACTIONAL" and len(heat.SegmentSequence) == 2
     sc = pydicom.dcmread(out / "overlay_sc.dcm")
     assert sc.Laterality == "R" and sc.StudyInstanceUID == source.StudyInstanceUID
-    assert seg.PatientOrientation == heat.PatientOrientation == source.PatientOrientation
+    assert list(source.PatientOrientation) == ["P", "FL"], "an MLO's orientation: two letters in a value"
+    assert seg.PatientOrientation == heat.PatientOrientation == sc.PatientOrientation == source.PatientOrientation
 
 
 def test_classes_without_a_score_get_no_segment_and_no_maximum(run, tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def written(tmp_path_factory) -> Dict[str, Path]:
                  "--photometric", "MONOCHROME1", "--syntax", "rle"]) == 0
     assert main(["synth", "--out", str(files["mass"]), "--shape", "640", "512", "--findings", "round mass",
                  "--seed", "2"]) == 0
-    assert main(["synth", "--out", str(files["normal"]), "--shape", *SHAPE, "--findings"]) == 0
+    assert main(["synth", "--out", str(files["normal"]), "--shape", *SHAPE, "--view", "MLO", "--findings"]) == 0
     assert main(["synth", "--vindr", "--out", str(folder / "vindr"), "--studies", "1", "--shape", "256", "208"]) == 0
     files["VinDr tree image"] = sorted((folder / "vindr" / "images").rglob("*.dicom"))[0]
     runs = {"with findings": (probe_model(spacing_mm=0.2), files["mass"]),

@@ -148,11 +148,13 @@ def _segmented_classes(result, scored: Dict[str, float]) -> List[str]:
     return [name for name in result.classes if name in wanted and name in scored]
 
 
-def _oriented(seg, source):
-    """The SEG with the source's Patient Orientation (General Image, type 2C for an image
-    without a patient coordinate system, as a projection mammogram is): highdicom omits it."""
-    seg.PatientOrientation = source.get("PatientOrientation", "") or ""
-    return seg
+def _oriented(image, source):
+    """A SEG or capture of the source's pixels with the source's Patient Orientation (General
+    Image, type 2C for an image without a patient coordinate system, as a projection
+    mammogram is; empty where the source states none): highdicom omits it from a SEG and takes
+    single letters only for a capture."""
+    image.PatientOrientation = source.get("PatientOrientation", "") or ""
+    return image
 
 
 def _laterality(source) -> Optional[str]:
@@ -166,14 +168,17 @@ def _overlay_capture(source, overlay_rgb: np.ndarray):
     """The overlay PNG's picture as a Secondary Capture in the source's place."""
     import highdicom as hd
 
-    orientation = tuple(source.get("PatientOrientation", ["A", "R"]) or ["A", "R"])
-    return hd.sc.SCImage.from_ref_dataset(
+    # highdicom takes one letter per direction: it gets the first letters (any valid pair where
+    # the source states none), then the capture gets the source's own values (an MLO's "A", "FR").
+    letters = tuple(str(value)[:1] for value in source.get("PatientOrientation", []) or [])
+    capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=np.ascontiguousarray(overlay_rgb[..., :3], dtype=np.uint8),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB, bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT, series_instance_uid=hd.UID(),
         sop_instance_uid=hd.UID(), series_number=SERIES_NUMBERS["overlay"], instance_number=1,
-        manufacturer="MammoPatch", patient_orientation=orientation[:2], laterality=_laterality(source),
-        series_description="MammoPatch overlay")
+        manufacturer="MammoPatch", laterality=_laterality(source), series_description="MammoPatch overlay",
+        patient_orientation=letters if len(letters) == 2 and all(c and c in "APRLHF" for c in letters) else ("A", "R"))
+    return _oriented(capture, source)
 
 
 def _findings_report(result, source, algorithm_name: str, sha: str):
