@@ -19,7 +19,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -27,6 +27,9 @@ from scipy import ndimage
 from .io.atomic import atomic_path
 from .io.dicom import save_dicom
 from .vocabulary import PathLike, VinDrSchema
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 FINDING_KINDS: Dict[str, str] = {
     "round mass": "Mass",
@@ -220,7 +223,7 @@ def _view_code(view_position: str):
     return {"CC": codes.SCT.CranioCaudal, "MLO": codes.SCT.MedioLateralObliqueProjection}[view_position]
 
 
-def _coded(code, **nested) -> "Dataset":  # noqa: F821
+def _coded(code, **nested) -> "Dataset":
     """A code sequence item (Code Value, Coding Scheme Designator, Code Meaning) of a pydicom
     ``Code``, with ``nested`` sequences (keyword: items) inside it."""
     from pydicom.dataset import Dataset
