@@ -286,7 +286,9 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The pixel spacing field: only for a mammogram that is not DICOM, prefilled from the
         volume's spacing when another volume is chosen."""
         volume = self._parameterNode.inputVolume
-        isDicom = bool(volume) and self.logic.inputFileForVolume(volume) is not None
+        # Loaded by the DICOM module (its instance UIDs attribute): read from its file, at its own
+        # spacing. (inputFileForVolume needs the library's dependencies, maybe not installed yet.)
+        isDicom = bool(volume) and bool(volume.GetAttribute("DICOM.instanceUIDs"))
         self.ui.pixelSpacingSpinBox.enabled = bool(volume) and not isDicom
         volumeId = volume.GetID() if volume else None
         if volumeId != self._spacingVolumeId:

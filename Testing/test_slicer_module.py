@@ -103,6 +103,11 @@ def test_ui_loads_and_binds_every_parameter():
         if name:
             bound[name] = child.objectName()
     assert set(bound) | BOUND_BY_THE_WIDGET == _parameter_fields(), "every field is bound, and only fields"
+    # Results are each mammogram's own nodes: no output selector that could point one image's
+    # results at another's nodes, or at the mammogram itself.
+    assert not any(widget.findChild(QWidget, name) for name in ("outputHeatmapSelector", "outputLabelMapSelector"))
+    assert not {f for f in _parameter_fields() if f.startswith("output")}
+    assert {"wholeStudy", "pixelSpacingMm"} <= set(bound)
     assert not set(bound) & BOUND_BY_THE_WIDGET
     assert widget.findChild(QWidget, "heatmapClassComboBox") is not None
     assert widget.findChild(QWidget, "applyButton") is not None

@@ -342,3 +342,25 @@ def test_views_stated_by_name_reach_the_worker_through_its_manifest(tmp_path):
     rows = read_manifest_rows(write_input_manifest(str(tmp_path / "in.csv"), views, ["a.nrrd", "b.nrrd"]))
     assert [(p.name, s, (st.study, st.view_position, st.laterality)) for p, s, st in rows] == [
         ("a.nrrd", 0.2, ("s1", "MLO", "R")), ("b.nrrd", None, ("s1", "MLO", "L"))]
+
+
+def test_terminology_codes_are_dicoms():
+    """The category and breast codes the segments carry are the ones pydicom's code dictionary
+    (DICOM's) gives."""
+    from pydicom.sr.codedict import codes
+
+    from MammoPatchLib.vocabulary import BREAST_CODE, FINDING_CATEGORY_CODE, SIDE_CODES
+
+    def triple(code):
+        return (code.value, code.scheme_designator, code.meaning)
+
+    assert FINDING_CATEGORY_CODE == triple(codes.SCT.MorphologicallyAbnormalStructure)
+    assert BREAST_CODE == triple(codes.SCT.Breast)
+    assert SIDE_CODES == {"R": triple(codes.SCT.Right), "L": triple(codes.SCT.Left)}
+    for name, keyword in (("Mass", "Mass"), ("Suspicious Calcification", "CalcificationCluster"),
+                          ("Architectural Distortion", "ArchitecturalDistortionOfBreast"),
+                          ("Asymmetry", "AsymmetricBreastTissue")):
+        assert FINDING_CODES[name] == triple(getattr(codes.SCT, keyword))
+    assert scene_module.terminology_entry("Mass", "L") == (
+        "Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Abnormal Structure~"
+        "SCT^4147007^Mass~^^~Anatomic codes - DICOM master list~SCT^76752008^Breast~SCT^7771000^Left")
