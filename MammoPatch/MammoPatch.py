@@ -368,7 +368,10 @@ class MammoPatchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.text = _("Apply")
         self.ui.progressBar.visible = False
         if outcome.tables:
+            from MammoPatchSlicer.study import FINDING_COLUMNS
+
             self.ui.findingsTableView.setMRMLTableNode(outcome.tables[0])
+            self.ui.findingsTableView.setColumnHidden(FINDING_COLUMNS.index("Finding"), True)  # a node ID
             self.ui.imageScoresTableView.setMRMLTableNode(outcome.tables[1])
         if outcome.cancelled:
             self.ui.statusLabel.text = _("Cancelled")

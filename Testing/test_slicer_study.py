@@ -250,11 +250,10 @@ def test_results_sit_under_the_study_in_the_subject_hierarchy(study):
     scene, _, volumes, study_item, _, outcome, _ = study
     hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     loaded = outcome.views[volumes[0].GetID()]
-    for node in [loaded.labelmap, loaded.segmentation, *loaded.findings, *outcome.tables]:
+    for node in [loaded.labelmap, loaded.segmentation, *loaded.findings, *loaded.heatmaps.values(), *outcome.tables]:
         item = hierarchy.GetItemByDataNode(node)
-        if node in outcome.tables:
-            continue
-        assert hierarchy.GetItemAncestorAtLevel(item, "Study") == study_item
+        assert hierarchy.GetItemAncestorAtLevel(item, "Study") == study_item, node.GetName()
+        assert hierarchy.GetItemName(hierarchy.GetItemParent(item)) == scene_module.RESULTS_FOLDER
 
 
 def test_heatmaps_are_transparent_below_their_class_threshold(study):

@@ -21,7 +21,7 @@ from MammoPatchLib.contract import (ALL_CLASSES, REPORTED_CLASSES, STATUS_CANCEL
                                     read_manifest, run_outcome)
 from MammoPatchLib.vocabulary import DEFAULT_MODE, FINDING_CLASSES
 
-from .scene import LoadedResults, export_volume, load_results
+from .scene import LoadedResults, export_volume, load_results, place_in_study
 from .study import StudyView, stated_view, study_key, study_tables, study_volumes, write_input_manifest
 from .worker import WorkerProcess, python_for_worker
 
@@ -249,6 +249,7 @@ class AnalysisRun:
         if outcome.views:
             first = next(v.volume for v, p in zip(self.views, present) if p)
             outcome.tables = study_tables(self.scene, study_volumes(self.scene, first), first.GetName())
+            place_in_study(self.scene, first, outcome.tables)
         if errors:
             raise RuntimeError("; ".join(errors))
         outcome.status = STATUS_OK
