@@ -329,6 +329,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(args.model, args.data, args.out, split=args.split, mode=args.mode, device=args.device,
                       max_images=args.max_images, progress=not args.no_progress, draws=args.draws,
                       flip_tta=args.flip_tta, scales=args.scales, split_file=args.split_file)
+    if report["model"]["provenance"] == "unknown":
+        from .evaluation.held_out import UNKNOWN_PROVENANCE
+
+        print(UNKNOWN_PROVENANCE)
     lesion = report["lesion_level"]
     sens = ", ".join(f"{v:.3f} at {k}" for k, v in lesion["all_classes_froc"].items())
     print(f"lesion level ({lesion['lesions']} lesions): sensitivity {sens} FP/image; image-level AUC "
@@ -368,23 +372,47 @@ def _cmd_crossval(args: argparse.Namespace) -> int:
 
 
 def _run_crossval(args: argparse.Namespace) -> int:
-    from .training.cell_bundle import write_bundled_model
+    """Training (each recipe's fold heads and out-of-fold predictions), then evaluation (their
+    figures and the report of every recipe in ``--out``), then the model of the first recipe."""
+    from .datasets import load_records
+    from .evaluation.crossval_figures import REPORT_MD, report_crossval
     from .training.cell_recipe import CellHeadRecipe
-    from .training.crossval import REPORT_MD, crossval
+    from .training.crossval import FOLD_FILE, cross_validate, fold_assignment
 
     recipes = [CellHeadRecipe.load(path) for path in args.config]
-    report = crossval(recipes, args.data, args.folds, args.out, cache_dir=args.cache, baseline=args.baseline,
-                      progress=not args.no_progress, draws=args.draws)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records, description = load_records(args.data, work_dir=out)
+    fold_of = fold_assignment(records, args.folds, out)
+    runs = cross_validate(recipes, records, fold_of, Path(args.cache) if args.cache else out / "feature-cache",
+                          progress=not args.no_progress)
+    report = report_crossval([run.out_of_fold for run in runs], out, description, args.folds, baseline=args.baseline,
+                             draws=args.draws)
     for name, row in report["recipes"].items():
         sens, iv = row["sensitivity_at_fp"], row["intervals"]
         print(f"{name}: sensitivity at 1 FP/image {sens['1']:.3f} ({iv['sens@1'][0]:.2f}-{iv['sens@1'][1]:.2f}), "
               f"image AUC {row['image_auc']:.3f} ({iv['image_auc'][0]:.2f}-{iv['image_auc'][1]:.2f})")
     if args.model_out:
-        path = write_bundled_model(report["outcomes"][0], args.model_out, args.data, report=report,
-                                   command=_crossval_command(args))
-        print(f"model built from {recipes[0].name}: {path}")
-    print(f"report: {Path(args.out) / REPORT_MD}")
+        path = _write_crossval_model(runs[0], args, report, description, out / FOLD_FILE)
+        print(f"model built from {recipes[0].name}: {path} (card: {path.with_suffix('.md')})")
+    print(f"report: {out / REPORT_MD}")
     return 0
+
+
+def _write_crossval_model(run, args: argparse.Namespace, report, description: str, fold_file: Path) -> Path:
+    """The first recipe's model at its out-of-fold operating point, with its provenance and card."""
+    from .evaluation.crossval_figures import model_operating_point
+    from .evaluation.model_card import write_model_card
+    from .training.cell_bundle import sample_image, write_bundled_model
+    from .training.crossval import cell_model_info
+
+    point = model_operating_point(run.out_of_fold, cell_model_info(run.recipe).classes)
+    path = write_bundled_model(run, args.model_out, point, description, report["recipes"][run.recipe.name],
+                               fold_file=fold_file)
+    sample = sample_image(run)
+    write_model_card(path, command=_crossval_command(args), crossval=report,
+                     timed_record=sample.record if sample else None)
+    return path
 
 
 def _crossval_command(args: argparse.Namespace) -> str:

@@ -3,8 +3,9 @@
 A model file is a ``torch.save`` of plain types and tensors (loaded back with
 ``weights_only=True``, so opening a file cannot execute code):
 
-- ``format``: "mammopatch-model", ``format_version``: 2 (version 1 files, written before the
-  head became convolutional, are converted on load)
+- ``format``: "mammopatch-model", ``format_version``: 3 (version 1 files, written before the
+  head became convolutional, are converted on load; version 2 files carry no
+  :class:`Provenance` and load as of unknown provenance)
 - ``info``: :class:`ModelInfo` as a dict (backbone, classes, window, stride, pixel spacing
   it was trained at, preprocessing parameters, thresholds, library version, provenance)
 - ``state_dict``: the weights (fp32 or fp16)
@@ -20,7 +21,7 @@ import pickle
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import torch
 
@@ -36,7 +37,7 @@ from .transforms import PreprocessConfig
 from .vocabulary import FINDING_CLASSES, PathLike, class_slug, heatmap_stem
 
 FORMAT = "mammopatch-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -60,6 +61,65 @@ class InferenceDefaults:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     temperatures: List[float] = field(default_factory=list)
     other_breast: OtherBreastPoint = field(default_factory=OtherBreastPoint)
+
+
+def identity_sha256(names: Sequence[str]) -> str:
+    """SHA-256 of a set of identifiers (sorted, one per line): the same images give the same
+    hash whatever order a data set lists them in."""
+    return hashlib.sha256("\n".join(sorted(names)).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Provenance:
+    """How a model was made, so that evaluation can tell its training women from new ones.
+
+    Attributes:
+        recipe: the recipe (or training configuration) as it was read: its full content.
+        recipe_name: its name (the recipe file's stem).
+        data: what the training data was (a description, not a path to trust).
+        images: every image id any ensemble member trained on, sorted.
+        images_sha256: :func:`identity_sha256` of ``images`` (checked on load).
+        fold_file: name of the fold (or split) file that divided the women ("" if none).
+        fold_file_sha256: SHA-256 of that file's bytes ("" if none).
+        members: for each ensemble member (in the file's order), the women it trained on.
+        selected_on: women whose predictions chose the operating thresholds, epoch or gate
+            (all women for a cross-validated bundle: out of fold; the validation women for
+            ``mammopatch train``).
+    """
+
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    recipe_name: str = ""
+    data: str = ""
+    images: List[str] = field(default_factory=list)
+    images_sha256: str = ""
+    fold_file: str = ""
+    fold_file_sha256: str = ""
+    members: List[List[str]] = field(default_factory=list)
+    selected_on: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("recipe_name", "data", "images_sha256", "fold_file", "fold_file_sha256"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"model provenance.{name} must be text, got {getattr(self, name)!r}")
+        if not isinstance(self.recipe, dict):
+            raise ConfigError(f"model provenance.recipe must be a mapping, got {type(self.recipe).__name__}")
+        for name in ("images", "selected_on"):
+            if not _texts(getattr(self, name)):
+                raise ConfigError(f"model provenance.{name} must be a list of identifiers (text)")
+        if not isinstance(self.members, list) or not self.members or not all(_texts(m) and m for m in self.members):
+            raise ConfigError("model provenance.members must list, for each ensemble member, the women (text) "
+                              "it trained on")
+        if identity_sha256(self.images) != self.images_sha256:
+            raise ConfigError("model provenance.images do not match their images_sha256")
+
+    @property
+    def women(self) -> Set[str]:
+        """Every woman who trained any member."""
+        return {woman for member in self.members for woman in member}
+
+
+def _texts(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) for v in values)
 
 
 @dataclass
@@ -87,7 +147,8 @@ class ModelInfo:
         library_version: MammoPatch version that wrote the file.
         trained: False for an untrained (randomly initialised) demonstration model.
         inference: :class:`InferenceDefaults`.
-        description, training: free text / provenance (data, config, metrics).
+        description, training: free text and the figures of its making (config, metrics).
+        provenance: :class:`Provenance` (None: unknown, e.g. a file written before it existed).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -109,6 +170,7 @@ class ModelInfo:
     inference: InferenceDefaults = field(default_factory=InferenceDefaults)
     description: str = ""
     training: Dict[str, Any] = field(default_factory=dict)
+    provenance: Optional[Provenance] = None
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -152,6 +214,11 @@ class ModelInfo:
         if paired.active and len(paired.thresholds) != len(self.classes):
             raise ConfigError(f"model inference.other_breast.thresholds must be {len(self.classes)} numbers "
                               f"(one per class), got {len(paired.thresholds)}")
+        if self.provenance is not None and not isinstance(self.provenance, Provenance):
+            raise ConfigError(f"model provenance must be a mapping of its fields, got {self.provenance!r}")
+        if self.provenance is not None and len(self.provenance.members) != self.ensemble:
+            raise ConfigError(f"model provenance names the women of {len(self.provenance.members)} member(s), "
+                              f"the model has {self.ensemble}")
 
     def preprocess_config(self, scale: float = 1.0) -> PreprocessConfig:
         """The preprocessing this model needs; ``scale`` multiplies its pixel spacing (a
@@ -326,7 +393,7 @@ def load_model(path: PathLike, expected_classes: Optional[Sequence[str]] = None,
     payload = read_model_payload(path)
     try:
         info = ModelInfo.from_dict(payload["info"])
-    except (ConfigError, TypeError) as exc:
+    except (ConfigError, TypeError, ValueError) as exc:
         raise ModelFileError(f"model information is invalid ({exc})", path) from None
     if expected_classes is not None and list(expected_classes) != list(info.classes):
         raise ModelFileError(f"model is for classes {info.classes}, not {list(expected_classes)}", path)

@@ -261,11 +261,36 @@ def test_crossval_command_writes_folds_report_plot_and_a_model(crossval_run):
     assert "difference" in other["findings"]["any_finding"]["paired_vs_plain"]
 
 
+def test_a_crossval_model_records_which_women_trained_each_member(crossval_run):
+    """The bundle's provenance: the recipe, every training image with its hash, the fold file
+    by name and hash, and each member's women: the other fold's, for both seeds of a fold."""
+    import hashlib
+
+    from MammoPatchLib.model_file import identity_sha256, load_model
+
+    out, _ = crossval_run
+    made = load_model(out / "model.pt").info.provenance
+    folds = read_fold_file(out / "report" / "folds.csv")
+    women_of = {}
+    for line in (out / "report" / "folds.csv").read_text(encoding="utf-8").splitlines()[1:]:
+        image, woman, fold = line.split(",")
+        women_of.setdefault(int(fold), set()).add(woman)
+    assert made.recipe["name"] == made.recipe_name == "tiny" and made.recipe["seeds"] == 2
+    assert made.images == sorted(folds) and made.images_sha256 == identity_sha256(sorted(folds))
+    assert made.fold_file == "folds.csv"
+    assert made.fold_file_sha256 == hashlib.sha256((out / "report" / "folds.csv").read_bytes()).hexdigest()
+    assert [set(m) for m in made.members] == [women_of[1], women_of[1], women_of[0], women_of[0]]
+    assert set(made.selected_on) == women_of[0] | women_of[1]
+    card = (out / "model.md").read_text(encoding="utf-8")
+    assert "**Provenance**: recipe `tiny`, trained on 16 images of 4 women" in card
+    assert "window head" not in card and "n/a of n/a" not in card
+
+
 def test_films_without_a_side_pair_only_when_a_woman_has_two_of_the_view():
     """mini-MIAS states no side: a woman's two films are her two breasts; three films of one
     view, or sides from the file, are not guessed at."""
     from MammoPatchLib.datasets import ImageRecord
-    from MammoPatchLib.training.crossval import record_breast_keys
+    from MammoPatchLib.evaluation.out_of_fold import record_breast_keys
 
     def record(image_id, woman, side="", view="MLO"):
         return ImageRecord(path=f"{image_id}.png", image_id=image_id, patient_id=woman, laterality=side,
@@ -345,8 +370,9 @@ def test_findings_read_against_the_other_breast_equal_cross_validations_relative
     from MammoPatchLib.io import read_mammogram
     from MammoPatchLib.model_file import build_network, load_model, save_model
     from MammoPatchLib.other_breast import OTHER_BREAST_WEIGHT, OtherBreastPoint
-    from MammoPatchLib.training.crossval import (cases_against_other_breast, cell_model_info, out_of_fold_cases,
-                                                 record_breast_keys)
+    from MammoPatchLib.evaluation.crossval_figures import cases_against_other_breast
+    from MammoPatchLib.evaluation.out_of_fold import record_breast_keys
+    from MammoPatchLib.training.crossval import cell_model_info, out_of_fold_cases
     from MammoPatchLib.training.feature_cache import build_cache
 
     recipe = CellHeadRecipe(name="tiny", bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=256,
@@ -503,7 +529,7 @@ def test_the_bundled_model_runs_flip_tta_unless_the_command_line_turns_it_off():
 
 @pytest.mark.parametrize("field, value, message", [
     ("seeds", 0, "seeds must be a whole number"),
-    ("seeds", 1.5, "seeds must be a whole number"),
+    ("seeds", 1.5, "seeds: expected a whole number"),
     ("neighbourhood", 4, "neighbourhood must be an odd number"),
     ("image_score", "mean", "image_score must be one of"),
     ("normal_with_finding", 0.0, "normal_with_finding must be in"),
@@ -575,10 +601,11 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     assert model.info.tuned_tail and model.info.ensemble == 2
     assert "last stage fine-tuned" in (tmp_path / "m.md").read_text(encoding="utf-8")
     # the image gate in the model file is the one fitted on the pooled out-of-fold cases
-    from MammoPatchLib.training.crossval import CASES_FILE, RECIPES_DIR, _case_from_dict, operating_point
+    from MammoPatchLib.evaluation.operating import operating_point
+    from MammoPatchLib.evaluation.out_of_fold import CASES_FILE, RECIPES_DIR, case_from_dict
 
     saved = json.loads((tmp_path / "report" / RECIPES_DIR / "tuned" / CASES_FILE).read_text(encoding="utf-8"))
-    _, gate = operating_point([_case_from_dict(c) for c in saved["cases"]], CellHeadRecipe.from_dict(values))
+    _, gate = operating_point([case_from_dict(c) for c in saved["cases"]], CellHeadRecipe.from_dict(values).to_dict())
     assert model.info.inference.detection.image_threshold == pytest.approx(gate)
     assert Predictor(model, device="cpu").detection.image_threshold == pytest.approx(gate)
     own = Predictor(model, device="cpu", thresholds=[0.5] * len(model.info.classes))
@@ -639,7 +666,7 @@ def test_scale_augmentation_trains_on_each_training_image_at_its_other_spacings(
 
     monkeypatch.setattr(crossval_module, "fit_fold_heads", recorded)
     fold_of = {c.record.image_id: i % 2 for i, c in enumerate(base)}
-    outcome = run_recipe(recipe, base, fold_of, progress=False, variants=[scaled])
+    outcome = run_recipe(recipe, base, fold_of, progress=False, variants=[scaled]).out_of_fold
     assert len(outcome.cases) == len(base), "held-out images once each, at the recipe's spacing"
     for fold, images in trained:
         ids = [image_id for image_id, _ in images]

@@ -153,3 +153,21 @@ def test_no_library_function_is_over_80_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{where} ({lines} lines)")
     assert long == []
+
+
+#: What training's cross-validation and model writers may use of evaluation: the out-of-fold
+#: type it produces, the Predictor it predicts held-out women with (and the case type), and the
+#: card's phrases for a model's description. Figures, operating points and reports are
+#: evaluation's alone: training never computes them.
+TRAINING_USES_OF_EVALUATION = {"evaluation.out_of_fold", "evaluation.lesions", "evaluation.model_card"}
+CROSS_VALIDATION_TRAINING = ("training/crossval.py", "training/cell_bundle.py", "training/cell_head_fit.py",
+                             "training/run.py")
+
+
+def test_cross_validation_training_computes_no_figures():
+    files = {_module_of(p): p for p in LIBRARY.rglob("*.py")}
+    found = []
+    for name in CROSS_VALIDATION_TRAINING:
+        used = {t for t in _module_imports(LIBRARY / name, files) if t.startswith("evaluation")}
+        found += [f"{name} imports {t}" for t in sorted(used - TRAINING_USES_OF_EVALUATION)]
+    assert found == []

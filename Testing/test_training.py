@@ -164,3 +164,31 @@ def test_compare_backbones_prints_the_poster_table(tiny_data, tmp_path):
     assert lines[-1].startswith("| weighted average (no No Finding) |")
     assert (tmp_path / "cmp" / "comparison.md").read_text().strip() == table
     assert (tmp_path / "cmp" / "mobilenet-v3-large" / "model.pt").exists()
+
+
+def test_a_trained_model_records_its_women_and_evaluate_refuses_them(tiny_data, straight_run, tmp_path):
+    """The model file of ``mammopatch train`` names its training women (its one member), the
+    validation women that chose its epoch and thresholds, and its split file; evaluating its
+    training split is refused in one line."""
+    import contextlib
+    import hashlib
+    import io
+
+    from MammoPatchLib.cli import main
+    from MammoPatchLib.datasets import load_records
+    from MammoPatchLib.model_file import load_model
+
+    run = straight_run[0]
+    made = load_model(run / "model.pt").info.provenance
+    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
+    training = {woman for _, woman, split in rows if split == "training"}
+    assert made.members == [sorted(training)] and set(made.selected_on) == {w for _, w, s in rows if s == "validation"}
+    assert made.fold_file == "split.csv" and made.fold_file_sha256 == hashlib.sha256(
+        (run / "split.csv").read_bytes()).hexdigest()
+    records, _ = load_records(tiny_data, tmp_path, 3)
+    assert set(made.images) == {r.image_id for r in records if r.patient_id in training}
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["evaluate", "--model", str(run / "model.pt"), "--data", tiny_data, "--out", str(tmp_path / "r"),
+                     "--split", "training", "--no-progress"])
+    assert code == 2 and "refused to evaluate" in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1

@@ -63,19 +63,31 @@ def calibrate_model(model_path, data: str, out_path, split: str = "validation", 
                     fp_per_image: float = None) -> Dict[str, object]:
     """Fit temperatures on the ``split`` women's patches, recompute the per-class operating
     thresholds on their whole images with the calibrated model, and write a new model file.
-    Returns temperatures and ECE before / after (also stored in the model's provenance)."""
+    Returns temperatures and ECE before / after (also stored in the model's training record).
+
+    Raises:
+        MammoPatchError: the model has an image gate or an operating point for pairs (both
+            on the uncalibrated scale, which calibration would leave behind), or some images
+            are of its training women."""
     import torch
 
+    from ..errors import MammoPatchError
     from ..io import read_mammogram
     from ..model_file import load_model, save_model
     from ..patches import SamplingConfig, prepare_images, validation_patches
+    from .held_out import refuse_training_women, select_evaluation_records
     from .lesions import candidate_predictor, collect_cases, operating_thresholds
-    from .report import select_evaluation_records
 
     model = load_model(model_path)
     info = model.info
+    if info.inference.detection.image_threshold or info.inference.other_breast.active:
+        raise MammoPatchError("refused to calibrate: the model's image gate and operating point for pairs were fitted "
+                              "on its uncalibrated scores, and calibrate refits only the temperatures and per-class "
+                              "thresholds; rebuild it with `mammopatch crossval --model-out`, which fits all three "
+                              "on out-of-fold predictions", model_path)
     classes = list(info.classes)
-    records = select_evaluation_records(data, info, split)
+    records, split = select_evaluation_records(data, info, split)
+    refuse_training_women(records, info, model_path, "calibrate")
     images, _ = prepare_images(records, info.preprocess_config(), classes, progress=False)
     sampling = SamplingConfig.from_dict((info.training or {}).get("config", {}).get("sampling", {}))
     patches, targets, masks, _ = validation_patches(images, len(classes), sampling)
@@ -93,6 +105,8 @@ def calibrate_model(model_path, data: str, out_path, split: str = "validation", 
     info.thresholds = operating_thresholds(cases, classes, fp_per_image=rate)
     info.training["calibration"] = {"split": split, "ece_before": result["before"]["ece"],
                                     "ece_after": result["after"]["ece"], "temperatures": temperatures}
+    if info.provenance is not None:  # the thresholds are now chosen on these women too
+        info.provenance.selected_on = sorted(set(info.provenance.selected_on) | {r.patient_id for r in records})
     result["thresholds"] = dict(zip(classes, info.thresholds))
     save_model(model.network, info, out_path, half=next(iter(model.network.state_dict().values())).dtype
                == torch.float16)

@@ -11,16 +11,18 @@ from ..io.atomic import atomic_path
 from .lesions import FP_RATES
 
 
-def _f(value: Any, digits: int = 2) -> str:
+def f2(value: Any, digits: int = 2) -> str:
+    """A figure of the cross-validation report and the model card: two digits, "-" where undefined."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{value:.{digits}f}"
 
 
-def _ci(interval) -> str:
+def ci(interval) -> str:
+    """" (low-high)" of a 95 % interval, or nothing."""
     if not interval:
         return ""
-    return f" ({_f(interval[0])}-{_f(interval[1])})"
+    return f" ({f2(interval[0])}-{f2(interval[1])})"
 
 
 def recipe_table(report: Dict[str, Any]) -> List[str]:
@@ -37,18 +39,18 @@ def recipe_table(report: Dict[str, Any]) -> List[str]:
         vs_sens = vs_any = vs_auc = "baseline"
         if paired:
             p, a = paired["sens@1"], paired["image_auc"]
-            vs_sens = f"{p['difference']:+.2f} ({_f(p['low'])} to {_f(p['high'])})"
-            vs_auc = f"{a['difference']:+.3f} ({_f(a['low'], 3)} to {_f(a['high'], 3)})"
+            vs_sens = f"{p['difference']:+.2f} ({f2(p['low'])} to {f2(p['high'])})"
+            vs_auc = f"{a['difference']:+.3f} ({f2(a['low'], 3)} to {f2(a['high'], 3)})"
             q = row.get("paired_any_finding_vs_baseline", {}).get("sens@1")
-            vs_any = f"{q['difference']:+.2f} ({_f(q['low'])} to {_f(q['high'])})" if q else "-"
+            vs_any = f"{q['difference']:+.2f} ({f2(q['low'])} to {f2(q['high'])})" if q else "-"
         anywhere = row.get("any_finding", {})
         any_sens = anywhere.get("sensitivity_at_fp", {})
-        folds = ", ".join(_f(f["sensitivity_at_fp"].get("1")) for f in row["per_fold"])
+        folds = ", ".join(f2(f["sensitivity_at_fp"].get("1")) for f in row["per_fold"])
         op = row["operating"]
-        lines.append(f"| {name} | {_f(sens.get('1'))}{_ci(iv.get('sens@1'))} | {_f(sens.get('4'))} | "
-                     f"{_f(any_sens.get('1'))}{_ci(anywhere.get('intervals', {}).get('sens@1'))} | "
-                     f"{_f(row['image_auc'], 3)}{_ci(iv.get('image_auc'))} | {vs_sens} | {vs_any} | {vs_auc} | {folds} | "
-                     f"{_f(op['abnormal_with_finding'])} | {_f(op['normal_without_finding'])} | "
+        lines.append(f"| {name} | {f2(sens.get('1'))}{ci(iv.get('sens@1'))} | {f2(sens.get('4'))} | "
+                     f"{f2(any_sens.get('1'))}{ci(anywhere.get('intervals', {}).get('sens@1'))} | "
+                     f"{f2(row['image_auc'], 3)}{ci(iv.get('image_auc'))} | {vs_sens} | {vs_any} | {vs_auc} | {folds} | "
+                     f"{f2(op['abnormal_with_finding'])} | {f2(op['normal_without_finding'])} | "
                      f"{other_breast_phrase(row.get('other_breast'))} | "
                      f"{findings_vs_other_breast_phrase(row.get('other_breast'))} |")
     return lines
@@ -59,8 +61,8 @@ def other_breast_phrase(view: Optional[Dict[str, Any]]) -> str:
     if not view:
         return "-"
     p = view["paired_vs_own_score"]
-    return (f"{_f(view['image_auc'], 3)}{_ci(view['interval'])}, paired {p['difference']:+.3f} "
-            f"({_f(p['low'], 3)} to {_f(p['high'], 3)})")
+    return (f"{f2(view['image_auc'], 3)}{ci(view['interval'])}, paired {p['difference']:+.3f} "
+            f"({f2(p['low'], 3)} to {f2(p['high'], 3)})")
 
 
 def findings_vs_other_breast_phrase(view: Optional[Dict[str, Any]]) -> str:
@@ -70,37 +72,9 @@ def findings_vs_other_breast_phrase(view: Optional[Dict[str, Any]]) -> str:
     if not findings:
         return "-"
     p, op = findings["paired_vs_plain"]["sens@1"], findings["operating"]
-    return (f"{_f(findings['sensitivity_at_fp'].get('1'))}{_ci(findings['intervals'].get('sens@1'))}, paired "
-            f"{p['difference']:+.3f} ({_f(p['low'], 3)} to {_f(p['high'], 3)}); "
-            f"{_f(op['abnormal_with_finding'])} / {_f(op['normal_without_finding'])}")
-
-
-def _pairs_paragraph(view: Optional[Dict[str, Any]]) -> List[str]:
-    """The card's paragraph on both breasts of a view read together (a batch that holds them)."""
-    findings = (view or {}).get("findings")
-    if not findings:
-        return []
-    sens, iv, op = findings["sensitivity_at_fp"], findings["intervals"], findings["operating"]
-    p = findings["paired_vs_plain"]["sens@1"]
-    return [f"Both breasts of a view read together (a batch that holds both DICOM files of a study's view: each "
-            f"finding's score minus {view['weight']} x the highest value of its class in the other breast, the image "
-            f"score likewise; the model's operating point for pairs): sensitivity at 0.25/0.5/1/2/4 FP/image "
-            + "/".join(_f(sens.get(str(r))) for r in FP_RATES) + f", at 1 FP/image {_f(sens.get('1'))}"
-            f"{_ci(iv.get('sens@1'))}, paired against the single-image reading {p['difference']:+.3f} "
-            f"({_f(p['low'], 3)} to {_f(p['high'], 3)}){_pairs_any_finding(findings.get('any_finding'))}; at that "
-            f"operating point (nested) "
-            f"{_f(100 * op['abnormal_with_finding'], 0)} %{_pct_ci(op, 'abnormal_with_finding')} of abnormal images "
-            f"get a finding, {_f(100 * op['normal_without_finding'], 0)} %{_pct_ci(op, 'normal_without_finding')} of "
-            f"normal images get none, {_f(op['false_findings_per_image'])} false findings per image.", ""]
-
-
-def _pairs_any_finding(anywhere: Optional[Dict[str, Any]]) -> str:
-    if not anywhere:
-        return ""
-    p = anywhere["paired_vs_plain"]
-    return (f"; any finding at 1 FP/image {_f(anywhere['sensitivity_at_fp'].get('1'))}"
-            f"{_ci(anywhere['intervals'].get('sens@1'))}, paired {p['difference']:+.3f} ({_f(p['low'], 3)} to "
-            f"{_f(p['high'], 3)})")
+    return (f"{f2(findings['sensitivity_at_fp'].get('1'))}{ci(findings['intervals'].get('sens@1'))}, paired "
+            f"{p['difference']:+.3f} ({f2(p['low'], 3)} to {f2(p['high'], 3)}); "
+            f"{f2(op['abnormal_with_finding'])} / {f2(op['normal_without_finding'])}")
 
 
 def per_class_table(row: Dict[str, Any]) -> List[str]:
@@ -108,12 +82,12 @@ def per_class_table(row: Dict[str, Any]) -> List[str]:
              "|---|---|" + "---|" * len(FP_RATES)]
     for name, values in row["per_class"].items():
         lines.append(f"| {name} | {values['lesions']} | " + " | ".join(
-            _f(values["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
+            f2(values["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
     lines.append(f"| all classes | {row['lesions']} | " + " | ".join(
-        _f(row["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
+        f2(row["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
     if "any_finding" in row:
         lines.append(f"| any finding (class not judged) | {row['lesions']} | " + " | ".join(
-            _f(row["any_finding"]["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
+            f2(row["any_finding"]["sensitivity_at_fp"].get(str(r))) for r in FP_RATES) + " |")
     return lines
 
 
@@ -158,106 +132,3 @@ def write_crossval_plot(report: Dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def backbone_phrase(tuned_tail: bool) -> str:
-    """How the card and the model's description say what training did to the backbone."""
-    return "trunk frozen, its last stage fine-tuned with each head" if tuned_tail else "frozen"
-
-
-def ensemble_phrase(heads: int, seeds: int, bundle: str) -> str:
-    """How the card and the model's description name what the model file averages."""
-    if bundle == "single":
-        return "one head trained on every woman" if heads == 1 else f"{heads} heads trained on every woman from different seeds, probabilities averaged"
-    per = f" ({heads // seeds} folds x {seeds} seeds)" if seeds > 1 else ""
-    return f"an ensemble of the {heads} fold models{per} (probabilities averaged over one backbone)"
-
-
-def _any_finding_rows(summary: Dict[str, Any]) -> List[str]:
-    """The class-agnostic rows of the card's FROC table (a finding of any class on a lesion)."""
-    anywhere = summary.get("any_finding")
-    if not anywhere:
-        return []
-    sens, iv = anywhere["sensitivity_at_fp"], anywhere["intervals"]
-    return ["| any finding, class not judged | " + " | ".join(_f(sens.get(str(r))) for r in FP_RATES) + " |",
-            "| 95 % CI | " + " | ".join(_ci(iv.get(f"sens@{r}")).strip(" ()") for r in FP_RATES) + " |"]
-
-
-def _pct_ci(view: Dict[str, Any], key: str) -> str:
-    interval = view.get("intervals", {}).get(key)
-    return f" ({_f(100 * interval[0], 0)}-{_f(100 * interval[1], 0)} %)" if interval else ""
-
-
-def _gate_phrase(info: Dict[str, Any], recipe: Dict[str, Any]) -> str:
-    gate = info["inference"].get("detection", {}).get("image_threshold", 0.0)
-    if not gate:
-        return ""
-    return (f" Image gate {gate:.3f}: an image whose highest heatmap value stays below it gets no findings, so that "
-            f"at most {100 * recipe['normal_with_finding']:.0f} % of the pooled out-of-fold normal images get one.")
-
-
-def model_card(info: Dict[str, Any], summary: Dict[str, Any], report: Dict[str, Any], command: str,
-               seconds_per_image: Dict[str, float], sha256: str) -> str:
-    """The bundled model's card: pooled out-of-fold figures and intervals first, then the
-    image-level view at the default thresholds, the recipe table and how to rebuild it."""
-    recipe = summary["recipe"]
-    sens, iv = summary["sensitivity_at_fp"], summary["intervals"]
-    op = summary["operating"]
-    thresholds = ", ".join(f"{c} {t:.2f}" for c, t in zip(info["classes"], info["thresholds"])
-                           if c in info["inference"]["report_classes"])
-    heads = info.get("ensemble", 1)
-    lines = [
-        "# Model card: mammopatch-default.pt", "",
-        "## How well it detects (pooled out-of-fold, cross-validation by woman)", "",
-        f"{report.get('folds')}-fold cross-validation over all {summary['women']} women ({summary['images']} images, "
-        f"{summary['lesions']} lesions with coordinates) of mini-MIAS: each fold's model was trained on the other "
-        "folds' women and judged on its own; the figures pool every fold's out-of-fold predictions. 95 % intervals "
-        "from the bootstrap over women. These are estimates for new women from the same source (scanned film, "
-        "200 um); on other data, expect them to fall.", "",
-        "| FP / image | " + " | ".join(str(r) for r in FP_RATES) + " |",
-        "|---|" + "---|" * len(FP_RATES),
-        "| sensitivity, class judged | " + " | ".join(_f(sens.get(str(r))) for r in FP_RATES) + " |",
-        "| 95 % CI | " + " | ".join(_ci(iv.get(f"sens@{r}")).strip(" ()") for r in FP_RATES) + " |",
-        *_any_finding_rows(summary), "",
-        f"Image level (abnormal vs normal): ROC AUC {_f(summary['image_auc'], 3)}{_ci(iv.get('image_auc'))}"
-        + (f"; with each image's score read against the same view of her other breast (minus "
-           f"{summary['other_breast']['weight']} x its score; `image_scores.csv` of a batch): "
-           f"{other_breast_phrase(summary['other_breast'])} against the plain score"
-           if summary.get("other_breast") else "") + ". "
-        f"Per fold at 1 FP/image: {', '.join(_f(f['sensitivity_at_fp'].get('1')) for f in summary['per_fold'])}.", "",
-        "What a user sees at the default thresholds (thresholds fitted, for each fold, on the other folds' "
-        f"out-of-fold predictions): {_f(100 * op['abnormal_with_finding'], 0)} %{_pct_ci(op, 'abnormal_with_finding')} "
-        "of abnormal images get a finding, "
-        f"{_f(100 * op['normal_without_finding'], 0)} %{_pct_ci(op, 'normal_without_finding')} of normal images get "
-        "none; "
-        f"{_f(op['false_findings_per_image'])} false findings per image; {_f(100 * op['lesions_hit'], 0)} % of "
-        "lesions are hit by a finding.", "",
-        *_pairs_paragraph(summary.get("other_breast")),
-        "Per class (pooled out-of-fold; a class's false positives per image count only that class's findings, so "
-        "each row sits above the all-classes row, where every class's false findings count together):", "",
-        *per_class_table(summary), "",
-        "## What it is", "",
-        f"- **Network**: {info['backbone']} (ImageNet weights, {backbone_phrase(info.get('tuned_tail', False))}) + {'the poster' + chr(39) + 's window head' if info['head'] == 'window' else 'a cell head: every 32 px cell scored from its %d x %d block of cells (a %d-component bottleneck, then an MLP of %d hidden units as convolutions)' % (info['neighbourhood'], info['neighbourhood'], info['bottleneck'], info['hidden'])}; "
-        f"{ensemble_phrase(heads, recipe.get('seeds', 1), recipe.get('bundle', 'ensemble'))}.",
-        f"- **Input**: {info['window']} px windows at {info['spacing_mm']} mm, stride {info['stride']} px; images are "
-        "resampled to that spacing.",
-        f"- **Reported classes**: {', '.join(info['inference']['report_classes'])}; the other VinDr outputs are "
-        "untrained and never reported unless asked for.",
-        f"- **Thresholds** (at most {recipe['fp_per_image']} false positives per image per class on the pooled "
-        f"out-of-fold predictions): {thresholds}." + _gate_phrase(info, recipe),
-        f"- **Inference defaults**: flip test-time augmentation {info['inference']['flip_tta']}.",
-        "- **Seconds per image** (2-core CPU, fast mode, 1024 x 1024 mini-MIAS image, model loaded): "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in seconds_per_image.items()) + ".",
-        f"- **Weights**: SHA-256 `{sha256}`.", "",
-        "## How it was chosen", "",
-        "Every recipe was cross-validated on the same folds (women dealt into folds by class with seed 0; the "
-        "bundled model's are `Resources/Models/training/mini-mias-folds.csv`); the paired columns give the "
-        f"bootstrap over women of the difference against the baseline recipe `{report.get('baseline', '')}`. "
-        "Every recipe tried is listed, losers included; each is a file under `Resources/Models/training/`.", "",
-        *recipe_table(report), "",
-        "## Rebuild", "", "```bash", command, "```", "",
-        "## Data and licence", "",
-        "Trained on the mini-MIAS database (J. Suckling et al. (1994), \"The Mammographic Image Analysis Society "
-        "Digital Mammogram Database\", Excerpta Medica, International Congress Series 1069, pp. 375-378); research "
-        "use only. Not a medical device.", ""]
-    return "\n".join(lines)

@@ -1,8 +1,8 @@
 """``mammopatch evaluate``: the poster's table and the lesion- and image-level figures, with
 bootstrap intervals over women, written as Markdown, CSV, JSON and PNG plots.
 
-Evaluation images are held-out women: the validation or test split recreated from the model's
-own training config (same seed and fractions, split by woman), or a VinDr test split.
+Evaluation images are never the model's training women (:mod:`.held_out`): a model file that
+records them refuses them; one that does not is evaluated with that said in the first line.
 """
 
 from __future__ import annotations
@@ -16,36 +16,16 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..datasets import ImageRecord, apply_split_file, group_by_split, load_records, split_by_patient
 from ..errors import MammoPatchError
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import load_model
+from .held_out import UNKNOWN_PROVENANCE, refuse_training_women, select_evaluation_records
 from .lesions import FP_RATES, bootstrap_intervals, candidate_predictor, case_from_result, lesion_metrics
 from .metrics import patch_metrics
 from .numbers import fmt
 
 logger = logging.getLogger(__name__)
-
-
-def select_evaluation_records(data: str, model_info, split: str, split_file=None) -> List[ImageRecord]:
-    """The records of ``split`` as the model's training run divided the women: from
-    ``split_file`` when given, else by the training config's fractions and seed."""
-    training = (model_info.training or {}).get("config", {})
-    records, _ = load_records(data, Path("."), int(training.get("seed", 0)))
-    split_file = split_file or training.get("split_file")
-    if split_file and not Path(split_file).is_file():
-        raise MammoPatchError("the split file of the model's training run is not here; pass --split-file", split_file)
-    if split_file:
-        records = apply_split_file(records, split_file)
-    else:
-        split_by_patient(records, float(training.get("validation_fraction", 0.2)), seed=int(training.get("seed", 0)),
-                         test_fraction=float(training.get("test_fraction", 0.0)))
-    chosen = group_by_split(records).get(split, [])
-    if not chosen:
-        counts = {k: len(v) for k, v in group_by_split(records).items()}
-        raise MammoPatchError(f"no images in the {split!r} split (have: {counts})", data)
-    return chosen
 
 
 def _patch_table(model, images, classes) -> Dict[str, Any]:
@@ -70,15 +50,20 @@ def _patch_table(model, images, classes) -> Dict[str, Any]:
 def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: str = "fast", device: str = "auto",
              max_images: Optional[int] = None, progress: bool = True, draws: int = 2000,
              flip_tta: Optional[bool] = None, scales: Sequence[float] = (1.0,), split_file=None) -> Dict[str, Any]:
-    """Evaluate a model file on held-out images and write the report files into ``out_dir``.
+    """Evaluate a model file on images none of whose women trained it and write the report
+    files into ``out_dir``.
 
     Each image is read and preprocessed once: the same preprocessed image feeds the patch
-    table and the Predictor."""
+    table and the Predictor.
+
+    Raises:
+        MammoPatchError: some images are of the model's training women (none is evaluated)."""
     from ..patches import prepared_from
 
     model = load_model(model_path)
     info = model.info
-    records = select_evaluation_records(data, info, split, split_file)
+    records, split = select_evaluation_records(data, info, split, split_file)
+    refuse_training_women(records, info, model_path, "evaluate")
     if max_images:
         records = records[:max_images]
     classes = list(info.classes)
@@ -107,7 +92,7 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
     intervals = bootstrap_intervals(cases, classes, draws=draws) if draws else {}
     report = {
         "model": {"path": str(model_path), "sha256": model.sha256, "backbone": info.backbone,
-                  "description": info.description},
+                  "description": info.description, "provenance": "unknown" if info.provenance is None else "known"},
         "data": {"source": str(data), "split": split, "images": len(cases), "women": len({c.patient_id for c in cases}),
                  "skipped": errors},
         "mode": mode, "flip_tta": predictor.flip_tta, "scales": list(predictor.scales),
@@ -122,11 +107,17 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
                                      "the box or the boxes overlap with IoU >= 0.1"},
     }
     write_report(report, Path(out_dir))
-    from .model_card import model_card
+    from .model_card import write_model_card
 
-    with atomic_path(Path(out_dir) / "model_card.md") as tmp:
-        tmp.write_text(model_card(model_path, json.loads(json.dumps(report, default=float))))
+    write_model_card(model_path, json.loads(json.dumps(report, default=float)), out_path=Path(out_dir) / "model_card.md")
     return report
+
+
+def provenance_heading(report: Dict[str, Any]) -> str:
+    """The report's first line: whether the women evaluated are known never to have trained it."""
+    if report["model"].get("provenance") == "unknown":
+        return f"# MammoPatch evaluation: {UNKNOWN_PROVENANCE}"
+    return "# MammoPatch evaluation on women who never trained the model"
 
 
 def _with_interval(value, interval) -> str:
@@ -150,11 +141,12 @@ def write_report(report: Dict[str, Any], out: Path) -> None:
                                  m["support"], f"{m['auc']:.4f}"])
     lesion = report["lesion_level"]
     intervals = lesion.get("intervals", {})
-    lines = ["# MammoPatch evaluation", "",
+    lines = [provenance_heading(report), "",
              f"Model: `{Path(report['model']['path']).name}` ({report['model']['backbone']}, sha256 "
              f"{report['model']['sha256'][:12]}...)  ",
-             f"Data: {report['data']['source']} - split `{report['data']['split']}`: {report['data']['images']} images "
-             f"of {report['data']['women']} women (split by woman). Sliding window mode: {report['mode']}"
+             f"Data: {report['data']['source']}"
+             + (f" - split `{report['data']['split']}`" if report["data"]["split"] else "")
+             + f": {report['data']['images']} images of {report['data']['women']} women. Sliding window mode: {report['mode']}"
              f"{', flip TTA' if report.get('flip_tta') else ''}.", "",
              "## Lesion level (whole images, the Predictor users run)", "",
              f"Hit rule: {lesion['hit_rule']}. 95 % intervals: bootstrap over women.", "",

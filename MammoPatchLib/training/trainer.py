@@ -29,7 +29,7 @@ from ..evaluation.metrics import patch_metrics
 from ..inference.inferers import autocast_for
 from ..inference.predictor import resolve_device
 from ..io.atomic import atomic_path
-from ..model_file import InferenceDefaults, LoadedModel, ModelInfo, build_network, save_model
+from ..model_file import InferenceDefaults, LoadedModel, ModelInfo, Provenance, build_network, save_model
 from ..patches import PatchDataset, PreparedImage, Slot, build_slots, validation_patches
 from .augment import build_augmentation
 from .config import TrainConfig
@@ -272,14 +272,15 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------
     def fit(self, train_images: Sequence[PreparedImage], val_images: Sequence[PreparedImage],
             resume: bool = False, data_description: str = "", val_records: Sequence[Any] = (),
-            val_mammograms: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
+            val_mammograms: Optional[Sequence[Any]] = None, provenance: Optional[Provenance] = None) -> Dict[str, Any]:
         """Train; ``val_records`` (with ``val_mammograms``, the read images, optional) are the
-        whole validation images for FROC selection."""
+        whole validation images for FROC selection; ``provenance`` goes into the model file."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         run = self._build(train_images, data_description)
+        run.info.provenance = provenance
         x, y, m, _ = validation_patches(val_images, len(cfg.classes), cfg.sampling,
                                         cfg.validation_patches_per_finding, cfg.validation_patches_per_image)
         use_froc = cfg.selection == "froc" and bool(val_records)

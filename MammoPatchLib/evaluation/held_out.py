@@ -1,0 +1,71 @@
+"""Which images ``evaluate`` and ``calibrate`` may use: never those of a woman who trained the model.
+
+A model file's :class:`~MammoPatchLib.model_file.Provenance` names the women each ensemble
+member trained on and the ids of its training images. Figures on those women would measure
+memory, not detection, so they are refused with one line that points at the figures that do
+hold for them: the pooled out-of-fold figures of the cross-validation that made the model. A
+model without provenance is evaluated on what it is given, and every report says so first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+from ..datasets import ImageRecord, apply_split_file, group_by_split, load_records, split_by_patient
+from ..errors import MammoPatchError
+from ..model_file import ModelInfo
+from .crossval_figures import REPORT_MD
+from .model_card import BUNDLED_REPORT
+
+#: The first line of every report on a model whose training women are not recorded.
+UNKNOWN_PROVENANCE = ("provenance unknown: the model file does not record which women trained it, so these figures "
+                      "may include its own training women")
+
+
+def select_evaluation_records(data: str, info: ModelInfo, split: str = "validation",
+                              split_file=None) -> Tuple[List[ImageRecord], str]:
+    """The records to evaluate and the split they are ("" for all of ``data``): ``split`` of
+    ``split_file`` when given, else of the split a ``mammopatch train`` model was trained
+    with (its config's split file, or its fractions and seed), else every record.
+
+    Raises:
+        MammoPatchError: the split is empty, or its split file is missing."""
+    config = info.training.get("config") or {}
+    records, _ = load_records(data, Path("."), int(config.get("seed", 0)))
+    split_file = split_file or config.get("split_file")
+    if split_file and not Path(split_file).is_file():
+        raise MammoPatchError("the split file of the model's training run is not here; pass --split-file", split_file)
+    if split_file:
+        records = apply_split_file(records, split_file)
+    elif config:
+        split_by_patient(records, float(config.get("validation_fraction", 0.2)), seed=int(config.get("seed", 0)),
+                         test_fraction=float(config.get("test_fraction", 0.0)))
+    else:
+        return records, ""
+    chosen = group_by_split(records).get(split, [])
+    if not chosen:
+        counts = {k: len(v) for k, v in group_by_split(records).items()}
+        raise MammoPatchError(f"no images in the {split!r} split (have: {counts})", data)
+    return chosen, split
+
+
+def refuse_training_women(records: Sequence[ImageRecord], info: ModelInfo, model_path, what: str) -> None:
+    """Raise when any record is of a woman who trained the model (any ensemble member), or is
+    one of its training images.
+
+    Raises:
+        MammoPatchError: one line: how many images and women, and where their honest
+            (out-of-fold) figures are."""
+    made = info.provenance
+    if made is None:
+        return
+    women, images = made.women, set(made.images)
+    trained = [r for r in records if r.patient_id in women or r.image_id in images]
+    if not trained:
+        return
+    raise MammoPatchError(
+        f"refused to {what}: {len(trained)} of the {len(records)} images ({len({r.patient_id for r in trained})} "
+        f"women) are of women who trained this model (any of its {len(made.members)} member(s)); their honest "
+        f"figures are the out-of-fold ones of the `mammopatch crossval` run that made it ({REPORT_MD} of its --out "
+        f"folder; for the bundled model {BUNDLED_REPORT})", model_path)
