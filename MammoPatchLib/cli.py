@@ -150,8 +150,12 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
                         help="volume format(s) of the heatmaps and label map (default: nrrd)")
     parser.add_argument("--heatmaps", choices=HEATMAP_CHOICES, default=HeatmapChoice.SELECTED.value,
                         help="heatmap files: none, the reported classes (default) or all ten")
-    parser.add_argument("--heatmap-spacing", type=_positive_number, default=None, metavar="MM",
-                        help="write heatmaps at this pixel spacing (e.g. 1) instead of the source's")
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument("--full-resolution-heatmaps", action="store_true",
+                      help="write heatmaps at every source pixel (default: one value per network cell, "
+                           "placed in the source's frame; viewers interpolate it)")
+    grid.add_argument("--heatmap-spacing", type=_positive_number, default=None, metavar="MM",
+                      help="write heatmaps sampled at this pixel spacing (e.g. 1) instead of on the network's cells")
     parser.add_argument("--heatmap-dtype", choices=HEATMAP_DTYPES, default=HeatmapDtype.FLOAT32.value,
                         help="heatmap values: float32 probabilities or uint8 (probability x 255)")
     parser.add_argument("--workers", type=_non_negative_int, default=2,
@@ -177,6 +181,7 @@ def _options(args: argparse.Namespace, dicom: bool = False):
                              classes=args.classes, thresholds=args.thresholds, progress=not args.no_progress,
                              other_breast=args.other_breast)
     outputs = OutputOptions(formats=tuple(args.formats), heatmaps=args.heatmaps,
+                            full_resolution_heatmaps=args.full_resolution_heatmaps,
                             heatmap_spacing_mm=args.heatmap_spacing, heatmap_dtype=args.heatmap_dtype,
                             dicom=args.dicom_out or dicom, activation_maps=args.activation_maps)
     return predict, outputs

@@ -115,3 +115,22 @@ def test_output_folders_keep_dotted_dicom_names():
 
     assert output_stem(Path("1.2.840.10008.5.dcm")) == "1.2.840.10008.5"
     assert output_stem(Path("case.nii.gz")) == "case" and output_stem(Path("IM0001")) == "IM0001"
+
+
+def test_full_resolution_heatmaps_on_request(model_path, image_folder, tmp_path):
+    """By default a heatmap holds one value per network cell; --full-resolution-heatmaps writes
+    one per source pixel; with --heatmap-spacing too it is a bad argument (exit code 2)."""
+    from MammoPatchLib.io import read_mammogram
+
+    image = image_folder / "img0.dcm"
+    for flags, folder in (([], "cells"), (["--full-resolution-heatmaps"], "full")):
+        code = main(["predict", str(image), "--model", str(model_path), "--out", str(tmp_path / folder),
+                     "--no-progress", *flags])
+        assert code == 0
+    cells = read_mammogram(tmp_path / "cells" / "img0" / "heatmap_mass.nrrd", min_side=0)
+    full = read_mammogram(tmp_path / "full" / "img0" / "heatmap_mass.nrrd", min_side=0)
+    assert full.pixels.shape == (400, 320) and max(cells.pixels.shape) <= 400 * 0.2 / (32 * 0.4) + 2
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", str(image), "--out", str(tmp_path / "x"), "--full-resolution-heatmaps",
+              "--heatmap-spacing", "1"])
+    assert stop.value.code == 2

@@ -239,7 +239,7 @@ def test_geometry_chain_maps_heatmaps_like_the_step_by_step_inverse():
 
 
 def test_heatmaps_are_in_source_geometry_and_zero_outside_the_crop(tmp_path):
-    from MammoPatchLib.results.files import write_result
+    from MammoPatchLib.results.files import OutputOptions, write_result
 
     _, image = _probe_image()
     result = Predictor(probe_model(), device="cpu").predict_image(image)
@@ -247,7 +247,7 @@ def test_heatmaps_are_in_source_geometry_and_zero_outside_the_crop(tmp_path):
     outside = np.ones(image.pixels.shape, bool)
     outside[y0:y1, x0:x1] = False
     assert outside.any() and result.heatmaps[:, outside].max() == 0.0
-    written = write_result(result, tmp_path / "out")
+    written = write_result(result, tmp_path / "out", options=OutputOptions(full_resolution_heatmaps=True))
     heat = read_mammogram(written["heatmaps"][0], min_side=0)
     assert heat.geometry.spacing == pytest.approx(image.geometry.spacing)
     assert heat.geometry.origin == pytest.approx(image.geometry.origin)

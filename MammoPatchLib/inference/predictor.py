@@ -24,7 +24,7 @@ from ..transforms import PreprocessedImage, preprocess
 from ..vocabulary import InferenceMode
 from .inferers import DenseInferer, ExactInferer, InferenceCallback, ProgressFn
 from .options import PredictOptions
-from .resample import cells_to_source, detection_grid
+from .resample import CellGrid, cell_grid, cells_to_source, detection_grid
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,12 @@ class PredictionResult:
     is the model file's :class:`ModelInfo`; ``model_path``, ``model_sha256`` and the run's
     ``flip_tta``, ``scales`` and ``reported_classes`` say how the result was made;
     ``other_breast`` is empty, or says which image of the other breast the findings were read
-    against (:meth:`Predictor.against_other_breast`).
+    against (:meth:`Predictor.against_other_breast`). ``cell_maps`` are the network's cell
+    heatmaps (one per scale) the others are made from (:meth:`cell_grid_heatmaps`).
+
+    Per-class figures exist only for the classes the model learned (:attr:`learned_classes`):
+    an output it was never trained on sits near sigmoid(0) = 0.5 whatever the image, so its
+    maximum and threshold say nothing and the outputs carry none (None / absent).
     """
 
     label_map: np.ndarray  # (H, W) uint8, 0 = no finding, k = classes[k - 1]
@@ -87,6 +92,7 @@ class PredictionResult:
     grid_factor: int = 1
     other_breast: Dict[str, Any] = field(default_factory=dict)
     make_heatmaps: Optional[Callable[..., np.ndarray]] = field(default=None, repr=False)
+    cell_maps: Tuple["CellHeatmaps", ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self._heatmaps: Optional[np.ndarray] = None
@@ -133,10 +139,41 @@ class PredictionResult:
             cols = np.arange(0, width, step, dtype=np.float64) + (step - 1) / 2.0
         return self.make_heatmaps(rows, cols, channels)
 
+    @property
+    def learned_classes(self) -> List[str]:
+        """The classes the model learned: those its file reports
+        (:attr:`ModelInfo.reported_classes`, the classes of its training data)."""
+        learned = self.model_info.reported_classes
+        return [c for c in self.classes if c in learned]
+
+    def learned_thresholds(self) -> List[Optional[float]]:
+        """The thresholds, one per class, None for a class the model never learned."""
+        learned = set(self.learned_classes)
+        return [float(t) if c in learned else None for c, t in zip(self.classes, self.thresholds)]
+
     def max_probability(self) -> Dict[str, float]:
-        """Each class's highest heatmap value (on the detection grid)."""
+        """Each learned class's highest heatmap value (on the detection grid)."""
         grid = self.grid_heatmaps if self.grid_heatmaps is not None else self.heatmaps
-        return {c: float(grid[k].max()) for k, c in enumerate(self.classes)}
+        learned = set(self.learned_classes)
+        return {c: float(grid[k].max()) for k, c in enumerate(self.classes) if c in learned}
+
+    @property
+    def on_one_cell_grid(self) -> bool:
+        """Whether the heatmaps are one cell grid's (one scale): then that grid holds all of
+        them (:meth:`cell_grid_heatmaps`). A mean over scales interpolates grids of other
+        cell sizes, which no single grid holds."""
+        return len(self.cell_maps) == 1
+
+    def cell_grid_heatmaps(self, channels: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, CellGrid]:
+        """(classes, h, w) heatmaps on the network's own cells, one value per cell that covers
+        the analysed region, and the grid's place in the source (:func:`cell_grid`): all the
+        heatmaps hold, at a cell's size (32 px at the model's spacing)."""
+        if not self.on_one_cell_grid:
+            raise RuntimeError("only the heatmaps of one scale lie on one cell grid")
+        maps = self.cell_maps[0]
+        grid = cell_grid(maps.prepared, maps.stride, tuple(maps.cells.shape[-2:]))
+        values = source_heatmaps(self.cell_maps, grid.rows, grid.cols, channels, outside_zero=False)
+        return values, grid
 
     def breast_scores(self) -> BreastScores:
         """What an image of the other breast is read against of this one
@@ -190,6 +227,10 @@ class Predictor:
         unknown = [c for c in (options.classes or []) if c not in info.classes]
         if unknown:
             raise ConfigError(f"unknown class(es) {unknown}; the model's classes are {info.classes}")
+        unlearned = [c for c in (options.classes or []) if c not in info.reported_classes]
+        if unlearned:
+            raise ConfigError(f"class(es) {unlearned} were never learned by this model (its outputs there mean "
+                              f"nothing); it learned {info.reported_classes}")
         self.selected = list(options.classes) if options.classes else info.reported_classes
         self.detection = options.detection or info.inference.detection
         if options.thresholds is not None and options.detection is None and self.detection.image_threshold:
@@ -335,7 +376,7 @@ class Predictor:
                                 scales=tuple(self.scales),
                                 grid_heatmaps=grid, grid_factor=factor,
                                 make_heatmaps=lambda rows=None, cols=None, channels=None: source_heatmaps(
-                                    all_maps, rows, cols, channels))
+                                    all_maps, rows, cols, channels), cell_maps=tuple(all_maps))
 
 
     def _detect(self, image: MammogramImage, grid: np.ndarray, factor: int, thresholds: Sequence[float],
@@ -376,12 +417,12 @@ class Predictor:
             other = other.breast_scores()
         if result.grid_heatmaps is None:
             raise ValueError("reading against the other breast needs both results' detection-grid heatmaps")
-        missing = [c for c in result.classes if c not in other.class_maxima]
+        missing = [c for c in result.learned_classes if c not in other.class_maxima]
         if missing:
             raise ValueError(f"the other breast's scores lack the class(es) {missing}")
         point = self.model.info.inference.other_breast
         maxima = other.class_maxima
-        thresholds = [threshold_against_other_breast(t, maxima[c], point.weight)
+        thresholds = [threshold_against_other_breast(t, maxima[c], point.weight) if c in maxima else t
                       for c, t in zip(result.classes, point.thresholds)]
         gate = 0.0
         if point.image_threshold:
@@ -399,14 +440,15 @@ class Predictor:
 
 
 def source_heatmaps(all_maps: Sequence[CellHeatmaps], rows=None, cols=None,
-                    channels: Optional[Sequence[int]] = None) -> np.ndarray:
+                    channels: Optional[Sequence[int]] = None, outside_zero: bool = True) -> np.ndarray:
     """(classes, H, W) float32 heatmaps at every source pixel (or at ``rows`` x ``cols``; of
     the classes at ``channels``): the mean over scales of each scale's cell maps mapped
-    through its preprocessing chain (on the compute device)."""
+    through its preprocessing chain (on the compute device); zero outside the analysed region
+    unless ``outside_zero`` is False."""
     total = None
     for maps in all_maps:
         cells = maps.cells if channels is None else maps.cells[list(channels)]
-        at_pixels = cells_to_source(cells, maps.prepared, maps.stride, rows, cols)
+        at_pixels = cells_to_source(cells, maps.prepared, maps.stride, rows, cols, outside_zero)
         total = at_pixels if total is None else total + at_pixels
     return (total / len(all_maps)).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
 

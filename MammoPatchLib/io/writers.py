@@ -11,14 +11,9 @@ from .atomic import atomic_path
 from .image import ImageGeometry
 
 
-def write_volume(
-    array: np.ndarray, geometry: ImageGeometry, path: PathLike, overwrite: bool = True
-) -> str:
-    """Write a 2-D map (or a channel-first stack as a multi-component image) as NRRD/NIfTI/MHA.
-
-    The image is written as a single slice with the source's origin, spacing and direction,
-    so 3D Slicer and ITK overlay it exactly on the mammogram.
-    """
+def sitk_image(array: np.ndarray, geometry: ImageGeometry):
+    """A 2-D map (or a channel-first stack, as a multi-component image) as a one-slice
+    SimpleITK image with ``geometry``'s origin, spacing and direction."""
     import SimpleITK as sitk
 
     array = np.asarray(array)
@@ -31,6 +26,20 @@ def write_volume(
     img.SetSpacing(tuple(float(v) for v in geometry.spacing))
     img.SetOrigin(tuple(float(v) for v in geometry.origin))
     img.SetDirection(tuple(float(v) for v in geometry.direction))
+    return img
+
+
+def write_volume(
+    array: np.ndarray, geometry: ImageGeometry, path: PathLike, overwrite: bool = True
+) -> str:
+    """Write a 2-D map (or a channel-first stack as a multi-component image) as NRRD/NIfTI/MHA.
+
+    The image is written as a single slice in ``geometry`` (the source's, or a coarser grid
+    placed in the source's frame), so 3D Slicer and ITK overlay it exactly on the mammogram.
+    """
+    import SimpleITK as sitk
+
+    img = sitk_image(array, geometry)
     with atomic_path(path, overwrite=overwrite) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
     return os.fspath(path)

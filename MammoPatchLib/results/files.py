@@ -1,11 +1,15 @@
 """Writing one image's results, and a batch's summary, atomically.
 
 Per image, in ``<out>/<image stem>/``:
-- ``heatmap_<class>.nrrd`` (or .nii.gz): per-class probability maps, float32, source geometry;
+- ``heatmap_<class>.nrrd`` (or .nii.gz): per-class probability maps, float32, compressed, on the
+  network's own cells (one voxel per cell, e.g. 32 px at the model's spacing) placed in the
+  source image's frame, so viewers overlay them in place (at every source pixel on request:
+  ``full_resolution_heatmaps``);
 - ``labelmap.nrrd``: uint8 label map (0 = no finding, k = class k) with the class names in
   ``labelmap.json``;
-- ``findings.json`` (source metadata, model, findings, the image score and each class's highest
-  heatmap value, which an image of the other breast is read against: :func:`breast_scores_of`)
+- ``findings.json`` (source metadata, model, findings, the image score and each learned class's
+  highest heatmap value, which an image of the other breast is read against:
+  :func:`breast_scores_of`; a class the model never learned has no maximum and a null threshold)
   and ``findings.csv`` (one row per finding);
 - ``overlay.png``: the mammogram with the heatmap and labelled boxes.
 
@@ -29,6 +33,7 @@ from ..inference.predictor import PredictionResult
 from ..other_breast import BreastScores
 from ..io import atomic_path, write_png, write_volume
 from ..io.image import ImageGeometry
+from ..inference.resample import CellGrid
 from ..visualize import heatmap_overlay
 from ..vocabulary import (HEATMAP_CHOICES, HEATMAP_DTYPES, VOLUME_FORMATS, HeatmapChoice, HeatmapDtype, PathLike,  # noqa: F401
                           class_slug, heatmap_stem)  # the file-name mappings, also used from here
@@ -58,8 +63,13 @@ class OutputOptions:
         formats: volume formats of the heatmaps and label map ("nrrd", "nifti").
         heatmaps: "none", "selected" (the classes reported: ``--classes``, else the model's
             trained classes; the default, sized for batch runs) or "all" (every output).
-        heatmap_spacing_mm: write heatmaps at this pixel spacing (e.g. 1.0 mm) instead of the
-            source's: a 3000 x 2400 heatmap at 0.085 mm is 29 MB of float32, at 1 mm 0.2 MB.
+        full_resolution_heatmaps: write heatmaps at every source pixel (a 3000 x 2400 image:
+            29 MB of float32 per class before compression) instead of on the network's cells
+            (the default: all they hold; a viewer's linear interpolation, zero outside the
+            analysed region findings.json records, gives the full-resolution map back). A run
+            at several scales writes full resolution: no one cell grid holds its heatmaps.
+        heatmap_spacing_mm: write heatmaps sampled at this pixel spacing (e.g. 1.0 mm) instead
+            of on the network's cells.
         heatmap_dtype: "float32" probabilities, or "uint8" (probability x 255, a quarter of the
             size; NRRD / NIfTI writers have no float16).
         dicom: also write DICOM SEG, heatmap SEG, overlay SC and SR (DICOM inputs only).
@@ -68,6 +78,7 @@ class OutputOptions:
 
     formats: Tuple[str, ...] = ("nrrd",)
     heatmaps: str = HeatmapChoice.SELECTED.value
+    full_resolution_heatmaps: bool = False
     heatmap_spacing_mm: Optional[float] = None
     heatmap_dtype: str = HeatmapDtype.FLOAT32.value
     dicom: bool = False
@@ -84,6 +95,10 @@ class OutputOptions:
             raise MammoPatchError(f"heatmap dtype must be one of {HEATMAP_DTYPES}, got {self.heatmap_dtype!r}")
         if self.heatmap_spacing_mm is not None and not self.heatmap_spacing_mm > 0:
             raise MammoPatchError(f"heatmap spacing must be positive, got {self.heatmap_spacing_mm}")
+        if not isinstance(self.full_resolution_heatmaps, bool):
+            raise MammoPatchError(f"full_resolution_heatmaps must be true or false, got {self.full_resolution_heatmaps!r}")
+        if self.full_resolution_heatmaps and self.heatmap_spacing_mm is not None:
+            raise MammoPatchError("full-resolution heatmaps and a heatmap spacing exclude each other: choose one")
         if isinstance(self.activation_maps, bool) or not isinstance(self.activation_maps, int) \
                 or self.activation_maps < 0:
             raise MammoPatchError(f"activation maps must be a whole number >= 0, got {self.activation_maps!r}")
@@ -99,20 +114,36 @@ def heatmap_classes(result: PredictionResult, choice: str, selected: Optional[Se
     return [c for c in result.classes if c in wanted]
 
 
-def _downsampled(result: PredictionResult, spacing_mm: Optional[float], classes: Sequence[str]):
-    """(maps of ``classes``, geometry, step) of the heatmaps at ``spacing_mm`` (every step-th
-    pixel's block centre)."""
+def _heatmap_volumes(result: PredictionResult, options: OutputOptions, classes: Sequence[str]
+                     ) -> Tuple[np.ndarray, ImageGeometry, Dict[str, object]]:
+    """(maps of ``classes``, their volume geometry, what findings.json records of them): on the
+    network's cells by default (when they lie on one: a single scale), else at every source
+    pixel or every step-th pixel's block centre (``heatmap_spacing_mm``)."""
     geometry = result.image.geometry
     channels = [result.classes.index(c) for c in classes]
-    step = 1 if spacing_mm is None else max(1, int(round(spacing_mm / geometry.mean_spacing)))
+    if not options.full_resolution_heatmaps and options.heatmap_spacing_mm is None and result.on_one_cell_grid:
+        maps, grid = result.cell_grid_heatmaps(channels)
+        return maps, grid.geometry(geometry), _grid_record(grid)
+    step = 1 if options.heatmap_spacing_mm is None else max(
+        1, int(round(options.heatmap_spacing_mm / geometry.mean_spacing)))
+    record: Dict[str, object] = {"grid": "pixels", "every_nth_pixel": step}
     if step == 1:
-        return result.heatmaps_every(1, channels), geometry, 1
+        return result.heatmaps_every(1, channels), geometry, record
     direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
     shift = direction @ np.array([(step - 1) / 2 * geometry.spacing[0], (step - 1) / 2 * geometry.spacing[1], 0.0])
     coarse = ImageGeometry(spacing=(geometry.spacing[0] * step, geometry.spacing[1] * step, geometry.spacing[2]),
                            origin=tuple(float(o + d) for o, d in zip(geometry.origin, shift)),
                            direction=geometry.direction)
-    return result.heatmaps_every(step, channels), coarse, step
+    return result.heatmaps_every(step, channels), coarse, record
+
+
+def _grid_record(grid: CellGrid) -> Dict[str, object]:
+    """findings.json's note of a cell grid: where its first cell's centre and its steps lie in
+    source pixels, and the analysed region outside which the heatmaps are zero."""
+    step = [float(grid.rows[1] - grid.rows[0]) if len(grid.rows) > 1 else None,
+            float(grid.cols[1] - grid.cols[0]) if len(grid.cols) > 1 else None]
+    return {"grid": "cells", "every_nth_pixel": None, "first_cell_centre_px": [float(grid.cols[0]), float(grid.rows[0])],
+            "cell_px": [step[1], step[0]], "analysed_region_px": list(grid.region)}
 
 
 def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[Sequence[str]] = None,
@@ -133,7 +164,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     geometry = result.image.geometry
     written: Dict[str, List[str]] = {"heatmaps": [], "labelmap": [], "findings": [], "overlay": [], "dicom": []}
     classes = heatmap_classes(result, options.heatmaps, selected_classes)
-    maps, map_geometry, step = _downsampled(result, options.heatmap_spacing_mm, classes) if classes else (None, None, 1)
+    maps, map_geometry, grid_record = _heatmap_volumes(result, options, classes) if classes else (None, None, {})
     volumes = []  # (kind, array, geometry, path): compressed in parallel threads (SimpleITK releases the GIL)
     for fmt in options.formats:
         ext = VOLUME_FORMATS[fmt]
@@ -154,12 +185,12 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
         "model": result.model_record(),
         "mode": result.mode,
         "classes": result.classes,
-        "thresholds": result.thresholds,
+        "thresholds": result.learned_thresholds(),
         "image_score": scores.image_score,
         "class_maxima": scores.class_maxima,
         "other_breast": result.other_breast or None,
         "heatmaps": {"classes": classes, "spacing_mm": [map_geometry.spacing[1], map_geometry.spacing[0]]
-                     if classes else None, "every_nth_pixel": step, "dtype": options.heatmap_dtype,
+                     if classes else None, **grid_record, "dtype": options.heatmap_dtype,
                      "scale": (1 / 255) if options.heatmap_dtype == HeatmapDtype.UINT8 else 1.0},
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "findings": [f.to_dict() for f in result.findings],
@@ -182,7 +213,7 @@ def write_result(result: PredictionResult, out_dir: PathLike, formats: Optional[
     if options.dicom:
         from .dicom import write_dicom_outputs
 
-        full_size = maps if step == 1 else None  # the SEG needs every pixel: reuse what the volumes had
+        full_size = maps if grid_record.get("every_nth_pixel") == 1 else None  # the SEG needs every pixel
         for path in write_dicom_outputs(result, out, classes, overlay_rgb=_full_size(overlay, result.image.shape),
                                         heatmaps=full_size).values():
             written["dicom"].append(path)
