@@ -151,7 +151,7 @@ def predict_files(inputs, out_dir: PathLike, model: ModelLike = None, options: O
     options, outputs = split_options(options, outputs, option_fields)
     if predictor is not None and (options is not None or model is not None):
         raise ConfigError("give either a predictor or a model and prediction options, not both")
-    jobs = plan_jobs(inputs, spacing_mm)
+    jobs = plan_jobs(inputs, spacing_mm, exclude=[out_dir])
     if not jobs:
         given = [inputs] if isinstance(inputs, (str, Path)) else inputs
         raise MammoPatchError("no images found", ", ".join(str(i) for i in given))

@@ -71,6 +71,12 @@ def _whole_number(text: str, minimum: int) -> int:
     return value
 
 
+def _folds(text: str) -> int:
+    """At least two folds; whether the data hold as many women is known once they are read
+    (:func:`~MammoPatchLib.datasets.splits.folds_by_patient` refuses more folds than women)."""
+    return _whole_number(text, 2)
+
+
 def _backbone(text: str) -> str:
     from .networks import BACKBONES  # the registry, imported only when the option is given
 
@@ -433,11 +439,12 @@ def _add_crossval_command(sub) -> None:
                                                "FROC, AUC, paired intervals); optionally build the model")
     crossval.add_argument("--config", required=True, nargs="+", help="recipe JSON file(s), judged on the same folds")
     crossval.add_argument("--data", required=True, help="mini-MIAS or VinDr-layout folder, or synthetic:N")
-    crossval.add_argument("--folds", type=int, default=5)
+    crossval.add_argument("--folds", type=_folds, default=5,
+                          help="folds of women, 2 to the number of women in the data (default: %(default)s)")
     crossval.add_argument("--out", required=True, help="report folder (its folds.csv is reused by later runs)")
     crossval.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature-cache)")
     crossval.add_argument("--baseline", default=None, help="recipe the others are compared with (default: the first)")
-    crossval.add_argument("--draws", type=int, default=1000, help="bootstrap draws over women")
+    crossval.add_argument("--draws", type=_positive_int, default=1000, help="bootstrap draws over women")
     crossval.add_argument("--threads", type=int, default=1,
                           help="torch threads (default 1: the head's small matrix products gain nothing from more, "
                                "and on a busy machine two spinning threads ran 5-10x slower than one)")
@@ -484,7 +491,7 @@ def _add_info_command(sub) -> None:
 
 def _add_train_command(sub) -> None:
     train = sub.add_parser("train", help="train a patch classifier (VinDr layout, mini-MIAS or synthetic:N)")
-    train.add_argument("--config", default=None, help="training config (JSON or YAML); defaults otherwise")
+    train.add_argument("--config", default=None, help="training config (JSON); defaults otherwise")
     train.add_argument("--data", required=True, help="data set folder, or synthetic:N")
     train.add_argument("--out", required=True, help="output folder (checkpoint, model.pt, metrics.csv)")
     train.add_argument("--resume", action="store_true", help="continue a stopped run from its checkpoint")
@@ -617,6 +624,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CANCELLED
     except MammoPatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, TypeError) as exc:  # a library check of a value the user gave: one line, no traceback
+        if args.verbose:
+            raise
+        print(f"error: {' '.join(str(exc).split()) or type(exc).__name__} (-v shows where)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -132,15 +132,34 @@ def source_study(source: Mapping[str, Any]) -> str:
     return str(uids.get("StudyInstanceUID") or uids.get("PatientID") or "")
 
 
+View = Tuple[str, str]
+
+
+def crowded_views(keys: Sequence[Optional[BreastKey]]) -> Dict[View, List[int]]:
+    """{(woman or study, view): the positions of its images} for each view that holds more than
+    one image of a side (a repeat, a second exposure, a file listed twice under two names).
+    Which of them is "the" other breast is then a guess, so every image of such a view is read
+    alone: the one pairing rule of the findings (the batch runner) and of the image scores."""
+    sides: Dict[View, Dict[str, int]] = {}
+    positions: Dict[View, List[int]] = {}
+    for position, key in enumerate(keys):
+        if key is not None:
+            counts = sides.setdefault(key[:2], {})
+            counts[key[2]] = counts.get(key[2], 0) + 1
+            positions.setdefault(key[:2], []).append(position)
+    return {view: positions[view] for view, counts in sides.items() if max(counts.values()) > 1}
+
+
 def other_breast_scores(keys: Sequence[Optional[BreastKey]], scores: Sequence[Optional[float]]
                         ) -> List[Optional[float]]:
-    """For each image, the highest score among the images of the other side (same woman, same
-    view), or None when there is none (or its key or score is unknown)."""
-    groups: Dict[Tuple[str, str], Dict[str, float]] = {}
+    """For each image, the score of the other side's image (same woman, same view), or None when
+    there is none, its key or score is unknown, or the view holds more than one image of a side
+    (:func:`crowded_views`)."""
+    crowded = crowded_views(keys)
+    groups: Dict[View, Dict[str, float]] = {}
     for key, score in zip(keys, scores):
-        if key is not None and score is not None:
-            sides = groups.setdefault(key[:2], {})
-            sides[key[2]] = max(score, sides.get(key[2], score))
+        if key is not None and score is not None and key[:2] not in crowded:
+            groups.setdefault(key[:2], {})[key[2]] = score
     out: List[Optional[float]] = []
     for key in keys:
         others = [] if key is None else [s for side, s in groups.get(key[:2], {}).items() if side != key[2]]
@@ -160,4 +179,5 @@ def scores_against_other_breast(keys: Sequence[Optional[BreastKey]], scores: Seq
 
 __all__ = ["OTHER_BREAST_WEIGHT", "OtherBreastPoint", "SCORE_DECIMALS", "BreastScores", "relative_score",
            "threshold_against_other_breast", "BreastKey",
-           "breast_key", "source_breast_key", "source_study", "other_breast_scores", "scores_against_other_breast"]
+           "breast_key", "source_breast_key", "source_study", "crowded_views", "other_breast_scores",
+           "scores_against_other_breast"]

@@ -410,3 +410,161 @@ def test_a_killed_batch_resumes_to_the_outputs_of_an_uninterrupted_one(small_mod
         a = read_mammogram(killed / f"img{k}" / "heatmap_mass.nrrd", min_side=0).pixels
         b = read_mammogram(clean / f"img{k}" / "heatmap_mass.nrrd", min_side=0).pixels
         np.testing.assert_array_equal(a, b)
+
+
+# ---- probe findings of issue 34: argument and recipe checks, pairing, discovery, reports ----
+
+def _mias_folder(folder: Path, women: int) -> Path:
+    """A mini-MIAS layout of ``women`` women (two normal films each; the files exist, empty:
+    the folds are dealt before any image is read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["refnum,image,class,x,y_bottom_left,radius"]
+    for number in range(1, 2 * women + 1):
+        rows.append(f"mdb{number:03d},mdb{number:03d}.png,NORM,,,")
+        (folder / f"mdb{number:03d}.png").write_bytes(b"")
+    (folder / "annotations.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _recipe(folder: Path, values: dict, name: str = "recipe.json") -> Path:
+    import json
+
+    path = folder / name
+    path.write_text(json.dumps(values), encoding="utf-8")
+    return path
+
+
+def test_crossval_folds_outside_two_to_the_number_of_women_are_usage_errors(tmp_path, capsys):
+    from MammoPatchLib.cli import main
+
+    data, recipe = _mias_folder(tmp_path / "data", women=10), _recipe(tmp_path, {})
+    command = ["crossval", "--config", str(recipe), "--data", str(data), "--out", str(tmp_path / "cv"),
+               "--no-progress", "--folds"]
+    with pytest.raises(SystemExit) as info:
+        main(command + ["1"])
+    assert info.value.code == 2 and "argument --folds: 1 must be at least 2" in capsys.readouterr().err
+    code, out, err = _cli_here(capsys, *command, "500")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == ["error: 10 women cannot fill 500 folds; folds must be 2 to the number of "
+                                        "women (-v shows where)"]
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("seed", "1", "seed: expected a whole number, got '1' (str)"),
+    ("epochs", "20", "epochs: expected a whole number, got '20' (str)"),
+    ("seed", True, "seed: expected a whole number, got True (bool)"),
+    ("epochs", 20.0, "epochs: expected a whole number, got 20.0 (float)"),
+    ("flip_augment", 1, "flip_augment: expected true or false, got 1 (int)"),
+    ("learning_rate", "1e-3", "learning_rate: expected a number, got '1e-3' (str)"),
+    ("classes", "Mass", "classes: expected a list of text, got 'Mass' (str)"),
+    ("train_scales", [0.8, "1.25"], "train_scales[1]: expected a number, got '1.25' (str)"),
+    ("preprocessing", {"crop": "yes"}, "preprocessing.crop: expected true or false, got 'yes' (str)"),
+    ("spacing_mm", None, "spacing_mm: expected a number, got null"),
+], ids=lambda v: str(v))
+def test_every_recipe_field_is_type_checked_by_name_when_read(tmp_path, field, value, expected):
+    from MammoPatchLib.errors import ConfigError
+    from MammoPatchLib.training.cell_recipe import CellHeadRecipe
+
+    path = _recipe(tmp_path, {field: value})
+    with pytest.raises(ConfigError) as info:
+        CellHeadRecipe.load(path)
+    assert str(info.value) == f"{path}: cell-head recipe.{expected}"
+
+
+def test_training_configs_check_types_the_same_way_nested_tuples_and_optional_included():
+    from MammoPatchLib.errors import ConfigError
+    from MammoPatchLib.training.config import TrainConfig
+
+    config = TrainConfig.from_dict({"learning_rate": 1, "threads": None, "sampling": {"scale_range": [1, 2]}})
+    assert config.learning_rate == 1 and config.threads is None and config.sampling.scale_range == (1, 2)
+    for values, message in [
+        ({"threads": "2"}, "threads: expected a whole number or null, got '2' (str)"),
+        ({"sampling": {"patch_size": "256"}}, "sampling.patch_size: expected a whole number, got '256' (str)"),
+        ({"sampling": {"scale_range": [1, "2"]}}, "sampling.scale_range[1]: expected a number, got '2' (str)"),
+        ({"sampling": {"scale_range": [1, 2, 3]}}, "sampling.scale_range: expected a list of 2 (a number, a number)"),
+        ({"amp": "false"}, "amp: expected true or false, got 'false' (str)"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^training config.{message}".replace("(", r"\(").replace(")", r"\)")
+                           .replace("[", r"\[").replace("]", r"\]")):
+            TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    ("recipe.json", {"seed": "1"}, "cell-head recipe.seed: expected a whole number, got '1' (str)"),
+    ("recipe.yaml", {}, "configuration files are JSON (.json), not .yaml; write it as JSON"),
+], ids=["seed-as-text", "yaml"])
+def test_crossval_refuses_a_bad_recipe_before_any_feature_is_computed(tmp_path, capsys, name, values, expected):
+    data, recipe = _mias_folder(tmp_path / "data", women=3), _recipe(tmp_path, values, name)
+    out = tmp_path / "cv"
+    code, _, err = _cli_here(capsys, "crossval", "--config", recipe, "--data", data, "--folds", 2, "--out", out,
+                             "--no-progress")
+    assert code == 2 and err.strip().splitlines() == [f"error: {recipe}: {expected}"], err
+    assert not out.exists(), "refused before the report folder, its folds or its feature cache"
+
+
+def test_a_view_with_two_images_of_one_side_is_read_alone_in_findings_and_image_scores(tmp_path, caplog):
+    """Two left and one right CC of one study: which left is the right's other breast is a
+    guess, so all three are read alone, in findings.json and image_scores.csv alike, with one
+    warning that names the study, the view and the files; a clean pair beside them is still
+    read as a pair in both."""
+    import json
+    import logging
+    from dataclasses import replace
+
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.inference import Predictor
+    from MammoPatchLib.other_breast import OtherBreastPoint
+    from MammoPatchLib.prediction.image_scores import IMAGE_SCORES_FILE
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    films = [("left-1", "L", "1.2.3", 1), ("left-2", "L", "1.2.3", 2), ("right", "R", "1.2.3", 3),
+             ("pair-left", "L", "1.2.4", 4), ("pair-right", "R", "1.2.4", 5)]
+    folder = tmp_path / "in"
+    for name, side, study, seed in films:
+        write_dicom(synthesize_mammogram((400, 320), 0.2, side, "CC", ["round mass"], seed=seed),
+                    folder / f"{name}.dcm", study_uid=study)
+    (tmp_path / "batch.csv").write_text("path\n" + "".join(f"in/{name}.dcm\n" for name, *_ in films))
+    model = probe_model()
+    model.info = replace(model.info, inference=replace(model.info.inference,
+                                                       other_breast=OtherBreastPoint(0.5, [0.45] + [0.5] * 9, 0.0)))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="MammoPatchLib"):
+        rows = predict_files([tmp_path / "batch.csv"], out, predictor=Predictor(model, device="cpu", progress=False),
+                             progress=False)
+    assert [r.status for r in rows] == ["ok"] * 5
+    warned = [r.getMessage() for r in caplog.records if "more than one image of a side" in r.getMessage()]
+    assert warned == ["study 1.2.3, view CC holds more than one image of a side (left-1.dcm (L), left-2.dcm (L), "
+                      "right.dcm (R)): those images are read alone, not against the other breast"]
+    paired = {name: json.loads((out / name / "findings.json").read_text())["other_breast"] for name, *_ in films}
+    scores = {Path(r["image"]).stem: r for r in csv.DictReader(open(out / IMAGE_SCORES_FILE, encoding="utf-8"))}
+    for name in ("left-1", "left-2", "right"):
+        assert paired[name] is None and scores[name]["other_breast_score"] == "", name
+    assert paired["pair-left"]["image"].endswith("pair-right.dcm")
+    assert paired["pair-right"]["image"].endswith("pair-left.dcm")
+    assert scores["pair-left"]["other_breast_score"] == scores["pair-right"]["image_score"] != ""
+
+
+def test_an_output_folder_inside_the_input_folder_is_never_read_as_input(tmp_path, capsys):
+    """--out inside the folder of mammograms, run twice with --resume: the second run finds the
+    same images (not the first run's heatmaps and label maps), and so does a run whose --out is
+    elsewhere (the image output folders are recognised by their marker)."""
+    images = _images(tmp_path / "in", 2)
+    model = tmp_path / "m.pt"
+    from helpers import tiny_model_file
+
+    tiny_model_file(model, spacing_mm=0.4)
+    command = ["predict", tmp_path / "in", "--model", model, "--device", "cpu", "--no-progress", "--mode", "fast"]
+    for _ in range(2):
+        code, out, err = _cli_here(capsys, *command, "--out", tmp_path / "in" / "results", "--resume")
+        assert code == 0 and "2 of 2 image(s) done" in out, out + err
+    assert sorted(p.name for p in (tmp_path / "in" / "results").iterdir() if p.is_dir()) == [p.stem for p in images]
+    code, out, err = _cli_here(capsys, *command, "--out", tmp_path / "elsewhere")
+    assert code == 0 and "2 of 2 image(s) done" in out, out + err
+
+
+def test_the_crossval_report_states_the_bootstrap_draws_it_used(tmp_path):
+    from MammoPatchLib.evaluation.crossval_report import write_crossval_report
+
+    write_crossval_report({"baseline": "r", "recipes": {}, "folds": 5, "draws": 200, "data": "d"}, tmp_path / "cv.md")
+    text = (tmp_path / "cv.md").read_text(encoding="utf-8")
+    assert "95 % intervals from 200 bootstrap draws of women" in text and "1,000" not in text

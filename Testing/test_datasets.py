@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -141,3 +142,40 @@ def test_folder_reader(tmp_path, synthetic_dicom):
     assert set(p.name for p in found) == {"sample.dcm", "b.png", "IM0001"}
     assert collect_images(str(tmp_path / "*.dcm")) == [synthetic_dicom]
     assert [r.image_id for r in read_folder([synthetic_dicom])] == ["sample"]
+
+
+def test_annotation_rows_without_images_are_skipped_with_one_summary_warning(tmp_path, caplog):
+    """A table naming more images than the folder holds (the full mini-MIAS table beside a few
+    images) says how many rows and images it skips, and names a few, instead of nothing."""
+    rows = ["refnum,image,class,x,y_bottom_left,radius"]
+    for number in range(1, 31):
+        rows.append(f"mdb{number:03d},mdb{number:03d}.png,NORM,,,")
+    rows.append("mdb030,mdb030.png,CIRC,500,500,40")  # a second row of an image without a file
+    (tmp_path / "annotations.csv").write_text("\n".join(rows) + "\n")
+    for number in range(1, 5):
+        (tmp_path / f"mdb{number:03d}.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="MammoPatchLib"):
+        records = read_mias(tmp_path)
+    assert [r.image_id for r in records] == ["mdb001", "mdb002", "mdb003", "mdb004"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert "27 of 31 row(s), naming 26 of 30 annotated image(s), skipped: no such file in" in warned[0]
+    assert "(mdb005.png, mdb006.png, mdb007.png, mdb008.png, mdb009.png, ...)" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="MammoPatchLib"):
+        assert len(read_mias(tmp_path, require_files=False)) == 30
+    assert not caplog.records, "nothing skipped, nothing said"
+
+
+def test_a_partial_vindr_download_is_summarised_in_one_warning(vindr_root, tmp_path, caplog):
+    import shutil
+
+    copy = tmp_path / "vindr"
+    shutil.copytree(vindr_root, copy)
+    gone = sorted((copy / "images").rglob("*.dicom"))[:3]
+    for path in gone:
+        path.unlink()
+    with caplog.at_level(logging.WARNING, logger="MammoPatchLib"):
+        assert len(read_vindr(copy)) == 13
+    warned = [r.getMessage() for r in caplog.records if "skipped: no such file" in r.getMessage()]
+    assert len(warned) == 1 and "3 of 16 annotated image(s)" in warned[0] and gone[0].name in warned[0], warned

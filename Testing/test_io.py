@@ -369,3 +369,78 @@ def test_available_memory_counts_the_page_cache_linux_would_reclaim(tmp_path):
     free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     fallback = available_memory_bytes(str(tmp_path / "missing"))
     assert fallback is not None and abs(fallback - free_pages) < 2**30
+
+
+def _edited_dicom(mammo, path, edit, **kwargs):
+    """A synthetic MG DICOM edited with pydicom (``edit(ds)``) and saved again."""
+    write_dicom(mammo, path, **kwargs)
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path)
+    return path
+
+
+def _sop_class(uid, frames=None):
+    def edit(ds):
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = uid
+        if "PresentationIntentType" in ds:
+            del ds.PresentationIntentType
+        if frames is not None:
+            ds.NumberOfFrames = frames
+    return edit
+
+
+@pytest.mark.parametrize("edit, warning", [
+    (_sop_class("1.2.840.10008.5.1.4.1.1.1.2.1"),
+     "SOP class Digital Mammography X-Ray Image Storage - For Processing holds raw detector data"),
+    (_sop_class("1.2.840.10008.5.1.4.1.1.13.1.3", frames=1),
+     "SOP class Breast Tomosynthesis Image Storage: one frame of a tomosynthesis series"),
+    (lambda ds: setattr(ds, "ImagerPixelSpacing", [0.8, 0.8]),
+     "PixelSpacing 0.2 x 0.2 mm and ImagerPixelSpacing 0.8 x 0.8 mm differ 4x"),
+], ids=["for-processing-sop-class", "tomosynthesis-one-frame", "spacings-4x-apart"])
+def test_doubtful_dicom_kinds_and_spacings_are_read_with_a_warning(tmp_path, synthetic_mammo, edit, warning):
+    image = read_mammogram(_edited_dicom(synthetic_mammo, tmp_path / "m.dcm", edit))
+    assert [w for w in image.warnings if w.startswith(warning)], image.warnings
+
+
+def test_a_magnification_view_s_two_spacings_pass_without_a_warning(tmp_path, synthetic_mammo):
+    image = read_mammogram(_edited_dicom(synthetic_mammo, tmp_path / "m.dcm",
+                                         lambda ds: setattr(ds, "ImagerPixelSpacing", [0.36, 0.36])))
+    assert image.warnings == [] and image.spacing_mm == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("kind", ["dicom", "nrrd"])
+def test_an_image_too_large_to_read_is_called_too_large_not_truncated(tmp_path, synthetic_mammo, kind):
+    if kind == "dicom":
+        def huge(ds):
+            ds.Rows = ds.Columns = 60000
+        path = _edited_dicom(synthetic_mammo, tmp_path / "huge.dcm", huge)
+    else:
+        path = tmp_path / "huge.nrrd"
+        path.write_bytes(b"NRRD0004\ntype: uint16\ndimension: 2\nsizes: 60000 60000\nspacings: 0.1 0.1\n"
+                         b"encoding: raw\nendian: little\n\n" + b"\0" * 4096)
+    with pytest.raises(InvalidImageError, match=r"60000 x 60000 px \(3600 Mpx\), too large: above the 120 Mpx limit"):
+        read_mammogram(path)
+
+
+def test_a_monochrome1_voi_lut_sequence_is_applied_without_pydicom_s_float_warning(tmp_path, synthetic_mammo):
+    """A VOI LUT Sequence is looked up with the whole-number modality values (Rescale 1 / 0
+    made them floats, and pydicom then warns that the result may be wrong, twice a batch)."""
+    import warnings
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def voi_lut(ds):
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.add_new(0x00283006, "US", [min(4095, 2 * v) for v in range(4096)])
+        ds.VOILUTSequence = Sequence([item])
+
+    path = _edited_dicom(synthetic_mammo, tmp_path / "m1.dcm", voi_lut, photometric="MONOCHROME1", bits_stored=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the read
+        image = read_mammogram(path)
+    assert image.extra["voi"] == "VOILUTSequence"
+    looked_up = np.minimum(4095, 2 * (4095 - synthetic_mammo.pixels.astype(np.int64))).astype(np.float32)
+    np.testing.assert_array_equal(image.pixels, looked_up.max() + looked_up.min() - looked_up)

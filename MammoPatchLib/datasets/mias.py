@@ -15,7 +15,7 @@ from typing import Dict, List
 
 from ..errors import AnnotationError
 from ..vocabulary import PathLike
-from .records import Finding, ImageRecord, check_box, read_csv_rows
+from .records import Finding, ImageRecord, check_box, read_csv_rows, with_files
 
 MIAS_SPACING_MM = 0.2
 MIAS_SIZE = (1024, 1024)
@@ -89,6 +89,4 @@ def read_mias(root: PathLike, require_files: bool = True) -> List[ImageRecord]:
         clipped = (max(0.0, box[0]), max(0.0, box[1]), min(float(MIAS_SIZE[1]), box[2]), min(float(MIAS_SIZE[0]), box[3]))
         record.findings.append(Finding(category, check_box(clipped, record.size, line)))
     result = list(records.values())
-    if require_files:
-        result = [r for r in result if r.path.is_file()]
-    return result
+    return with_files(result, table, [row["refnum"] for row in rows]) if require_files else result

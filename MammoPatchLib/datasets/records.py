@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError
+
+logger = logging.getLogger(__name__)
+
+#: Image names a warning about missing files lists before "...".
+NAMES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,27 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
                                       "header (an unquoted comma?)", path)
             rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
         return rows
+
+
+def with_files(records: List[ImageRecord], table: Path, row_images: Sequence[str] = ()) -> List[ImageRecord]:
+    """The records whose image file is there. An annotation table may name more images than a
+    folder holds (a partial download, a folder of a few images beside the full table): those are
+    skipped with one warning that says how many rows and images, and names a few, so that a
+    wrong folder is noticed instead of silently training or evaluating on a fraction of it.
+
+    Args:
+        row_images: the image id of each row of the table(s), to count the rows skipped.
+    """
+    present = [r for r in records if r.path.is_file()]
+    missing = [r for r in records if not r.path.is_file()]
+    if missing:
+        gone = {r.image_id for r in missing}
+        skipped = sum(image in gone for image in row_images)
+        names = ", ".join(r.path.name for r in missing[:NAMES_SHOWN]) + (", ..." if len(missing) > NAMES_SHOWN else "")
+        rows = f"{skipped} of {len(row_images)} row(s), naming " if row_images else ""
+        logger.warning("%s: %s%d of %d annotated image(s), skipped: no such file in %s (%s)", table, rows,
+                       len(missing), len(records), table.parent, names)
+    return present
 
 
 def check_box(box: Tuple[float, float, float, float], size: Optional[Tuple[int, int]], where: str,

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..errors import AnnotationError
 from ..vocabulary import FINDING_CLASSES, NO_FINDING, PathLike, VinDrSchema
-from .records import Finding, ImageRecord, fit_box, read_csv_rows
+from .records import Finding, ImageRecord, fit_box, read_csv_rows, with_files
 
 logger = logging.getLogger(__name__)
 
@@ -107,21 +107,15 @@ def read_vindr(
                        "dropped%s", table, tally["clipped"], tally["dropped"],
                        f" ({'; '.join(examples)})" if examples else "")
 
-    result = _with_files(list(records.values()), root, tally) if require_files else list(records.values())
+    result = list(records.values())
+    if require_files:
+        present = with_files(result, table, [row["image_id"] for row in rows + breast_rows])
+        tally["missing_files"] = len(result) - len(present)
+        result = present
     tally["images"] = len(result)
     if counts is not None:
         counts.update(tally)
     return result
-
-
-def _with_files(records: List[ImageRecord], root: Path, tally: Dict[str, int]) -> List[ImageRecord]:
-    """The records whose DICOM file is there (a partial download lacks some: one warning)."""
-    present = [r for r in records if r.path.is_file()]
-    tally["missing_files"] = len(records) - len(present)
-    if len(present) < len(records):
-        logger.warning("%s: %d of %d annotated images have no DICOM file; skipped", root,
-                       len(records) - len(present), len(records))
-    return present
 
 
 def _new_record(root: Path, row: Dict[str, str], line: str) -> ImageRecord:

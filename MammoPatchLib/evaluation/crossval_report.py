@@ -95,7 +95,8 @@ def write_crossval_report(report: Dict[str, Any], path: Path) -> None:
     baseline = report["baseline"]
     lines = [f"# Cross-validation by woman ({report.get('folds')} folds)", "",
              f"Data: {report.get('data', '')}. Pooled out-of-fold figures over every lesion with coordinates; "
-             "95 % intervals from 1,000 bootstrap draws of women; the paired column is the bootstrap over women "
+             f"95 % intervals from {report.get('draws', 1000):,} bootstrap draws of women; "
+             "the paired column is the bootstrap over women "
              f"of the difference against the baseline recipe `{baseline}` on the same folds. A hit needs the right "
              "class, except in the any-finding columns, where a finding of any class on a lesion finds it and "
              "findings of several classes at one place count once. The image-level "

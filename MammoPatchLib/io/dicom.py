@@ -19,14 +19,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import ImageReadError, UnsupportedImageError
 from ..vocabulary import PathLike
 from .image import DEFAULT_SPACING_MM, ImageGeometry, MammogramImage
-from .spacing import format_number, judge
+from .validate import check_source_size
+from .spacing import disagreement, format_number, judge, is_usable
 
 logger = logging.getLogger(__name__)
 
@@ -220,34 +221,47 @@ def read_dicom(path: PathLike, apply_voi: bool = True) -> MammogramImage:
     stored = _decode_pixels(ds, syntax, path)
     pixels, voi_applied = _display_values(stored, ds, apply_voi, photometric, warnings)
     spacing, spacing_source, spacing_problem = _spacing(ds)
-    laterality = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "") or "").strip().upper()
-    uids = _uids(ds)
+    stated = [_numbers(ds, keyword, 2) for keyword in ("PixelSpacing", "ImagerPixelSpacing")]
+    if all(v is not None and is_usable(v) for v in stated):
+        conflict = disagreement(stated[0], stated[1], ("PixelSpacing", "ImagerPixelSpacing"))  # type: ignore[arg-type]
+        if conflict:
+            warnings.append(conflict)
+    breast = _breast(ds)
     return MammogramImage(
         pixels=pixels,
         geometry=_geometry(ds, spacing or (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM), warnings),
         path=path,
-        laterality=laterality[:1] if laterality in ("L", "R") else "",
-        view_position=str(getattr(ds, "ViewPosition", "") or "").strip().upper(),
+        laterality=breast["laterality"],
+        view_position=breast["view_position"],
         photometric_interpretation=photometric,
         bits_stored=int(getattr(ds, "BitsStored", stored.dtype.itemsize * 8)),
         spacing_source=spacing_source,
         spacing_problem=spacing_problem,
-        uids=uids,
+        uids=breast["uids"],
         extra={"transfer_syntax": str(syntax) if syntax else "", "voi": voi_applied,
                "modality": str(getattr(ds, "Modality", "") or ""),
+               "sop_class": str(getattr(ds, "SOPClassUID", "") or ""),
                "presentation_intent": str(getattr(ds, "PresentationIntentType", "") or "")},
         warnings=warnings,
     )
 
 
-def read_dicom_uids(path: PathLike) -> Dict[str, str]:
-    """The identifiers :func:`read_dicom` gives an image (its ``uids``), from the header alone:
-    a batch plans with them (which study each file belongs to) without decoding any pixels.
+def read_dicom_breast(path: PathLike) -> Dict[str, Any]:
+    """What :func:`read_dicom` gives an image of its breast and study (``uids``, ``laterality``,
+    ``view_position``, as in ``MammogramImage.metadata()``), from the header alone: a batch plans
+    with them (which study each file belongs to, which films are the two breasts of a view)
+    without decoding any pixels.
 
     Raises:
         ImageReadError: not DICOM, or a header that cannot be parsed.
     """
-    return _uids(_open_dataset(os.fspath(path), [], header_only=True))
+    return _breast(_open_dataset(os.fspath(path), [], header_only=True))
+
+
+def _breast(ds) -> Dict[str, Any]:
+    laterality = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "") or "").strip().upper()
+    return {"uids": _uids(ds), "laterality": laterality[:1] if laterality in ("L", "R") else "",
+            "view_position": str(getattr(ds, "ViewPosition", "") or "").strip().upper()}
 
 
 def _uids(ds) -> Dict[str, str]:
@@ -307,6 +321,7 @@ def _check_image_attributes(ds, path: str) -> str:
             tag = "(0028,0010)" if keyword == "Rows" else "(0028,0011)"
             raise ImageReadError(f"{keyword} {tag} is {'missing' if value is None else value}: the header describes "
                                  "an image without pixels", path)
+    check_source_size(_integer(ds, "Rows") or 0, _integer(ds, "Columns") or 0, path)
     return photometric
 
 
@@ -338,6 +353,19 @@ def _decode_pixels(ds, syntax, path: str) -> np.ndarray:
     return stored
 
 
+def _lut_input(values: np.ndarray, ds) -> np.ndarray:
+    """What a VOI LUT Sequence is looked up with: a LUT is indexed by whole numbers, and a
+    Rescale Slope / Intercept of 1 / 0 (most mammograms state it) makes the modality values
+    floats that are whole numbers; handed over as floats, pydicom warns that the result may be
+    wrong although it is not. Other values (a real rescale, a window) go as they are."""
+    if "VOILUTSequence" not in ds or values.dtype.kind != "f" or not np.isfinite(values).all():
+        return values
+    whole = np.rint(values)
+    if np.array_equal(whole, values) and np.abs(whole).max(initial=0) < 2**31:
+        return whole.astype(np.int32)
+    return values
+
+
 def _display_values(stored: np.ndarray, ds, apply_voi: bool, photometric: str,
                     warnings: List[str]) -> Tuple[np.ndarray, str]:
     """Modality LUT always, the first VOI LUT / window when asked (the manufacturer's display
@@ -347,7 +375,7 @@ def _display_values(stored: np.ndarray, ds, apply_voi: bool, photometric: str,
     voi_applied = "none"
     if apply_voi and ("VOILUTSequence" in ds or "WindowCenter" in ds):
         try:
-            windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
+            windowed = np.asarray(apply_voi_lut(_lut_input(values, ds), ds, index=0), dtype=np.float32)
             if not np.isfinite(windowed).all() or float(windowed.max()) == float(windowed.min()):
                 raise ValueError("the window maps every pixel to one value")
             values = windowed

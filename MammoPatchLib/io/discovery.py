@@ -1,12 +1,18 @@
 """Finding the image files a user named: files, folders (searched recursively) and glob
-patterns. Used by prediction (batches) and by the folder data set reader."""
+patterns. Used by prediction (batches) and by the folder data set reader.
+
+A folder search never descends into MammoPatch's own outputs: an image's output folder (it
+holds the marker file the batch writer leaves, :data:`~MammoPatchLib.prediction.folder.MARKER_NAME`),
+a hidden folder (the writer's partial and replaced folders), or a folder the caller excludes
+(the batch's output folder): with ``--out`` inside the input folder, a second run would
+otherwise analyse the first one's heatmaps and label maps as mammograms."""
 
 from __future__ import annotations
 
 import glob
 import os
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Dict, Iterable, List, Sequence, Union
 
 from ..vocabulary import PathLike
 from .readers import SUPPORTED_EXTENSIONS, is_dicom_file
@@ -19,23 +25,52 @@ def _looks_like_image(path: Path) -> bool:
     return any(name.endswith(ext) for ext in SUPPORTED_EXTENSIONS) or is_dicom_file(path)
 
 
-def collect_images(inputs: Union[PathLike, Sequence[PathLike]], recursive: bool = True) -> List[Path]:
+def is_output_folder(folder: Path) -> bool:
+    """A folder MammoPatch wrote: an image's outputs (its marker file) or a hidden folder (a
+    partial or replaced output folder)."""
+    from ..prediction.folder import MARKER_NAME
+
+    return folder.name.startswith(".") or (folder / MARKER_NAME).is_file()
+
+
+def _outside_outputs(files: Iterable[Path], root: Path, excluded: Sequence[Path]) -> List[Path]:
+    """The files of a search under ``root`` that lie in no output folder below ``root``."""
+    skipped: Dict[Path, bool] = {}
+
+    def skip(folder: Path) -> bool:
+        if folder not in skipped:
+            skipped[folder] = is_output_folder(folder) or folder.resolve() in excluded
+        return skipped[folder]
+
+    kept = []
+    for file in files:
+        below = file.relative_to(root).parents
+        if not any(skip(root / part) for part in below if part != Path(".")):
+            kept.append(file)
+    return kept
+
+
+def collect_images(inputs: Union[PathLike, Sequence[PathLike]], recursive: bool = True,
+                   exclude: Sequence[PathLike] = ()) -> List[Path]:
     """Expand files, folders and glob patterns into a sorted list of image files.
 
     Folders are searched (recursively by default) for supported extensions and for DICOM
-    files without one. Explicitly named files are kept even when their type is unknown, so
+    files without one, outside MammoPatch's output folders and the ``exclude`` folders (see
+    the module docstring). Explicitly named files are kept even when their type is unknown, so
     the reader can report them. A name that matches nothing is returned unchanged, so it
     is reported as "file not found" rather than silently dropped.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    excluded = [Path(e).resolve() for e in exclude]
     found: List[Path] = []
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found.extend(p for p in sorted(path.glob(pattern)) if p.is_file() and _looks_like_image(p))
+            files = [p for p in sorted(path.glob(pattern)) if p.is_file() and _looks_like_image(p)]
+            found.extend(_outside_outputs(files, path, excluded))
         elif any(ch in text for ch in "*?["):
             found.extend(Path(p) for p in sorted(glob.glob(text, recursive=True)) if Path(p).is_file())
         else:

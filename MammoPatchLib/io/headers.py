@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import ImageReadError, UnsupportedImageError
+from .validate import check_source_size
 
 NRRD_EXTENSIONS = (".nrrd", ".nhdr")
 META_EXTENSIONS = (".mha", ".mhd")
@@ -175,6 +176,9 @@ def _check_data_length(header: TextHeader, path: Path) -> None:
     else:
         plain = header.fields.get("compresseddata", "false").lower() != "true" and "headersize" not in header.fields
         sizes = header.fields.get("dimsize", "")
+    if sizes and all(t.isdigit() for t in sizes.split()) and len(sizes.split()) >= 2:
+        columns, *rest = (int(t) for t in sizes.split())
+        check_source_size(math.prod(rest), columns, path)  # too large is said as such, before "truncated"
     element = _element_bytes(header)
     if not plain or element is None or not sizes or not all(t.isdigit() for t in sizes.split()):
         return

@@ -14,14 +14,14 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
 from ..errors import ImageReadError, InvalidImageError, UnsupportedImageError
 from ..vocabulary import PathLike
 from . import headers
-from .dicom import read_dicom, read_dicom_uids
+from .dicom import read_dicom, read_dicom_breast
 from .image import ImageGeometry, MammogramImage
 from .paths import file_problem
 from .spacing import apply_policy, is_usable, judge
@@ -58,15 +58,16 @@ def _reads_as_dicom(path: Path) -> bool:
     return is_dicom_file(path) or _extension(path) in DICOM_EXTENSIONS
 
 
-def read_uids(path: PathLike) -> Dict[str, str]:
-    """The ``uids`` :func:`read_mammogram` would give the file's image (study, series, instance,
-    patient), from its header alone, without decoding pixels: {} for the formats that store none.
+def read_breast(path: PathLike) -> Dict[str, Any]:
+    """What :func:`read_mammogram` would give the file's image of its breast and study (``uids``:
+    study, series, instance, patient; ``laterality``; ``view_position``), from its header alone,
+    without decoding pixels: empty values for the formats that store none.
 
     Raises:
         ImageReadError: a DICOM file whose header cannot be parsed.
     """
     file = Path(path)
-    return read_dicom_uids(file) if _reads_as_dicom(file) else {}
+    return read_dicom_breast(file) if _reads_as_dicom(file) else {"uids": {}, "laterality": "", "view_position": ""}
 
 
 def _read_pillow(path: Path) -> MammogramImage:

@@ -30,6 +30,10 @@ FORMAT_DEFAULT_SPACING_MM = 1.0
 #: are 24 x 30 cm (DR) and 35 x 43 cm (CR plates), and a breast fills less than its detector.
 #: Larger means a wrong pixel spacing (ITK's 1 mm default on a 0.1 mm image: a metre).
 MAX_BREAST_MM = 400.0
+#: The largest ratio of two spacings one file states (PixelSpacing at the breast, ImagerPixelSpacing
+#: at the detector) that geometry explains: a magnification view enlarges 1.5-2x. More means one
+#: of them is wrong.
+MAX_MAGNIFICATION = 2.0
 
 
 def format_number(value: float) -> str:
@@ -52,6 +56,18 @@ def is_usable(values: Optional[Sequence[float]]) -> bool:
                                                               for v in values)
     except (TypeError, ValueError):
         return False
+
+
+def disagreement(first: Sequence[float], second: Sequence[float], names: Tuple[str, str]) -> str:
+    """Why two usable spacings one file states cannot both be right ("" when they can: equal,
+    or as far apart as a magnification view puts them, :data:`MAX_MAGNIFICATION`)."""
+    if not (is_usable(first) and is_usable(second)) or len(first) != len(second):
+        return ""
+    ratio = max(max(float(a) / float(b), float(b) / float(a)) for a, b in zip(first, second))
+    if ratio <= MAX_MAGNIFICATION:
+        return ""
+    return (f"{names[0]} {format_spacing(first)} and {names[1]} {format_spacing(second)} differ {ratio:.3g}x, more "
+            f"than a magnification view's {MAX_MAGNIFICATION:g}x: one of them is wrong ({names[0]} is used)")
 
 
 def judge(values: Optional[Sequence[float]], subject: str = "the file states pixel spacing",

@@ -63,6 +63,14 @@ def check_spacing_value(spacing_mm: float, what: str = "pixel spacing") -> float
     return value
 
 
+def check_source_size(rows: int, columns: int, where) -> None:
+    """Refuse an image larger than :data:`MAX_SOURCE_PIXELS`, from its header's size before any
+    pixel is read (so a header that claims 60000 x 60000 px is called too large, not truncated)."""
+    if rows * columns > MAX_SOURCE_PIXELS:
+        raise InvalidImageError(f"image is {rows} x {columns} px ({rows * columns / 1e6:.0f} Mpx), too large: above "
+                                f"the {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx limit", where)
+
+
 def check_geometry(image: MammogramImage, target_spacing_mm: Optional[float] = None,
                    scales: Sequence[float] = (1.0,), window: int = 256,
                    memory_bytes: Optional[int] = None) -> None:
@@ -78,8 +86,7 @@ def check_geometry(image: MammogramImage, target_spacing_mm: Optional[float] = N
                 f"mammograms [{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm; {_spacing_advice(image)}", where)
     check_breast_size(image)
     rows, cols = image.shape
-    if rows * cols > MAX_SOURCE_PIXELS:
-        raise InvalidImageError(f"image is {rows} x {cols} px, above the {MAX_SOURCE_PIXELS / 1e6:.0f} Mpx limit", where)
+    check_source_size(rows, cols, where)
     memory = memory_bytes if memory_bytes is not None else available_memory_bytes()
     for scale in scales:
         target = (target_spacing_mm or image.spacing_mm) * float(scale)
@@ -170,14 +177,34 @@ def content_warnings(image: MammogramImage) -> list:
 
 
 def kind_warnings(image: MammogramImage) -> list:
-    """Refuse "For Processing" (raw detector) images; warn for non-mammography modalities."""
+    """Refuse "For Processing" (raw detector) images; warn for non-mammography modalities, for a
+    For Processing SOP class that states no presentation intent, and for a tomosynthesis SOP
+    class (one frame of it: a slice or a synthetic view, not a 2-D mammogram)."""
     where = image.path or "<array>"
     intent = str(image.extra.get("presentation_intent", "")).upper()
     if intent == "FOR PROCESSING":
         raise UnsupportedImageError(
             "a 'FOR PROCESSING' mammogram (raw detector data, before the manufacturer's image processing); "
             "MammoPatch analyses 'FOR PRESENTATION' images, which is what radiologists read", where)
+    warnings = []
+    sop_class = _sop_class_name(str(image.extra.get("sop_class", "")))
+    if "for processing" in sop_class.lower() and not intent:
+        warnings.append(f"SOP class {sop_class} holds raw detector data, before the manufacturer's image "
+                        "processing; the model was trained on For Presentation images, so its findings may be wrong")
+    if "tomosynthesis" in sop_class.lower():
+        warnings.append(f"SOP class {sop_class}: one frame of a tomosynthesis series (a slice or synthetic view), "
+                        "not a 2-D mammogram, which is what the model was trained on")
     modality = str(image.extra.get("modality", "")).upper()
     if modality not in MAMMOGRAPHY_MODALITIES:
-        return [f"modality {modality} is not mammography (MG); MammoPatch's findings are meaningless on it"]
-    return []
+        warnings.append(f"modality {modality} is not mammography (MG); MammoPatch's findings are meaningless on it")
+    return warnings
+
+
+def _sop_class_name(uid: str) -> str:
+    """A SOP Class UID's name from pydicom's UID dictionary ("" when none; the UID when unknown)."""
+    if not uid:
+        return ""
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return name if name and name != uid else uid

@@ -4,8 +4,9 @@
 The scores are taken from the images' own outputs (``findings.json``), so a resumed batch
 lists the images done earlier too, and the pairs are found across the whole batch, whichever
 rank analysed each side. A DICOM image pairs with the image of the same study and view from
-the other side (ImageLaterality / ViewPosition); files without a study or a side get their
-own score only.
+the other side (ImageLaterality / ViewPosition); files without a study or a side, and the
+images of a view that holds more than one image of a side, get their own score only (the rule
+the findings follow: :func:`~MammoPatchLib.other_breast.crowded_views`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from ..errors import MammoPatchError
 from ..other_breast import source_study
@@ -103,8 +103,10 @@ def is_manifest(path: PathLike) -> bool:
     return str(path).lower().endswith(".csv") and Path(path).is_file()
 
 
-def plan_jobs(inputs, spacing_mm: Optional[float] = None) -> List[Job]:
-    """The batch's jobs, in a deterministic order (inputs in the order given, folders sorted)."""
+def plan_jobs(inputs, spacing_mm: Optional[float] = None, exclude: Sequence[PathLike] = ()) -> List[Job]:
+    """The batch's jobs, in a deterministic order (inputs in the order given, folders sorted);
+    a folder search skips the ``exclude`` folders (the batch's output folder) and MammoPatch's
+    output folders (:func:`~MammoPatchLib.io.discovery.collect_images`)."""
     from ..io.discovery import collect_images
 
     if isinstance(inputs, (str, os.PathLike)):
@@ -114,7 +116,7 @@ def plan_jobs(inputs, spacing_mm: Optional[float] = None) -> List[Job]:
         if is_manifest(item):
             entries.extend(read_manifest_rows(item))
         else:
-            entries.extend((p, None, Stated()) for p in collect_images([item]))
+            entries.extend((p, None, Stated()) for p in collect_images([item], exclude=exclude))
     seen, unique = set(), []
     for path, spacing, stated in entries:
         if path not in seen:
@@ -153,10 +155,19 @@ def study_groups(jobs: Sequence[Job]) -> List[Hashable]:
 def job_study(job: Job) -> str:
     """The study of a job's film, as pairing keys it (:func:`~MammoPatchLib.other_breast.source_study`
     of the image's uids once the manifest row is applied); "" when unknown or unreadable."""
-    from ..io.readers import read_uids
+    return source_study(job_breast(job))
+
+
+def job_breast(job: Job) -> Dict[str, Any]:
+    """What a job's film will state of its study and breast (``uids``, ``laterality``,
+    ``view_position``, as ``MammogramImage.metadata()`` gives them once the manifest row is
+    applied), from its header alone; empty values when unknown or unreadable."""
+    from ..io.readers import read_breast
 
     try:
-        uids = read_uids(job.path)
+        breast = read_breast(job.path)
     except Exception:  # noqa: BLE001 - a file that cannot be read fails when it is loaded, named there
-        return ""
-    return source_study({"uids": job.stated.uids_for(uids)})
+        breast = {"uids": {}, "laterality": "", "view_position": ""}
+    return {"uids": job.stated.uids_for(breast["uids"]),
+            "laterality": breast["laterality"] or job.stated.laterality,
+            "view_position": breast["view_position"] or job.stated.view_position}

@@ -17,6 +17,8 @@ three stages of one image (:class:`~MammoPatchLib.prediction.stages.ImagePipelin
 - Pairs: when the model carries an operating point for pairs, an image waits (at most
   ``PAIR_PATIENCE`` images) for the other breast of its view (same study, same view, the
   other ImageLaterality), and both are written read against each other (:class:`PairWait`).
+  A view that holds more than one image of a side (found from the headers before the run,
+  :func:`crowded_views_of`) is read alone, image by image, with a warning, as image_scores.csv reads it.
 - Resuming: an image whose output folder exists is not loaded: with ``resume`` it is "done
   earlier" (its row read back from its findings), with ``overwrite`` it is recomputed, with
   neither it fails without touching the folder. An image done earlier is still the other
@@ -35,15 +37,15 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import AbstractSet, Any, Callable, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from ..distributed import RankContext
 from ..errors import Cancelled, MammoPatchError
-from ..other_breast import BreastKey, BreastScores, source_breast_key
+from ..other_breast import BreastKey, BreastScores, crowded_views, source_breast_key
 from ..results.files import breast_scores_of, findings_document, findings_of
 from ..vocabulary import Status
 from .folder import OutputFolder
-from .jobs import Job, shard
+from .jobs import HEADER_READERS, Job, job_breast, shard
 from .image_scores import write_image_scores
 from .rows import RESULT_COLUMNS, SUMMARY_FILE, Row, write_summary
 from .stages import Failure, ImagePipeline, Inferred, Loaded
@@ -103,7 +105,8 @@ class _RankBatch:
         self.resume, self.overwrite = resume, overwrite
         self.rows: List[Row] = []
         self.rank_file = folder.root / f"results-rank{ctx.rank}.csv" if ctx.distributed else None
-        self.pairs = PairWait(pipeline)
+        self.pairs = PairWait(pipeline, crowded=crowded_views_of(jobs) if pipeline.predictor.reads_other_breast
+                              else frozenset())
 
     def run(self, workers: int, progress: bool, on_image: Optional[ImageCallback],
             on_result: Optional[Callable[[Row], None]], on_progress: Optional[ProgressCallback]) -> List[Row]:
@@ -281,16 +284,23 @@ class PairWait:
     earlier image stays as it was written (read alone, if it was); an earlier findings.json
     that does not record its per-class maxima (older outputs) leaves the image read alone."""
 
-    def __init__(self, pipeline: ImagePipeline, patience: int = PAIR_PATIENCE) -> None:
-        self.pipeline, self.patience = pipeline, patience
+    def __init__(self, pipeline: ImagePipeline, patience: int = PAIR_PATIENCE,
+                 crowded: AbstractSet[Tuple[str, str]] = frozenset()) -> None:
+        self.pipeline, self.patience, self.crowded = pipeline, patience, crowded
         self.enabled = pipeline.predictor.reads_other_breast
         self.waiting: List[_Waiting] = []
         self.done: List[_DoneEarlier] = []
 
+    def _key(self, source: Any) -> Optional[BreastKey]:
+        """An image's key, or None when it is read alone: no pairs, no study or side, or a view
+        with more than one image of a side (:func:`crowded_views_of`)."""
+        key = source_breast_key(source) if self.enabled and isinstance(source, dict) else None
+        return None if key is None or key[:2] in self.crowded else key
+
     def offer(self, job: Job, inferred: Inferred, start: float) -> List[Tuple[Job, Inferred, float]]:
         """The images ready to be written once ``inferred`` is known (oldest first)."""
         ready = self.tick()
-        key = source_breast_key(inferred.loaded.image.metadata()) if self.enabled else None
+        key = self._key(inferred.loaded.image.metadata())
         if key is None:
             return ready + [(job, inferred, start)]
         match = _partner(self.waiting, key)
@@ -311,8 +321,7 @@ class PairWait:
         is read against it; otherwise later ones may be."""
         ready = self.tick()
         scores = breast_scores_of(document) if self.enabled else None
-        source = document.get("source") if scores is not None and document is not None else None
-        key = source_breast_key(source) if isinstance(source, dict) else None
+        key = self._key(document.get("source")) if scores is not None and document is not None else None
         if key is None or scores is None:
             return ready
         match = _partner(self.waiting, key)
@@ -335,6 +344,21 @@ class PairWait:
         """The end of the batch: every image still waiting, read alone."""
         late, self.waiting, self.done = self.waiting, [], []
         return [(w.job, w.inferred, w.start) for w in late]
+
+
+def crowded_views_of(jobs: Sequence[Job]) -> FrozenSet[Tuple[str, str]]:
+    """The (study, view)s of a batch that hold more than one image of a side
+    (:func:`~MammoPatchLib.other_breast.crowded_views`, the rule image_scores.csv follows too),
+    from the files' headers before any image is read, since an image is paired as soon as its
+    other breast comes; one warning names each such view and its files."""
+    with ThreadPoolExecutor(max_workers=HEADER_READERS) as readers:
+        keys = [source_breast_key(breast) for breast in readers.map(job_breast, jobs)]
+    crowded = crowded_views(keys)
+    for (study, view), positions in crowded.items():
+        files = ", ".join(f"{jobs[p].path.name} ({keys[p][2]})" for p in positions)  # type: ignore[index]
+        logger.warning("study %s, view %s holds more than one image of a side (%s): those images are read "
+                       "alone, not against the other breast", study, view or "(none stated)", files)
+    return frozenset(crowded)
 
 
 _Keyed = TypeVar("_Keyed", _Waiting, _DoneEarlier)

@@ -61,6 +61,9 @@ class CellHeadRecipe:
             multiples of ``spacing_mm`` (e.g. [0.8, 1.25]: features cached at 0.16 and 0.25 mm
             beside 0.2 mm), so the head sees each lesion at more than one size; held-out
             images and the model's own inference stay at ``spacing_mm`` (empty: none).
+        synthetic_per_lesion: synthetic training images made per annotated lesion, each the
+            lesion blended into a normal breast of another woman of its fold
+            (:mod:`.lesion_synthesis`); they train only the other folds' heads (0: none).
     """
 
     name: str = "cell-head"
@@ -96,6 +99,7 @@ class CellHeadRecipe:
     seeds: int = 1
     seed: int = 0
     train_scales: List[float] = field(default_factory=list)
+    synthetic_per_lesion: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -119,14 +123,15 @@ class CellHeadRecipe:
             (self.normal_with_finding == 1.0 or self.image_score == "max",
              "normal_with_finding below 1 gates on the highest heatmap value: it needs image_score 'max'"),
             (self.bundle in ("ensemble", "single"), "bundle must be 'ensemble' or 'single'"),
-            (isinstance(self.seeds, int) and self.seeds >= 1, "seeds must be a whole number >= 1"),
-            (isinstance(self.tail_epochs, int) and self.tail_epochs >= 0 and self.tail_learning_rate > 0,
+            (self.seeds >= 1, "seeds must be a whole number >= 1"),
+            (self.tail_epochs >= 0 and self.tail_learning_rate > 0,
              "tail_epochs must be a whole number >= 0, tail_learning_rate > 0"),
             (not self.tail_epochs or (self.head == "cell" and has_tunable_last_stage(self.backbone)),
              "tail_epochs needs the cell head on an EfficientNet-Lite backbone (one with a trunk and a tail)"),
-            (all(isinstance(v, (int, float)) and 0.25 <= v <= 4.0 and v != 1.0 for v in self.train_scales)
+            (all(0.25 <= v <= 4.0 and v != 1.0 for v in self.train_scales)
              and len(set(self.train_scales)) == len(self.train_scales),
              "train_scales must be distinct multiples of spacing_mm between 0.25 and 4, none of them 1"),
+            (self.synthetic_per_lesion >= 0, "synthetic_per_lesion must be a whole number >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -141,10 +146,13 @@ class CellHeadRecipe:
 
     @classmethod
     def load(cls, path, overrides: Optional[Dict[str, Any]] = None) -> "CellHeadRecipe":
-        """A recipe from a JSON or YAML file (``overrides`` replace its fields); its name is the
+        """A recipe from a JSON file (``overrides`` replace its fields); its name is the
         file's stem unless it states one."""
         path = Path(path)
         values = read_config_file(path)
         values.setdefault("name", path.stem)
         values.update(overrides or {})
-        return cls.from_dict(values, str(path))
+        try:
+            return cls.from_dict(values)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, path) from None

@@ -1,4 +1,4 @@
-"""One configuration (JSON or YAML) holds every training parameter; validated on load with
+"""One configuration (a JSON file) holds every training parameter; validated on load with
 messages that name the bad field."""
 
 from __future__ import annotations
