@@ -22,7 +22,7 @@ from MammoPatchLib.inference import (
 from MammoPatchLib.inference.agreement import mode_agreement
 from MammoPatchLib.io import read_mammogram
 from MammoPatchLib.io.image import ImageGeometry, MammogramImage
-from MammoPatchLib.model_file import load_model
+from MammoPatchLib.model_file import LoadedModel, ModelInfo, build_network, load_model
 from MammoPatchLib.networks import PatchClassifier
 from MammoPatchLib.synthetic import synthesize_mammogram
 from MammoPatchLib.transforms import PreprocessConfig, preprocess
@@ -372,3 +372,57 @@ def test_multi_scale_inference_averages_the_scales():
         Predictor(probe_model(), scales=(0.0,))
     with pytest.raises(ConfigError, match="scales"):
         Predictor(probe_model(), scales=(float("nan"),))
+
+
+class _CellsWithReach(torch.nn.Module):
+    """A per-cell network whose cell outputs read ``reach`` cells of image on each side (two
+    3 x 3 convolutions over 32 px cells: reach 2, i.e. 64 px), zero-padded at its input's edge
+    like a CNN."""
+
+    per_cell = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.pool = torch.nn.AvgPool2d(32)
+        self.convs = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(),
+                                         torch.nn.Conv2d(8, 10, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 4.0 * self.convs(self.pool(x))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 704, 576), (2, 3, 256, 832)])
+def test_exact_mode_sees_each_window_in_context_and_equals_the_dense_pass(shape):
+    """Each window's cells are computed from a view that holds their receptive field (and up to
+    the image border where the view reaches it), so exact equals dense; seen without enough
+    context (a window's own 256 px), the cells near each window's edge differ."""
+    network = _CellsWithReach().eval()
+    image = torch.rand(*shape)
+    image[..., :64, :] = 0.0  # structure: the zero-padding at a window's edge then matters
+    dense = DenseInferer(amp=False)(image, network)
+    calls = []
+    exact = ExactInferer(sw_batch_size=3, amp=False, context=64)(image, network,
+                                                               InferenceCallback(lambda f, t: calls.append(t)))
+    assert exact.shape == dense.shape == (shape[0], 10, shape[2] // 32, shape[3] // 32)
+    torch.testing.assert_close(exact, dense, atol=1e-6, rtol=1e-5)
+    assert calls and calls[-1].startswith("windows") and calls[-1].split()[1].split("/")[0] == \
+        calls[-1].split("/")[1], "progress counts the views up to their total"
+    short = ExactInferer(sw_batch_size=3, amp=False, context=32)(image, network)
+    assert (short - dense).abs().max() > 1e-3, "too little context is visible, not hidden"
+
+
+def test_exact_and_fast_heatmaps_of_a_cell_head_ensemble_agree():
+    """The bundled model's kind (ImageNet Lite0 trunk, ensemble of heads each with its own tuned
+    last stage, 3 x 3 cell head) through the Predictor: the modes agree on a real CNN whose
+    reach is wider than a 256 px window (before the windows saw context: r ~0.8)."""
+    torch.manual_seed(4)
+    info = ModelInfo(head="cell", neighbourhood=3, bottleneck=8, hidden=16, ensemble=2, tuned_tail=True,
+                     spacing_mm=0.2, trained=False)
+    model = LoadedModel(network=build_network(info, pretrained=True).eval(), info=info, path="<cells>", sha256="")
+    _, image = _probe_image(shape=(832, 320))  # 800 x 256 px preprocessed: two views of 768 px
+    exact = Predictor(model, mode="exact", device="cpu", flip_tta=False).predict_image(image)
+    fast = Predictor(model, mode="fast", device="cpu", flip_tta=False).predict_image(image)
+    agreement = mode_agreement(exact, fast)
+    assert min(v["pearson_r"] for v in agreement.values()) > 0.999
+    assert max(v["max_abs_diff"] for v in agreement.values()) < 0.01

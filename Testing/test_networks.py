@@ -134,3 +134,20 @@ def test_model_file_refusals(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk" * 10)
     with pytest.raises(ModelFileError, match="junk.pt"):
         load_model(tmp_path / "junk.pt")
+
+
+def test_cell_logits_of_a_block_equal_the_whole_maps_heads():
+    """Exact mode runs the heads (every ensemble member with its own tuned last stage, over the
+    one trunk) on a view's valid block only: the block's logits equal the whole map's, inside
+    the map and where the block touches its edge."""
+    torch.manual_seed(2)
+    net = PatchClassifier(head="cell", neighbourhood=3, bottleneck=8, hidden=16, ensemble=3, tuned_tail=True).eval()
+    assert net.head_reach == 1
+    features = torch.randn(2, net.features.trunk(torch.zeros(1, 3, 32, 32)).shape[1], 9, 7)
+    with torch.no_grad():
+        whole = net.head(features)
+        for rows, cols in [(slice(3, 5), slice(2, 6)), (slice(0, 4), slice(4, 7)), (slice(0, 9), slice(0, 7))]:
+            torch.testing.assert_close(net.cell_logits(features, rows, cols), whole[..., rows, cols],
+                                       atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cell head"):
+        PatchClassifier(head="window").head_reach

@@ -19,7 +19,8 @@ from ..vocabulary import BlendMode, DEFAULT_MODE, MODES
 class PredictOptions:
     """Attributes:
         mode: "fast" (one dense pass; default) or "exact" (window by window, MONAI
-            SlidingWindowInferer, the poster's inference).
+            SlidingWindowInferer, the poster's inference; a cell-head model's windows are seen
+            with the image around them, so both modes agree).
         device: "auto" (CUDA, then MPS, then CPU), "cpu", "mps" or "cuda[:N]".
         sw_batch_size: windows per forward pass in exact mode (None: by device).
         amp: bf16 autocast on CUDA.
@@ -29,7 +30,8 @@ class PredictOptions:
         classes: restrict findings / label map to these class names (heatmaps keep all); by
             default the model's reported classes (those it was trained on).
         progress: show a tqdm bar per image.
-        blend: how overlapping windows are averaged: "gaussian" (default) or "constant".
+        blend: how the window head's overlapping windows are averaged: "gaussian" (default) or
+            "constant" (a cell-head model has one value per cell and nothing to blend).
         scales: window scales relative to the model's spacing, e.g. (0.75, 1, 1.5): the heatmaps
             found at each are averaged (multi-scale inference). (1.0,) is the poster.
         flip_tta: also run the left-right mirrored image and average (test-time augmentation);

@@ -223,6 +223,28 @@ class PatchClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    @property
+    def head_reach(self) -> int:
+        """Feature cells on each side of a cell that the cell head's output reads (its
+        neighbourhood's half width; the tuned last stage is 1 x 1)."""
+        if not self.per_cell:
+            raise ValueError("head_reach is defined for the cell head only")
+        return next(m for m in self.head.modules() if isinstance(m, CellHead)).neighbourhood // 2
+
+    def cell_logits(self, features: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """(B, classes, rows, cols) cell-head logits of one block of cells of a feature map: the
+        head (every ensemble member with its own last stage, over the one shared trunk) runs
+        only on the block and the cells its neighbourhood reads, not on the whole map. Equals
+        ``self.head(features)[..., rows, cols]``: where the block touches the map's edge the
+        head sees the same zero padding."""
+        reach = self.head_reach
+        h, w = features.shape[-2:]
+        r0, r1, _ = rows.indices(h)
+        c0, c1, _ = cols.indices(w)
+        top, left = max(r0 - reach, 0), max(c0 - reach, 0)
+        logits = self.head(features[..., top:min(r1 + reach, h), left:min(c1 + reach, w)])
+        return logits[..., r0 - top:r1 - top, c0 - left:c1 - left]
+
     def classify(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, classes) logits of a batch of window-sized patches (for the cell head: its most
         confident cell, the window-level reading of a cell map)."""
