@@ -107,11 +107,9 @@ def read_vindr(
                        "dropped%s", table, tally["clipped"], tally["dropped"],
                        f" ({'; '.join(examples)})" if examples else "")
 
-    result = list(records.values())
-    if require_files:
-        present = with_files(result, table, [row["image_id"] for row in rows + breast_rows])
-        tally["missing_files"] = len(result) - len(present)
-        result = present
+    annotated = list(records.values())
+    result = with_files(annotated, table, [r["image_id"] for r in rows + breast_rows]) if require_files else annotated
+    tally["missing_files"] = len(annotated) - len(result)
     tally["images"] = len(result)
     if counts is not None:
         counts.update(tally)

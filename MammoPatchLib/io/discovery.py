@@ -2,7 +2,7 @@
 patterns. Used by prediction (batches) and by the folder data set reader.
 
 A folder search never descends into MammoPatch's own outputs: an image's output folder (it
-holds the marker file the batch writer leaves, :data:`~MammoPatchLib.prediction.folder.MARKER_NAME`),
+holds :data:`MARKER_NAME`, the file the batch writer, :mod:`MammoPatchLib.prediction.folder`, leaves there),
 a hidden folder (the writer's partial and replaced folders), or a folder the caller excludes
 (the batch's output folder): with ``--out`` inside the input folder, a second run would
 otherwise analyse the first one's heatmaps and label maps as mammograms."""
@@ -17,6 +17,10 @@ from typing import Dict, Iterable, List, Sequence, Union
 from ..vocabulary import PathLike
 from .readers import SUPPORTED_EXTENSIONS, is_dicom_file
 
+#: The file inside every folder MammoPatch makes for an image's outputs: what the batch writer
+#: may replace or remove, and what a folder search never descends into.
+MARKER_NAME = ".mammopatch-output"
+
 
 def _looks_like_image(path: Path) -> bool:
     name = path.name.lower()
@@ -28,8 +32,6 @@ def _looks_like_image(path: Path) -> bool:
 def is_output_folder(folder: Path) -> bool:
     """A folder MammoPatch wrote: an image's outputs (its marker file) or a hidden folder (a
     partial or replaced output folder)."""
-    from ..prediction.folder import MARKER_NAME
-
     return folder.name.startswith(".") or (folder / MARKER_NAME).is_file()
 
 

@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..errors import MammoPatchError
+from ..io.discovery import MARKER_NAME
 from ..vocabulary import PathLike
 
 LOCK_NAME = ".mammopatch.lock"
 PARTIAL_PREFIX = ".partial-"
 OLD_PREFIX = ".replaced-"
-#: The file inside every folder MammoPatch makes: what it may replace or remove.
-MARKER_NAME = ".mammopatch-output"
 
 
 class OutputError(MammoPatchError):
