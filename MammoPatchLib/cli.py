@@ -116,7 +116,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
     failures = 0
     out = Path(args.out)
-    for path in collect_images(args.inputs):
+    for path in collect_images(args.inputs, exclude=[out]):  # never its own previews
         try:
             png = preview_preprocessing(path, out / f"{path.stem}_preprocessed.png", args.spacing, args.overwrite)
             print(f"{path}: {png}")

@@ -568,3 +568,12 @@ def test_the_crossval_report_states_the_bootstrap_draws_it_used(tmp_path):
     write_crossval_report({"baseline": "r", "recipes": {}, "folds": 5, "draws": 200, "data": "d"}, tmp_path / "cv.md")
     text = (tmp_path / "cv.md").read_text(encoding="utf-8")
     assert "95 % intervals from 200 bootstrap draws of women" in text and "1,000" not in text
+
+
+def test_preprocess_previews_inside_the_input_folder_are_not_read_back_as_inputs(tmp_path, capsys):
+    images = _images(tmp_path / "in", 1)
+    for _ in range(2):
+        code, out, err = _cli_here(capsys, "preprocess", tmp_path / "in", "--out", tmp_path / "in" / "previews",
+                                   "--overwrite")
+        assert code == 0 and out.splitlines() == [f"{images[0]}: {tmp_path / 'in' / 'previews' / 'img0_preprocessed.png'}"], \
+            out + err

@@ -109,7 +109,8 @@ def folds_by_patient(records: Sequence[ImageRecord], folds: int = 5, seed: int =
     for record in records:
         patients.setdefault(record.patient_id, []).append(record)
     if len(patients) < folds:
-        raise ValueError(f"{len(patients)} women cannot fill {folds} folds; folds must be 2 to the number of women")
+        raise ValueError(f"{len(patients)} {'woman' if len(patients) == 1 else 'women'} cannot fill {folds} folds; "
+                         "folds must be 2 to the number of women")
     strata: Dict[str, List[str]] = {}
     for patient in sorted(patients):
         strata.setdefault(_stratum(patients[patient]), []).append(patient)
