@@ -96,7 +96,8 @@ class OutputOptions:
         if self.heatmap_spacing_mm is not None and not self.heatmap_spacing_mm > 0:
             raise MammoPatchError(f"heatmap spacing must be positive, got {self.heatmap_spacing_mm}")
         if not isinstance(self.full_resolution_heatmaps, bool):
-            raise MammoPatchError(f"full_resolution_heatmaps must be true or false, got {self.full_resolution_heatmaps!r}")
+            raise MammoPatchError("full_resolution_heatmaps must be true or false, "
+                                  f"got {self.full_resolution_heatmaps!r}")
         if self.full_resolution_heatmaps and self.heatmap_spacing_mm is not None:
             raise MammoPatchError("full-resolution heatmaps and a heatmap spacing exclude each other: choose one")
         if isinstance(self.activation_maps, bool) or not isinstance(self.activation_maps, int) \
@@ -129,12 +130,10 @@ def _heatmap_volumes(result: PredictionResult, options: OutputOptions, classes: 
     record: Dict[str, object] = {"grid": "pixels", "every_nth_pixel": step}
     if step == 1:
         return result.heatmaps_every(1, channels), geometry, record
-    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
-    shift = direction @ np.array([(step - 1) / 2 * geometry.spacing[0], (step - 1) / 2 * geometry.spacing[1], 0.0])
-    coarse = ImageGeometry(spacing=(geometry.spacing[0] * step, geometry.spacing[1] * step, geometry.spacing[2]),
-                           origin=tuple(float(o + d) for o, d in zip(geometry.origin, shift)),
-                           direction=geometry.direction)
-    return result.heatmaps_every(step, channels), coarse, record
+    height, width = result.image.shape
+    blocks = CellGrid(rows=np.arange(0, height, step) + (step - 1) / 2,  # each step x step block's centre
+                      cols=np.arange(0, width, step) + (step - 1) / 2, region=(0, 0, width, height))
+    return result.heatmaps_every(step, channels), blocks.geometry(geometry), record
 
 
 def _grid_record(grid: CellGrid) -> Dict[str, object]:
@@ -142,7 +141,8 @@ def _grid_record(grid: CellGrid) -> Dict[str, object]:
     source pixels, and the analysed region outside which the heatmaps are zero."""
     step = [float(grid.rows[1] - grid.rows[0]) if len(grid.rows) > 1 else None,
             float(grid.cols[1] - grid.cols[0]) if len(grid.cols) > 1 else None]
-    return {"grid": "cells", "every_nth_pixel": None, "first_cell_centre_px": [float(grid.cols[0]), float(grid.rows[0])],
+    return {"grid": "cells", "every_nth_pixel": None,
+            "first_cell_centre_px": [float(grid.cols[0]), float(grid.rows[0])],
             "cell_px": [step[1], step[0]], "analysed_region_px": list(grid.region)}
 
 
