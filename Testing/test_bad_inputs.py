@@ -544,22 +544,22 @@ def test_a_view_with_two_images_of_one_side_is_read_alone_in_findings_and_image_
     assert scores["pair-left"]["other_breast_score"] == scores["pair-right"]["image_score"] != ""
 
 
-def test_an_output_folder_inside_the_input_folder_is_never_read_as_input(tmp_path, capsys):
+def test_an_output_folder_inside_the_input_folder_is_never_read_as_input(tmp_path):
     """--out inside the folder of mammograms, run twice with --resume: the second run finds the
     same images (not the first run's heatmaps and label maps), and so does a run whose --out is
     elsewhere (the image output folders are recognised by their marker)."""
-    images = _images(tmp_path / "in", 2)
-    model = tmp_path / "m.pt"
-    from helpers import tiny_model_file
+    from MammoPatchLib.api import predict_files
+    from MammoPatchLib.inference import Predictor
 
-    tiny_model_file(model, spacing_mm=0.4)
-    command = ["predict", tmp_path / "in", "--model", model, "--device", "cpu", "--no-progress", "--mode", "fast"]
-    for _ in range(2):
-        code, out, err = _cli_here(capsys, *command, "--out", tmp_path / "in" / "results", "--resume")
-        assert code == 0 and "2 of 2 image(s) done" in out, out + err
-    assert sorted(p.name for p in (tmp_path / "in" / "results").iterdir() if p.is_dir()) == [p.stem for p in images]
-    code, out, err = _cli_here(capsys, *command, "--out", tmp_path / "elsewhere")
-    assert code == 0 and "2 of 2 image(s) done" in out, out + err
+    images = [str(p) for p in _images(tmp_path / "in", 2)]
+    predictor = Predictor(probe_model(spacing_mm=0.2), mode="fast", device="cpu")
+    results = tmp_path / "in" / "results"
+    for status in ("ok", "done earlier"):
+        rows = predict_files([tmp_path / "in"], results, predictor=predictor, progress=False, resume=True)
+        assert [(r.image, r.status) for r in rows] == [(p, status) for p in images]
+    assert sorted(p.name for p in results.iterdir() if p.is_dir()) == ["img0", "img1"]
+    rows = predict_files([tmp_path / "in"], tmp_path / "elsewhere", predictor=predictor, progress=False)
+    assert [r.image for r in rows] == images
 
 
 def test_the_crossval_report_states_the_bootstrap_draws_it_used(tmp_path):
