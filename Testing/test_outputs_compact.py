@@ -100,3 +100,33 @@ def test_classes_the_model_never_learned_carry_no_figure(tmp_path):
     with pytest.raises(ConfigError, match=r"Focal Asymmetry.*never learned"):
         Predictor(model, device="cpu", classes=["Focal Asymmetry"])
 
+
+
+def test_slicer_places_each_cell_on_its_source_pixel(written, tmp_path):
+    """Read by 3D Slicer's own volume storage node (slicer-core's MRML, as the module loads
+    results), each voxel of the heatmap has the RAS position of the source pixel its cell
+    centre came from, on the mammogram read the same way."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    import SimpleITK as sitk
+    import vtk
+
+    result, folder, _document = written
+    source = sitk.GetImageFromArray(result.image.pixels.astype(np.uint16)[np.newaxis])
+    source.SetSpacing(GEOMETRY.spacing), source.SetOrigin(GEOMETRY.origin), source.SetDirection(GEOMETRY.direction)
+    sitk.WriteImage(source, str(tmp_path / "mammogram.nrrd"))
+    scene = slicer.vtkMRMLScene()
+
+    def ijk_to_ras(path):
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        assert storage.ReadData(node)
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    cells, pixels = ijk_to_ras(folder / f"{heatmap_stem('Mass')}.nrrd"), ijk_to_ras(tmp_path / "mammogram.nrrd")
+    grid = result.cell_grid_heatmaps([0])[1]
+    for i, row in enumerate(grid.rows):
+        for j, col in enumerate(grid.cols):
+            np.testing.assert_allclose(cells @ [j, i, 0, 1], pixels @ [col, row, 0, 1], atol=1e-6)
