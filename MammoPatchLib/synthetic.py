@@ -235,6 +235,45 @@ def _coded(code, **nested) -> "Dataset":
     return item
 
 
+def _describe_mammogram(ds, mammogram: SyntheticMammogram) -> None:
+    """The Mammography and DX modules' acquisition attributes a vendor's For Presentation file
+    carries (view and anatomy codes, positioner, detector), so readers take the same paths."""
+    from pydicom.sr.codedict import codes
+
+    ds.Modality = "MG"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    # Image Type: a processed "For Presentation" image, as vendors derive it from the raw one.
+    ds.ImageType = ["DERIVED", "PRIMARY", ""]
+    ds.PatientOrientation = PATIENT_ORIENTATION[(mammogram.laterality, mammogram.view_position)]
+    ds.ImageLaterality = mammogram.laterality
+    ds.ViewPosition = mammogram.view_position
+    ds.ViewCodeSequence = [_coded(_view_code(mammogram.view_position), ViewModifierCodeSequence=[])]
+    ds.AnatomicRegionSequence = [_coded(codes.SCT.Breast)]
+    ds.OrganExposed = "BREAST"
+    ds.BodyPartExamined = "BREAST"
+    ds.PositionerType = "MAMMOGRAPHIC"
+    ds.DetectorType = "DIRECT"
+    ds.AcquisitionContextSequence = []
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"  # every syntax written is lossless
+
+
+def _describe_pixels(ds, stored: np.ndarray, photometric: str, bits: int) -> None:
+    """Image Pixel and DX Image attributes of the stored values: a log-exposure image whose
+    denser tissue is brighter in MONOCHROME2 (stored inverted in MONOCHROME1), no rescaling."""
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME2" else 1
+    ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "US"
+
+
 def write_dicom(
     mammogram: SyntheticMammogram,
     path: PathLike,
@@ -263,7 +302,6 @@ def write_dicom(
         window: False leaves the VOI window out (also not allowed; for tests).
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.sr.codedict import codes
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     if transfer_syntax not in TRANSFER_SYNTAXES:
@@ -293,35 +331,8 @@ def write_dicom(
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "1", "", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
     ds.Manufacturer = "MammoPatch synthetic"
-    ds.Modality = "MG"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    # Image Type: a processed "For Presentation" image, as vendors derive it from the raw one.
-    ds.ImageType = ["DERIVED", "PRIMARY", ""]
-    ds.PatientOrientation = PATIENT_ORIENTATION[(mammogram.laterality, mammogram.view_position)]
-    ds.ImageLaterality = mammogram.laterality
-    ds.ViewPosition = mammogram.view_position
-    ds.ViewCodeSequence = [_coded(_view_code(mammogram.view_position), ViewModifierCodeSequence=[])]
-    ds.AnatomicRegionSequence = [_coded(codes.SCT.Breast)]
-    ds.OrganExposed = "BREAST"
-    ds.BodyPartExamined = "BREAST"
-    ds.PositionerType = "MAMMOGRAPHIC"
-    ds.DetectorType = "DIRECT"
-    ds.AcquisitionContextSequence = []
-    ds.BurnedInAnnotation = "NO"
-    ds.LossyImageCompression = "00"  # every syntax written is lossless
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    # Log exposure; denser tissue (less X-ray intensity) is brighter in MONOCHROME2, stored
-    # inverted in MONOCHROME1.
-    ds.PixelIntensityRelationship = "LOG"
-    ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME2" else 1
-    ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "US"
+    _describe_mammogram(ds, mammogram)
+    _describe_pixels(ds, stored, photometric, bits)
     spacing = [f"{mammogram.spacing_mm:.4f}", f"{mammogram.spacing_mm:.4f}"]
     if spacing_tag:
         ds.ImagerPixelSpacing = spacing
