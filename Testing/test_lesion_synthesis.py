@@ -137,3 +137,26 @@ def test_feathered_disc_is_one_inside_and_zero_at_its_edge():
     half = alpha.shape[0] // 2
     assert alpha[half, half] == 1.0 and alpha[half, half + 5] == 1.0
     assert alpha[half, 0] == pytest.approx(0.0, abs=1e-6) and 0.0 < alpha[half, half + 10] < 1.0
+
+
+def test_a_fold_never_trains_on_its_own_women_lesions_or_breasts(tmp_path):
+    import torch
+
+    from MammoPatchLib.training.crossval import fold_training_images
+    from MammoPatchLib.training.feature_cache import CachedImage, CellGeometry
+
+    records, fold_of = small_data(tmp_path)
+    made = synthesise_lesions(records, fold_of, 2, tmp_path / "synthetic")
+    geometry = CellGeometry(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), (SIZE, SIZE), (SIZE, SIZE))
+
+    def cached(record):
+        return CachedImage(record, torch.zeros(2, 1, 1, 1), geometry)
+
+    real = [cached(r) for r in records]
+    synthetic = [(one, cached(one.record)) for one in made]
+    woman_fold = {r.patient_id: fold_of[r.image_id] for r in records}
+    for fold in (0, 1):
+        train = fold_training_images(fold, real, fold_of, synthetic=synthetic)
+        women = {woman for image in train for woman in image.record.patient_id.split("+")}
+        assert women and all(woman_fold[woman] != fold for woman in women)
+        assert sum("+" in image.record.patient_id for image in train) == sum(one.fold != fold for one in made) > 0

@@ -27,7 +27,7 @@ def bundle_heads(run: RecipeRun) -> tuple:
         return run.heads, run.head_women
     if not run.cached:
         raise ValueError("a single-head bundle needs the cached images to train on")
-    train = at_every_scale(run.cached, run.variants)
+    train = [*at_every_scale(run.cached, run.variants), *run.synthetic]  # every woman: every synthetic image
     women = sorted({c.record.patient_id for c in train})
     return [fit_head(train, recipe, seed_of(recipe, 0, member)) for member in range(recipe.seeds)], \
         [women] * recipe.seeds

@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,6 +36,7 @@ from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .cell_recipe import CellHeadRecipe
 from .feature_cache import CachedImage, build_cache, frozen_backbone_model
+from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class RecipeRun:
     head_women: List[List[str]] = field(default_factory=list)
     cached: List[CachedImage] = field(default_factory=list, repr=False)
     variants: List[List[CachedImage]] = field(default_factory=list, repr=False)  # at recipe.train_scales
+    synthetic: List[CachedImage] = field(default_factory=list, repr=False)  # every synthetic image
 
 
 def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, seed: int = 0) -> Dict[str, int]:
@@ -130,11 +132,12 @@ def out_of_fold_cases(heads: Sequence[FittedCellHead], images: Sequence[CachedIm
 
 
 def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: Dict[str, int],
-               progress: bool = True, variants: Sequence[Sequence[CachedImage]] = ()) -> RecipeRun:
+               progress: bool = True, variants: Sequence[Sequence[CachedImage]] = (),
+               synthetic: Sequence[Tuple[SyntheticImage, CachedImage]] = ()) -> RecipeRun:
     """Train one head per fold on the other folds and predict the held-out women.
     ``variants``: the same images at the recipe's ``train_scales`` (:func:`training_variants`),
     whose training women's copies join each fold's training images; held-out women are
-    predicted at the recipe's own spacing only."""
+    predicted at the recipe's own spacing only. ``synthetic``: see :func:`fold_training_images`."""
     start = time.perf_counter()
     folds = sorted(set(fold_of.values()))
     predictor = candidate_predictor(frozen_backbone_model(cell_model_info(recipe)), device="cpu",
@@ -144,7 +147,7 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
     head_women: List[List[str]] = []
     last_stage = pretrained_last_stage(recipe)
     for fold in folds:
-        train = [c for c in at_every_scale(cached, variants) if fold_of[c.record.image_id] != fold]
+        train = fold_training_images(fold, cached, fold_of, variants, synthetic)
         held = [c for c in cached if fold_of[c.record.image_id] == fold]
         fold_start = time.perf_counter()
         members = fit_fold_heads(train, recipe, fold, last_stage)
@@ -156,7 +159,29 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
                   f"images) in {time.perf_counter() - fold_start:.1f} s", flush=True)
     out_of_fold = OutOfFold(recipe.to_dict(), cases, dict(fold_of), record_breast_keys([c.record for c in cached]),
                             time.perf_counter() - start)
-    return RecipeRun(recipe, out_of_fold, heads, head_women, list(cached), [list(v) for v in variants])
+    return RecipeRun(recipe, out_of_fold, heads, head_women, list(cached), [list(v) for v in variants],
+                     [image for _, image in synthetic])
+
+
+def fold_training_images(fold: int, cached: Sequence[CachedImage], fold_of: Dict[str, int],
+                         variants: Sequence[Sequence[CachedImage]] = (),
+                         synthetic: Sequence[Tuple[SyntheticImage, CachedImage]] = ()) -> List[CachedImage]:
+    """The images ``fold``'s heads train on: the other folds' women at every scale, then the
+    synthetic images (:func:`synthetic_training_images`) whose donor and recipient both belong
+    to another fold, so no held-out woman's lesion or breast trains her own fold."""
+    real = [c for c in at_every_scale(cached, variants) if fold_of[c.record.image_id] != fold]
+    return real + [image for made, image in synthetic if made.fold != fold]
+
+
+def synthetic_training_images(records: Sequence[ImageRecord], fold_of: Dict[str, int], recipe: CellHeadRecipe,
+                              cache_dir: Path, progress: bool = True) -> List[Tuple[SyntheticImage, CachedImage]]:
+    """The recipe's ``synthetic_per_lesion`` synthetic images per lesion
+    (:mod:`.lesion_synthesis`, kept under ``cache_dir``) with their cached features."""
+    if not recipe.synthetic_per_lesion:
+        return []
+    made = synthesise_lesions(records, fold_of, recipe.synthetic_per_lesion, Path(cache_dir) / SYNTHETIC_DIR,
+                              seed=recipe.seed, progress=progress)
+    return list(zip(made, cached_features([m.record for m in made], recipe, cache_dir, progress, {})))
 
 
 def at_every_scale(cached: Sequence[CachedImage], variants: Sequence[Sequence[CachedImage]]) -> List[CachedImage]:
@@ -211,9 +236,11 @@ def cross_validate(recipes: Sequence[CellHeadRecipe], records: Sequence[ImageRec
     for recipe in recipes:
         cached = cached_features(records, recipe, cache_dir, progress, cached_by_key)
         variants = training_variants(records, recipe, cache_dir, progress, cached_by_key)
-        runs.append(run_recipe(recipe, cached, fold_of, progress, variants))
+        synthetic = synthetic_training_images(records, fold_of, recipe, cache_dir, progress)
+        runs.append(run_recipe(recipe, cached, fold_of, progress, variants, synthetic))
     return runs
 
 
-__all__ = ["cross_validate", "run_recipe", "at_every_scale", "training_variants", "cached_features",
+__all__ = ["cross_validate", "run_recipe", "at_every_scale", "fold_training_images", "synthetic_training_images",
+           "training_variants", "cached_features",
            "cell_model_info", "fold_assignment", "RecipeRun", "fit_head", "seed_of"]

@@ -287,6 +287,8 @@ def shared_fold(donor: str, recipient: str, fold_of: Dict[str, int], where) -> i
 
 def _make_one(donor: ImageRecord, lesion: int, copy: int, recipients: Sequence[ImageRecord], image_id: str,
               folder: Path, seed: int, fold_of: Dict[str, int]) -> Optional[SyntheticImage]:
+    """One insertion (see :func:`synthesise_lesions`): the recipients tried in a random order
+    until the lesion fits in one."""
     rng = insertion_rng(seed, donor.image_id, lesion, copy)
     source = read_mammogram(donor.path, spacing_mm=donor.spacing_mm)
     x, y, radius = lesion_circle(donor.findings[lesion])
@@ -309,7 +311,7 @@ def _make_one(donor: ImageRecord, lesion: int, copy: int, recipients: Sequence[I
                              findings=moved_findings(donor, (x, y), radius, centre, right != donor_right),
                              image_labels=list(dict.fromkeys([*donor.image_labels, *recipient.image_labels])),
                              laterality=recipient.laterality, view_position=recipient.view_position,
-                             spacing_mm=recipient.spacing_mm, size=tuple(composite.shape))
+                             spacing_mm=target.spacing_mm, size=tuple(composite.shape))  # a PNG states none
         return SyntheticImage(record, donor.image_id, recipient.image_id,
                               shared_fold(donor.image_id, recipient.image_id, fold_of, path))
     return None
