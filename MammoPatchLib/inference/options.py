@@ -22,7 +22,7 @@ class PredictOptions:
             SlidingWindowInferer, the poster's inference; a cell-head model's windows are seen
             with the image around them, so both modes agree).
         device: "auto" (CUDA, then MPS, then CPU), "cpu", "mps" or "cuda[:N]".
-        sw_batch_size: windows per forward pass in exact mode (None: by device).
+        sw_batch_size: windows (a cell-head model's views) per forward pass in exact mode (None: by device).
         amp: bf16 autocast on CUDA.
         thresholds: per-class thresholds overriding the model's; they replace its whole operating
             point, so the model's image gate (``detection.image_threshold``) is dropped too unless
