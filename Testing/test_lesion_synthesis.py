@@ -56,8 +56,8 @@ def small_data(folder: Path, dtype=np.uint8):
 
 def test_lesions_move_into_normal_breasts_of_the_same_fold(tmp_path):
     records, fold_of = small_data(tmp_path)
-    made = synthesise_lesions(records, fold_of, 2, tmp_path / "synthetic", seed=3)
-    assert len(made) == 8  # 4 lesions x 2 copies, each fits
+    made = synthesise_lesions(records, fold_of, 1, tmp_path / "synthetic", seed=3)
+    assert len(made) == 4  # every lesion fits
     by_id = {r.image_id: r for r in records}
     for one in made:
         donor, recipient = by_id[one.donor], by_id[one.recipient]
@@ -146,7 +146,7 @@ def test_a_fold_never_trains_on_its_own_women_lesions_or_breasts(tmp_path):
     from MammoPatchLib.training.feature_cache import CachedImage, CellGeometry
 
     records, fold_of = small_data(tmp_path)
-    made = synthesise_lesions(records, fold_of, 2, tmp_path / "synthetic")
+    made = synthesise_lesions(records, fold_of, 1, tmp_path / "synthetic")
     geometry = CellGeometry(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), (SIZE, SIZE), (SIZE, SIZE))
 
     def cached(record):
