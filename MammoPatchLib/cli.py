@@ -357,7 +357,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate_model(args.model, args.data, args.out, split=args.split, device=args.device)
     temperatures = ", ".join(f"{c} {t:.3f}" for c, t in result["temperatures"].items() if t != 1.0)
     print(f"temperatures: {temperatures or 'all 1'}; ECE {result['before']['ece']:.4f} -> "
-          f"{result['after']['ece']:.4f} on the {args.split} patches; calibrated model: {args.out}")
+          f"{result['after']['ece']:.4f} on {result['women']} patches; calibrated model: {args.out}")
     return 0
 
 

@@ -518,7 +518,7 @@ def test_the_bundled_model_runs_flip_tta_unless_the_command_line_turns_it_off():
     from MammoPatchLib.model_file import load_model
 
     model = load_model(default_model_path())
-    recipe = model.info.training["recipe"]
+    recipe = model.info.provenance.recipe
     assert model.info.head == "cell" and model.info.inference.flip_tta
     assert model.info.ensemble == 5 * recipe.get("seeds", 1)  # every fold's heads of the 5-fold run
     assert "cross_validation" in model.info.training

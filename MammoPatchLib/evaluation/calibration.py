@@ -108,6 +108,7 @@ def calibrate_model(model_path, data: str, out_path, split: str = "validation", 
     if info.provenance is not None:  # the thresholds are now chosen on these women too
         info.provenance.selected_on = sorted(set(info.provenance.selected_on) | {r.patient_id for r in records})
     result["thresholds"] = dict(zip(classes, info.thresholds))
+    result["women"] = f"the {split} split's" if split else "all the data's"
     save_model(model.network, info, out_path, half=next(iter(model.network.state_dict().values())).dtype
                == torch.float16)
     return result

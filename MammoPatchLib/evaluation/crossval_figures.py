@@ -85,7 +85,7 @@ def model_operating_point(outcome: OutOfFold, classes: Sequence[str]) -> ModelOp
     recipe = outcome.recipe
     by_class, gate = operating_point(outcome.cases, recipe)
     text = (f"fitted on the pooled out-of-fold predictions, at most {recipe['fp_per_image']} false positives per "
-            "image per class" + (f"; image gate {gate:.4f} so that at most {recipe['normal_with_finding']:.0%} of "
+            "image per class" + (f"; the image gate so that at most {recipe['normal_with_finding']:.0%} of "
                                  "normal images get a finding" if gate else ""))
     return ModelOperatingPoint([by_class.get(c, 0.5) for c in classes], gate, other_breast_point(outcome, classes),
                                text)

@@ -72,7 +72,7 @@ def provenance_line(info: ModelInfo) -> str:
              f"{max(map(len, made.members))} of them" if len(made.members) > 1 else "one head trained on all of them")
     folds = f"; women divided by `{made.fold_file}` (SHA-256 {made.fold_file_sha256[:12]}...)" if made.fold_file else ""
     return (f"**Provenance**: recipe `{made.recipe_name}`, trained on {len(made.images)} images of {len(women)} women "
-            f"of {made.data} (image ids SHA-256 {made.images_sha256[:12]}...; {split}){folds}. `mammopatch evaluate` "
+            f"({split}; image ids SHA-256 {made.images_sha256[:12]}...) of {made.data}{folds}. `mammopatch evaluate` "
             "and `calibrate` refuse these women.")
 
 
@@ -183,6 +183,7 @@ def _what_it_is(info: ModelInfo, sha256: str, seconds: Dict[str, float]) -> List
     reported = info.reported_classes
     thresholds = ", ".join(f"{c} {t:.2f}" for c, t in zip(info.classes, info.thresholds) if c in reported)
     gate = info.inference.detection.image_threshold
+    fitted = info.training.get("thresholds") if isinstance(info.training.get("thresholds"), str) else ""
     lines = [
         "## What it is", "",
         f"- **Network**: {info.backbone} (ImageNet weights, {tuned_phrase(info)}) + {head_phrase(info)}; "
@@ -191,8 +192,7 @@ def _what_it_is(info: ModelInfo, sha256: str, seconds: Dict[str, float]) -> List
         "to that spacing.",
         f"- **Reported classes**: {', '.join(reported)}; the other outputs are untrained and never reported unless "
         "asked for.",
-        f"- **Thresholds**: {thresholds}"
-        + (f"; {info.training['thresholds']}" if isinstance(info.training.get("thresholds"), str) else "") + "."
+        f"- **Thresholds**: {thresholds}" + (f"; {fitted}" if fitted else "") + "."
         + (f" Image gate {gate:.3f}: an image whose highest heatmap value stays below it gets no findings." if gate
            else ""),
         f"- **Inference defaults**: flip test-time augmentation {info.inference.flip_tta}.",
