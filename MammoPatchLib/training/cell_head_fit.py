@@ -29,6 +29,7 @@ from ..networks import CellHead
 from .cell_recipe import CellHeadRecipe
 from .cell_targets import cell_targets
 from .feature_cache import CachedImage
+from .other_breast_features import combine, combined_images
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class FittedCellHead:
     classes: List[str]
     head: str = "cell"
     tail: Optional[nn.Module] = None  # a tuned last stage: the cached features are then the trunk's
+    other_breast_input: str = "none"  # the recipe's: images are then PairedImage
 
     @torch.no_grad()
     def cell_logits(self, image: CachedImage, views: int = 2) -> torch.Tensor:
@@ -134,6 +136,11 @@ class FittedCellHead:
         features = image.features[:views]
         if self.tail is not None:
             features = self.tail.eval()(features.float())
+        if self.other_breast_input != "none":
+            other = image.other[:views]
+            if self.tail is not None:
+                other = self.tail(other.float())
+            features = combine(features, other, self.other_breast_input)
         vectors = head_vectors(features, self.projection, self.head, self.neighbourhood)
         logits = self.mlp(vectors.float())
         gh, gw = head_grid(image.grid_shape, self.head)
@@ -157,6 +164,11 @@ class FittedCellHead:
     def to_head(self, in_channels: int) -> nn.Module:
         """The same head as the network's (eval mode): a :class:`CellHead`, or for the window
         head a mean-pooling :class:`WindowHead` with the bottleneck folded into its hidden layer."""
+        if self.other_breast_input != "none":
+            from ..errors import MammoPatchError
+
+            raise MammoPatchError("a head that reads the other breast (other_breast_input) cannot be written into a "
+                                  "model file: it is for cross-validation only")
         if self.head == "window":
             return self._to_window_head(in_channels)
         if self.tail is not None:
@@ -288,6 +300,7 @@ def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes
     seed = recipe.seed if seed is None else seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    images = combined_images(images, recipe.other_breast_input)
     projection = fit_projection(images, recipe.bottleneck, seed=seed)
     x, t, m = training_cells(images, projection, recipe, classes)
     positive_rows, negative_rows = split_rows(t, m)
@@ -297,7 +310,8 @@ def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes
     hard_scores = (lambda: _negative_scores(mlp, x, m, negative_rows)) if recipe.hard_negative_share > 0 else None
     train_epochs(mlp, lambda batch: mlp(x[batch].float()), t, m, positive_rows, negative_rows, recipe,
                  recipe.epochs, optimiser, rng, schedule=schedule, hard_scores=hard_scores)
-    return FittedCellHead(projection, mlp.eval(), recipe.neighbourhood, list(classes), recipe.head)
+    return FittedCellHead(projection, mlp.eval(), recipe.neighbourhood, list(classes), recipe.head,
+                          other_breast_input=recipe.other_breast_input)
 
 
 @torch.no_grad()

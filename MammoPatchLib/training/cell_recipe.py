@@ -11,6 +11,7 @@ from ..config import config_from_dict, config_to_dict, read_config_file
 from ..errors import ConfigError
 from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_TYPES, has_tunable_last_stage
 from ..transforms import PreprocessConfig
+from .other_breast_features import OTHER_BREAST_INPUTS
 
 #: How an image's abnormality score is read from its cell heatmaps (image-level AUC, and the
 #: image-level view of a finding): the highest cell, or the mean of the ``image_top_k``
@@ -64,6 +65,10 @@ class CellHeadRecipe:
         synthetic_per_lesion: synthetic training images made per annotated lesion, each the
             lesion blended into a normal breast of another woman of its fold
             (:mod:`.lesion_synthesis`); they train only the other folds' heads (0: none).
+        other_breast_input: how the head takes the woman's other breast of the same view,
+            mirrored and aligned cell by cell (:mod:`.other_breast_features`): "none",
+            "concat" (extra channels) or "difference" (own minus other). Training and
+            cross-validation only: a model file cannot hold such a head yet.
     """
 
     name: str = "cell-head"
@@ -100,6 +105,7 @@ class CellHeadRecipe:
     seed: int = 0
     train_scales: List[float] = field(default_factory=list)
     synthetic_per_lesion: int = 0
+    other_breast_input: str = "none"
 
     def __post_init__(self) -> None:
         checks = [
@@ -132,6 +138,11 @@ class CellHeadRecipe:
              and len(set(self.train_scales)) == len(self.train_scales),
              "train_scales must be distinct multiples of spacing_mm between 0.25 and 4, none of them 1"),
             (self.synthetic_per_lesion >= 0, "synthetic_per_lesion must be a whole number >= 0"),
+            (self.other_breast_input in OTHER_BREAST_INPUTS,
+             f"other_breast_input must be one of {OTHER_BREAST_INPUTS}"),
+            (self.other_breast_input == "none" or (self.head == "cell" and not self.train_scales
+                                                   and not self.synthetic_per_lesion),
+             "other_breast_input needs the cell head, no train_scales and no synthetic_per_lesion"),
         ]
         for ok, message in checks:
             if not ok:

@@ -37,6 +37,7 @@ from .cell_head_fit import FittedCellHead, fit_cell_head
 from .cell_recipe import CellHeadRecipe
 from .feature_cache import CachedImage, build_cache, frozen_backbone_model
 from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
+from .other_breast_features import chest_wall_sides, pair_images, paired_share
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +236,10 @@ def cross_validate(recipes: Sequence[CellHeadRecipe], records: Sequence[ImageRec
     cached_by_key: Dict[tuple, List[CachedImage]] = {}
     for recipe in recipes:
         cached = cached_features(records, recipe, cache_dir, progress, cached_by_key)
+        if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
+            cached = pair_images(cached, chest_wall_sides(records), fold_of)
+            logger.info("%s: %.0f %% of the images read with their other breast", recipe.name,
+                        100 * paired_share(cached))
         variants = training_variants(records, recipe, cache_dir, progress, cached_by_key)
         synthetic = synthetic_training_images(records, fold_of, recipe, cache_dir, progress)
         runs.append(run_recipe(recipe, cached, fold_of, progress, variants, synthetic))

@@ -19,7 +19,8 @@ and becomes the network's :class:`~MammoPatchLib.networks.TunedTailHead`.
 from __future__ import annotations
 
 import copy
-from typing import Sequence, Tuple
+from dataclasses import replace
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from .cell_head_fit import (FittedCellHead, Projection, fit_cell_head, split_row
                             training_views)
 from .cell_recipe import CellHeadRecipe
 from .feature_cache import CachedImage
+from .other_breast_features import PairedImage, combine
 
 #: The head's learning rate while the last stage trains, as a share of the recipe's.
 HEAD_RATE_WHILE_TUNING = 0.05
@@ -55,24 +57,41 @@ def trunk_blocks(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes:
     return torch.cat(xs), torch.cat(inside), torch.cat(ts), torch.cat(ms)
 
 
+def other_trunk_blocks(images: Sequence[PairedImage], recipe: CellHeadRecipe) -> torch.Tensor:
+    """(N, C * n * n) fp16 blocks of the aligned other breast's trunk features, row for row
+    with :func:`trunk_blocks` (``recipe.other_breast_input``)."""
+    n = recipe.neighbourhood
+    views = training_views(recipe)
+    blocks = [F.unfold(image.other[:views].float(), n, padding=n // 2) for image in images]
+    return torch.cat([b.permute(0, 2, 1).reshape(-1, b.shape[1]).half() for b in blocks])
+
+
 class _TunedCells(nn.Module):
     """Last stage, bottleneck and MLP over gathered blocks of trunk features."""
 
-    def __init__(self, tail: LastStage, projection: Projection, mlp: nn.Module, neighbourhood: int) -> None:
+    def __init__(self, tail: LastStage, projection: Projection, mlp: nn.Module, neighbourhood: int,
+                 other_breast_input: str = "none") -> None:
         super().__init__()
+        self.other_breast_input = other_breast_input
         self.tail = tail
         self.weight = nn.Parameter(projection.weight.clone())
         self.bias = nn.Parameter(projection.bias.clone())
         self.mlp = mlp
         self.positions = neighbourhood * neighbourhood
 
-    def forward(self, blocks: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    def forward(self, blocks: torch.Tensor, inside: torch.Tensor, other: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
         b = blocks.shape[0]
-        trunk = blocks.float().reshape(b, -1, self.positions)
-        features = self.tail(trunk[..., None])[..., 0]  # (b, channels, n * n)
+        features = self._last_stage(blocks)  # (b, channels, n * n)
+        if other is not None:  # the aligned other breast, through the same last stage
+            features = combine(features, self._last_stage(other), self.other_breast_input)
         reduced = torch.einsum("kc,bcp->bkp", self.weight, features) + self.bias[None, :, None]
         reduced = reduced * inside[:, None, :].float()  # zero padding of the reduced map
         return self.mlp(reduced.reshape(b, -1))
+
+    def _last_stage(self, blocks: torch.Tensor) -> torch.Tensor:
+        trunk = blocks.float().reshape(blocks.shape[0], -1, self.positions)
+        return self.tail(trunk[..., None])[..., 0]
 
 
 def fit_tuned_tail_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str],
@@ -80,21 +99,27 @@ def fit_tuned_tail_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, c
     """A head and its own last stage, trained on ``images`` (cached trunk features)."""
     with torch.no_grad():
         pretrained_tail.eval()
-        frozen = [CachedImage(im.record, pretrained_tail(im.features.float()).half(), im.geometry) for im in images]
+        frozen = [replace(im, features=pretrained_tail(im.features.float()).half(),
+                          **({"other": pretrained_tail(im.other.float()).half()}
+                             if isinstance(im, PairedImage) else {}))
+                  for im in images]
     head = fit_cell_head(frozen, recipe, classes, seed=seed)
     del frozen
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
     x, inside, t, m = trunk_blocks(images, recipe, classes)
+    x_other = other_trunk_blocks(images, recipe) if recipe.other_breast_input != "none" else None
     positive_rows, negative_rows = split_rows(t, m)
-    model = _TunedCells(copy.deepcopy(pretrained_tail), head.projection, head.mlp, recipe.neighbourhood)
+    model = _TunedCells(copy.deepcopy(pretrained_tail), head.projection, head.mlp, recipe.neighbourhood,
+                        recipe.other_breast_input)
     optimiser = torch.optim.Adam([
         {"params": model.tail.parameters(), "lr": recipe.tail_learning_rate},
         {"params": [model.weight, model.bias, *model.mlp.parameters()],
          "lr": recipe.learning_rate * HEAD_RATE_WHILE_TUNING}], weight_decay=recipe.weight_decay)
-    train_epochs(model, lambda batch: model(x[batch], inside[batch]), t, m, positive_rows, negative_rows, recipe,
+    train_epochs(model, lambda batch: model(x[batch], inside[batch], None if x_other is None else x_other[batch]),
+                 t, m, positive_rows, negative_rows, recipe,
                  recipe.tail_epochs, optimiser, rng)
     model.eval()
     projection = Projection(model.weight.detach().clone(), model.bias.detach().clone())
     return FittedCellHead(projection, model.mlp.eval(), recipe.neighbourhood, list(classes), "cell",
-                          tail=model.tail.eval())
+                          tail=model.tail.eval(), other_breast_input=recipe.other_breast_input)
