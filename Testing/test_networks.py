@@ -54,11 +54,6 @@ def test_one_network_serves_windows_and_whole_images(pooling):
         for i, j in [(0, 0), (1, 2), (2, 3)]:
             window = net.head(features[:, :, i:i + 8, j:j + 8]).flatten(1)
             torch.testing.assert_close(dense[:, :, i, j], window, atol=1e-5, rtol=1e-5)
-        # window_logits_in_context is the same computation for a crop with a one-cell margin
-        # (equal up to what the crop's own borders change in the features).
-        crop = image[:, :, 32:32 + 256 + 64, 64:64 + 256 + 64]
-        in_context = net.window_logits_in_context(crop, 1)
-        assert in_context.shape == (1, 10)
         assert net(image[:, :, :256, :256]).shape == (1, 10, 1, 1), "a lone 256 px window is one output"
 
 

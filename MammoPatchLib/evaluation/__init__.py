@@ -1,1 +1,1 @@
-"""Evaluation: the poster's patch table, AUC, calibration, image-level AUC, FROC and mAP."""
+"""Evaluation: the poster's patch table, AUC, calibration, image-level AUC and FROC."""

@@ -250,11 +250,3 @@ class PatchClassifier(nn.Module):
         confident cell, the window-level reading of a cell map)."""
         logits = self.forward(windows)
         return logits.amax(dim=(-2, -1)) if self.per_cell else logits.flatten(1)
-
-    def window_logits_in_context(self, context: torch.Tensor, margin_cells: int) -> torch.Tensor:
-        """(B, classes) logits of the central window of larger crops, computed from the
-        crops' features (the window sees ``margin_cells`` x 32 px of real context on each
-        side, as it does inside a whole image in the dense pass)."""
-        features = self.features(context)
-        m, c = margin_cells, self.cells
-        return self.head(features[:, :, m:m + c, m:m + c]).flatten(1)

@@ -239,12 +239,6 @@ def findings_document(folder: PathLike) -> Optional[Dict[str, object]]:
     return document if isinstance(document, dict) else None
 
 
-def findings_in(folder: PathLike) -> Optional[List[Dict[str, object]]]:
-    """The findings an earlier run wrote to ``folder/findings.json`` (highest score first), or
-    None when that file is missing or unreadable."""
-    return findings_of(findings_document(folder))
-
-
 def findings_of(document: Optional[Dict[str, object]]) -> Optional[List[Dict[str, object]]]:
     """The findings of a ``findings.json`` document (:func:`findings_document`), None without."""
     findings = document.get("findings") if document is not None else None
