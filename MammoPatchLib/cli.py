@@ -398,7 +398,7 @@ def _run_crossval(args: argparse.Namespace) -> int:
     runs = cross_validate(recipes, records, fold_of, Path(args.cache) if args.cache else out / "feature-cache",
                           progress=not args.no_progress)
     report = report_crossval([run.out_of_fold for run in runs], out, description, args.folds, baseline=args.baseline,
-                             draws=args.draws)
+                             draws=args.draws, patch_tables=_poster_tables(runs))
     for name, row in report["recipes"].items():
         sens, iv = row["sensitivity_at_fp"], row["intervals"]
         print(f"{name}: sensitivity at 1 FP/image {sens['1']:.3f} ({iv['sens@1'][0]:.2f}-{iv['sens@1'][1]:.2f}), "
@@ -408,6 +408,16 @@ def _run_crossval(args: argparse.Namespace) -> int:
         print(f"model built from {recipes[0].name}: {path} (card: {path.with_suffix('.md')})")
     print(f"report: {out / REPORT_MD}")
     return 0
+
+
+def _poster_tables(runs) -> dict:
+    """The poster's patch table of each window-head recipe, from its fold heads' out-of-fold predictions."""
+    from .evaluation.report import out_of_fold_patch_table
+    from .training.cell_bundle import fold_networks
+    from .training.crossval import cell_model_info
+
+    return {run.recipe.name: out_of_fold_patch_table(fold_networks(run), cell_model_info(run.recipe), run.recipe.classes)
+            for run in runs if run.recipe.head == "window"}
 
 
 def _write_crossval_model(run, args: argparse.Namespace, report, description: str, fold_file: Path) -> Path:
@@ -449,8 +459,8 @@ def _add_crossval_command(sub) -> None:
                           help="torch threads (default 1: the head's small matrix products gain nothing from more, "
                                "and on a busy machine two spinning threads ran 5-10x slower than one)")
     crossval.add_argument("--model-out", default=None,
-                          help="also write the model the first recipe makes (its fold ensemble or one head on all "
-                               "women, as the recipe's 'bundle' says), thresholds fitted out of fold")
+                          help="also write the model the first recipe makes (its fold heads as one ensemble), "
+                               "thresholds fitted out of fold")
     crossval.add_argument("--no-progress", action="store_true")
     crossval.set_defaults(func=_cmd_crossval)
 

@@ -277,12 +277,13 @@ def test_a_crossval_model_records_which_women_trained_each_member(crossval_run):
         women_of.setdefault(int(fold), set()).add(woman)
     assert made.recipe["name"] == made.recipe_name == "tiny" and made.recipe["seeds"] == 2
     assert made.images == sorted(folds) and made.images_sha256 == identity_sha256(sorted(folds))
-    assert made.fold_file == "folds.csv"
+    assert made.fold_file == "folds.csv of the crossval output"
     assert made.fold_file_sha256 == hashlib.sha256((out / "report" / "folds.csv").read_bytes()).hexdigest()
     assert [set(m) for m in made.members] == [women_of[1], women_of[1], women_of[0], women_of[0]]
     assert set(made.selected_on) == women_of[0] | women_of[1]
     card = (out / "model.md").read_text(encoding="utf-8")
     assert "**Provenance**: recipe `tiny`, trained on 16 images of 4 women" in card
+    assert f"women divided by folds.csv of the crossval output (SHA-256 {made.fold_file_sha256[:12]}...)" in card
     assert "window head" not in card and "n/a of n/a" not in card
 
 
@@ -681,3 +682,43 @@ def test_train_scales_are_checked(scales):
 
     with pytest.raises(ConfigError, match="train_scales"):
         CellHeadRecipe(train_scales=scales)
+
+
+def test_crossval_writes_the_posters_table_of_a_window_head_recipe_from_out_of_fold_predictions(crossval_run,
+                                                                                             monkeypatch):
+    """A window-head recipe's report holds the poster's patch table, made from each fold's heads
+    scoring only the images of the women they never trained on, every image once."""
+    import contextlib
+    import io
+
+    from MammoPatchLib.cli import main
+    from MammoPatchLib.training import cell_bundle
+
+    scored = []
+
+    def fold_networks(run):
+        folds = real(run)
+        scored.extend(([r for r in records], women) for (_, records), women in zip(folds, run.head_women))
+        return folds
+
+    real = cell_bundle.fold_networks
+    monkeypatch.setattr(cell_bundle, "fold_networks", fold_networks)
+    out, _ = crossval_run
+    config = out / "poster.json"
+    config.write_text(json.dumps({"name": "poster", "head": "window", "radius_px": 48, "bottleneck": 8, "hidden": 16,
+                                  "epochs": 2, "negatives_per_epoch": 256,
+                                  "classes": ["Mass", "Suspicious Calcification"]}), encoding="utf-8")
+    report_dir = out / "poster-report"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["crossval", "--config", str(config), "--data", "synthetic:4", "--folds", "2", "--out",
+                     str(report_dir), "--cache", str(out / "report" / "feature-cache"), "--draws", "10",
+                     "--no-progress"]) == 0
+    table = json.loads((report_dir / "crossval.json").read_text(encoding="utf-8"))["recipes"]["poster"]["poster_table"]
+    assert list(table["per_class"]) == ["No Finding", "Mass", "Suspicious Calcification"]
+    assert table["per_class"]["Mass"]["support"] > 0 and table["support"] > table["support_without_no_finding"]
+    assert "The poster's table (patches, out of fold)" in (report_dir / "crossval.md").read_text(encoding="utf-8")
+    fold_of = read_fold_file(report_dir / "folds.csv")
+    assert len(scored) == 2 and sorted(r.image_id for records, _ in scored for r in records) == sorted(fold_of)
+    for records, women in scored:
+        assert len({fold_of[r.image_id] for r in records}) == 1, "a fold's network scores its own fold's images"
+        assert not {r.patient_id for r in records} & set(women), "no image scored by heads her woman trained"

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..errors import MammoPatchError
 from ..io.atomic import atomic_path
 from ..other_breast import OTHER_BREAST_WEIGHT, BreastKey, OtherBreastPoint, other_breast_scores, relative_score
-from .crossval_report import write_crossval_plot, write_crossval_report
+from .crossval_report import POSTER_TABLE, write_crossval_plot, write_crossval_report
 from .lesions import ANY_FINDING, ImageCase, any_finding_case, bootstrap_intervals, lesion_metrics
 from .operating import nested_operating_view, operating_point
 from .out_of_fold import ModelOperatingPoint, OutOfFold, load_out_of_folds, save_out_of_fold
@@ -160,14 +160,20 @@ def compare_all(out_dir: Path, baseline: str, classes: Sequence[str], draws: int
 
 
 def report_crossval(outcomes: Sequence[OutOfFold], out_dir, data: str, folds: int, baseline: Optional[str] = None,
-                    classes: Sequence[str] = (), draws: int = 1000) -> Dict[str, Any]:
+                    classes: Sequence[str] = (), draws: int = 1000,
+                    patch_tables: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Keep each outcome's cases and figures under ``out_dir/recipes/<name>/`` and write the
     report of every recipe ever run into ``out_dir`` (``crossval.json``, ``crossval.md``,
     ``froc.png``), each with its paired difference against ``baseline`` (default: the first
-    outcome's recipe). Returns the report."""
+    outcome's recipe). ``patch_tables``: the poster's table of a recipe, by its name, from
+    out-of-fold predictions (:func:`~.report.out_of_fold_patch_table`), kept with its figures.
+    Returns the report."""
     out_dir = Path(out_dir)
     for outcome in outcomes:
-        save_out_of_fold(outcome, summarise(outcome, draws=draws), out_dir)
+        summary = summarise(outcome, draws=draws)
+        if outcome.name in (patch_tables or {}):
+            summary[POSTER_TABLE] = patch_tables[outcome.name]  # type: ignore[index]
+        save_out_of_fold(outcome, summary, out_dir)
     kept = sorted(load_out_of_folds(out_dir))
     if not kept:
         raise MammoPatchError("no recipe has out-of-fold results here", out_dir)

@@ -9,6 +9,10 @@ from typing import Any, Dict, List, Optional
 
 from ..io.atomic import atomic_path
 from .lesions import FP_RATES
+from .metrics import poster_table_lines
+
+#: A recipe's figures' key for the poster's patch table from its out-of-fold predictions.
+POSTER_TABLE = "poster_table"
 
 
 def f2(value: Any, digits: int = 2) -> str:
@@ -91,6 +95,17 @@ def per_class_table(row: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def poster_section(row: Dict[str, Any]) -> List[str]:
+    """The poster's patch table of a window-head recipe, from its out-of-fold predictions."""
+    if POSTER_TABLE not in row:
+        return []
+    return ["### The poster's table (patches, out of fold)", "",
+            "Patches drawn as the poster draws them (4 around each lesion: area 0.05-5 x its box, aspect 0.33-1.66 "
+            "x, centre within 5 mm; 2 from the breast of each image; each resized to 256 px), each image's patches "
+            "scored by the heads of her own fold, which never saw her; a class is predicted at probability >= 0.5.",
+            "", *poster_table_lines(row[POSTER_TABLE]), ""]
+
+
 def write_crossval_report(report: Dict[str, Any], path: Path) -> None:
     baseline = report["baseline"]
     lines = [f"# Cross-validation by woman ({report.get('folds')} folds)", "",
@@ -104,7 +119,7 @@ def write_crossval_report(report: Dict[str, Any], path: Path) -> None:
              "", *recipe_table(report), ""]
     for name, row in report["recipes"].items():
         lines += [f"## {name}", "", f"{row['images']} images of {row['women']} women, {row['lesions']} lesions; "
-                  f"{row['seconds']} s for all folds.", "", *per_class_table(row), ""]
+                  f"{row['seconds']} s for all folds.", "", *per_class_table(row), "", *poster_section(row)]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -5,7 +5,7 @@ per class, "No Finding" included (true when a patch has no class, predicted when
 passes its threshold); support-weighted averages with and without No Finding; ROC AUC
 (Mann-Whitney); calibration (reliability bins, expected calibration error).
 Image level: abnormal vs normal AUC from each image's maximum heatmap value.
-Lesion level: FROC (sensitivity at given false positives per image) and mAP@IoU 0.5.
+Lesion level: FROC (sensitivity at given false positives per image).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..vocabulary import NO_FINDING, box_iou
+from .numbers import fmt
 
 
 def _binary_counts(truth: np.ndarray, pred: np.ndarray) -> Tuple[int, int, int, int]:
@@ -102,6 +103,21 @@ def patch_metrics(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]
     return result
 
 
+def poster_table_lines(patch: Dict[str, Any]) -> List[str]:
+    """The poster's table (:func:`~.metrics.patch_metrics`) in Markdown: accuracy, precision,
+    recall, F1, support and ROC AUC per class, the weighted averages and the calibration error."""
+    lines = ["| class | accuracy | precision | recall | F1 | support | ROC AUC |", "|---|---|---|---|---|---|---|"]
+    for name, m in patch["per_class"].items():
+        lines.append(f"| {name} | {fmt(m['accuracy'])} | {fmt(m['precision'])} | {fmt(m['recall'])} | "
+                     f"{fmt(m['f1'])} | {m['support']} | {fmt(m['auc'])} |")
+    return lines + ["", f"Weighted average with No Finding: accuracy {fmt(patch['weighted_accuracy'])}, F1 "
+                    f"{fmt(patch['weighted_f1'])} (support {patch['support']}).  ",
+                    f"Weighted average without No Finding: accuracy "
+                    f"{fmt(patch['weighted_accuracy_without_no_finding'])}, F1 "
+                    f"{fmt(patch['weighted_f1_without_no_finding'])} (support {patch['support_without_no_finding']}).  ",
+                    f"Expected calibration error: {fmt(patch['calibration']['ece'])}."]
+
+
 def best_thresholds(targets: np.ndarray, probs: np.ndarray, grid: Sequence[float] = tuple(np.arange(0.05, 0.96, 0.05))
                     ) -> List[float]:
     """Per-class threshold maximising F1 on (validation) patches; 0.5 for absent classes."""
@@ -181,34 +197,3 @@ def froc(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[t
         reachable = [s for f, s in curve if f <= rate]
         sensitivity[str(rate)] = float(max(reachable)) if reachable and n_truth else float("nan")
     return {"sensitivity_at_fp": sensitivity, "curve": curve, "lesions": n_truth, "images": n_images}
-
-
-def average_precision(detections: List[List[Tuple[float, tuple, tuple]]], truths: List[List[tuple]],
-                      iou_threshold: float = 0.5) -> float:
-    """VOC-style AP (all-point interpolation) with box IoU >= ``iou_threshold``."""
-    n_truth = sum(len(t) for t in truths)
-    if n_truth == 0:
-        return float("nan")
-    flat = sorted(((s, i, b) for i, dets in enumerate(detections) for s, b, _ in dets), key=lambda d: -d[0])
-    used = [set() for _ in truths]
-    tp = []
-    for score, i, box in flat:
-        best, best_j = 0.0, None
-        for j, t in enumerate(truths[i]):
-            iou = box_iou(box, t)
-            if iou > best and j not in used[i]:
-                best, best_j = iou, j
-        if best_j is not None and best >= iou_threshold:
-            used[i].add(best_j)
-            tp.append(1)
-        else:
-            tp.append(0)
-    tp_cum = np.cumsum(tp)
-    precision = tp_cum / np.arange(1, len(tp) + 1) if tp else np.array([])
-    recall = tp_cum / n_truth if tp else np.array([])
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    for k in range(len(mpre) - 2, -1, -1):
-        mpre[k] = max(mpre[k], mpre[k + 1])
-    changes = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))

@@ -70,7 +70,7 @@ def provenance_line(info: ModelInfo) -> str:
     women = made.women
     split = (f"{len(made.members)} members, each trained on {min(map(len, made.members))}-"
              f"{max(map(len, made.members))} of them" if len(made.members) > 1 else "one head trained on all of them")
-    folds = f"; women divided by `{made.fold_file}` (SHA-256 {made.fold_file_sha256[:12]}...)" if made.fold_file else ""
+    folds = f"; women divided by {made.fold_file} (SHA-256 {made.fold_file_sha256[:12]}...)" if made.fold_file else ""
     return (f"**Provenance**: recipe `{made.recipe_name}`, trained on {len(made.images)} images of {len(women)} women "
             f"({split}; image ids SHA-256 {made.images_sha256[:12]}...) of {made.data}{folds}. `mammopatch evaluate` "
             "and `calibrate` refuse these women.")
@@ -168,12 +168,10 @@ def tuned_phrase(info: ModelInfo) -> str:
     return "frozen"
 
 
-def ensemble_phrase(heads: int, seeds: int = 1, bundle: str = "ensemble") -> str:
+def ensemble_phrase(heads: int, seeds: int = 1) -> str:
     """How the card and the model's description name what the model file averages."""
     if heads == 1:
         return "one head"
-    if bundle == "single":
-        return f"{heads} heads trained on every woman from different seeds, probabilities averaged"
     per = f" ({heads // seeds} folds x {seeds} seeds)" if seeds > 1 else ""
     return f"an ensemble of the {heads} fold models{per} (probabilities averaged over one backbone)"
 
@@ -187,7 +185,7 @@ def _what_it_is(info: ModelInfo, sha256: str, seconds: Dict[str, float]) -> List
     lines = [
         "## What it is", "",
         f"- **Network**: {info.backbone} (ImageNet weights, {tuned_phrase(info)}) + {head_phrase(info)}; "
-        f"{ensemble_phrase(info.ensemble, int(recipe.get('seeds', 1)), str(recipe.get('bundle', 'ensemble')))}.",
+        f"{ensemble_phrase(info.ensemble, int(recipe.get('seeds', 1)))}.",
         f"- **Input**: {info.window} px windows at {info.spacing_mm} mm, stride {info.stride} px; images are resampled "
         "to that spacing.",
         f"- **Reported classes**: {', '.join(reported)}; the other outputs are untrained and never reported unless "
@@ -212,7 +210,7 @@ def _how_it_was_trained(info: ModelInfo, command: str) -> List[str]:
                   f"{recipe.get('selection')} on the validation women).", ""]
     if made is not None:
         lines += [f"Data: {made.data}; {len(made.images)} training images (SHA-256 of their ids "
-                  f"`{made.images_sha256}`); fold file `{made.fold_file or 'none'}`"
+                  f"`{made.images_sha256}`); fold file {made.fold_file or 'none'}"
                   + (f" (SHA-256 `{made.fold_file_sha256}`)" if made.fold_file_sha256 else "") + "; "
                   f"operating points chosen on {len(made.selected_on)} women's predictions"
                   + (" (out of fold)" if len(made.members) > 1 else "") + ".", ""]

@@ -11,18 +11,19 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..datasets import ImageRecord
 from ..errors import MammoPatchError
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
-from ..model_file import load_model
+from ..model_file import LoadedModel, ModelInfo, load_model
 from .held_out import UNKNOWN_PROVENANCE, refuse_training_women, select_evaluation_records
 from .lesions import FP_RATES, bootstrap_intervals, candidate_predictor, case_from_result, lesion_metrics
-from .metrics import patch_metrics
+from .metrics import patch_metrics, poster_table_lines
 from .numbers import fmt
 
 logger = logging.getLogger(__name__)
@@ -30,21 +31,61 @@ logger = logging.getLogger(__name__)
 
 def _patch_table(model, images, classes) -> Dict[str, Any]:
     """The poster's per-class table on fixed patches around findings and from the breast."""
-    from ..patches import SamplingConfig, validation_patches
+    from ..patches import SamplingConfig
 
     info = model.info
     sampling = SamplingConfig.from_dict((info.training or {}).get("config", {}).get("sampling", {}))
-    patches, targets, _, _ = validation_patches(images, len(classes), sampling, per_finding=4, per_image=2)
+    targets, probs = patch_probabilities(model.network, images, len(classes), sampling, info.inference.temperatures)
+    return patch_metrics(targets, probs, classes, info.thresholds)
+
+
+def patch_probabilities(network, images, num_classes: int, sampling,
+                        temperatures: Sequence[float] = ()) -> Tuple[np.ndarray, np.ndarray]:
+    """(targets, probabilities), patches x classes, of the fixed, reproducible patches of
+    ``images`` (:func:`~MammoPatchLib.patches.validation_patches`: 4 around each finding, 2
+    from the breast of each image) scored by ``network`` as windows."""
+    from ..patches import validation_patches
+
+    patches, targets, _, _ = validation_patches(images, num_classes, sampling, per_finding=4, per_image=2)
     out = []
-    device = next(model.network.parameters()).device
+    device = next(network.parameters()).device
     with torch.no_grad():
         for i in range(0, len(patches), 32):
-            logits = model.network.classify(patches[i:i + 32].float().to(device)).cpu()
-            if info.inference.temperatures:
-                logits = logits / torch.tensor(info.inference.temperatures)[None, :]
+            logits = network.classify(patches[i:i + 32].float().to(device)).cpu()
+            if temperatures:
+                logits = logits / torch.tensor(temperatures)[None, :]
             out.append(torch.sigmoid(logits).numpy())
-    probs = np.concatenate(out) if out else np.zeros((0, len(classes)))
-    return patch_metrics(targets.numpy(), probs, classes, info.thresholds)
+    return targets.numpy(), np.concatenate(out) if out else np.zeros((0, num_classes))
+
+
+def out_of_fold_patch_table(folds: Sequence[Tuple[Any, Sequence[ImageRecord]]], info: ModelInfo,
+                            classes: Sequence[str]) -> Dict[str, Any]:
+    """The poster's table from out-of-fold predictions: ``folds`` pairs each fold's network
+    (its heads) with the images of the women none of its heads trained on; every such image's
+    patches, drawn as the poster draws them (``mode="poster"``: around each finding, and from
+    the breast of each image), are scored by that network alone, and the table of ``classes``
+    (the recipe's; thresholds 0.5) pools every fold. Images that cannot be read are skipped."""
+    from ..inference import Predictor
+    from ..patches import SamplingConfig, prepared_from
+
+    model_classes = list(info.classes)
+    columns = [model_classes.index(c) for c in classes]
+    sampling = SamplingConfig(mode="poster")
+    targets, probs = [], []
+    for network, records in folds:
+        predictor = Predictor(LoadedModel(network, info, "", ""), device="cpu")
+        images = []
+        for record in records:
+            try:
+                source = read_mammogram(record.path, spacing_mm=record.spacing_mm)
+            except MammoPatchError as exc:
+                logger.warning("poster's table: %s", exc)
+                continue
+            images.append(prepared_from(record, predictor.preprocess(source), model_classes))
+        fold_targets, fold_probs = patch_probabilities(network, images, len(model_classes), sampling)
+        targets.append(fold_targets[:, columns])
+        probs.append(fold_probs[:, columns])
+    return patch_metrics(np.concatenate(targets), np.concatenate(probs), list(classes))
 
 
 def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: str = "fast", device: str = "auto",
@@ -161,16 +202,7 @@ def write_report(report: Dict[str, Any], out: Path) -> None:
               f"Abnormal vs normal ROC AUC from each image's maximum heatmap value: "
               f"{_with_interval(report['image_level']['auc_abnormal_vs_normal'], report['image_level'].get('interval'))} "
               f"({report['image_level']['abnormal']} abnormal, {report['image_level']['normal']} normal images).", "",
-              "## Patch level (the poster's table)", "",
-              "| class | accuracy | precision | recall | F1 | support | ROC AUC |", "|---|---|---|---|---|---|---|"]
-    for name, m in rows.items():
-        lines.append(f"| {name} | {fmt(m['accuracy'])} | {fmt(m['precision'])} | {fmt(m['recall'])} | "
-                     f"{fmt(m['f1'])} | {m['support']} | {fmt(m['auc'])} |")
-    lines += ["", f"Weighted average with No Finding: accuracy {fmt(patch['weighted_accuracy'])}, F1 "
-              f"{fmt(patch['weighted_f1'])} (support {patch['support']}).  ",
-              f"Weighted average without No Finding: accuracy {fmt(patch['weighted_accuracy_without_no_finding'])}, "
-              f"F1 {fmt(patch['weighted_f1_without_no_finding'])} (support {patch['support_without_no_finding']}).  ",
-              f"Expected calibration error: {fmt(patch['calibration']['ece'])}.", "",
+              "## Patch level (the poster's table)", "", *poster_table_lines(patch), "",
               "Plots: `froc.png`, `reliability.png`."]
     if report["data"]["skipped"]:
         lines += ["", "Skipped files:", *(f"- {e}" for e in report["data"]["skipped"])]

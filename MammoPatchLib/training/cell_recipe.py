@@ -46,14 +46,12 @@ class CellHeadRecipe:
             operating point: an image gate (the model's ``image_threshold``) is fitted on top of
             the class thresholds to keep to it (1.0: no gate). Needs ``image_score`` "max", the
             score the Predictor gates on.
-        bundle: "ensemble" (the fold models' heads averaged over one backbone) or "single"
-            (one head trained on every woman).
         tail_epochs: epochs that then fine-tune the backbone's last stage (EfficientNet-Lite's
             head convolution and batch norm, a copy per head) with the head, from cached trunk
             features (0: the backbone stays frozen).
         tail_learning_rate: the last stage's learning rate in those epochs (the head's is
             ``learning_rate`` / 20 there).
-        seeds: heads trained per fold (and per bundle) from different seeds, their
+        seeds: heads trained per fold from different seeds, their
             probabilities averaged: one head's figures move with its seed by about as much as
             most recipe changes do, and the average of a few is both a steadier measurement
             and a better model.
@@ -98,7 +96,6 @@ class CellHeadRecipe:
     image_top_k: int = 4
     fp_per_image: float = 0.25
     normal_with_finding: float = 1.0
-    bundle: str = "ensemble"
     tail_epochs: int = 0
     tail_learning_rate: float = 1e-4
     seeds: int = 1
@@ -128,7 +125,6 @@ class CellHeadRecipe:
             (0.0 < self.normal_with_finding <= 1.0, "normal_with_finding must be in (0, 1]"),
             (self.normal_with_finding == 1.0 or self.image_score == "max",
              "normal_with_finding below 1 gates on the highest heatmap value: it needs image_score 'max'"),
-            (self.bundle in ("ensemble", "single"), "bundle must be 'ensemble' or 'single'"),
             (self.seeds >= 1, "seeds must be a whole number >= 1"),
             (self.tail_epochs >= 0 and self.tail_learning_rate > 0,
              "tail_epochs must be a whole number >= 0, tail_learning_rate > 0"),
