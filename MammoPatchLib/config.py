@@ -56,7 +56,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
-        for option in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X] and a value: X's own message, e.g. a nested field's
+            return _convert_optional(hint, options[0], value, where)
+        for option in options:
             try:
                 return _convert(option, value, where)
             except ConfigError:
@@ -94,6 +97,18 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if not ok:
         raise _refuse(hint, value, where)
     return value
+
+
+def _convert_optional(hint: Any, option: Any, value: Any, where: str) -> Any:
+    """``value`` (not None) of an ``Optional[option]`` field, converted as ``option``: a value of
+    the wrong shape is refused as "``option`` or null"; an error from inside it (a nested
+    dataclass's field, its own checks) keeps its message, which names what is wrong."""
+    try:
+        return _convert(option, value, where)
+    except ConfigError as exc:
+        if str(exc).startswith(f"{where}: expected "):
+            raise _refuse(hint, value, where) from None
+        raise
 
 
 def config_from_dict(cls: Type[T], values: Mapping[str, Any], where: str = "") -> T:

@@ -79,7 +79,9 @@ class Provenance:
         data: what the training data was (a description, not a path to trust).
         images: every image id any ensemble member trained on, sorted.
         images_sha256: :func:`identity_sha256` of ``images`` (checked on load).
-        fold_file: name of the fold (or split) file that divided the women ("" if none).
+        fold_file: which fold (or split) file divided the women, in words: "folds.csv of the
+            crossval output" for a cross-validated bundle (whichever file was copied there), the
+            split file of ``mammopatch train``, or the committed file where it is known ("" if none).
         fold_file_sha256: SHA-256 of that file's bytes ("" if none).
         members: for each ensemble member (in the file's order), the women it trained on.
         selected_on: women whose predictions chose the operating thresholds, epoch or gate

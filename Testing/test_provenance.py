@@ -57,12 +57,12 @@ def test_provenance_round_trips_through_the_model_file(tmp_path, network, record
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("members", "w1", "members"),
-    ("members", [["w1"], ["w2"]], "member"),
-    ("images", ["a", 3], "images"),
-    ("images_sha256", "0" * 64, "images_sha256"),
-    ("recipe", "cell-3x3", "recipe"),
-    ("fold_file", 5, "fold_file"),
+    ("members", "w1", "provenance.members: expected a list of a list of text, got 'w1'"),
+    ("members", [["w1"], ["w2"]], "model provenance names the women of 2 member(s), the model has 1"),
+    ("images", ["a", 3], "provenance.images[1]: expected text, got 3"),
+    ("images_sha256", "0" * 64, "model provenance.images do not match their images_sha256"),
+    ("recipe", "cell-3x3", "provenance.recipe: expected a mapping"),
+    ("fold_file", 5, "provenance.fold_file: expected text, got 5"),
 ])
 def test_a_bad_provenance_is_refused_on_load_naming_the_file_and_field(tmp_path, network, records, field, value,
                                                                        message):
@@ -72,7 +72,22 @@ def test_a_bad_provenance_is_refused_on_load_naming_the_file_and_field(tmp_path,
     torch.save(payload, path)
     with pytest.raises(ModelFileError) as caught:
         load_model(path)
-    assert str(path) in str(caught.value) and "provenance" in str(caught.value) and message in str(caught.value)
+    assert str(path) in str(caught.value) and message in str(caught.value)
+    assert "expected a mapping of Provenance fields" not in str(caught.value), "the nested message is kept"
+
+
+def test_an_optional_field_of_the_wrong_shape_is_refused_as_its_type_or_null():
+    """Optional[X] with a value: a wrong shape reads "X or null"; a nested dataclass's own
+    error (here a field it does not know) keeps its message."""
+    from MammoPatchLib.config import config_from_dict
+    from MammoPatchLib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ModelInfo.spacing_mm: expected a number or null, got 'x'"):
+        config_from_dict(ModelInfo, {"spacing_mm": "x"})
+    with pytest.raises(ConfigError, match=r"ModelInfo.provenance: expected a mapping of Provenance fields or null"):
+        config_from_dict(ModelInfo, {"provenance": 3})
+    with pytest.raises(ConfigError, match=r"ModelInfo.provenance: unknown field\(s\) \['colour'\]"):
+        config_from_dict(ModelInfo, {"provenance": {"colour": "red"}})
 
 
 def run_cli(*argv) -> tuple:
