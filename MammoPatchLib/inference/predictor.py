@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -91,7 +91,6 @@ class PredictionResult:
     grid_heatmaps: Optional[np.ndarray] = None
     grid_factor: int = 1
     other_breast: Dict[str, Any] = field(default_factory=dict)
-    make_heatmaps: Optional[Callable[..., np.ndarray]] = field(default=None, repr=False)
     cell_maps: Tuple["CellHeatmaps", ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -115,10 +114,10 @@ class PredictionResult:
     def heatmaps(self) -> np.ndarray:
         """(classes, H, W) float32 probabilities at every source pixel."""
         if self._heatmaps is None:
-            if self.make_heatmaps is None:
+            if not self.cell_maps:
                 raise RuntimeError("this result carries no heatmaps")
             start = time.perf_counter()
-            self._heatmaps = self.make_heatmaps()
+            self._heatmaps = source_heatmaps(self.cell_maps)
             _add(self.timings, "heatmaps_s", start)
         return self._heatmaps
 
@@ -128,7 +127,7 @@ class PredictionResult:
         the classes at ``channels`` when given (computing four of ten full-size maps costs
         0.4 of the time and memory)."""
         picked = slice(None) if channels is None else list(channels)
-        if self.make_heatmaps is None:
+        if not self.cell_maps:
             raise RuntimeError("this result carries no heatmaps")
         if step <= 1 and self._heatmaps is not None:
             return self._heatmaps[picked]
@@ -137,7 +136,7 @@ class PredictionResult:
             height, width = self.image.shape
             rows = np.arange(0, height, step, dtype=np.float64) + (step - 1) / 2.0
             cols = np.arange(0, width, step, dtype=np.float64) + (step - 1) / 2.0
-        return self.make_heatmaps(rows, cols, channels)
+        return source_heatmaps(self.cell_maps, rows, cols, channels)
 
     @property
     def learned_classes(self) -> List[str]:
@@ -374,9 +373,7 @@ class Predictor:
                                 model_info=info, model_path=self.model.path, model_sha256=self.model.sha256,
                                 reported_classes=list(self.selected), flip_tta=self.flip_tta,
                                 scales=tuple(self.scales),
-                                grid_heatmaps=grid, grid_factor=factor,
-                                make_heatmaps=lambda rows=None, cols=None, channels=None: source_heatmaps(
-                                    all_maps, rows, cols, channels), cell_maps=tuple(all_maps))
+                                grid_heatmaps=grid, grid_factor=factor, cell_maps=tuple(all_maps))
 
 
     def _detect(self, image: MammogramImage, grid: np.ndarray, factor: int, thresholds: Sequence[float],
