@@ -386,11 +386,15 @@ def _run_crossval(args: argparse.Namespace) -> int:
     """Training (each recipe's fold heads and out-of-fold predictions), then evaluation (their
     figures and the report of every recipe in ``--out``), then the model of the first recipe."""
     from .datasets import load_records
+    from .errors import ConfigError
     from .evaluation.crossval_figures import REPORT_MD, report_crossval
     from .training.cell_recipe import CellHeadRecipe
     from .training.crossval import FOLD_FILE, cross_validate, fold_assignment
 
     recipes = [CellHeadRecipe.load(path) for path in args.config]
+    if args.model_out and recipes[0].other_breast_input != "none":  # refused before any feature is computed
+        raise ConfigError("--model-out: a recipe that reads the other breast (other_breast_input) is for "
+                          "cross-validation only and cannot be written into a model file", args.config[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records, description = load_records(args.data, work_dir=out)

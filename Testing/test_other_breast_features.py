@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,16 @@ def test_a_tuned_last_stage_reads_the_other_breast_through_its_own_copy():
 def test_bad_other_breast_recipes_are_config_errors_naming_the_field(fields):
     with pytest.raises(ConfigError, match="other_breast_input"):
         CellHeadRecipe(**fields)
+
+
+def test_model_out_with_an_other_breast_recipe_is_refused_before_any_work(tmp_path, capsys):
+    from MammoPatchLib.cli import EXIT_USAGE, main
+
+    recipe = tmp_path / "pair.json"
+    recipe.write_text(json.dumps({"name": "pair", "other_breast_input": "concat"}))
+    out = tmp_path / "report"
+    code = main(["crossval", "--config", str(recipe), "--data", "synthetic:4", "--folds", "2", "--out", str(out),
+                 "--model-out", str(tmp_path / "m.pt")])
+    assert code == EXIT_USAGE
+    assert "other_breast_input" in capsys.readouterr().err
+    assert not out.exists(), "refused before the report folder or any feature exists"

@@ -64,8 +64,6 @@ class RecipeRun:
     heads: List[FittedCellHead] = field(default_factory=list)
     head_women: List[List[str]] = field(default_factory=list)
     cached: List[CachedImage] = field(default_factory=list, repr=False)
-    variants: List[List[CachedImage]] = field(default_factory=list, repr=False)  # at recipe.train_scales
-    synthetic: List[CachedImage] = field(default_factory=list, repr=False)  # every synthetic image
 
 
 def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, seed: int = 0) -> Dict[str, int]:
@@ -160,8 +158,7 @@ def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: D
                   f"images) in {time.perf_counter() - fold_start:.1f} s", flush=True)
     out_of_fold = OutOfFold(recipe.to_dict(), cases, dict(fold_of), record_breast_keys([c.record for c in cached]),
                             time.perf_counter() - start)
-    return RecipeRun(recipe, out_of_fold, heads, head_women, list(cached), [list(v) for v in variants],
-                     [image for _, image in synthetic])
+    return RecipeRun(recipe, out_of_fold, heads, head_women, list(cached))
 
 
 def fold_training_images(fold: int, cached: Sequence[CachedImage], fold_of: Dict[str, int],
@@ -234,10 +231,12 @@ def cross_validate(recipes: Sequence[CellHeadRecipe], records: Sequence[ImageRec
     computed once per :func:`cache_lookup_key` and kept in ``cache_dir``)."""
     runs = []
     cached_by_key: Dict[tuple, List[CachedImage]] = {}
+    sides = None  # each film's chest-wall side, read from its pixels once for every recipe that pairs
     for recipe in recipes:
         cached = cached_features(records, recipe, cache_dir, progress, cached_by_key)
         if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
-            cached = pair_images(cached, chest_wall_sides(records), fold_of)
+            sides = sides if sides is not None else chest_wall_sides(records)
+            cached = pair_images(cached, sides, fold_of)
             logger.info("%s: %.0f %% of the images read with their other breast", recipe.name,
                         100 * paired_share(cached))
         variants = training_variants(records, recipe, cache_dir, progress, cached_by_key)
