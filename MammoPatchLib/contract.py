@@ -82,6 +82,8 @@ def heatmap_request(choice: str, reported: Optional[Sequence[str]]) -> str:
 
 MANIFEST_FORMAT = "mammopatch-result-manifest"
 MANIFEST_VERSION = 1
+#: The manifest's file name where the caller keeps it beside the run (module and batch script).
+RESULT_MANIFEST_FILE = "result-manifest.json"
 STATUS_OK, STATUS_FAILED, STATUS_CANCELLED = "ok", "failed", "cancelled"
 
 

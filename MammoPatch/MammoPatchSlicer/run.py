@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
-from MammoPatchLib.contract import (ALL_CLASSES, REPORTED_CLASSES, STATUS_CANCELLED, STATUS_FAILED, STATUS_OK,
-                                    ResultManifest, heatmap_request, parse_error_line, parse_progress_line,
-                                    read_manifest, run_outcome)
+from MammoPatchLib.contract import (ALL_CLASSES, REPORTED_CLASSES, RESULT_MANIFEST_FILE, STATUS_CANCELLED,
+                                    STATUS_FAILED, STATUS_OK, ResultManifest, heatmap_request, parse_error_line,
+                                    parse_progress_line, read_manifest, run_outcome)
 from MammoPatchLib.vocabulary import DEFAULT_MODE, FINDING_CLASSES
 
 from .scene import LoadedResults, export_volume, load_results, place_in_study
@@ -157,7 +157,7 @@ class AnalysisRun:
                      for index, view in enumerate(self.views)]
             self.input_files = [os.path.realpath(f) for f in files]
             inputs_csv = write_input_manifest(os.path.join(work_folder, "inputs.csv"), self.views, files)
-            self.manifest_path = os.path.join(work_folder, "result-manifest.json")
+            self.manifest_path = os.path.join(work_folder, RESULT_MANIFEST_FILE)
             self.command = worker_command(python or python_for_worker(), inputs_csv,
                                           os.path.join(work_folder, "results"), self.manifest_path,
                                           os.path.join(work_folder, "cancel"), request)

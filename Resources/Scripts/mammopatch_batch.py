@@ -35,11 +35,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 for _folder in (os.path.join(_ROOT, "MammoPatch"), _ROOT):
     if os.path.isdir(_folder) and _folder not in sys.path:
         sys.path.insert(0, _folder)
-from MammoPatchLib.contract import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_USAGE, parse_progress_line  # noqa: E402
+from MammoPatchLib.contract import (EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_USAGE, RESULT_MANIFEST_FILE,  # noqa: E402
+                                    parse_progress_line)
 from MammoPatchLib.vocabulary import DEFAULT_MODE, MODES  # noqa: E402
-
-#: The result manifest the worker writes in the output folder.
-RESULT_MANIFEST = "result-manifest.json"
 
 
 def parse_arguments(argv):
@@ -87,14 +85,13 @@ def run(argv):
 
     python = python_for_worker() if environment is not None else sys.executable
     work = tempfile.mkdtemp(prefix="mammopatch-batch-")
-    exit_codes = []
     try:
         cancel = os.path.join(work, "cancel")
-        command = worker_command(python, args.input, args.output, os.path.join(args.output, RESULT_MANIFEST),
+        command = worker_command(python, args.input, args.output, os.path.join(args.output, RESULT_MANIFEST_FILE),
                                  cancel, RunRequest(model_path=args.model, mode=args.mode, device=args.device),
                                  existing="overwrite" if args.overwrite else "resume" if args.resume else "")
         worker = WorkerProcess(command, worker_environment(environment, _ROOT), cancel,
-                               _echo, exit_codes.append)
+                               _echo, lambda code: None)
         try:
             worker.wait()
         except KeyboardInterrupt:
@@ -102,7 +99,7 @@ def run(argv):
             return EXIT_CANCELLED
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    code = exit_codes[0] if exit_codes else EXIT_USAGE
+    code = worker.exit_code  # set before wait() returns
     return code if code >= 0 else EXIT_SOME_FAILED  # killed by a signal: not all done
 
 
