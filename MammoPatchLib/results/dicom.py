@@ -126,7 +126,7 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
         written["heatmaps"] = _save(_oriented(heat, source), out / DICOM_OUTPUT_FILES["heatmaps"])
     if overlay_rgb is not None:
         written["overlay"] = _save(_overlay_capture(source, overlay_rgb), out / DICOM_OUTPUT_FILES["overlay"])
-    sr = _findings_report(result, source, algorithm_name, sha)
+    sr = _findings_report(result, source, algorithm_name, sha, scored)
     written["report"] = _save(sr, out / DICOM_OUTPUT_FILES["report"])
     return written
 
@@ -181,7 +181,7 @@ def _overlay_capture(source, overlay_rgb: np.ndarray):
     return _oriented(capture, source)
 
 
-def _findings_report(result, source, algorithm_name: str, sha: str):
+def _findings_report(result, source, algorithm_name: str, sha: str, scored: Dict[str, float]):
     """The findings as a Comprehensive 3D SR measurement report: one planar region (the box)
     with its class and probability per finding, then the image's CAD summary (with or without
     findings) and each scored class's highest probability, so that a report exists, and says
@@ -216,7 +216,7 @@ def _findings_report(result, source, algorithm_name: str, sha: str):
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="image summary"),
         algorithm_id=report_algorithm, source_images=image,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.CADProcessingAndFindingsSummary, summary)]))
-    for name, value in _scored_classes(result).items():
+    for name, value in scored.items():
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"highest {name}"[:64]),
             finding_type=_code(name), algorithm_id=report_algorithm, source_images=image,
