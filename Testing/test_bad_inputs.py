@@ -463,12 +463,12 @@ def test_crossval_folds_outside_two_to_the_number_of_women_are_usage_errors(tmp_
 ], ids=lambda v: str(v))
 def test_every_recipe_field_is_type_checked_by_name_when_read(tmp_path, field, value, expected):
     from MammoPatchLib.errors import ConfigError
-    from MammoPatchLib.training.cell_recipe import CellHeadRecipe
+    from MammoPatchLib.training.recipe import Recipe
 
     path = _recipe(tmp_path, {field: value})
     with pytest.raises(ConfigError) as info:
-        CellHeadRecipe.load(path)
-    assert str(info.value) == f"{path}: cell-head recipe.{expected}"
+        Recipe.load(path)
+    assert str(info.value) == f"{path}: recipe.{expected}"
 
 
 def test_training_configs_check_types_the_same_way_nested_tuples_and_optional_included():
@@ -490,7 +490,7 @@ def test_training_configs_check_types_the_same_way_nested_tuples_and_optional_in
 
 
 @pytest.mark.parametrize("name, values, expected", [
-    ("recipe.json", {"seed": "1"}, "cell-head recipe.seed: expected a whole number, got '1' (str)"),
+    ("recipe.json", {"seed": "1"}, "recipe.seed: expected a whole number, got '1' (str)"),
     ("recipe.yaml", {}, "configuration files are JSON (.json), not .yaml; write it as JSON"),
 ], ids=["seed-as-text", "yaml"])
 def test_crossval_refuses_a_bad_recipe_before_any_feature_is_computed(tmp_path, capsys, name, values, expected):

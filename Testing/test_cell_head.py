@@ -18,7 +18,7 @@ from MammoPatchLib.evaluation.paired import paired_difference
 from MammoPatchLib.inference.inferers import DenseInferer, ExactInferer
 from MammoPatchLib.networks import CellHead, PatchClassifier
 from MammoPatchLib.training.cell_head_fit import fit_cell_head
-from MammoPatchLib.training.cell_recipe import CellHeadRecipe
+from MammoPatchLib.training.recipe import Recipe
 from MammoPatchLib.training.cell_targets import cell_targets
 from MammoPatchLib.training.feature_cache import CachedImage, CellGeometry
 
@@ -168,7 +168,7 @@ def test_the_image_gate_keeps_the_share_of_normal_images_with_a_finding_within_t
     assert [bool(gated(c, gate).detections["Mass"]) for c in abnormal] == [True, False]
     assert image_gate(normal, 0.7) == 0.0  # 7 flagged of 10: no gate needed
     with pytest.raises(ConfigError, match="needs image_score 'max'"):
-        CellHeadRecipe(normal_with_finding=0.35, image_score="top-k")
+        Recipe(normal_with_finding=0.35, image_score="top-k")
 
 
 @pytest.mark.parametrize("hidden", [16, 0])
@@ -177,7 +177,7 @@ def test_a_fitted_head_becomes_the_networks_cell_head(hidden):
     features = torch.randn(2, 1280, 10, 10).half()
     mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))
     images = [CachedImage(_record([mass], image_id=f"i{k}"), features + 0.1 * k, IDENTITY) for k in range(3)]
-    recipe = CellHeadRecipe(classes=["Mass"], bottleneck=8, hidden=hidden, epochs=2, negatives_per_epoch=64)
+    recipe = Recipe(classes=["Mass"], bottleneck=8, hidden=hidden, epochs=2, negatives_per_epoch=64)
     fitted = fit_cell_head(images, recipe, ["Mass", "Asymmetry"])
     head = fitted.to_head(1280)
     with torch.no_grad():
@@ -193,7 +193,7 @@ def test_a_fitted_window_head_becomes_the_posters_window_head():
     features = torch.randn(2, 1280, 12, 11).half()
     mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))
     images = [CachedImage(_record([mass], image_id=f"i{k}"), features + 0.1 * k, IDENTITY) for k in range(3)]
-    recipe = CellHeadRecipe(head="window", radius_px=48, classes=["Mass"], bottleneck=8, hidden=16, epochs=2,
+    recipe = Recipe(head="window", radius_px=48, classes=["Mass"], bottleneck=8, hidden=16, epochs=2,
                             negatives_per_epoch=16)
     fitted = fit_cell_head(images, recipe, ["Mass", "Asymmetry"])
     head = fitted.to_head(1280)
@@ -337,7 +337,7 @@ def test_out_of_fold_findings_equal_the_predict_path(crossval_run, tmp_path):
     from MammoPatchLib.training.crossval import cell_model_info, out_of_fold_cases
     from MammoPatchLib.training.feature_cache import build_cache
 
-    recipe = CellHeadRecipe(name="tiny", bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=256,
+    recipe = Recipe(name="tiny", bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=256,
                             classes=["Mass", "Suspicious Calcification"])
     records, _ = load_records("synthetic:4", work_dir=out / "report")
     cached, errors = build_cache(records, cell_model_info(recipe), out / "report" / "feature-cache", progress=False)
@@ -376,7 +376,7 @@ def test_findings_read_against_the_other_breast_equal_cross_validations_relative
     from MammoPatchLib.training.crossval import cell_model_info, out_of_fold_cases
     from MammoPatchLib.training.feature_cache import build_cache
 
-    recipe = CellHeadRecipe(name="tiny", bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=256,
+    recipe = Recipe(name="tiny", bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=256,
                             classes=["Mass", "Suspicious Calcification"])
     records, _ = load_records("synthetic:4", work_dir=out / "report")
     cached, _ = build_cache(records, cell_model_info(recipe), out / "report" / "feature-cache", progress=False)
@@ -542,10 +542,10 @@ def test_a_bad_recipe_field_is_a_config_error_naming_it(tmp_path, field, value, 
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps({field: value}), encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
-        CellHeadRecipe.load(path)
+        Recipe.load(path)
     path.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ConfigError, match="recipe.json"):
-        CellHeadRecipe.load(path)
+        Recipe.load(path)
 
 
 def test_a_head_with_its_own_last_stage_is_the_backbone_until_tuned_and_becomes_the_networks_head():
@@ -562,8 +562,8 @@ def test_a_head_with_its_own_last_stage_is_the_backbone_until_tuned_and_becomes_
     trunk = torch.randn(2, 320, 10, 10).half()
     mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))
     images = [CachedImage(_record([mass], image_id=f"i{k}"), trunk + 0.1 * k, IDENTITY) for k in range(3)]
-    recipe = CellHeadRecipe(classes=["Mass"], bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=64,
-                            tail_epochs=2, tail_learning_rate=1e-2)
+    recipe = Recipe(classes=["Mass"], bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=64,
+                            trains="stages", tail_epochs=2, tail_learning_rate=1e-2)
     from MammoPatchLib.training.tail_fit import fit_tuned_tail_head
 
     fitted = fit_tuned_tail_head(images, recipe, ["Mass", "Asymmetry"], LastStage(net.features), seed=0)
@@ -591,7 +591,7 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     from MammoPatchLib.training.feature_cache import build_cache
 
     values = {"name": "tuned", "bottleneck": 8, "hidden": 16, "epochs": 2, "negatives_per_epoch": 256,
-              "classes": ["Mass", "Suspicious Calcification"], "tail_epochs": 1, "normal_with_finding": 0.5}
+              "classes": ["Mass", "Suspicious Calcification"], "trains": "stages", "tail_epochs": 1, "normal_with_finding": 0.5}
     config = tmp_path / "tuned.json"
     config.write_text(json.dumps(values), encoding="utf-8")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -606,7 +606,7 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     from MammoPatchLib.evaluation.out_of_fold import CASES_FILE, RECIPES_DIR, case_from_dict
 
     saved = json.loads((tmp_path / "report" / RECIPES_DIR / "tuned" / CASES_FILE).read_text(encoding="utf-8"))
-    _, gate = operating_point([case_from_dict(c) for c in saved["cases"]], CellHeadRecipe.from_dict(values).to_dict())
+    _, gate = operating_point([case_from_dict(c) for c in saved["cases"]], Recipe.from_dict(values).to_dict())
     assert model.info.inference.detection.image_threshold == pytest.approx(gate)
     assert Predictor(model, device="cpu").detection.image_threshold == pytest.approx(gate)
     own = Predictor(model, device="cpu", thresholds=[0.5] * len(model.info.classes))
@@ -616,7 +616,7 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
     for mode in ("fast", "exact"):
         assert Predictor(model, mode=mode, device="cpu").predict_image(image).heatmaps.shape[0] == 10
 
-    recipe = CellHeadRecipe.from_dict(values)
+    recipe = Recipe.from_dict(values)
     cached, errors = build_cache(records, cell_model_info(recipe), tmp_path / "report" / "feature-cache",
                                  progress=False, trunk=True)
     assert not errors and cached[0].features.shape[1] == 320
@@ -644,7 +644,7 @@ def test_scale_augmentation_trains_on_each_training_image_at_its_other_spacings(
     from MammoPatchLib.training import crossval as crossval_module
     from MammoPatchLib.training.crossval import cached_features, run_recipe, training_variants
 
-    recipe = CellHeadRecipe(name="tiny-scales", bottleneck=8, hidden=16, epochs=1, negatives_per_epoch=128,
+    recipe = Recipe(name="tiny-scales", bottleneck=8, hidden=16, epochs=1, negatives_per_epoch=128,
                             classes=["Mass", "Suspicious Calcification"], train_scales=[2.0])
     records, _ = load_records("synthetic:4", work_dir=out / "report")
     known = {}
@@ -681,7 +681,7 @@ def test_train_scales_are_checked(scales):
     from MammoPatchLib.errors import ConfigError
 
     with pytest.raises(ConfigError, match="train_scales"):
-        CellHeadRecipe(train_scales=scales)
+        Recipe(train_scales=scales)
 
 
 def test_crossval_writes_the_posters_table_of_a_window_head_recipe_from_out_of_fold_predictions(crossval_run,

@@ -12,7 +12,7 @@ import torch
 from MammoPatchLib.datasets import Finding, ImageRecord
 from MammoPatchLib.errors import ConfigError, MammoPatchError
 from MammoPatchLib.training.cell_head_fit import fit_cell_head
-from MammoPatchLib.training.cell_recipe import CellHeadRecipe
+from MammoPatchLib.training.recipe import Recipe
 from MammoPatchLib.training.feature_cache import CachedImage, CellGeometry
 from MammoPatchLib.training.other_breast_features import (PairedImage, aligned_views, breast_cells,
                                                            chest_wall_sides, pair_images, processed_side)
@@ -83,7 +83,7 @@ def test_the_head_reads_the_aligned_other_breast(mode, channels):
     images = [CachedImage(_record(f"i{k}", f"w{k // 2}", [mass] if k % 2 else []), torch.randn(2, 16, 10, 10).half(),
                           LEFT if k % 2 else RIGHT) for k in range(4)]
     paired = pair_images(images, {f"i{k}": k % 2 == 0 for k in range(4)})
-    recipe = CellHeadRecipe(classes=["Mass"], bottleneck=4, hidden=8, epochs=2, negatives_per_epoch=32,
+    recipe = Recipe(classes=["Mass"], bottleneck=4, hidden=8, epochs=2, negatives_per_epoch=32,
                             other_breast_input=mode)
     fitted = fit_cell_head(paired, recipe, CLASSES, seed=0)
     assert fitted.projection.weight.shape == (4, channels)
@@ -105,8 +105,8 @@ def test_a_tuned_last_stage_reads_the_other_breast_through_its_own_copy():
     images = [CachedImage(_record(f"i{k}", f"w{k // 2}", [mass] if k % 2 else []), torch.randn(2, 320, 10, 10).half(),
                           LEFT if k % 2 else RIGHT) for k in range(4)]
     paired = pair_images(images, {f"i{k}": k % 2 == 0 for k in range(4)})
-    recipe = CellHeadRecipe(classes=["Mass"], bottleneck=4, hidden=8, epochs=2, negatives_per_epoch=32,
-                            tail_epochs=2, tail_learning_rate=1e-2, other_breast_input="difference")
+    recipe = Recipe(classes=["Mass"], bottleneck=4, hidden=8, epochs=2, negatives_per_epoch=32,
+                            trains="stages", tail_epochs=2, tail_learning_rate=1e-2, other_breast_input="difference")
     fitted = fit_tuned_tail_head(paired, recipe, CLASSES, LastStage(net.features), seed=0)
     assert not torch.equal(fitted.tail.conv.weight, net.features._conv_head.weight)  # it was tuned
     itself = PairedImage(paired[1].record, paired[1].features, paired[1].geometry, paired[1].features, False)
@@ -121,7 +121,7 @@ def test_a_tuned_last_stage_reads_the_other_breast_through_its_own_copy():
                                     {"other_breast_input": "difference", "head": "window"}])
 def test_bad_other_breast_recipes_are_config_errors_naming_the_field(fields):
     with pytest.raises(ConfigError, match="other_breast_input"):
-        CellHeadRecipe(**fields)
+        Recipe(**fields)
 
 
 def test_model_out_with_an_other_breast_recipe_is_refused_before_any_work(tmp_path, capsys):

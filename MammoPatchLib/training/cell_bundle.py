@@ -18,12 +18,12 @@ from ..evaluation.out_of_fold import ModelOperatingPoint
 from ..model_file import ModelInfo, Provenance, build_network, identity_sha256, save_model
 from ..networks import PatchClassifier
 from .cell_head_fit import FittedCellHead
-from .cell_recipe import CellHeadRecipe
+from .recipe import Recipe
 from .crossval import RecipeRun, cell_model_info
 from .feature_cache import CachedImage
 
 
-def head_network(recipe: CellHeadRecipe, heads: Sequence[FittedCellHead]) -> Tuple[ModelInfo, PatchClassifier]:
+def head_network(recipe: Recipe, heads: Sequence[FittedCellHead]) -> Tuple[ModelInfo, PatchClassifier]:
     """(model information, network in eval mode) of ``recipe``'s pretrained backbone with
     ``heads`` as its head (one head, or an ensemble averaging them)."""
     info = cell_model_info(recipe, ensemble=len(heads))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..networks import CellHead
-from .cell_recipe import CellHeadRecipe
+from .recipe import Recipe
 from .cell_targets import cell_targets
 from .feature_cache import CachedImage
 from .other_breast_features import combine, combined_images
@@ -210,12 +210,12 @@ class FittedCellHead:
         return head.eval()
 
 
-def training_views(recipe: CellHeadRecipe) -> int:
+def training_views(recipe: Recipe) -> int:
     """Views of each image trained on: the image, and its mirror when ``recipe.flip_augment``."""
     return 2 if recipe.flip_augment else 1
 
 
-def target_rows(image: CachedImage, recipe: CellHeadRecipe, classes: Sequence[str]
+def target_rows(image: CachedImage, recipe: Recipe, classes: Sequence[str]
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(targets (N, K) fp16, masks (N, K) bool) of the image's cells (or window positions), one
     row per cell of each trained view in the order the head's vectors take them (view, row,
@@ -234,7 +234,7 @@ def target_rows(image: CachedImage, recipe: CellHeadRecipe, classes: Sequence[st
             m_views.flatten(2).permute(0, 2, 1).reshape(-1, len(classes)))
 
 
-def training_cells(images: Sequence[CachedImage], projection: Projection, recipe: CellHeadRecipe,
+def training_cells(images: Sequence[CachedImage], projection: Projection, recipe: Recipe,
                    classes: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(vectors (N, D) fp16, targets (N, K) fp16, masks (N, K) bool) of every cell of the
     images (and of their mirrors when ``recipe.flip_augment``)."""
@@ -267,7 +267,7 @@ def split_rows(targets: torch.Tensor, masks: torch.Tensor) -> Tuple[np.ndarray, 
 
 
 def train_epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
-                 masks: torch.Tensor, positive_rows: np.ndarray, negative_rows: np.ndarray, recipe: CellHeadRecipe,
+                 masks: torch.Tensor, positive_rows: np.ndarray, negative_rows: np.ndarray, recipe: Recipe,
                  epochs: int, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
                  schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
                  hard_scores: Optional[Callable[[], np.ndarray]] = None) -> None:
@@ -293,7 +293,7 @@ def train_epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
             schedule.step()
 
 
-def fit_cell_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str],
+def fit_cell_head(images: Sequence[CachedImage], recipe: Recipe, classes: Sequence[str],
                   seed: Optional[int] = None) -> FittedCellHead:
     """Train a head on ``images`` (their cached features) with ``recipe``; ``classes`` are the
     model's outputs (the recipe's classes are trained, the others ignored)."""

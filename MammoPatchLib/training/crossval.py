@@ -34,7 +34,7 @@ from ..evaluation.out_of_fold import OutOfFold, case_from_cells, record_breast_k
 from ..model_file import InferenceDefaults, ModelInfo
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
-from .cell_recipe import CellHeadRecipe
+from .recipe import Recipe
 from .feature_cache import CachedImage, build_cache, frozen_backbone_model
 from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
 from .other_breast_features import chest_wall_sides, pair_images, paired_share
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 FOLD_FILE = "folds.csv"
 
 
-def cell_model_info(recipe: CellHeadRecipe, ensemble: int = 1) -> ModelInfo:
+def cell_model_info(recipe: Recipe, ensemble: int = 1) -> ModelInfo:
     """The model information of a cell-head model made with ``recipe``."""
     return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
                      neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
@@ -59,7 +59,7 @@ class RecipeRun:
     and for the model file its fold heads (fold by fold, each fold's seeds in turn) with the
     women each trained on."""
 
-    recipe: CellHeadRecipe
+    recipe: Recipe
     out_of_fold: OutOfFold
     heads: List[FittedCellHead] = field(default_factory=list)
     head_women: List[List[str]] = field(default_factory=list)
@@ -85,12 +85,12 @@ def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, s
     return {r.image_id: by_patient[r.patient_id] for r in records}
 
 
-def seed_of(recipe: CellHeadRecipe, fold: int, member: int) -> int:
+def seed_of(recipe: Recipe, fold: int, member: int) -> int:
     """The seed of a fold's ``member``-th head (member 0: the recipe's seed plus the fold)."""
     return recipe.seed + fold + 1000 * member
 
 
-def pretrained_last_stage(recipe: CellHeadRecipe):
+def pretrained_last_stage(recipe: Recipe):
     """The backbone's pretrained last stage, where a recipe tunes it (else None)."""
     if not recipe.tail_epochs:
         return None
@@ -99,7 +99,7 @@ def pretrained_last_stage(recipe: CellHeadRecipe):
     return LastStage(frozen_backbone_model(replace(cell_model_info(recipe), tuned_tail=False)).network.features)
 
 
-def fit_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, seed: int, last_stage=None) -> FittedCellHead:
+def fit_head(images: Sequence[CachedImage], recipe: Recipe, seed: int, last_stage=None) -> FittedCellHead:
     """One head by the recipe: on frozen features, or with its own tuned last stage (the
     cached features are then the trunk's; ``last_stage`` from :func:`pretrained_last_stage`)."""
     if recipe.tail_epochs:
@@ -110,7 +110,7 @@ def fit_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, seed: int, l
     return fit_cell_head(images, recipe, list(FINDING_CLASSES), seed=seed)
 
 
-def fit_fold_heads(train: Sequence[CachedImage], recipe: CellHeadRecipe, fold: int,
+def fit_fold_heads(train: Sequence[CachedImage], recipe: Recipe, fold: int,
                    last_stage=None) -> List[FittedCellHead]:
     """``recipe.seeds`` heads trained on the same images from different seeds."""
     return [fit_head(train, recipe, seed_of(recipe, fold, member), last_stage) for member in range(recipe.seeds)]
@@ -121,7 +121,7 @@ def mean_probabilities(heads: Sequence[FittedCellHead], image: CachedImage, flip
     return torch.stack([head.cell_probabilities(image, flip_tta) for head in heads]).mean(0)
 
 
-def out_of_fold_cases(heads: Sequence[FittedCellHead], images: Sequence[CachedImage], recipe: CellHeadRecipe,
+def out_of_fold_cases(heads: Sequence[FittedCellHead], images: Sequence[CachedImage], recipe: Recipe,
                       predictor) -> List[ImageCase]:
     """The held-out images' cases: cell heatmaps from the cached features (the fold's heads
     averaged), findings from the Predictor's own mapping and detection."""
@@ -130,7 +130,7 @@ def out_of_fold_cases(heads: Sequence[FittedCellHead], images: Sequence[CachedIm
                             predictor, top_k) for image in images]
 
 
-def run_recipe(recipe: CellHeadRecipe, cached: Sequence[CachedImage], fold_of: Dict[str, int],
+def run_recipe(recipe: Recipe, cached: Sequence[CachedImage], fold_of: Dict[str, int],
                progress: bool = True, variants: Sequence[Sequence[CachedImage]] = (),
                synthetic: Sequence[Tuple[SyntheticImage, CachedImage]] = ()) -> RecipeRun:
     """Train one head per fold on the other folds and predict the held-out women.
@@ -171,7 +171,7 @@ def fold_training_images(fold: int, cached: Sequence[CachedImage], fold_of: Dict
     return real + [image for made, image in synthetic if made.fold != fold]
 
 
-def synthetic_training_images(records: Sequence[ImageRecord], fold_of: Dict[str, int], recipe: CellHeadRecipe,
+def synthetic_training_images(records: Sequence[ImageRecord], fold_of: Dict[str, int], recipe: Recipe,
                               cache_dir: Path, progress: bool = True) -> List[Tuple[SyntheticImage, CachedImage]]:
     """The recipe's ``synthetic_per_lesion`` synthetic images per lesion
     (:mod:`.lesion_synthesis`, kept under ``cache_dir``) with their cached features."""
@@ -188,7 +188,7 @@ def at_every_scale(cached: Sequence[CachedImage], variants: Sequence[Sequence[Ca
     return [*cached, *(image for variant in variants for image in variant)]
 
 
-def training_variants(records: Sequence[ImageRecord], recipe: CellHeadRecipe, cache_dir: Path,
+def training_variants(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Path,
                       progress: bool = True,
                       known: Optional[Dict[tuple, List[CachedImage]]] = None) -> List[List[CachedImage]]:
     """The cached features of ``records`` at each of the recipe's ``train_scales`` (the pixel
@@ -202,13 +202,13 @@ def training_variants(records: Sequence[ImageRecord], recipe: CellHeadRecipe, ca
     return variants
 
 
-def cache_lookup_key(recipe: CellHeadRecipe) -> tuple:
+def cache_lookup_key(recipe: Recipe) -> tuple:
     """What a recipe's cached features depend on (recipes that agree on it share one cache)."""
     return (recipe.backbone, recipe.spacing_mm, json.dumps(recipe.preprocessing.__dict__, sort_keys=True, default=str),
             recipe.tail_epochs > 0)
 
 
-def cached_features(records: Sequence[ImageRecord], recipe: CellHeadRecipe, cache_dir: Path, progress: bool,
+def cached_features(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Path, progress: bool,
                     known: Dict[tuple, List[CachedImage]]) -> List[CachedImage]:
     """The recipe's cached features of every record (computed where missing; see
     :func:`~.feature_cache.build_cache`), once per :func:`cache_lookup_key` in ``known``.
@@ -225,7 +225,7 @@ def cached_features(records: Sequence[ImageRecord], recipe: CellHeadRecipe, cach
     return known[key]
 
 
-def cross_validate(recipes: Sequence[CellHeadRecipe], records: Sequence[ImageRecord], fold_of: Dict[str, int],
+def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fold_of: Dict[str, int],
                    cache_dir: Path, progress: bool = True) -> List[RecipeRun]:
     """Each recipe's fold heads and out-of-fold predictions on the same folds (features
     computed once per :func:`cache_lookup_key` and kept in ``cache_dir``)."""

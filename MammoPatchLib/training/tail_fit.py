@@ -30,7 +30,7 @@ from torch import nn
 from ..networks import LastStage
 from .cell_head_fit import (FittedCellHead, Projection, fit_cell_head, split_rows, target_rows, train_epochs,
                             training_views)
-from .cell_recipe import CellHeadRecipe
+from .recipe import Recipe
 from .feature_cache import CachedImage
 from .other_breast_features import PairedImage, combine
 
@@ -38,7 +38,7 @@ from .other_breast_features import PairedImage, combine
 HEAD_RATE_WHILE_TUNING = 0.05
 
 
-def trunk_blocks(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str]
+def trunk_blocks(images: Sequence[CachedImage], recipe: Recipe, classes: Sequence[str]
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(blocks (N, C * n * n) fp16, inside (N, n * n) bool, targets (N, K), masks (N, K)) of
     every cell of the images (and of their mirrors when ``recipe.flip_augment``)."""
@@ -57,7 +57,7 @@ def trunk_blocks(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes:
     return torch.cat(xs), torch.cat(inside), torch.cat(ts), torch.cat(ms)
 
 
-def other_trunk_blocks(images: Sequence[PairedImage], recipe: CellHeadRecipe) -> torch.Tensor:
+def other_trunk_blocks(images: Sequence[PairedImage], recipe: Recipe) -> torch.Tensor:
     """(N, C * n * n) fp16 blocks of the aligned other breast's trunk features, row for row
     with :func:`trunk_blocks` (``recipe.other_breast_input``)."""
     n = recipe.neighbourhood
@@ -94,7 +94,7 @@ class _TunedCells(nn.Module):
         return self.tail(trunk[..., None])[..., 0]
 
 
-def fit_tuned_tail_head(images: Sequence[CachedImage], recipe: CellHeadRecipe, classes: Sequence[str],
+def fit_tuned_tail_head(images: Sequence[CachedImage], recipe: Recipe, classes: Sequence[str],
                         pretrained_tail: LastStage, seed: int) -> FittedCellHead:
     """A head and its own last stage, trained on ``images`` (cached trunk features)."""
     with torch.no_grad():

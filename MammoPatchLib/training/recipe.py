@@ -1,5 +1,12 @@
-"""The recipe of a cell-head model trained on a frozen backbone's cached features: one JSON
-file, validated on load with messages that name the bad field (``config_from_dict``)."""
+"""The one recipe type: how a model is trained, in one JSON file validated on load with
+messages that name the bad field (``config_from_dict``).
+
+A recipe states the head (the cell head, or the poster's window head), what trains
+(:data:`TRAINS`: the head on cached frozen features; the head and the backbone's last
+``tune_stages`` stages on cached features of the stage before them; the whole network), how
+samples are drawn, the loss, optimiser, schedule, augmentation, seeds, ensemble and pixel
+spacing. ``mammopatch train`` builds one model from a recipe and ``mammopatch crossval``
+cross-validates recipes, both through the same trainer."""
 
 from __future__ import annotations
 
@@ -18,13 +25,22 @@ from .other_breast_features import OTHER_BREAST_INPUTS
 #: highest cells of the best class (less at the mercy of one noisy cell).
 IMAGE_SCORES = ("max", "top-k")
 
+#: What a recipe trains: "head" (the head on the frozen backbone's cached features),
+#: "stages" (the head and the backbone's last ``tune_stages`` stages, on cached features of the
+#: stage before them), "network" (the whole network end to end, from images).
+TRAINS = ("head", "stages", "network")
+
 
 @dataclass
-class CellHeadRecipe:
-    """Parameters of a cell-head training run (and of its cross-validation).
+class Recipe:
+    """Parameters of a training run (and of its cross-validation).
 
     Attributes:
         name: the recipe's name in reports.
+        trains: what trains (:data:`TRAINS`).
+        tune_stages: with ``trains`` "stages", how many of the backbone's last stages tune
+            (1: EfficientNet-Lite's head convolution; each more reaches one block group deeper,
+            and the cached features are those before the first tuned stage).
         backbone, spacing_mm, preprocessing: the frozen backbone and the images it sees.
         classes: classes the head is trained on and reports (others are ignored in the loss).
         head: "cell" (a value per 32 px cell) or "window" (the poster's head: the mean of a
@@ -46,10 +62,9 @@ class CellHeadRecipe:
             operating point: an image gate (the model's ``image_threshold``) is fitted on top of
             the class thresholds to keep to it (1.0: no gate). Needs ``image_score`` "max", the
             score the Predictor gates on.
-        tail_epochs: epochs that then fine-tune the backbone's last stage (EfficientNet-Lite's
-            head convolution and batch norm, a copy per head) with the head, from cached trunk
-            features (0: the backbone stays frozen).
-        tail_learning_rate: the last stage's learning rate in those epochs (the head's is
+        tail_epochs: with ``trains`` "stages", epochs that then fine-tune the tuned stages (a
+            copy per head) with the head, from the cached features before them; 0 otherwise.
+        tail_learning_rate: the tuned stages' learning rate in those epochs (the head's is
             ``learning_rate`` / 20 there).
         seeds: heads trained per fold from different seeds, their
             probabilities averaged: one head's figures move with its seed by about as much as
@@ -70,6 +85,8 @@ class CellHeadRecipe:
     """
 
     name: str = "cell-head"
+    trains: str = "head"
+    tune_stages: int = 1
     backbone: str = DEFAULT_BACKBONE
     spacing_mm: float = 0.2
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -126,6 +143,10 @@ class CellHeadRecipe:
             (self.normal_with_finding == 1.0 or self.image_score == "max",
              "normal_with_finding below 1 gates on the highest heatmap value: it needs image_score 'max'"),
             (self.seeds >= 1, "seeds must be a whole number >= 1"),
+            (self.trains in TRAINS, f"trains must be one of {TRAINS}"),
+            (self.tune_stages >= 1, "tune_stages must be a whole number >= 1"),
+            ((self.trains == "stages") == (self.tail_epochs > 0),
+             "tail_epochs > 0 goes with trains 'stages' (and trains 'stages' needs tail_epochs > 0)"),
             (self.tail_epochs >= 0 and self.tail_learning_rate > 0,
              "tail_epochs must be a whole number >= 0, tail_learning_rate > 0"),
             (not self.tail_epochs or (self.head == "cell" and has_tunable_last_stage(self.backbone)),
@@ -142,17 +163,17 @@ class CellHeadRecipe:
         ]
         for ok, message in checks:
             if not ok:
-                raise ConfigError(f"cell-head recipe: {message}")
+                raise ConfigError(f"recipe: {message}")
 
     def to_dict(self) -> Dict[str, Any]:
         return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any], where: str = "cell-head recipe") -> "CellHeadRecipe":
+    def from_dict(cls, values: Dict[str, Any], where: str = "recipe") -> "Recipe":
         return config_from_dict(cls, values, where)
 
     @classmethod
-    def load(cls, path, overrides: Optional[Dict[str, Any]] = None) -> "CellHeadRecipe":
+    def load(cls, path, overrides: Optional[Dict[str, Any]] = None) -> "Recipe":
         """A recipe from a JSON file (``overrides`` replace its fields); its name is the
         file's stem unless it states one."""
         path = Path(path)
