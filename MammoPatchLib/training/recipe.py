@@ -165,6 +165,14 @@ class Recipe:
             if not ok:
                 raise ConfigError(f"recipe: {message}")
 
+    @property
+    def feature_cut(self) -> int:
+        """How many of the backbone's last stages the cached features stop short of: 0 (the
+        backbone's output) unless stages tune, then ``tune_stages`` (the features before the
+        first tuned stage). Recipes that agree on it (and on backbone, spacing and
+        preprocessing) share one feature cache."""
+        return self.tune_stages if self.trains == "stages" else 0
+
     def to_dict(self) -> Dict[str, Any]:
         return config_to_dict(self)
 
