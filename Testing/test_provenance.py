@@ -110,6 +110,14 @@ def test_evaluate_refuses_the_women_who_trained_the_model_in_one_line(tmp_path, 
     assert "crossval" in err and not (tmp_path / "r" / "report.md").exists()
 
 
+def test_the_refusal_counts_only_the_images_asked_for(tmp_path, network, data, records):
+    """--max-images N: the one line counts those N images, not the whole data set."""
+    model = write(network, tmp_path / "m.pt", provenance_of(records, {records[0].patient_id}))
+    code, _, err = run_cli("evaluate", "--model", str(model), "--data", data, "--out", str(tmp_path / "r"),
+                           "--no-progress", "--draws", "0", "--max-images", "1")
+    assert code == 2 and "refused to evaluate: 1 of the 1 images (1 women)" in err
+
+
 def test_a_model_of_unknown_provenance_says_so_first(tmp_path, network, data):
     model = write(network, tmp_path / "m.pt")
     code, out, _ = run_cli("evaluate", "--model", str(model), "--data", data, "--out", str(tmp_path / "r"),

@@ -104,9 +104,9 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
     model = load_model(model_path)
     info = model.info
     records, split = select_evaluation_records(data, info, split, split_file)
-    refuse_training_women(records, info, model_path, "evaluate")
-    if max_images:
+    if max_images:  # the refusal counts the images that would be evaluated
         records = records[:max_images]
+    refuse_training_women(records, info, model_path, "evaluate")
     classes = list(info.classes)
     errors: List[str] = []
     predictor = candidate_predictor(model, mode=mode, device=device, flip_tta=flip_tta, scales=scales)
