@@ -179,3 +179,25 @@ def test_a_partial_vindr_download_is_summarised_in_one_warning(vindr_root, tmp_p
         assert len(read_vindr(copy)) == 13
     warned = [r.getMessage() for r in caplog.records if "skipped: no such file" in r.getMessage()]
     assert len(warned) == 1 and "3 of 16 annotated image(s)" in warned[0] and gone[0].name in warned[0], warned
+
+
+def test_a_folder_search_never_opens_files_inside_output_folders(tmp_path, monkeypatch):
+    """An earlier batch's output folder (its marker file), a hidden folder and an excluded
+    folder are pruned from the walk: their files are not even opened to sniff for DICOM."""
+    from MammoPatchLib.io import discovery
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.dcm").write_bytes(b"")
+    for name in ("done", ".partial", "excluded"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "no-extension").write_bytes(b"x")
+    (tmp_path / "done" / discovery.MARKER_NAME).write_text("")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "no-extension").write_bytes(b"x")
+    sniffed = []
+    monkeypatch.setattr(discovery, "is_dicom_file", lambda path: sniffed.append(path.parent.name) or False)
+    found = collect_images(tmp_path, exclude=[tmp_path / "excluded"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.png", "sub/b.dcm"]
+    assert sniffed == ["plain"]
+    assert collect_images(tmp_path, recursive=False) == [tmp_path / "a.png"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Union
+from typing import List, Sequence, Union
 
 from ..vocabulary import PathLike
 from .readers import SUPPORTED_EXTENSIONS, is_dicom_file
@@ -35,21 +35,16 @@ def is_output_folder(folder: Path) -> bool:
     return folder.name.startswith(".") or (folder / MARKER_NAME).is_file()
 
 
-def _outside_outputs(files: Iterable[Path], root: Path, excluded: Sequence[Path]) -> List[Path]:
-    """The files of a search under ``root`` that lie in no output folder below ``root``."""
-    skipped: Dict[Path, bool] = {}
-
-    def skip(folder: Path) -> bool:
-        if folder not in skipped:
-            skipped[folder] = is_output_folder(folder) or folder.resolve() in excluded
-        return skipped[folder]
-
-    kept = []
-    for file in files:
-        below = file.relative_to(root).parents
-        if not any(skip(root / part) for part in below if part != Path(".")):
-            kept.append(file)
-    return kept
+def _images_below(root: Path, recursive: bool, excluded: Sequence[Path]) -> List[Path]:
+    """The image files under ``root``, sorted; the walk never enters an output folder or an
+    excluded one, so a batch folder full of earlier results costs nothing to skip."""
+    found: List[Path] = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        subfolders[:] = [name for name in subfolders if recursive and not is_output_folder(here / name)
+                         and (here / name).resolve() not in excluded]
+        found.extend(here / name for name in files if _looks_like_image(here / name))
+    return sorted(found)
 
 
 def collect_images(inputs: Union[PathLike, Sequence[PathLike]], recursive: bool = True,
@@ -70,9 +65,7 @@ def collect_images(inputs: Union[PathLike, Sequence[PathLike]], recursive: bool 
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = [p for p in sorted(path.glob(pattern)) if p.is_file() and _looks_like_image(p)]
-            found.extend(_outside_outputs(files, path, excluded))
+            found.extend(_images_below(path, recursive, excluded))
         elif any(ch in text for ch in "*?["):
             found.extend(Path(p) for p in sorted(glob.glob(text, recursive=True)) if Path(p).is_file())
         else:
