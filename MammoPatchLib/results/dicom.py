@@ -28,7 +28,7 @@ import numpy as np
 from .. import __version__
 from ..errors import MammoPatchError
 from ..io.atomic import atomic_path
-from ..vocabulary import FINDING_CODES, PathLike
+from ..vocabulary import FINDING_CATEGORY_CODE, FINDING_CODES, PathLike
 
 #: Series numbers of the four outputs (the source's own are usually small).
 SERIES_NUMBERS = {"seg": 9001, "heatmaps": 9002, "overlay": 9003, "report": 9004}
@@ -42,6 +42,14 @@ def _code(name: str):
 
     value, scheme, meaning = FINDING_CODES[name]
     return Code(value, scheme, meaning)
+
+
+def _category_code():
+    """Every finding segment's SegmentedPropertyCategory (the one definition is vocabulary's,
+    which the Slicer module's terminology reads too)."""
+    from pydicom.sr.coding import Code
+
+    return Code(*FINDING_CATEGORY_CODE)
 
 
 def _complete_source(path: PathLike):
@@ -95,7 +103,7 @@ def write_dicom_outputs(result, out_dir: PathLike, heatmap_classes: Sequence[str
     def description(number: int, name: str):
         return hd.seg.SegmentDescription(
             segment_number=number, segment_label=name[:64],
-            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_category=_category_code(),
             segmented_property_type=_code(name), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm)
 
