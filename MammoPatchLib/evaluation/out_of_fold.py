@@ -70,14 +70,16 @@ class ModelOperatingPoint:
 
 def case_from_cells(record: ImageRecord, probs: torch.Tensor, geometry, predictor,
                     image_top_k: Optional[int] = None) -> ImageCase:
-    """A held-out image's case from its cell probabilities (classes x cells): findings from the
-    Predictor's own mapping and detection; the image score is the Predictor's (the highest
+    """A held-out image's case from its cell probabilities (classes x cells, each cell
+    ``geometry.cell_px`` preprocessed pixels wide): findings from the Predictor's own mapping and
+    detection; the image score is the Predictor's (the highest
     heatmap value) or, with ``image_top_k``, the mean of the top k cells of the best class."""
     from ..inference.predictor import CellHeatmaps
 
     classes = list(predictor.model.info.classes)
     source = read_mammogram(record.path, spacing_mm=record.spacing_mm)
-    result = predictor.result_from_cells(source, [CellHeatmaps(probs, geometry, 32)])  # type: ignore[arg-type]
+    maps = CellHeatmaps(probs, geometry, geometry.cell_px)  # type: ignore[arg-type]
+    result = predictor.result_from_cells(source, [maps])
     case = case_from_result(record, result, classes)
     if image_top_k is not None:
         cells = probs[[classes.index(c) for c in predictor.selected]].flatten(1)

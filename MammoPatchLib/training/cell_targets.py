@@ -1,4 +1,5 @@
-"""Cell-level targets: which 32 px cells of a preprocessed image should fire for which class.
+"""Cell-level targets: which cells of a preprocessed image (32 px, or 16 px for finer cells)
+should fire for which class.
 
 A cell is positive for a class when the centre of a lesion of that class lies within
 ``radius_px`` of the cell's centre, or within ``extent`` x the lesion's radius (a large mass
@@ -26,11 +27,11 @@ def cell_centres(grid_shape: Tuple[int, int], stride: int, size: int = 0) -> Tup
 
 
 def cell_targets(record, geometry: CellGeometry, grid_shape: Tuple[int, int], classes: Sequence[str],
-                 trained: Sequence[str], stride: int = 32, radius_px: float = 32.0, extent: float = 0.0,
+                 trained: Sequence[str], radius_px: float = 32.0, extent: float = 0.0,
                  ignore_px: float = 32.0, size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(targets, mask), each (len(classes), gh, gw): targets in {0, 1}; mask False where a cell
-    does not count (ignored, or a class outside ``trained``). ``size``: the side of the
-    squares scored (0: a cell; the window, 256, for the poster's window targets, where a window
+    (``geometry.cell_px`` pixels wide) does not count (ignored, or a class outside ``trained``).
+    ``size``: the side of the squares scored (0: a cell; the window, 256, for the poster's window targets, where a window
     is positive when a lesion centre lies within ``radius_px`` of the window's centre)."""
     k = len(classes)
     targets = np.zeros((k, *grid_shape), dtype=np.float32)
@@ -38,7 +39,7 @@ def cell_targets(record, geometry: CellGeometry, grid_shape: Tuple[int, int], cl
     for index, name in enumerate(classes):
         if name in trained and name not in record.image_labels:
             mask[index] = True
-    rows, cols = cell_centres(grid_shape, stride, size)
+    rows, cols = cell_centres(grid_shape, geometry.cell_px, size)
     for finding in record.findings:
         if finding.category not in classes or finding.category not in trained:
             continue

@@ -32,6 +32,7 @@ from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..io.image import MammogramImage
 from ..model_file import LoadedModel, ModelInfo, build_network, weights_sha256
+from ..networks import FEATURE_STRIDE
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,15 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CellGeometry:
     """Where a preprocessed image's cells lie in its source image: the 3 x 3 index matrix
-    (source (row, col, 1) -> preprocessed), the source shape and the analysed (unpadded)
-    preprocessed shape. It answers what :func:`cells_to_source` asks of a PreprocessedImage."""
+    (source (row, col, 1) -> preprocessed), the source shape, the analysed (unpadded)
+    preprocessed shape, and the side of one cell in preprocessed pixels (``cell_px``: 32, or
+    16 for finer cells; the one place the head's targets and the out-of-fold mapping read it
+    from). It answers what :func:`cells_to_source` asks of a PreprocessedImage."""
 
     matrix: Tuple[Tuple[float, ...], ...]
     source_shape: Tuple[int, int]
     valid_shape: Tuple[int, int]
+    cell_px: int = FEATURE_STRIDE
 
     def index_matrix(self) -> np.ndarray:
         return np.asarray(self.matrix, dtype=np.float64)
