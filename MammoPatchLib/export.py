@@ -86,7 +86,7 @@ def export_bundle(model_path: PathLike, bundle_dir: PathLike) -> Path:
                         "num_classes": len(info.classes), "hidden": info.hidden, "window": info.window,
                         "head_pooling": info.head_pooling, "head": info.head, "neighbourhood": info.neighbourhood,
                         "bottleneck": info.bottleneck, "ensemble": info.ensemble,
-                        "tuned_tail": info.tuned_tail},
+                        "tuned_stages": info.tuned_stages},
         "network": "$@network_def.to(@device)",
         "model": {"_target_": "MammoPatchLib.model_file.LoadedModel", "network": "@network", "info": "@model_info",
                   "path": "$@bundle_root + '/models/mammopatch.pt'", "sha256": loaded.sha256},

@@ -140,8 +140,10 @@ class ModelInfo:
         bottleneck: the cell head's 1 x 1 bottleneck channels.
         ensemble: heads over the one backbone whose probabilities are averaged (e.g. the
             fold models of a cross-validation); 1: a single head.
-        tuned_tail: each cell head holds its own tuned copy of the backbone's last stage
-            (EfficientNet-Lite), and the backbone runs to its trunk only.
+        tuned_stages: each cell head holds its own tuned copy of the backbone's last
+            ``tuned_stages`` stages (EfficientNet-Lite), and the backbone stops before them
+            (0: none). Files that say ``tuned_tail: true`` (written before deeper stages could
+            tune) read as 1.
         spacing_mm: pixel spacing the model was trained at; images are resampled to it
             (None: used at their own spacing).
         preprocessing: preprocessing parameters (:class:`PreprocessConfig`).
@@ -163,7 +165,7 @@ class ModelInfo:
     neighbourhood: int = 3
     bottleneck: int = 128
     ensemble: int = 1
-    tuned_tail: bool = False
+    tuned_stages: int = 0
     spacing_mm: Optional[float] = None
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     thresholds: List[float] = field(default_factory=list)
@@ -196,10 +198,10 @@ class ModelInfo:
             raise ConfigError(f"model head must be one of {HEAD_TYPES}, got {self.head!r}")
         if not isinstance(self.neighbourhood, int) or self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ConfigError(f"model neighbourhood must be an odd number >= 1, got {self.neighbourhood!r}")
-        if not isinstance(self.tuned_tail, bool) or (self.tuned_tail and (
-                self.head != "cell" or not has_tunable_last_stage(self.backbone))):
-            raise ConfigError(f"model tuned_tail must be true or false, and true only for a cell head on an "
-                              f"EfficientNet-Lite backbone, got {self.tuned_tail!r} ({self.head}, {self.backbone})")
+        if (isinstance(self.tuned_stages, bool) or not isinstance(self.tuned_stages, int) or self.tuned_stages < 0
+                or (self.tuned_stages and (self.head != "cell" or not has_tunable_last_stage(self.backbone)))):
+            raise ConfigError(f"model tuned_stages must be a whole number >= 0, and above 0 only for a cell head on "
+                              f"an EfficientNet-Lite backbone, got {self.tuned_stages!r} ({self.head}, {self.backbone})")
         for name in ("bottleneck", "ensemble"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -236,6 +238,13 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "ModelInfo":
+        values = dict(values)
+        if "tuned_tail" in values:  # files written when only the last stage could tune
+            old = values.pop("tuned_tail")
+            if not isinstance(old, bool) or "tuned_stages" in values:
+                raise ConfigError(f"model information: tuned_tail must be true or false and not beside tuned_stages, "
+                                  f"got {old!r}")
+            values["tuned_stages"] = int(old)
         return config_from_dict(cls, values, "model information")
 
 
@@ -260,7 +269,7 @@ def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:
     return PatchClassifier(info.backbone, num_classes=len(info.classes), hidden=info.hidden,
                            pretrained=pretrained, window=info.window, head_pooling=info.head_pooling,
                            head=info.head, neighbourhood=info.neighbourhood, bottleneck=info.bottleneck,
-                           ensemble=info.ensemble, tuned_tail=info.tuned_tail)
+                           ensemble=info.ensemble, tuned_stages=info.tuned_stages)
 
 
 def _upgrade_v1_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -63,11 +63,16 @@ def test_cell_head_model_outputs_one_value_per_cell_and_window_head_stays():
         CellHead(16, 10, neighbourhood=2)
 
 
-def test_lite_trunk_then_tail_is_the_backbone():
+def test_lite_features_before_a_cut_then_the_tuned_stages_are_the_backbone():
+    from MammoPatchLib.networks import TunedStages
+
     net = PatchClassifier(pretrained=True).eval()
     x = torch.rand(1, 3, 256, 224)
     with torch.no_grad():
-        assert torch.allclose(net.features.tail(net.features.trunk(x)), net.features(x), atol=1e-5)
+        whole = net.features(x)
+        for cut in (1, 2, 3):
+            stages = TunedStages(net.features, cut).eval()
+            assert torch.allclose(stages(net.features.features_before(x, cut)), whole, atol=1e-5)
 
 
 def _record(findings=(), labels=(), image_id="a", patient="w1") -> ImageRecord:
@@ -551,22 +556,22 @@ def test_a_bad_recipe_field_is_a_config_error_naming_it(tmp_path, field, value, 
 def test_a_head_with_its_own_last_stage_is_the_backbone_until_tuned_and_becomes_the_networks_head():
     """The copied last stage on the trunk gives the backbone's own features; a head fitted with
     a tuned copy scores cached trunk features as the network it becomes scores the trunk."""
-    from MammoPatchLib.networks import LastStage, TunedTailHead
+    from MammoPatchLib.networks import TunedStages, TunedTailHead
 
     net = PatchClassifier(head="cell", bottleneck=8, hidden=16, pretrained=True).eval()
     x = torch.rand(1, 3, 192, 160)
     with torch.no_grad():
-        tuned = TunedTailHead(LastStage(net.features), net.head).eval()
-        assert torch.allclose(tuned(net.features.trunk(x)), net(x), atol=1e-4)
+        tuned = TunedTailHead(TunedStages(net.features, 1), net.head).eval()
+        assert torch.allclose(tuned(net.features.features_before(x, 1)), net(x), atol=1e-4)
     torch.manual_seed(0)
     trunk = torch.randn(2, 320, 10, 10).half()
     mass = Finding("Mass", (150.0, 150.0, 180.0, 180.0))
     images = [CachedImage(_record([mass], image_id=f"i{k}"), trunk + 0.1 * k, IDENTITY) for k in range(3)]
     recipe = Recipe(classes=["Mass"], bottleneck=8, hidden=16, epochs=2, negatives_per_epoch=64,
                             trains="stages", tail_epochs=2, tail_learning_rate=1e-2)
-    from MammoPatchLib.training.tail_fit import fit_tuned_tail_head
+    from MammoPatchLib.training.stage_fit import fit_tuned_tail_head
 
-    fitted = fit_tuned_tail_head(images, recipe, ["Mass", "Asymmetry"], LastStage(net.features), seed=0)
+    fitted = fit_tuned_tail_head(images, recipe, ["Mass", "Asymmetry"], TunedStages(net.features, 1), seed=0)
     assert not torch.equal(fitted.tail.conv.weight, net.features._conv_head.weight)  # it was tuned
     head = fitted.to_head(1280)
     with torch.no_grad():
@@ -599,7 +604,7 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
                      str(tmp_path / "report"), "--draws", "10", "--no-progress", "--model-out", str(tmp_path / "m.pt")])
     assert code == 0
     model = load_model(tmp_path / "m.pt")
-    assert model.info.tuned_tail and model.info.ensemble == 2
+    assert model.info.tuned_stages == 1 and model.info.ensemble == 2
     assert "last stage fine-tuned" in (tmp_path / "m.md").read_text(encoding="utf-8")
     # the image gate in the model file is the one fitted on the pooled out-of-fold cases
     from MammoPatchLib.evaluation.operating import operating_point
@@ -618,7 +623,7 @@ def test_a_tuned_last_stage_recipe_cross_validates_into_a_model_both_modes_run(t
 
     recipe = Recipe.from_dict(values)
     cached, errors = build_cache(records, cell_model_info(recipe), tmp_path / "report" / "feature-cache",
-                                 progress=False, trunk=True)
+                                 progress=False, cut=1)
     assert not errors and cached[0].features.shape[1] == 320
     fitted = fit_head(cached[4:], recipe, seed=0)
     info = cell_model_info(recipe)

@@ -417,7 +417,7 @@ def test_exact_and_fast_heatmaps_of_a_cell_head_ensemble_agree():
     last stage, 3 x 3 cell head) through the Predictor: the modes agree on a real CNN whose
     reach is wider than a 256 px window (before the windows saw context: r ~0.8)."""
     torch.manual_seed(4)
-    info = ModelInfo(head="cell", neighbourhood=3, bottleneck=8, hidden=16, ensemble=2, tuned_tail=True,
+    info = ModelInfo(head="cell", neighbourhood=3, bottleneck=8, hidden=16, ensemble=2, tuned_stages=1,
                      spacing_mm=0.2, trained=False)
     model = LoadedModel(network=build_network(info, pretrained=True).eval(), info=info, path="<cells>", sha256="")
     _, image = _probe_image(shape=(832, 320))  # 800 x 256 px preprocessed: two views of 768 px

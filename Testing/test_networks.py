@@ -136,9 +136,9 @@ def test_cell_logits_of_a_block_equal_the_whole_maps_heads():
     one trunk) on a view's valid block only: the block's logits equal the whole map's, inside
     the map and where the block touches its edge."""
     torch.manual_seed(2)
-    net = PatchClassifier(head="cell", neighbourhood=3, bottleneck=8, hidden=16, ensemble=3, tuned_tail=True).eval()
+    net = PatchClassifier(head="cell", neighbourhood=3, bottleneck=8, hidden=16, ensemble=3, tuned_stages=1).eval()
     assert net.head_reach == 1
-    features = torch.randn(2, net.features.trunk(torch.zeros(1, 3, 32, 32)).shape[1], 9, 7)
+    features = torch.randn(2, net.features.features_before(torch.zeros(1, 3, 32, 32), 1).shape[1], 9, 7)
     with torch.no_grad():
         whole = net.head(features)
         for rows, cols in [(slice(3, 5), slice(2, 6)), (slice(0, 4), slice(4, 7)), (slice(0, 9), slice(0, 7))]:

@@ -96,8 +96,8 @@ def test_the_head_reads_the_aligned_other_breast(mode, channels):
 def test_a_tuned_last_stage_reads_the_other_breast_through_its_own_copy():
     """The trunk features of both breasts go through the head's tuned last stage; the
     difference of a breast with itself gives the head no signal of its own."""
-    from MammoPatchLib.networks import LastStage, PatchClassifier
-    from MammoPatchLib.training.tail_fit import fit_tuned_tail_head
+    from MammoPatchLib.networks import PatchClassifier, TunedStages
+    from MammoPatchLib.training.stage_fit import fit_tuned_tail_head
 
     torch.manual_seed(0)
     net = PatchClassifier(head="cell", bottleneck=4, hidden=8, pretrained=False).eval()
@@ -107,7 +107,7 @@ def test_a_tuned_last_stage_reads_the_other_breast_through_its_own_copy():
     paired = pair_images(images, {f"i{k}": k % 2 == 0 for k in range(4)})
     recipe = Recipe(classes=["Mass"], bottleneck=4, hidden=8, epochs=2, negatives_per_epoch=32,
                             trains="stages", tail_epochs=2, tail_learning_rate=1e-2, other_breast_input="difference")
-    fitted = fit_tuned_tail_head(paired, recipe, CLASSES, LastStage(net.features), seed=0)
+    fitted = fit_tuned_tail_head(paired, recipe, CLASSES, TunedStages(net.features, 1), seed=0)
     assert not torch.equal(fitted.tail.conv.weight, net.features._conv_head.weight)  # it was tuned
     itself = PairedImage(paired[1].record, paired[1].features, paired[1].geometry, paired[1].features, False)
     blank = fitted.cell_logits(itself)

@@ -159,8 +159,10 @@ def head_phrase(info: ModelInfo) -> str:
 
 def tuned_phrase(info: ModelInfo) -> str:
     """What training changed in the backbone."""
-    if info.tuned_tail:
-        return "trunk frozen, its last stage fine-tuned with each head"
+    if info.tuned_stages:
+        if info.tuned_stages == 1:
+            return "trunk frozen, its last stage fine-tuned with each head"
+        return f"frozen up to its last {info.tuned_stages} stages, those fine-tuned with each head"
     config = info.training.get("config")
     if config:  # mammopatch train: end to end
         frozen = float(config.get("freeze_fraction", 0.0))

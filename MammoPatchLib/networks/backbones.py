@@ -103,26 +103,54 @@ def _lite_features_class():
     from efficientnet_lite_pytorch import EfficientNet
 
     class EfficientNetLiteFeatures(EfficientNet):
-        #: True when a model's heads hold their own tuned copies of the last stage
-        #: (:class:`~MammoPatchLib.networks.patch_classifier.TunedTailHead`): the features are
-        #: then the trunk's.
-        trunk_only = False
+        #: Last stages the forward pass stops short of (:meth:`features_before`): 0 runs the
+        #: whole backbone; k > 0 when a model's heads hold their own tuned copies of the last k
+        #: stages (:class:`~MammoPatchLib.networks.patch_classifier.TunedStages`).
+        cut = 0
 
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return self.trunk(inputs) if self.trunk_only else self.extract_features(inputs)
+            return self.features_before(inputs, self.cut) if self.cut else self.extract_features(inputs)
 
-        def trunk(self, inputs: torch.Tensor) -> torch.Tensor:
-            """Stem and blocks (320 channels at stride 32): what a frozen-trunk training run
-            caches once per image, so the last stage (:meth:`tail`) can still be trained."""
+        def block_groups(self) -> List[List[int]]:
+            """The indices of ``_blocks`` in each block group (the package's ``_blocks_args``
+            rows): a block repeats its predecessor's group when its arguments are the
+            predecessor's with input channels = output channels and stride 1, as the package
+            builds a group's repeats."""
+            groups: List[List[int]] = []
+            for index, block in enumerate(self._blocks):
+                previous = self._blocks[index - 1]._block_args if index else None
+                repeat = previous is not None and block._block_args == previous._replace(
+                    input_filters=previous.output_filters, stride=1)
+                if not repeat:
+                    groups.append([])
+                groups[-1].append(index)
+            if len(groups) != len(self._blocks_args):
+                raise MammoPatchError(f"found {len(groups)} block groups, the model states {len(self._blocks_args)}")
+            return groups
+
+        @property
+        def tunable_stages(self) -> int:
+            """How many last stages can tune: the head convolution and every block group."""
+            return 1 + len(self._blocks_args)
+
+        def tuned_blocks(self, cut: int) -> List[int]:
+            """Indices of the blocks inside the last ``cut`` stages (the head convolution is
+            stage 1, the last block group stage 2, ...)."""
+            if not 1 <= cut <= self.tunable_stages:
+                raise ValueError(f"cut must be 1 to {self.tunable_stages} stages, got {cut}")
+            groups = self.block_groups()
+            return [i for group in groups[len(groups) - (cut - 1):] for i in group] if cut > 1 else []
+
+        def features_before(self, inputs: torch.Tensor, cut: int) -> torch.Tensor:
+            """The features before the last ``cut`` stages (eval-time blocks, no drop connect):
+            what a training run that tunes those stages caches once per image. ``cut`` 1: the
+            trunk (320 channels at stride 32 for Lite0); 2: the last block group's input (192,
+            stride 32); 3: the one before it (112, stride 16)."""
+            first_tuned = (self.tuned_blocks(cut) or [len(self._blocks)])[0]
             x = self._swish(self._bn0(self._conv_stem(inputs)))
-            for block in self._blocks:
-                x = block(x, drop_connect_rate=0.0)  # eval-time blocks: no drop connect
+            for block in self._blocks[:first_tuned]:
+                x = block(x, drop_connect_rate=0.0)
             return x
-
-        def tail(self, trunk_features: torch.Tensor) -> torch.Tensor:
-            """The last stage, the head convolution: trunk features -> the 1280 output channels.
-            ``tail(trunk(x))`` equals ``forward(x)`` in eval mode."""
-            return self._swish(self._bn1(self._conv_head(trunk_features)))
 
     return EfficientNetLiteFeatures
 
@@ -219,8 +247,8 @@ DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
 def has_tunable_last_stage(name: str) -> bool:
-    """True for the backbones whose last stage a recipe can fine-tune from cached trunk features
-    (EfficientNet-Lite: a ``trunk`` and a 1 x 1 ``tail``)."""
+    """True for the backbones whose last stages a recipe can fine-tune from cached features of
+    an earlier stage (EfficientNet-Lite: ``features_before`` and ``tuned_blocks``)."""
     return name.startswith("efficientnet-lite") and name in BACKBONES
 
 

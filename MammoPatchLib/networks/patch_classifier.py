@@ -102,41 +102,53 @@ class CellHead(nn.Module):
         return self.out(self.dropout(self.act(self.hidden(self.reduce(features)))))
 
 
-class LastStage(nn.Module):
-    """A trainable copy of EfficientNet-Lite's last stage (its 1 x 1 head convolution, batch norm
-    and activation: trunk features -> the backbone's output channels). The batch norm keeps the
-    pretrained running statistics (eval mode even while training: a few hundred cells per batch
-    would only make them noisier); its affine weights and the convolution train."""
+class TunedStages(nn.Module):
+    """Trainable copies of EfficientNet-Lite's last ``stages`` stages: the last ``stages - 1``
+    block groups (inverted-residual blocks), then the head convolution, batch norm and
+    activation: the features before them (``backbone.features_before(x, stages)``) -> the
+    backbone's output channels. Every batch norm keeps its pretrained running statistics
+    (eval mode even while training: a few images per step would only make them noisier, and
+    the whole-image network then computes exactly what was trained); the convolutions and
+    the batch norms' affine weights train. Blocks run without drop connect.
 
-    def __init__(self, backbone: nn.Module) -> None:
+    State dict names: ``conv``, ``bn`` (the head convolution, as in model files with one tuned
+    stage) and ``blocks.<i>`` (the tuned blocks, in order)."""
+
+    def __init__(self, backbone: nn.Module, stages: int = 1) -> None:
         super().__init__()
-        if not hasattr(backbone, "trunk"):
-            raise ValueError("tuning the last stage needs a backbone with a trunk and a tail (EfficientNet-Lite)")
+        if not hasattr(backbone, "features_before"):
+            raise ValueError("tuning the last stages needs an EfficientNet-Lite backbone (features_before)")
+        self.stages = stages
+        self.blocks = nn.ModuleList(copy.deepcopy(backbone._blocks[i]) for i in backbone.tuned_blocks(stages))
         self.conv = copy.deepcopy(backbone._conv_head)
         self.bn = copy.deepcopy(backbone._bn1)
         self.act = copy.deepcopy(backbone._swish)
 
-    def train(self, mode: bool = True) -> "LastStage":
+    def train(self, mode: bool = True) -> "TunedStages":
         super().train(mode)
-        self.bn.eval()
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
         return self
 
-    def forward(self, trunk: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(trunk)))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            features = block(features, drop_connect_rate=0.0)
+        return self.act(self.bn(self.conv(features)))
 
 
 class TunedTailHead(nn.Module):
-    """A head with its own tuned copy of the backbone's last stage: (B, trunk channels, h, w)
-    trunk features -> (B, classes, h, w). With a fold ensemble each member keeps its own, so
-    the one frozen trunk is still computed once."""
+    """A head with its own tuned copy of the backbone's last stages (:class:`TunedStages`):
+    (B, C, h', w') features before those stages -> (B, classes, h, w). With a fold ensemble each
+    member keeps its own, so the one frozen part of the backbone is still computed once."""
 
-    def __init__(self, tail: LastStage, head: nn.Module) -> None:
+    def __init__(self, tail: TunedStages, head: nn.Module) -> None:
         super().__init__()
         self.tail = tail
         self.head = head
 
-    def forward(self, trunk: torch.Tensor) -> torch.Tensor:
-        return self.head(self.tail(trunk))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tail(features))
 
 
 class EnsembleHead(nn.Module):
@@ -169,8 +181,9 @@ class PatchClassifier(nn.Module):
         neighbourhood: cells of context per side of the cell head's block (odd).
         bottleneck: the cell head's 1 x 1 bottleneck channels.
         ensemble: heads averaged over the one backbone (:class:`EnsembleHead`; 1: a plain head).
-        tuned_tail: each cell head holds its own tuned copy of the backbone's last stage
-            (:class:`TunedTailHead`; EfficientNet-Lite only), and the backbone stops at its trunk.
+        tuned_stages: each cell head holds its own tuned copy of the backbone's last
+            ``tuned_stages`` stages (:class:`TunedTailHead`; EfficientNet-Lite only), and the
+            backbone stops before them (0: none).
 
     Shapes, window head: ``forward`` (B, 3, window + 32 i, window + 32 j) -> (B, classes,
     i + 1, j + 1) logits; ``classify`` (B, 3, window, window) -> (B, classes).
@@ -180,7 +193,7 @@ class PatchClassifier(nn.Module):
     def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = 10, hidden: int = 512,
                  dropout: float = 0.2, pretrained: bool = False, backbone_weights: Optional[PathLike] = None,
                  window: int = 256, head_pooling: str = "mean", head: str = "window",
-                 neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1, tuned_tail: bool = False) -> None:
+                 neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1, tuned_stages: int = 0) -> None:
         super().__init__()
         if window <= 0 or window % FEATURE_STRIDE:
             raise ValueError(f"window must be a positive multiple of {FEATURE_STRIDE}, got {window}")
@@ -195,19 +208,19 @@ class PatchClassifier(nn.Module):
         if ensemble < 1:
             raise ValueError(f"ensemble must be >= 1 heads, got {ensemble}")
 
-        if tuned_tail and head != "cell":
-            raise ValueError("a tuned last stage goes with the cell head")
+        if tuned_stages and head != "cell":
+            raise ValueError("tuned last stages go with the cell head")
 
         def make_head() -> nn.Module:
             if head == "cell":
                 cell = CellHead(channels, num_classes, hidden, neighbourhood, bottleneck, dropout)
-                return TunedTailHead(LastStage(self.features), cell) if tuned_tail else cell
+                return TunedTailHead(TunedStages(self.features, tuned_stages), cell) if tuned_stages else cell
             return WindowHead(channels, num_classes, hidden, self.cells, dropout, head_pooling)
 
         self.head: nn.Module = make_head() if ensemble == 1 else EnsembleHead([make_head() for _ in range(ensemble)])
-        self.tuned_tail = tuned_tail
-        if tuned_tail:
-            self.features.trunk_only = True  # the heads apply their own last stage
+        self.tuned_stages = tuned_stages
+        if tuned_stages:
+            self.features.cut = tuned_stages  # the heads apply their own last stages
         self._num_classes = num_classes
 
     @property
@@ -226,7 +239,7 @@ class PatchClassifier(nn.Module):
     @property
     def head_reach(self) -> int:
         """Feature cells on each side of a cell that the cell head's output reads (its
-        neighbourhood's half width; the tuned last stage is 1 x 1)."""
+        neighbourhood's half width, plus the reach of tuned stages the heads hold)."""
         if not self.per_cell:
             raise ValueError("head_reach is defined for the cell head only")
         return next(m for m in self.head.modules() if isinstance(m, CellHead)).neighbourhood // 2

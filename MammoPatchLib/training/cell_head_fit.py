@@ -124,7 +124,7 @@ class FittedCellHead:
     neighbourhood: int
     classes: List[str]
     head: str = "cell"
-    tail: Optional[nn.Module] = None  # a tuned last stage: the cached features are then the trunk's
+    tail: Optional[nn.Module] = None  # tuned last stages: the cached features are then those before them
     other_breast_input: str = "none"  # the recipe's: images are then PairedImage
 
     @torch.no_grad()
@@ -133,7 +133,7 @@ class FittedCellHead:
         coordinates) from its cached features: per cell, or per window position for the
         window head."""
         self.mlp.eval()
-        features = image.features[:views]
+        features = image.load()[:views]
         if self.tail is not None:
             features = self.tail.eval()(features.float())
         if self.other_breast_input != "none":
@@ -189,7 +189,7 @@ class FittedCellHead:
         return head.eval()
 
     def _to_tuned_tail_head(self, in_channels: int) -> nn.Module:
-        """A :class:`TunedTailHead`: this head's own last stage, then its cell head."""
+        """A :class:`TunedTailHead`: this head's own tuned last stages, then its cell head."""
         import copy
         from dataclasses import replace
 

@@ -50,7 +50,7 @@ def cell_model_info(recipe: Recipe, ensemble: int = 1) -> ModelInfo:
                      neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
                      spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
                      inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta),
-                     tuned_tail=recipe.tail_epochs > 0)
+                     tuned_stages=recipe.feature_cut)
 
 
 @dataclass
@@ -91,19 +91,21 @@ def seed_of(recipe: Recipe, fold: int, member: int) -> int:
 
 
 def pretrained_last_stage(recipe: Recipe):
-    """The backbone's pretrained last stage, where a recipe tunes it (else None)."""
-    if not recipe.tail_epochs:
+    """The backbone's pretrained last ``recipe.feature_cut`` stages, where a recipe tunes them
+    (else None)."""
+    if not recipe.feature_cut:
         return None
-    from ..networks import LastStage
+    from ..networks import TunedStages
 
-    return LastStage(frozen_backbone_model(replace(cell_model_info(recipe), tuned_tail=False)).network.features)
+    backbone = frozen_backbone_model(replace(cell_model_info(recipe), tuned_stages=0)).network.features
+    return TunedStages(backbone, recipe.feature_cut)
 
 
 def fit_head(images: Sequence[CachedImage], recipe: Recipe, seed: int, last_stage=None) -> FittedCellHead:
-    """One head by the recipe: on frozen features, or with its own tuned last stage (the
-    cached features are then the trunk's; ``last_stage`` from :func:`pretrained_last_stage`)."""
-    if recipe.tail_epochs:
-        from .tail_fit import fit_tuned_tail_head
+    """One head by the recipe: on frozen features, or with its own tuned last stages (the
+    cached features are then those before them; ``last_stage`` from :func:`pretrained_last_stage`)."""
+    if recipe.feature_cut:
+        from .stage_fit import fit_tuned_tail_head
 
         return fit_tuned_tail_head(images, recipe, list(FINDING_CLASSES),
                                    last_stage if last_stage is not None else pretrained_last_stage(recipe), seed)
@@ -205,7 +207,7 @@ def training_variants(records: Sequence[ImageRecord], recipe: Recipe, cache_dir:
 def cache_lookup_key(recipe: Recipe) -> tuple:
     """What a recipe's cached features depend on (recipes that agree on it share one cache)."""
     return (recipe.backbone, recipe.spacing_mm, json.dumps(recipe.preprocessing.__dict__, sort_keys=True, default=str),
-            recipe.tail_epochs > 0)
+            recipe.feature_cut)
 
 
 def cached_features(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Path, progress: bool,
@@ -218,7 +220,7 @@ def cached_features(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: P
     key = cache_lookup_key(recipe)
     if key not in known:
         cached, errors = build_cache(records, cell_model_info(recipe), cache_dir, progress=progress,
-                                     trunk=recipe.tail_epochs > 0)
+                                     cut=recipe.feature_cut)
         if errors:
             raise MammoPatchError(f"{len(errors)} image(s) could not be read for cross-validation: {errors[0]}")
         known[key] = cached

@@ -2,7 +2,7 @@
 
 EfficientNet-Lite's last stage (a 1 x 1 convolution from the trunk's 320 channels to 1280,
 batch norm, activation) is cheap enough to train on two CPU cores when the trunk's features
-are cached once per image (``feature_cache.build_cache(trunk=True)``):
+are cached once per image (``feature_cache.build_cache(cut=1)``):
 
 1. the head is first trained exactly as with a frozen backbone (:func:`fit_cell_head`), on the
    pretrained last stage's output;
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..networks import LastStage
+from ..networks import TunedStages
 from .cell_head_fit import (FittedCellHead, Projection, fit_cell_head, split_rows, target_rows, train_epochs,
                             training_views)
 from .recipe import Recipe
@@ -69,7 +69,7 @@ def other_trunk_blocks(images: Sequence[PairedImage], recipe: Recipe) -> torch.T
 class _TunedCells(nn.Module):
     """Last stage, bottleneck and MLP over gathered blocks of trunk features."""
 
-    def __init__(self, tail: LastStage, projection: Projection, mlp: nn.Module, neighbourhood: int,
+    def __init__(self, tail: TunedStages, projection: Projection, mlp: nn.Module, neighbourhood: int,
                  other_breast_input: str = "none") -> None:
         super().__init__()
         self.other_breast_input = other_breast_input
@@ -95,7 +95,7 @@ class _TunedCells(nn.Module):
 
 
 def fit_tuned_tail_head(images: Sequence[CachedImage], recipe: Recipe, classes: Sequence[str],
-                        pretrained_tail: LastStage, seed: int) -> FittedCellHead:
+                        pretrained_tail: TunedStages, seed: int) -> FittedCellHead:
     """A head and its own last stage, trained on ``images`` (cached trunk features)."""
     with torch.no_grad():
         pretrained_tail.eval()
