@@ -77,14 +77,6 @@ def _folds(text: str) -> int:
     return _whole_number(text, 2)
 
 
-def _backbone(text: str) -> str:
-    from .networks import BACKBONES  # the registry, imported only when the option is given
-
-    if text not in BACKBONES:
-        raise argparse.ArgumentTypeError(f"unknown backbone {text!r}; choose from {sorted(BACKBONES)}")
-    return text
-
-
 def _positive_int(text: str) -> int:
     return _whole_number(text, 1)
 
@@ -316,22 +308,26 @@ def _cmd_export_bundle(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training.config import TrainConfig
-    from .training.run import train
+    from .training.recipe import Recipe
+    from .training.run import THRESHOLDS_NOT_FITTED, train
 
-    config = TrainConfig.load(args.config) if args.config else TrainConfig()
-    overrides = {k: v for k, v in {"epochs": args.epochs, "backbone": args.backbone, "device": args.device}.items()
-                 if v is not None}
-    if overrides:
-        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
-    result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress,
-                   cache_dir=Path(args.cache) if args.cache else None, workers=args.prepare_workers)
-    state = result["state"]
-    best = state.get("best")
-    measure = "lesion-level FROC score" if config.selection == "froc" else "minus validation loss"
-    print(f"trained {state['epoch']} epoch(s); best {measure}: "
-          f"{'n/a' if best is None else f'{best:.4f}'}; model: {Path(args.out) / 'model.pt'}")
-    return 0
+    recipe = Recipe.load(args.config)
+    result = train(recipe, args.data, args.out, resume=args.resume, progress=not args.no_progress,
+                   cache_dir=Path(args.cache) if args.cache else None, command=_train_command(args))
+    if result.model is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return EXIT_OK
+    loss = f"; {result.epochs} epoch(s), final training loss {result.final_loss:.4f}" if result.epochs else ""
+    print(f"trained {recipe.name} ({recipe.trains}) on all {result.images} images of {result.women} women{loss}; "
+          f"model: {result.model} (card: {result.model.with_suffix('.md')}); thresholds {THRESHOLDS_NOT_FITTED}")
+    return EXIT_OK
+
+
+def _train_command(args: argparse.Namespace) -> str:
+    """The command line that rebuilds a ``train`` model, for its card (the data and output
+    folders as placeholders: they are the user's)."""
+    config = Path(args.config)
+    return f"mammopatch train --config {config.as_posix() if not config.is_absolute() else config.name} " \
+           "--data DATA --out OUT"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -358,16 +354,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     temperatures = ", ".join(f"{c} {t:.3f}" for c, t in result["temperatures"].items() if t != 1.0)
     print(f"temperatures: {temperatures or 'all 1'}; ECE {result['before']['ece']:.4f} -> "
           f"{result['after']['ece']:.4f} on {result['women']} patches; calibrated model: {args.out}")
-    return 0
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from .training.compare import COMPARED_BACKBONES, compare_backbones
-
-    table = compare_backbones(args.backbones or list(COMPARED_BACKBONES), args.data, args.out,
-                              config_path=args.config, epochs=args.epochs,
-                              progress=not args.no_progress)
-    print(table)
     return 0
 
 
@@ -504,16 +490,16 @@ def _add_info_command(sub) -> None:
 
 
 def _add_train_command(sub) -> None:
-    train = sub.add_parser("train", help="train a patch classifier (VinDr layout, mini-MIAS or synthetic:N)")
-    train.add_argument("--config", default=None, help="training config (JSON); defaults otherwise")
-    train.add_argument("--data", required=True, help="data set folder, or synthetic:N")
-    train.add_argument("--out", required=True, help="output folder (checkpoint, model.pt, metrics.csv)")
-    train.add_argument("--resume", action="store_true", help="continue a stopped run from its checkpoint")
-    train.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
-    train.add_argument("--backbone", default=None, help="override the config's backbone")
-    train.add_argument("--device", default=None, help="override the config's device")
-    train.add_argument("--cache", default=None, help="folder for preprocessed-image caches (.npz)")
-    train.add_argument("--prepare-workers", type=int, default=0, help="threads preparing the images (default: 0)")
+    train = sub.add_parser("train", help="train one model from a recipe on every woman of the data (its thresholds "
+                                         "are not fitted: see crossval and calibrate)")
+    train.add_argument("--config", required=True, help="recipe JSON file (Resources/Models/training/*.json)")
+    train.add_argument("--data", required=True, help="VinDr-layout or mini-MIAS folder, or synthetic:N")
+    train.add_argument("--out", required=True, help="output folder (model.pt and its card model.md; checkpoint.pt "
+                                                    "and metrics.csv for a trains 'network' recipe)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue a stopped trains 'network' run from OUT/checkpoint.pt")
+    train.add_argument("--cache", default=None, help="cache folder of preprocessed images (trains network) or "
+                                                     "backbone features (head, stages) (default OUT/cache)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
@@ -543,18 +529,6 @@ def _add_calibrate_command(sub) -> None:
     calibrate.add_argument("--split", default="validation", help="women to fit on (default: validation)")
     calibrate.add_argument("--device", default="auto")
     calibrate.set_defaults(func=_cmd_calibrate)
-
-
-def _add_compare_backbones_command(sub) -> None:
-    compare = sub.add_parser("compare-backbones", help="train and evaluate several backbones with one budget")
-    compare.add_argument("--data", required=True)
-    compare.add_argument("--out", required=True)
-    compare.add_argument("--backbones", nargs="+", type=_backbone, default=None,
-                         help="registered backbone names (default: the poster's comparison)")
-    compare.add_argument("--config", default=None)
-    compare.add_argument("--epochs", type=int, default=None)
-    compare.add_argument("--no-progress", action="store_true")
-    compare.set_defaults(func=_cmd_compare)
 
 
 def _add_export_bundle_command(sub) -> None:
@@ -598,7 +572,6 @@ COMMANDS = (
     _add_evaluate_command,
     _add_calibrate_command,
     _add_crossval_command,
-    _add_compare_backbones_command,
     _add_export_bundle_command,
     _add_preprocess_command,
     _add_synth_command,

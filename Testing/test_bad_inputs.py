@@ -471,22 +471,23 @@ def test_every_recipe_field_is_type_checked_by_name_when_read(tmp_path, field, v
     assert str(info.value) == f"{path}: recipe.{expected}"
 
 
-def test_training_configs_check_types_the_same_way_nested_tuples_and_optional_included():
+def test_recipes_check_types_the_same_way_nested_tuples_included():
     from MammoPatchLib.errors import ConfigError
-    from MammoPatchLib.training.config import TrainConfig
+    from MammoPatchLib.training.recipe import Recipe
 
-    config = TrainConfig.from_dict({"learning_rate": 1, "threads": None, "sampling": {"scale_range": [1, 2]}})
-    assert config.learning_rate == 1 and config.threads is None and config.sampling.scale_range == (1, 2)
+    network = {"trains": "network", "sampler": "poster", "head": "window"}
+    recipe = Recipe.from_dict({**network, "learning_rate": 1, "sampling": {"scale_range": [1, 2]}})
+    assert recipe.learning_rate == 1 and recipe.sampling.scale_range == (1, 2)
     for values, message in [
-        ({"threads": "2"}, "threads: expected a whole number or null, got '2' (str)"),
+        ({"batch_size": "16"}, "batch_size: expected a whole number, got '16' (str)"),
         ({"sampling": {"patch_size": "256"}}, "sampling.patch_size: expected a whole number, got '256' (str)"),
         ({"sampling": {"scale_range": [1, "2"]}}, "sampling.scale_range[1]: expected a number, got '2' (str)"),
         ({"sampling": {"scale_range": [1, 2, 3]}}, "sampling.scale_range: expected a list of 2 (a number, a number)"),
         ({"amp": "false"}, "amp: expected true or false, got 'false' (str)"),
     ]:
-        with pytest.raises(ConfigError, match=f"^training config.{message}".replace("(", r"\(").replace(")", r"\)")
+        with pytest.raises(ConfigError, match=f"^recipe.{message}".replace("(", r"\(").replace(")", r"\)")
                            .replace("[", r"\[").replace("]", r"\]")):
-            TrainConfig.from_dict(values)
+            Recipe.from_dict({**network, **values})
 
 
 @pytest.mark.parametrize("name, values, expected", [

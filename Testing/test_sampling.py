@@ -125,16 +125,35 @@ def test_window_mode_patches_show_findings_at_inference_scale_and_mostly_centred
     assert 0.6 < positives / 300 < 0.95
 
 
-def test_context_crop_holds_the_patch_in_its_centre():
+def test_crop_outside_the_image_is_zero_and_inside_it_is_the_image():
     image = torch.rand(3, 600, 500)
-    config = SamplingConfig(context_px=64, scale_range=(1.0, 1.0))
-    sampler = RandFindingPatchd(10, config)
-    sampler.set_random_state(3)
-    out = sampler({"image": image, "boxes": np.array([[200.0, 200.0, 260.0, 250.0]]), "labels": np.array([0]),
-                   "mask": np.ones((600, 500), bool), "spacing": 0.2, "finding": 0, "reference_box": (0, 0, 9, 9)})
-    assert out["image"].shape == (3, 384, 384)
-    patch = crop_and_resize(image, tuple(out["region"].tolist()), 256)
-    torch.testing.assert_close(out["image"][:, 64:320, 64:320], patch, atol=1e-5, rtol=0)
-    # outside the image the context is zero
     corner = crop_and_resize(image, (-100.0, -100.0, 156.0, 156.0), 256)
     assert corner[:, :100, :100].abs().max() == 0 and torch.equal(corner[:, 100:, 100:], image[:, :156, :156])
+
+
+def test_streamed_images_give_the_samples_of_images_held_in_memory(tmp_path):
+    """A cached image released from memory is read back (memory-mapped) for each sample: the
+    patch dataset gives the same samples as with the pixels held, and the released images hold
+    no pixels."""
+    from MammoPatchLib.datasets import load_records
+    from MammoPatchLib.patches import PatchDataset, build_slots, prepare_images
+    from MammoPatchLib.synthetic import make_vindr_dataset
+    from MammoPatchLib.transforms import PreprocessConfig
+    from MammoPatchLib.vocabulary import FINDING_CLASSES
+
+    root = make_vindr_dataset(tmp_path / "data", n_studies=1, shape=(384, 320), seed=2, abnormal_fraction=1.0,
+                              test_fraction=0.0)
+    records, _ = load_records(str(root))
+    config = PreprocessConfig().at_spacing(0.4)
+    held, errors = prepare_images(records, config, FINDING_CLASSES, progress=False)
+    streamed, _ = prepare_images(records, config, FINDING_CLASSES, tmp_path / "cache", progress=False, release=True)
+    assert not errors and len(list((tmp_path / "cache").iterdir())) == len(records)
+    assert all(img.image is None and img.mask is None and img.cache_path for img in streamed)
+    again, _ = prepare_images(records, config, FINDING_CLASSES, tmp_path / "cache", progress=False, release=True)
+    assert [img.cache_path for img in again] == [img.cache_path for img in streamed]  # read back, not made again
+    slots = build_slots(held)
+    assert any(s.finding >= 0 for s in slots)
+    a, b = (PatchDataset(images, slots, 10, POSTER) for images in (held, streamed))
+    for index in range(len(slots)):
+        for x, y in zip(a[(index, 11 * index)], b[(index, 11 * index)]):
+            assert torch.equal(x, y)

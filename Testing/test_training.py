@@ -1,23 +1,33 @@
-"""Training: the loss falls, kill-and-resume equals an uninterrupted run, DDP on 2 gloo
-processes runs, configs are validated, and the evaluation report is written."""
+"""``mammopatch train``: a network recipe lowers its loss; kill -9 mid-epoch and --resume gives
+the uninterrupted run's model; 2 torchrun gloo ranks give the one-process model; a head recipe
+makes a model that predicts and that evaluate refuses on its own women; recipes are validated
+field by field."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from MammoPatchLib.errors import ConfigError
-from MammoPatchLib.training.config import TrainConfig
-from MammoPatchLib.training.run import train
+from MammoPatchLib.training.recipe import Recipe
 
-TINY = {"epochs": 2, "patches_per_epoch": 24, "batch_size": 8, "spacing_mm": 0.4, "validation_fraction": 0.34,
-        "learning_rate": 1e-3, "validation_patches_per_finding": 1, "validation_patches_per_image": 1, "seed": 3}
+#: A tiny network recipe: 64 px patches, 3 epochs of 6 steps of 4 patches.
+TINY_NETWORK = {"name": "tiny-network", "trains": "network", "head": "window", "hidden": 32, "dropout": 0.0,
+                "sampler": "poster", "sampling": {"patch_size": 64}, "epochs": 3, "batch_size": 4,
+                "patches_per_epoch": 24, "learning_rate": 1e-3, "weight_decay": 0.0, "spacing_mm": 0.4, "amp": False,
+                "device": "cpu", "seed": 3}
+TINY_HEAD = {"name": "tiny-head", "epochs": 2, "negatives_per_epoch": 256, "bottleneck": 8, "hidden": 16,
+             "spacing_mm": 0.4}
+#: One thread in every training process: the same arithmetic in each, so runs compare exactly.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -29,166 +39,162 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tiny_data, tmp_path_factory):
-    """One uninterrupted two-epoch run, shared by the tests below."""
-    out = tmp_path_factory.mktemp("straight")
-    result = train(TrainConfig.from_dict(TINY), tiny_data, out, progress=False)
-    return out, result
+def work(tmp_path_factory, tiny_data):
+    """The tiny recipe's file and the image cache every run below shares."""
+    root = tmp_path_factory.mktemp("train")
+    (root / "tiny.json").write_text(json.dumps(TINY_NETWORK))
+    return root
 
 
-def _history(out: Path):
-    return torch.load(out / "checkpoint.pt", weights_only=True)["state"]["history"]
+def _train(work: Path, data: str, out: str, *extra: str, launcher=()) -> subprocess.Popen:
+    command = [*launcher] if launcher else [sys.executable]
+    return subprocess.Popen([*command, "-m", "MammoPatchLib.cli", "train", "--config", str(work / "tiny.json"),
+                             "--data", data, "--out", str(work / out), "--cache", str(work / "cache"), "--no-progress",
+                             *extra], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_epochs_lower_the_training_loss(straight_run):
-    out, result = straight_run
-    history = result["state"]["history"]
-    assert len(history) == 2 and history[1]["train_loss"] < history[0]["train_loss"]
-    assert (out / "model.pt").exists() and (out / "metrics.csv").exists()
-    from MammoPatchLib.model_file import load_model
-
-    info = load_model(out / "model.pt").info
-    assert info.spacing_mm == 0.4 and info.training["config"]["patches_per_epoch"] == 24
-    assert len(info.thresholds) == 10
+def _finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    return output
 
 
-def test_kill_and_resume_gives_the_same_state(tiny_data, straight_run, tmp_path):
-    straight = straight_run[0]
-    stopped = tmp_path / "stopped"
-    train(TrainConfig.from_dict({**TINY, "epochs": 1}), tiny_data, stopped, progress=False)  # "killed" after epoch 1
-    train(TrainConfig.from_dict(TINY), tiny_data, stopped, resume=True, progress=False)
-    a = torch.load(straight / "checkpoint.pt", weights_only=True)
-    b = torch.load(stopped / "checkpoint.pt", weights_only=True)
-    assert a["state"]["epoch"] == b["state"]["epoch"] == 2
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6)
-    assert [round(h["train_loss"], 6) for h in a["state"]["history"]] == \
-           [round(h["train_loss"], 6) for h in b["state"]["history"]]
-
-
-def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
-    from MammoPatchLib.errors import MammoPatchError
-
-    with pytest.raises(MammoPatchError, match="nothing to resume"):
-        train(TrainConfig.from_dict(TINY), tiny_data, tmp_path / "empty", resume=True, progress=False)
-
-
-@pytest.mark.slow
-def test_ddp_two_gloo_processes_run_one_epoch(tiny_data, tmp_path):
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({**TINY, "epochs": 1, "device": "cpu"}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "MammoPatchLib.cli", "train", "--config", str(config), "--data", tiny_data, "--out",
-         str(tmp_path / "ddp"), "--no-progress"],
-        capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(_history(tmp_path / "ddp")) == 1
-
-
-def test_config_validation_names_the_field(tmp_path):
-    with pytest.raises(ConfigError, match="backbone"):
-        TrainConfig.from_dict({"backbone": "alexnet"})
-    with pytest.raises(ConfigError, match="unknown field"):
-        TrainConfig.from_dict({"learning_rat": 1})
-    with pytest.raises(ConfigError, match="augmentation"):
-        TrainConfig.from_dict({"augmentation": {"flip": 1}})
-    with pytest.raises(ConfigError, match="threads"):
-        TrainConfig.from_dict({"threads": 0})
-    bad = tmp_path / "c.yaml"
-    bad.write_text("epochs: [")
-    with pytest.raises(ConfigError, match="c.yaml"):
-        TrainConfig.load(bad)
-
-
-def test_epochs_report_the_time_spent_waiting_for_batches(straight_run):
-    for row in straight_run[1]["state"]["history"]:
-        assert 0.0 < row["data_seconds"] < row["seconds"]
-
-
-def test_main_thread_data_runs_at_one_thread_and_restores_the_count():
-    from MammoPatchLib.training.trainer import _main_thread_data
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with _main_thread_data(num_workers=0):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        with _main_thread_data(num_workers=2):  # workers set their own threads; the main thread keeps its own
-            assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), _main_thread_data(num_workers=0):
-            raise RuntimeError("a failing sample")
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(saved)
-
-
-def test_evaluation_report_counts_the_held_out_women(tiny_data, straight_run, tmp_path):
-    """evaluate recreates the run's validation split, scores every boxed finding of those women
-    once, and writes the report, plots and model card."""
+@pytest.fixture(scope="module")
+def straight(work, tiny_data):
+    """One uninterrupted run of the tiny recipe, in this process at one thread (as the
+    subprocesses below run)."""
     from MammoPatchLib.cli import main
-    from MammoPatchLib.datasets import group_by_split, load_records, split_by_patient
 
-    run = straight_run[0]
-    out = tmp_path / "report"
-    assert main(["evaluate", "--model", str(run / "model.pt"), "--data", tiny_data, "--out", str(out),
-                 "--mode", "fast", "--draws", "50", "--no-progress"]) == 0
-    for name in ("report.md", "metrics.json", "per_class.csv", "model_card.md", "froc.png", "reliability.png"):
-        assert (out / name).stat().st_size > 0
-    report = json.loads((out / "metrics.json").read_text())
-    records, _ = load_records(tiny_data, tmp_path, 3)
-    split_by_patient(records, TINY["validation_fraction"], seed=TINY["seed"])
-    held_out = group_by_split(records)["validation"]
-    assert report["data"]["split"] == "validation" and report["data"]["images"] == len(held_out)
-    assert report["data"]["women"] == len({r.patient_id for r in held_out})
-    assert report["lesion_level"]["lesions"] == sum(len(r.findings) for r in held_out) > 0
-    assert report["image_level"]["abnormal"] == sum(not r.is_normal for r in held_out)
-    sens = report["lesion_level"]["all_classes_froc"]
-    assert [sens[k] for k in ("0.25", "0.5", "1", "2", "4")] == sorted(sens.values()), "FROC never decreases"
-    lo, hi = report["lesion_level"]["intervals"]["sens@4"]
-    assert lo <= sens["4"] <= hi
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--config", str(work / "tiny.json"), "--data", tiny_data, "--out",
+                     str(work / "straight"), "--cache", str(work / "cache"), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return work / "straight"
 
 
-def test_compare_backbones_prints_the_poster_table(tiny_data, tmp_path):
-    from MammoPatchLib.training.compare import compare_backbones
-
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({**TINY, "epochs": 1, "patches_per_epoch": 16}))
-    table = compare_backbones(["efficientnet-lite0", "mobilenet-v3-large"], tiny_data, tmp_path / "cmp",
-                              config_path=str(config), progress=False)
-    lines = table.splitlines()
-    assert lines[0] == "| class | efficientnet-lite0 | mobilenet-v3-large |"
-    assert any(line.startswith("| Mass |") for line in lines)
-    assert lines[-1].startswith("| weighted average (no No Finding) |")
-    assert (tmp_path / "cmp" / "comparison.md").read_text().strip() == table
-    assert (tmp_path / "cmp" / "mobilenet-v3-large" / "model.pt").exists()
+def _checkpoint(out: Path):
+    return torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
-def test_a_trained_model_records_its_women_and_evaluate_refuses_them(tiny_data, straight_run, tmp_path):
-    """The model file of ``mammopatch train`` names its training women (its one member), the
-    validation women that chose its epoch and thresholds, and its split file; evaluating its
-    training split is refused in one line."""
-    import contextlib
-    import hashlib
-    import io
+def test_a_network_recipe_lowers_its_loss_on_fixed_patches(straight, tiny_data, tmp_path):
+    """The trained network's focal loss on a fixed set of poster patches of its images is below
+    the loss of the network it started from (same recipe, same seed)."""
+    from MammoPatchLib.datasets import load_records
+    from MammoPatchLib.model_file import load_model
+    from MammoPatchLib.patches import prepare_images, validation_patches
+    from MammoPatchLib.training.cell_head_fit import focal_loss
+    from MammoPatchLib.training.network_fit import initial_network, train_mode
+    from MammoPatchLib.vocabulary import FINDING_CLASSES
 
+    recipe = Recipe.from_dict(TINY_NETWORK)
+    records, _ = load_records(tiny_data)
+    images, _ = prepare_images(records, recipe.preprocessing.at_spacing(0.4), FINDING_CLASSES, progress=False)
+    x, y, m, _ = validation_patches(images, len(FINDING_CLASSES), recipe.sampling)
+    wanted = torch.tensor([c in recipe.classes for c in FINDING_CLASSES], dtype=torch.float32)
+    trained = load_model(straight / "model.pt")
+    assert trained.info.window == 64 and trained.info.head == "window"
+    losses = []
+    for network in (initial_network(recipe)[1], trained.network):
+        train_mode(network)  # as trained (dropout is 0)
+        with torch.no_grad():
+            losses.append(float(focal_loss(network(x.float()).flatten(1), y, m * wanted)))
+    assert losses[1] < 0.5 * losses[0], losses
+    history = _checkpoint(straight)["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert (straight / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
+
+
+def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_model(work, tiny_data, straight):
+    process = _train(work, tiny_data, "killed")
+    checkpoint = work / "killed" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # in epoch 2: epoch 1's checkpoint has just been written
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert len(_checkpoint(work / "killed")["history"]) < TINY_NETWORK["epochs"]
+    _finish(_train(work, tiny_data, "killed", "--resume"))
+    a, b = _checkpoint(straight), _checkpoint(work / "killed")
+    assert [row["train_loss"] for row in a["history"]] == [row["train_loss"] for row in b["history"]]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    from MammoPatchLib.model_file import read_model_payload
+
+    assert read_model_payload(straight / "model.pt")["sha256"] == read_model_payload(work / "killed" / "model.pt")["sha256"]
+
+
+def test_two_gloo_ranks_train_the_model_one_process_trains(work, tiny_data, straight):
+    """torchrun with 2 CPU ranks (gloo), each taking half of every batch of the same draw, gives
+    the one-process model within float tolerance."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    output = _finish(_train(work, tiny_data, "ddp", launcher=launcher))
+    assert output.count("trained tiny-network") == 1, output  # rank 0 writes and reports
+    a, b = _checkpoint(straight), _checkpoint(work / "ddp")
+    for row_a, row_b in zip(a["history"], b["history"]):
+        assert row_b["train_loss"] == pytest.approx(row_a["train_loss"], rel=1e-4)
+    for key in a["model"]:  # Adam moves a weight by ~lr whatever its gradient's size: one whose gradient is
+        # near zero and rounds differently across the ranks' sums may move by a small fraction of lr (1e-3)
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-4, msg=key)
+
+
+def test_a_head_recipe_makes_a_model_that_predicts_and_evaluate_refuses_its_women(tiny_data, tmp_path, capsys):
     from MammoPatchLib.cli import main
     from MammoPatchLib.datasets import load_records
     from MammoPatchLib.model_file import load_model
+    from MammoPatchLib.training.run import THRESHOLDS_NOT_FITTED
 
-    run = straight_run[0]
-    made = load_model(run / "model.pt").info.provenance
-    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
-    training = {woman for _, woman, split in rows if split == "training"}
-    assert made.members == [sorted(training)] and set(made.selected_on) == {w for _, w, s in rows if s == "validation"}
-    assert made.fold_file == "split.csv" and made.fold_file_sha256 == hashlib.sha256(
-        (run / "split.csv").read_bytes()).hexdigest()
-    records, _ = load_records(tiny_data, tmp_path, 3)
-    assert set(made.images) == {r.image_id for r in records if r.patient_id in training}
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(["evaluate", "--model", str(run / "model.pt"), "--data", tiny_data, "--out", str(tmp_path / "r"),
-                     "--split", "training", "--no-progress"])
-    assert code == 2 and "refused to evaluate" in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
+    recipe = tmp_path / "tiny-head.json"
+    recipe.write_text(json.dumps(TINY_HEAD))
+    out = tmp_path / "head"
+    assert main(["train", "--config", str(recipe), "--data", tiny_data, "--out", str(out), "--no-progress"]) == 0
+    model = load_model(out / "model.pt")
+    records, _ = load_records(tiny_data)
+    made = model.info.provenance
+    assert made.recipe_name == "tiny-head" and made.members == [sorted({r.patient_id for r in records})]
+    assert made.images == sorted(r.image_id for r in records) and model.info.head == "cell"
+    assert model.info.training["thresholds"] == THRESHOLDS_NOT_FITTED
+    assert "not fitted" in (out / "model.md").read_text(encoding="utf-8")
+    assert main(["predict", str(records[0].path), "--model", str(out / "model.pt"), "--out", str(tmp_path / "p"),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out / "model.pt"), "--data", tiny_data, "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "refused to evaluate" in error and f"{len(records)} of the {len(records)} images" in error
+    assert len(error.splitlines()) == 1
+    with pytest.raises(Exception, match="--resume continues a trains 'network' recipe"):
+        from MammoPatchLib.training.run import train
+
+        train(Recipe.from_dict(TINY_HEAD), tiny_data, out, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"trains": "network", "head": "window"}, "sampler"),
+    ({"trains": "network", "sampler": "poster", "head": "cell"}, "head"),
+    ({"trains": "network", "sampler": "poster", "head": "window", "bottleneck": 32}, "bottleneck"),
+    ({"trains": "network", "sampler": "poster", "head": "window", "seeds": 3}, "seeds"),
+    ({"batch_size": 8}, "batch_size"),
+    ({"trains": "network", "sampler": "poster", "head": "window", "patches_per_epoch": 10, "batch_size": 4},
+     "patches_per_epoch"),
+    ({"trains": "network", "sampler": "poster", "head": "window", "device": "gpu"}, "device"),
+    ({"trains": "network", "sampler": "poster", "head": "window", "plateau_factor": 1.5}, "plateau_factor"),
+    ({"sampling": {"mode": "poster"}}, "sampling.mode"),
+    ({"trains": "network", "sampler": "poster", "head": "window", "augmentation": {"flip": 1}}, "augmentation"),
+    ({"trains": "network", "sampler": "poster", "head": "window", "sampling": {"patch_size": 100}}, "patch_size"),
+])
+def test_recipe_validation_names_the_field(values, field):
+    with pytest.raises(ConfigError, match=field):
+        Recipe.from_dict(values)
+
+
+def test_the_poster_recipe_states_the_poster_settings():
+    recipe = Recipe.load(Path(__file__).resolve().parents[1] / "Resources" / "Models" / "training" / "poster.json")
+    assert (recipe.trains, recipe.head, recipe.sampler, recipe.hidden) == ("network", "window", "poster", 512)
+    assert (recipe.learning_rate, recipe.plateau_patience, recipe.plateau_factor) == (1e-4, 5, 0.1)
+    assert recipe.sampling.area_range == (0.05, 5.0) and recipe.sampling.aspect_range == (0.33, 1.66)
+    assert recipe.sampling.centre_jitter_px_at_vindr == 50.0
+    assert Recipe.from_dict(recipe.to_dict()) == recipe  # what a model's provenance records reads back

@@ -1,5 +1,5 @@
 """The patch dataset (indexed by (slot, seed): the same pair always gives the same sample,
-whichever DataLoader worker draws it) and a fixed validation patch set."""
+whichever DataLoader worker or torchrun rank draws it) and a fixed patch set for evaluation."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from .slots import Slot, build_slots
 
 
 class PatchDataset(Dataset):
-    """Samples (image (C, S, S), target (classes,), loss mask (classes,)) from slots; the
-    augmentation runs on the whole sample (context included)."""
+    """Samples (image (C, S, S), target (classes,), loss mask (classes,)) from slots, then
+    augmented. Images may be released (:meth:`PreparedImage.released`): each sample then maps
+    its image's cache file and reads only the patch, so a worker holds no image between samples."""
 
     def __init__(self, images: Sequence[PreparedImage], slots: Sequence[Slot], num_classes: int,
                  sampling: SamplingConfig, augmentation=None) -> None:
@@ -32,11 +33,11 @@ class PatchDataset(Dataset):
         slot_index, seed = index if isinstance(index, tuple) else (index, index)
         slot = self.slots[slot_index]
         img = self.images[slot.image]
+        image, mask = img.pixels()
         self.sampler.set_random_state(seed=seed % (2**31 - 1))
         reference = self.reference_boxes[self.sampler.R.randint(len(self.reference_boxes))]
-        item = self.sampler({"image": img.image, "boxes": img.boxes, "labels": img.labels, "mask": img.mask,
-                             "spacing": img.spacing_mm, "finding": slot.finding, "reference_box": reference,
-                             "region": slot.region})
+        item = self.sampler({"image": image, "boxes": img.boxes, "labels": img.labels, "mask": mask,
+                             "spacing": img.spacing_mm, "finding": slot.finding, "reference_box": reference})
         if self.augmentation is not None:
             self.augmentation.set_random_state(seed=(seed * 7 + 1) % (2**31 - 1))
             item = {**item, **self.augmentation({"image": item["image"]})}
@@ -46,12 +47,9 @@ class PatchDataset(Dataset):
 def validation_patches(images: Sequence[PreparedImage], num_classes: int, sampling: SamplingConfig,
                        per_finding: int = 4, per_image: int = 2, seed: int = 1234
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[str]]:
-    """A fixed, reproducible set of validation patches (no context): ``per_finding`` around
-    each finding and ``per_image`` No Finding patches per image.
-    Returns (patches, targets, loss masks, image ids)."""
-    from dataclasses import replace
-
-    dataset = PatchDataset(images, build_slots(images), num_classes, replace(sampling, context_px=0))
+    """A fixed, reproducible set of patches: ``per_finding`` around each finding and
+    ``per_image`` No Finding patches per image. Returns (patches, targets, loss masks, image ids)."""
+    dataset = PatchDataset(images, build_slots(images), num_classes, sampling)
     xs, ys, ms, ids = [], [], [], []
     rng = np.random.RandomState(seed)
     for index, slot in enumerate(dataset.slots):

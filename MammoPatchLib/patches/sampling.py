@@ -19,11 +19,8 @@ within ``positive_offset`` x the window side of the window centre (or its box co
 ``positive_offset`` and ``ignore_offset`` (ambiguous); negative otherwise. The heatmap then
 peaks on findings instead of plateauing over every window that contains one.
 
-No Finding patches: same size distribution, centred on a random point of the breast mask;
-hard negatives: windows the model fired on in an earlier round (``RandFindingPatchd``'s
-``region`` input). With ``context_px`` > 0 each sample is a larger crop holding the patch in
-its centre and ``context_px`` (output pixels) of real surroundings on each side, for the
-consistency term between window-by-window and dense inference.
+No Finding patches: same size distribution, centred on a random point of the breast mask
+away from every finding.
 """
 
 from __future__ import annotations
@@ -50,7 +47,6 @@ class SamplingConfig:
 
     mode: str = "window"
     patch_size: int = 256
-    context_px: int = 0
     # poster mode
     area_range: Tuple[float, float] = (0.05, 5.0)
     aspect_range: Tuple[float, float] = (0.33, 1.66)
@@ -70,8 +66,8 @@ class SamplingConfig:
         self.scale_range = tuple(self.scale_range)  # type: ignore[assignment]
         if self.mode not in SAMPLING_MODES:
             raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
-        if self.patch_size <= 0 or self.context_px < 0 or self.context_px % 32:
-            raise ValueError("patch_size must be positive and context_px a non-negative multiple of 32")
+        if self.patch_size <= 0 or self.patch_size % 32:
+            raise ValueError("patch_size must be a positive multiple of 32 (the network's feature stride)")
         if not 0 < self.positive_offset <= self.ignore_offset <= 0.5:
             raise ValueError("need 0 < positive_offset <= ignore_offset <= 0.5")
         if not 0 < self.scale_range[0] <= self.scale_range[1]:
@@ -172,26 +168,15 @@ def crop_and_resize(image: torch.Tensor, region: Box, size: int) -> torch.Tensor
     return F.interpolate(patch, size=(size, size), mode=mode, **kwargs)[0]
 
 
-def expand_region(region: Box, patch_size: int, context_px: int) -> Box:
-    """The region grown so that, resized to ``patch_size + 2 context_px``, its centre part is
-    the original region at ``patch_size``."""
-    if context_px == 0:
-        return region
-    fx = (region[2] - region[0]) * context_px / patch_size
-    fy = (region[3] - region[1]) * context_px / patch_size
-    return (region[0] - fx, region[1] - fy, region[2] + fx, region[3] + fy)
-
-
 class RandFindingPatchd(Randomizable, MapTransform):
     """Draw one training sample from a preprocessed image dictionary.
 
     Input keys: ``image`` (C, H, W), ``boxes`` (N, 4) and ``labels`` (N,) in the image's
     pixels, ``mask`` (H, W) breast mask, ``spacing`` (mm), ``finding`` (index of the finding
     to sample around, or -1 for a No Finding sample), ``reference_box`` (poster mode: the
-    size template for No Finding samples), optional ``region`` (a hard-negative window to
-    sample near). Output: ``image`` (C, S, S) with S = patch_size + 2 context_px,
+    size template for No Finding samples). Output: ``image`` (C, S, S) with S = patch_size,
     ``target`` and ``loss_mask`` (classes,; 0 = no loss for that class), ``region`` (the
-    patch's box).
+    patch's box). ``image`` and ``mask`` may be memory-mapped: only the patch's pixels are read.
     """
 
     def __init__(self, num_classes: int, config: Optional[SamplingConfig] = None, image_key: str = "image",
@@ -241,10 +226,6 @@ class RandFindingPatchd(Randomizable, MapTransform):
             centre = (0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3]))
             reach = cfg.positive_offset if self.R.uniform() < cfg.centred_fraction else 0.5
             region = draw_window(self.R, centre, cfg, reach)
-        elif d.get("region") is not None:  # a hard negative: near the window the model fired on
-            r = d["region"]
-            centre = (0.5 * (r[0] + r[2]) + self.R.uniform(-16, 16), 0.5 * (r[1] + r[3]) + self.R.uniform(-16, 16))
-            region = draw_window(self.R, centre, cfg, 0.0)
         else:
             region = draw_window(self.R, self._breast_point(np.asarray(d["mask"]), boxes), cfg, 0.0)
         target, mask = window_target(region, boxes, labels, self.num_classes, cfg)
@@ -259,9 +240,7 @@ class RandFindingPatchd(Randomizable, MapTransform):
             region, target, mask = self._poster(d, boxes, labels, tuple(image.shape[-2:]))
         else:
             region, target, mask = self._window(d, boxes, labels)
-        size = self.config.patch_size + 2 * self.config.context_px
-        crop = expand_region(region, self.config.patch_size, self.config.context_px)
-        d[self.image_key] = crop_and_resize(torch.as_tensor(np.asarray(image)), crop, size)
+        d[self.image_key] = crop_and_resize(torch.as_tensor(image), region, self.config.patch_size)
         d["target"] = torch.from_numpy(target)
         d["loss_mask"] = torch.from_numpy(mask)
         d["region"] = torch.tensor(region, dtype=torch.float32)

@@ -1,34 +1,33 @@
-"""What a training or validation patch is drawn from: a finding, the breast, or a
-hard-negative window of a prepared image."""
+"""What a training or evaluation patch is drawn from: a finding, or the breast of a prepared image."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from .prepare import PreparedImage
+
+NO_FINDING_SLOT = -1
 
 
 @dataclass(frozen=True)
 class Slot:
-    """One thing a patch can be drawn from: a finding (``finding`` >= 0), the breast
-    (``finding`` = -1), or a hard-negative window (``region`` set)."""
+    """One thing a patch can be drawn from: a finding (``finding`` >= 0, ``category`` its
+    class index) or the breast (``finding`` and ``category`` :data:`NO_FINDING_SLOT`)."""
 
     image: int
     finding: int
-    category: int  # class index; -1 for No Finding, -2 for a hard negative
-    region: Optional[Tuple[float, float, float, float]] = None
+    category: int
 
 
-NO_FINDING_SLOT = -1
-HARD_NEGATIVE_SLOT = -2
-
-
-def build_slots(images: Sequence[PreparedImage]) -> List[Slot]:
+def build_slots(images: Sequence[PreparedImage], classes: Optional[Sequence[int]] = None) -> List[Slot]:
+    """A slot per finding (of ``classes``' indices only, when given) and one per image's breast
+    (not for an image whose findings have no boxes: it has no region known to be normal)."""
     slots = []
     for i, img in enumerate(images):
         for k, label in enumerate(img.labels):
-            slots.append(Slot(i, k, int(label)))
-        if not img.image_labels:  # an image-level-only abnormal image has no safe "normal" region
-            slots.append(Slot(i, -1, NO_FINDING_SLOT))
+            if classes is None or int(label) in classes:
+                slots.append(Slot(i, k, int(label)))
+        if not img.image_labels:
+            slots.append(Slot(i, NO_FINDING_SLOT, NO_FINDING_SLOT))
     return slots

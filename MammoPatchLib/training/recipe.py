@@ -10,14 +10,17 @@ cross-validates recipes, both through the same trainer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..config import config_from_dict, config_to_dict, read_config_file
 from ..errors import ConfigError
-from ..networks import BACKBONES, DEFAULT_BACKBONE, HEAD_TYPES, has_tunable_last_stage
+from ..networks import BACKBONES, DEFAULT_BACKBONE, FEATURE_STRIDE, HEAD_TYPES, has_tunable_last_stage
+from ..patches import SAMPLING_MODES, SamplingConfig
 from ..transforms import PreprocessConfig
+from .augment import AugmentConfig
+from .fine_cells import CELL_SIZES
 from .other_breast_features import OTHER_BREAST_INPUTS
 
 #: How an image's abnormality score is read from its cell heatmaps (image-level AUC, and the
@@ -29,6 +32,23 @@ IMAGE_SCORES = ("max", "top-k")
 #: "stages" (the head and the backbone's last ``tune_stages`` stages, on cached features of the
 #: stage before them), "network" (the whole network end to end, from images).
 TRAINS = ("head", "stages", "network")
+
+#: Where the network path trains ("auto": CUDA, else Apple's MPS, else the CPU).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+#: How training samples are drawn: "cells" (every cell of every image as the dense pass sees
+#: it, from cached features: trains "head" and "stages"), or patches cut from the images
+#: (trains "network"): "poster" (the poster's sampler, :mod:`MammoPatchLib.patches.sampling`)
+#: or "window" (windows at the inference scale).
+SAMPLERS = ("cells",) + SAMPLING_MODES
+
+#: Fields only the network path reads (patches cut from streamed images), and fields only the
+#: cached-feature paths read: a recipe that sets one for the other path is refused by name.
+NETWORK_FIELDS = ("sampling", "augmentation", "batch_size", "patches_per_epoch", "no_finding_share",
+                  "plateau_patience", "plateau_factor", "num_workers", "amp", "device")
+CELL_FIELDS = ("tune_stages", "neighbourhood", "bottleneck", "radius_px", "extent", "ignore_px", "batch_cells",
+               "negatives_per_epoch", "hard_negative_share", "hard_negative_after", "flip_augment", "tail_epochs",
+               "tail_learning_rate", "seeds", "train_scales", "synthetic_per_lesion", "other_breast_input")
 
 
 @dataclass
@@ -82,6 +102,32 @@ class Recipe:
             mirrored and aligned cell by cell (:mod:`.other_breast_features`): "none",
             "concat" (extra channels) or "difference" (own minus other). Training and
             cross-validation only: a model file cannot hold such a head yet.
+        cell_px: the side of the cells the head scores, in preprocessed pixels
+            (:data:`~.fine_cells.CELL_SIZES`): 32, the backbone's output stride, or 16 for
+            lesions smaller than a 32 px cell (calcification clusters), from the backbone's
+            stride-16 features with its output beside them (:mod:`.fine_cells`; a frozen
+            backbone, trains "head"). Training and cross-validation only for 16: a model file
+            cannot hold such a head yet.
+        sampler: how samples are drawn (:data:`SAMPLERS`): "cells" for trains "head" and
+            "stages", "poster" or "window" patches for trains "network".
+
+    The network path (trains "network": the whole network end to end, from images streamed
+    from a disk cache of preprocessed images, :mod:`.network_fit`) also reads:
+
+        sampling: the patch sampler's ranges (:class:`~MammoPatchLib.patches.SamplingConfig`;
+            its ``mode`` is ``sampler``).
+        augmentation: patch augmentation (:class:`~.augment.AugmentConfig`).
+        batch_size: patches per optimiser step over all ranks (each of N torchrun ranks takes
+            batch_size / N, so N ranks train the model one rank does).
+        patches_per_epoch: patches drawn per epoch (weighted sampling, with replacement).
+        no_finding_share: share of the patches drawn from normal breasts; the rest is shared
+            equally by the finding classes present (the poster's weighted sampling).
+        plateau_patience, plateau_factor: ReduceLROnPlateau on the epoch's training loss
+            (the poster's 5 and 0.1; no validation split: the schedule is fixed, and choosing
+            between recipes is cross-validation's work).
+        num_workers: DataLoader worker processes reading and cutting the patches.
+        amp: mixed precision (bf16, fp16 where unsupported) and channels-last on CUDA.
+        device: "auto", "cpu", "cuda" or "mps".
     """
 
     name: str = "cell-head"
@@ -120,8 +166,22 @@ class Recipe:
     train_scales: List[float] = field(default_factory=list)
     synthetic_per_lesion: int = 0
     other_breast_input: str = "none"
+    cell_px: int = FEATURE_STRIDE
+    sampler: str = "cells"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    batch_size: int = 16
+    patches_per_epoch: int = 1024
+    no_finding_share: float = 0.5
+    plateau_patience: int = 5
+    plateau_factor: float = 0.1
+    num_workers: int = 0
+    amp: bool = True
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.sampler in SAMPLING_MODES:  # the patch sampler's mode is the recipe's sampler: one fact
+            self.sampling = replace(self.sampling, mode=self.sampler)
         checks = [
             (self.backbone in BACKBONES, f"backbone must be one of {sorted(BACKBONES)}"),
             (self.spacing_mm > 0, "spacing_mm must be positive"),
@@ -160,10 +220,42 @@ class Recipe:
             (self.other_breast_input == "none" or (self.head == "cell" and not self.train_scales
                                                    and not self.synthetic_per_lesion),
              "other_breast_input needs the cell head, no train_scales and no synthetic_per_lesion"),
+            (self.cell_px in CELL_SIZES, f"cell_px must be one of {CELL_SIZES}"),
+            (self.cell_px == FEATURE_STRIDE or (self.head == "cell" and self.trains == "head"
+                                                and has_tunable_last_stage(self.backbone)
+                                                and self.other_breast_input == "none" and not self.train_scales
+                                                and not self.synthetic_per_lesion),
+             f"cell_px {self.cell_px} needs the cell head on a frozen EfficientNet-Lite backbone (trains 'head'), "
+             "without other_breast_input, train_scales or synthetic_per_lesion"),
         ]
-        for ok, message in checks:
+        for ok, message in checks + self._path_checks():
             if not ok:
                 raise ConfigError(f"recipe: {message}")
+
+    def _path_checks(self) -> List[tuple]:
+        """The sampler, and each field only the other path reads, against what trains."""
+        network = self.trains == "network"
+        foreign = CELL_FIELDS if network else NETWORK_FIELDS
+        checks = [(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}"),
+                  ((self.sampler == "cells") != network,
+                   "sampler 'cells' goes with trains 'head' or 'stages'; trains 'network' draws patches "
+                   f"(sampler one of {SAMPLING_MODES})")]
+        checks += [(_unchanged(self, name),
+                    f"{name} is read only by {'trains head/stages' if network else 'trains network'}; "
+                    f"leave it out of a trains '{self.trains}' recipe") for name in foreign]
+        if network:
+            checks += [
+                (self.head == "window", "trains 'network' trains the poster's window head: head 'window'"),
+                (self.batch_size >= 1 and self.patches_per_epoch >= self.batch_size
+                 and self.patches_per_epoch % self.batch_size == 0,
+                 "batch_size must be >= 1 and patches_per_epoch a multiple of it (whole batches)"),
+                (0.0 < self.no_finding_share < 1.0, "no_finding_share must be in (0, 1)"),
+                (self.plateau_patience >= 0 and 0.0 < self.plateau_factor < 1.0,
+                 "plateau_patience must be >= 0 and plateau_factor in (0, 1)"),
+                (self.num_workers >= 0, "num_workers must be >= 0"),
+                (self.device in DEVICES, f"device must be one of {DEVICES}"),
+            ]
+        return checks
 
     @property
     def feature_cut(self) -> int:
@@ -174,10 +266,14 @@ class Recipe:
         return self.tune_stages if self.trains == "stages" else 0
 
     def to_dict(self) -> Dict[str, Any]:
-        return config_to_dict(self)
+        values = config_to_dict(self)
+        values["sampling"].pop("mode")  # the sampler's (read back by from_dict)
+        return values
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any], where: str = "recipe") -> "Recipe":
+        if isinstance(values, dict) and "mode" in (values.get("sampling") or {}):
+            raise ConfigError(f"{where}.sampling.mode: the recipe's sampler sets it; leave it out")
         return config_from_dict(cls, values, where)
 
     @classmethod
@@ -192,3 +288,13 @@ class Recipe:
             return cls.from_dict(values)
         except ConfigError as exc:
             raise ConfigError(exc.reason, path) from None
+
+
+def _unchanged(recipe: Recipe, name: str) -> bool:
+    """``recipe.name`` holds the field's default (the patch sampler's mode aside: the sampler sets it)."""
+    spec = next(f for f in fields(Recipe) if f.name == name)
+    default = spec.default_factory() if spec.default is MISSING else spec.default
+    value = getattr(recipe, name)
+    if isinstance(value, SamplingConfig):
+        default = replace(default, mode=value.mode)
+    return value == default

@@ -1,4 +1,4 @@
-"""The weighted, DDP-aware sampler of training slots."""
+"""The poster's weighted sampling of training slots, one draw shared by every torchrun rank."""
 
 from __future__ import annotations
 
@@ -8,36 +8,28 @@ from typing import Dict, Iterator, Sequence, Tuple
 import torch
 from torch.utils.data import Sampler
 
-from ..patches.slots import HARD_NEGATIVE_SLOT, NO_FINDING_SLOT, Slot
+from ..patches.slots import NO_FINDING_SLOT, Slot
 
 
-def slot_weights(slots: Sequence[Slot], no_finding_share: float, hard_negative_share: float = 0.0) -> torch.Tensor:
+def slot_weights(slots: Sequence[Slot], no_finding_share: float) -> torch.Tensor:
     """Weighted sampling against class imbalance: every present finding class gets the same
-    share of patches, No Finding gets ``no_finding_share``, of which hard negatives (when
-    there are any) take ``hard_negative_share``."""
+    share of patches, No Finding (the breast) gets ``no_finding_share``."""
     counts: Dict[int, int] = {}
     for s in slots:
         counts[s.category] = counts.get(s.category, 0) + 1
-    finding_classes = [c for c in counts if c >= 0]
-    negative_share = no_finding_share if finding_classes else 1.0
-    hard = hard_negative_share if HARD_NEGATIVE_SLOT in counts and NO_FINDING_SLOT in counts else (
-        1.0 if HARD_NEGATIVE_SLOT in counts else 0.0)
-    weights = []
-    for s in slots:
-        if s.category == NO_FINDING_SLOT:
-            share = negative_share * (1.0 - hard)
-        elif s.category == HARD_NEGATIVE_SLOT:
-            share = negative_share * hard
-        else:
-            share = (1.0 - no_finding_share) / len(finding_classes)
-        weights.append(share / counts[s.category])
+    finding_classes = [c for c in counts if c != NO_FINDING_SLOT]
+    if not finding_classes or NO_FINDING_SLOT not in counts:  # one kind only: its share is everything
+        no_finding_share = 0.0 if finding_classes else 1.0
+    weights = [(no_finding_share if s.category == NO_FINDING_SLOT
+                else (1.0 - no_finding_share) / len(finding_classes)) / counts[s.category] for s in slots]
     return torch.tensor(weights, dtype=torch.double)
 
 
 class WeightedSlotSampler(Sampler):
     """Draws ``num_samples`` (slot, seed) pairs per epoch with replacement, by weight; with
-    ``num_replicas`` > 1 each rank takes its share of the same draw (DDP). The draw depends
-    only on (seed, epoch) and the weights, so a resumed run repeats it exactly."""
+    ``num_replicas`` > 1 each rank takes every ``num_replicas``-th pair of the same draw, so
+    the ranks' batches together are the one-process run's batches (per-rank batch = batch /
+    ranks). The draw depends only on (seed, epoch) and the weights: a resumed run repeats it."""
 
     def __init__(self, weights: torch.Tensor, num_samples: int, seed: int = 0, rank: int = 0, num_replicas: int = 1):
         self.weights, self.seed, self.rank, self.num_replicas = weights, seed, rank, num_replicas
