@@ -32,10 +32,12 @@ from ..errors import MammoPatchError
 from ..evaluation.lesions import ImageCase, candidate_predictor
 from ..evaluation.out_of_fold import OutOfFold, case_from_cells, record_breast_keys
 from ..model_file import InferenceDefaults, ModelInfo
+from ..networks import FEATURE_STRIDE
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .recipe import Recipe
 from .feature_cache import CachedImage, build_cache, frozen_backbone_model
+from .fine_cells import fine_cell_images
 from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
 from .other_breast_features import chest_wall_sides, pair_images, paired_share
 
@@ -236,6 +238,8 @@ def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fo
     sides = None  # each film's chest-wall side, read from its pixels once for every recipe that pairs
     for recipe in recipes:
         cached = cached_features(records, recipe, cache_dir, progress, cached_by_key)
+        if recipe.cell_px != FEATURE_STRIDE:  # 16 px cells: stride-16 features, these beside them
+            cached = fine_cell_images(records, recipe, cached, cache_dir, progress, cached_by_key)
         if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
             sides = sides if sides is not None else chest_wall_sides(records)
             cached = pair_images(cached, sides, fold_of)
