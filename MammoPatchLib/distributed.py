@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Union
+from typing import Any, Union
 
 #: How long a collective may wait for the slowest rank. A rank that dies ends the launch anyway
 #: (torchrun stops the others), so torch's default (10-30 min) would only cut a long but healthy
@@ -47,6 +47,24 @@ class RankContext:
     def is_main(self) -> bool:
         """Rank 0: the one that writes what every rank shares (summary, checkpoints, logs)."""
         return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (nothing to wait for in a single process)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (what the others pass is ignored): data that one
+        rank reads or makes once, such as records and folds, instead of each rank redoing it."""
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         """Leave the process group, if :func:`start_ranks` created it."""
