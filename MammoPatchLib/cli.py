@@ -369,26 +369,38 @@ def _cmd_crossval(args: argparse.Namespace) -> int:
 
 
 def _run_crossval(args: argparse.Namespace) -> int:
-    """Training (each recipe's fold heads and out-of-fold predictions), then evaluation (their
-    figures and the report of every recipe in ``--out``), then the model of the first recipe."""
+    """Training (each recipe's fold heads and out-of-fold predictions, as work units that a
+    rerun skips when finished and that torchrun's ranks share), then evaluation (their figures
+    and the report of every recipe in ``--out``), then the model of the first recipe: both on
+    rank 0."""
     from .datasets import load_records
+    from .distributed import start_ranks
     from .errors import ConfigError
     from .evaluation.crossval_figures import REPORT_MD, report_crossval
-    from .training.cell_recipe import CellHeadRecipe
-    from .training.crossval import FOLD_FILE, cross_validate, fold_assignment
+    from .training.recipe import Recipe
+    from .training.crossval import FOLD_FILE, UNITS_DIR, cross_validate, fold_assignment
 
-    recipes = [CellHeadRecipe.load(path) for path in args.config]
+    recipes = [Recipe.load(path) for path in args.config]
     if args.model_out and recipes[0].other_breast_input != "none":  # refused before any feature is computed
         raise ConfigError("--model-out: a recipe that reads the other breast (other_breast_input) is for "
                           "cross-validation only and cannot be written into a model file", args.config[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records, description = load_records(args.data, work_dir=out)
-    fold_of = fold_assignment(records, args.folds, out)
-    runs = cross_validate(recipes, records, fold_of, Path(args.cache) if args.cache else out / "feature-cache",
-                          progress=not args.no_progress)
-    report = report_crossval([run.out_of_fold for run in runs], out, description, args.folds, baseline=args.baseline,
-                             draws=args.draws, patch_tables=_poster_tables(runs))
+    ranks = start_ranks("cpu")
+    try:
+        found = None
+        if ranks.is_main:  # the data (synthetic:N is written) and the fold file: once, then shared
+            records, description = load_records(args.data, work_dir=out)
+            found = (records, description, fold_assignment(records, args.folds, out))
+        records, description, fold_of = ranks.broadcast(found)
+        runs = cross_validate(recipes, records, fold_of, Path(args.cache) if args.cache else out / "feature-cache",
+                              progress=not args.no_progress, units_dir=out / UNITS_DIR, ranks=ranks)
+        if not ranks.is_main:
+            return 0
+        report = report_crossval([run.out_of_fold for run in runs], out, description, args.folds,
+                                 baseline=args.baseline, draws=args.draws, patch_tables=_poster_tables(runs))
+    finally:
+        ranks.close()
     for name, row in report["recipes"].items():
         sens, iv = row["sensitivity_at_fp"], row["intervals"]
         print(f"{name}: sensitivity at 1 FP/image {sens['1']:.3f} ({iv['sens@1'][0]:.2f}-{iv['sens@1'][1]:.2f}), "
@@ -441,7 +453,9 @@ def _add_crossval_command(sub) -> None:
     crossval.add_argument("--data", required=True, help="mini-MIAS or VinDr-layout folder, or synthetic:N")
     crossval.add_argument("--folds", type=_folds, default=5,
                           help="folds of women, 2 to the number of women in the data (default: %(default)s)")
-    crossval.add_argument("--out", required=True, help="report folder (its folds.csv is reused by later runs)")
+    crossval.add_argument("--out", required=True,
+                          help="report folder (its folds.csv is reused by later runs; a rerun of the same command "
+                               "skips the recipe x fold units already finished under its units/)")
     crossval.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature-cache)")
     crossval.add_argument("--baseline", default=None, help="recipe the others are compared with (default: the first)")
     crossval.add_argument("--draws", type=_positive_int, default=1000, help="bootstrap draws over women")

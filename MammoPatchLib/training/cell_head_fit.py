@@ -16,9 +16,10 @@ The head (:class:`~MammoPatchLib.networks.CellHead`) is a 1 x 1 bottleneck, a
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -160,6 +161,33 @@ class FittedCellHead:
 
             probs = stitch_window_grid(probs[None], blend_kernel())[0]
         return probs
+
+    def state(self) -> Dict[str, Any]:
+        """The head as tensors and plain values, no pickled module: what ``torch.save`` writes
+        and a ``weights_only`` load reads back (:meth:`from_state`)."""
+        return {"projection_weight": self.projection.weight, "projection_bias": self.projection.bias,
+                "mlp": self.mlp.state_dict(), "inputs": self.mlp.hidden.in_features,
+                "hidden": 0 if self.mlp.linear else self.mlp.hidden.out_features, "dropout": self.mlp.dropout.p,
+                "neighbourhood": self.neighbourhood, "classes": list(self.classes), "head": self.head,
+                "tail": None if self.tail is None else self.tail.state_dict(),
+                "other_breast_input": self.other_breast_input}
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any], tail: Optional[nn.Module] = None) -> "FittedCellHead":
+        """The head :meth:`state` describes. ``tail``: a module shaped like its tuned stages (the
+        pretrained ones), copied and given the saved weights; needed only when it has some."""
+        mlp = CellMLP(state["inputs"], state["hidden"], len(state["classes"]), state["dropout"])
+        mlp.load_state_dict(state["mlp"])
+        tuned = None
+        if state["tail"] is not None:
+            if tail is None:
+                raise ValueError("this head tunes backbone stages: give a module of their shape to load them into")
+            tuned = copy.deepcopy(tail)
+            tuned.load_state_dict(state["tail"])
+            tuned.eval()
+        return cls(Projection(state["projection_weight"], state["projection_bias"]), mlp.eval(),
+                   state["neighbourhood"], list(state["classes"]), state["head"], tail=tuned,
+                   other_breast_input=state["other_breast_input"])
 
     def to_head(self, in_channels: int) -> nn.Module:
         """The same head as the network's (eval mode): a :class:`CellHead`, or for the window

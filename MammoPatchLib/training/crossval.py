@@ -9,6 +9,9 @@
    once through the Predictor's preprocessing and network (``feature_cache``).
 3. Per fold: a head trained on the other folds' women; its cell heatmaps of the held-out
    women become their cases (:func:`~MammoPatchLib.evaluation.out_of_fold.case_from_cells`).
+   Each recipe x fold is a work unit (:mod:`.work_units`) written to ``DIR/units`` as it
+   finishes: a killed run, rerun, skips the finished ones; under torchrun the ranks share the
+   feature cache's images and then the units (:func:`run_recipes`).
 
 What comes out is one :class:`~MammoPatchLib.evaluation.out_of_fold.OutOfFold` per recipe;
 its figures, operating points and report are evaluation's
@@ -22,28 +25,30 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..datasets import ImageRecord
 from ..datasets.splits import folds_by_patient, read_fold_file, write_fold_file
+from ..distributed import RankContext
 from ..errors import MammoPatchError
 from ..evaluation.lesions import ImageCase, candidate_predictor
-from ..evaluation.out_of_fold import OutOfFold, case_from_cells, record_breast_keys
+from ..evaluation.out_of_fold import OutOfFold, case_from_cells, case_from_dict, case_to_dict, record_breast_keys
 from ..model_file import InferenceDefaults, ModelInfo
-from ..networks import FEATURE_STRIDE
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .recipe import Recipe
 from .feature_cache import CachedImage, build_cache, frozen_backbone_model
-from .fine_cells import fine_cell_images
 from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
 from .other_breast_features import chest_wall_sides, pair_images, paired_share
+from .work_units import UnitClock, UnitStore, deal, identity
 
 logger = logging.getLogger(__name__)
 
 FOLD_FILE = "folds.csv"
+#: The report folder's subfolder of finished work units (recipe x fold), which a rerun skips.
+UNITS_DIR = "units"
 
 
 def cell_model_info(recipe: Recipe, ensemble: int = 1) -> ModelInfo:
@@ -134,35 +139,145 @@ def out_of_fold_cases(heads: Sequence[FittedCellHead], images: Sequence[CachedIm
                             predictor, top_k) for image in images]
 
 
+@dataclass
+class RecipeInputs:
+    """What a recipe's folds train and predict from: the cached images (paired with their other
+    breast where the recipe reads it), their copies at the recipe's ``train_scales``
+    (:func:`training_variants`) and its synthetic images (:func:`synthetic_training_images`)."""
+
+    recipe: Recipe
+    cached: List[CachedImage]
+    variants: Sequence[Sequence[CachedImage]] = ()
+    synthetic: Sequence[Tuple[SyntheticImage, CachedImage]] = ()
+
+
+@dataclass
+class FoldUnit:
+    """One work unit of a cross-validation: a recipe's heads for one fold (its seeds in turn),
+    the women they trained on, and the cases of the fold's held-out images."""
+
+    fold: int
+    heads: List[FittedCellHead]
+    women: List[str]
+    cases: List[ImageCase]
+    seconds: float
+    training_images: int = 0
+
+    def to_payload(self) -> Dict[str, Any]:
+        """Tensors and plain values only (the cases as JSON, as the report keeps them)."""
+        return {"fold": self.fold, "heads": [head.state() for head in self.heads], "women": list(self.women),
+                "cases": json.dumps([case_to_dict(c) for c in self.cases]), "seconds": float(self.seconds),
+                "training_images": self.training_images}
+
+    @classmethod
+    def from_payload(cls, payload: Dict[str, Any], tail: Optional[torch.nn.Module] = None) -> "FoldUnit":
+        """``tail``: the pretrained stages the heads tuned (:func:`pretrained_last_stage`), if any."""
+        return cls(int(payload["fold"]), [FittedCellHead.from_state(h, tail) for h in payload["heads"]],
+                   list(payload["women"]), [case_from_dict(c) for c in json.loads(payload["cases"])],
+                   float(payload["seconds"]), int(payload["training_images"]))
+
+
+def train_unit(inputs: RecipeInputs, fold: int, fold_of: Dict[str, int], predictor, last_stage=None) -> FoldUnit:
+    """One fold of one recipe: its heads trained on the other folds' women, and the held-out
+    women's cases (``predictor``: :func:`~MammoPatchLib.evaluation.lesions.candidate_predictor`
+    of the recipe's frozen backbone)."""
+    start = time.perf_counter()
+    recipe = inputs.recipe
+    train = fold_training_images(fold, inputs.cached, fold_of, inputs.variants, inputs.synthetic)
+    held = [c for c in inputs.cached if fold_of[c.record.image_id] == fold]
+    members = fit_fold_heads(train, recipe, fold, last_stage)
+    cases = out_of_fold_cases(members, held, recipe, predictor)
+    return FoldUnit(fold, members, sorted({c.record.patient_id for c in train}), cases,
+                    time.perf_counter() - start, len(train))
+
+
+def unit_store(units_dir: Path, recipe: Recipe, records: Sequence[ImageRecord], fold_of: Dict[str, int]) -> UnitStore:
+    """Where a recipe's finished folds are kept: keyed by the recipe, the fold assignment (each
+    image's woman and fold: the fold file's content) and the library version."""
+    from .. import __version__
+
+    folds = sorted((r.image_id, r.patient_id, fold_of[r.image_id]) for r in records)
+    return UnitStore(units_dir, recipe.name, identity(recipe.to_dict(), folds, __version__))
+
+
 def run_recipe(recipe: Recipe, cached: Sequence[CachedImage], fold_of: Dict[str, int],
                progress: bool = True, variants: Sequence[Sequence[CachedImage]] = (),
                synthetic: Sequence[Tuple[SyntheticImage, CachedImage]] = ()) -> RecipeRun:
-    """Train one head per fold on the other folds and predict the held-out women.
+    """Train one head per fold on the other folds and predict the held-out women, in this
+    process and in memory (:func:`run_recipes` for all of it).
     ``variants``: the same images at the recipe's ``train_scales`` (:func:`training_variants`),
     whose training women's copies join each fold's training images; held-out women are
     predicted at the recipe's own spacing only. ``synthetic``: see :func:`fold_training_images`."""
-    start = time.perf_counter()
+    return run_recipes([RecipeInputs(recipe, list(cached), variants, synthetic)], fold_of, progress)[0]
+
+
+def run_recipes(inputs: Sequence[RecipeInputs], fold_of: Dict[str, int], progress: bool = True,
+                units_dir: Optional[Path] = None, ranks: Optional[RankContext] = None) -> List[RecipeRun]:
+    """Every recipe's folds as work units (recipe x fold). With ``units_dir`` each finished
+    unit is written there (:func:`unit_store`) and a rerun skips it; under torchrun (``ranks``)
+    the units left are dealt to the ranks, and rank 0 waits for all and reads them back. Every
+    unit seeds itself, so the result depends neither on restarts nor on the number of ranks.
+    Returns each recipe's run on rank 0 (nothing on the other ranks)."""
+    ranks = ranks or RankContext()
     folds = sorted(set(fold_of.values()))
-    predictor = candidate_predictor(frozen_backbone_model(cell_model_info(recipe)), device="cpu",
-                                    classes=recipe.classes)
-    cases: List[ImageCase] = []
-    heads: List[FittedCellHead] = []
-    head_women: List[List[str]] = []
-    last_stage = pretrained_last_stage(recipe)
-    for fold in folds:
-        train = fold_training_images(fold, cached, fold_of, variants, synthetic)
-        held = [c for c in cached if fold_of[c.record.image_id] == fold]
-        fold_start = time.perf_counter()
-        members = fit_fold_heads(train, recipe, fold, last_stage)
-        heads.extend(members)
-        head_women.extend([sorted({c.record.patient_id for c in train})] * len(members))
-        cases.extend(out_of_fold_cases(members, held, recipe, predictor))
+    stores = [unit_store(units_dir, i.recipe, [c.record for c in i.cached], fold_of) if units_dir else None
+              for i in inputs]
+    todo = [(k, fold) for k, store in enumerate(stores) for fold in folds
+            if store is None or store.load(fold_unit_name(fold)) is None]
+    total = len(inputs) * len(folds)
+    if progress and ranks.is_main and len(todo) < total:
+        print(f"  {total - len(todo)} of {total} work units already done under {units_dir}: skipped", flush=True)
+    ranks.barrier()  # every rank has listed what is left before any unit is written
+    mine = deal(todo, ranks)
+    clock = UnitClock(len(mine))
+    kept: Dict[Tuple[int, int], FoldUnit] = {}
+    predictors: Dict[int, Any] = {}
+    stages: Dict[int, Any] = {}
+    where = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.distributed else ""
+    for k, fold in mine:
+        recipe = inputs[k].recipe
+        if k not in predictors:
+            predictors[k] = candidate_predictor(frozen_backbone_model(cell_model_info(recipe)), device="cpu",
+                                                classes=recipe.classes)
+            stages[k] = pretrained_last_stage(recipe)
+        unit = train_unit(inputs[k], fold, fold_of, predictors[k], stages[k])
+        if stores[k] is not None:
+            stores[k].save(fold_unit_name(fold), unit.to_payload())
+        else:
+            kept[(k, fold)] = unit
         if progress:
-            print(f"  {recipe.name}: fold {fold + 1}/{len(folds)} ({len(train)} training, {len(held)} held-out "
-                  f"images) in {time.perf_counter() - fold_start:.1f} s", flush=True)
-    out_of_fold = OutOfFold(recipe.to_dict(), cases, dict(fold_of), record_breast_keys([c.record for c in cached]),
-                            time.perf_counter() - start)
-    return RecipeRun(recipe, out_of_fold, heads, head_women, list(cached))
+            print(f"  {where}{recipe.name}: fold {fold + 1}/{len(folds)} ({unit.training_images} training, "
+                  f"{len(unit.cases)} held-out images) in {unit.seconds:.1f} s; {clock.tick()}", flush=True)
+    ranks.barrier()  # every unit is on disk
+    if not ranks.is_main:
+        return []
+    runs = []
+    for k, (given, store) in enumerate(zip(inputs, stores)):
+        tail = stages[k] if k in stages else pretrained_last_stage(given.recipe)
+        units = [kept[(k, fold)] if (k, fold) in kept else _finished(store, fold, tail) for fold in folds]
+        runs.append(recipe_run(given, units, fold_of))
+    return runs
+
+
+def _finished(store: Optional[UnitStore], fold: int, tail) -> FoldUnit:
+    payload = store.load(fold_unit_name(fold)) if store is not None else None
+    if payload is None:
+        raise MammoPatchError("a work unit is missing after every rank finished (was the folder changed meanwhile?)",
+                              store.path(fold_unit_name(fold)) if store is not None else None)
+    return FoldUnit.from_payload(payload, tail)
+
+
+def fold_unit_name(fold: int) -> str:
+    return f"fold-{fold}"
+
+
+def recipe_run(inputs: RecipeInputs, units: Sequence[FoldUnit], fold_of: Dict[str, int]) -> RecipeRun:
+    """A recipe's run from its folds' units, in fold order."""
+    cached = inputs.cached
+    out_of_fold = OutOfFold(inputs.recipe.to_dict(), [c for u in units for c in u.cases], dict(fold_of),
+                            record_breast_keys([c.record for c in cached]), sum(u.seconds for u in units))
+    return RecipeRun(inputs.recipe, out_of_fold, [h for u in units for h in u.heads],
+                     [list(u.women) for u in units for _ in u.heads], list(cached))
 
 
 def fold_training_images(fold: int, cached: Sequence[CachedImage], fold_of: Dict[str, int],
@@ -230,27 +345,48 @@ def cached_features(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: P
 
 
 def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fold_of: Dict[str, int],
-                   cache_dir: Path, progress: bool = True) -> List[RecipeRun]:
+                   cache_dir: Path, progress: bool = True, units_dir: Optional[Path] = None,
+                   ranks: Optional[RankContext] = None) -> List[RecipeRun]:
     """Each recipe's fold heads and out-of-fold predictions on the same folds (features
-    computed once per :func:`cache_lookup_key` and kept in ``cache_dir``)."""
-    runs = []
+    computed once per :func:`cache_lookup_key` and kept in ``cache_dir``; under torchrun each
+    rank computes its share of the images first). ``units_dir`` and ``ranks``: see
+    :func:`run_recipes`."""
+    ranks = ranks or RankContext()
+    shown = progress and ranks.is_main  # one feature bar, not one per rank
+    inputs = []
     cached_by_key: Dict[tuple, List[CachedImage]] = {}
     sides = None  # each film's chest-wall side, read from its pixels once for every recipe that pairs
     for recipe in recipes:
-        cached = cached_features(records, recipe, cache_dir, progress, cached_by_key)
-        if recipe.cell_px != FEATURE_STRIDE:  # 16 px cells: stride-16 features, these beside them
-            cached = fine_cell_images(records, recipe, cached, cache_dir, progress, cached_by_key)
+        if cache_lookup_key(recipe) not in cached_by_key:
+            _share_first(ranks, records, lambda share: cached_features(share, recipe, cache_dir, shown, {}))
+        cached = cached_features(records, recipe, cache_dir, shown, cached_by_key)
         if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
             sides = sides if sides is not None else chest_wall_sides(records)
             cached = pair_images(cached, sides, fold_of)
             logger.info("%s: %.0f %% of the images read with their other breast", recipe.name,
                         100 * paired_share(cached))
-        variants = training_variants(records, recipe, cache_dir, progress, cached_by_key)
-        synthetic = synthetic_training_images(records, fold_of, recipe, cache_dir, progress)
-        runs.append(run_recipe(recipe, cached, fold_of, progress, variants, synthetic))
-    return runs
+        if recipe.train_scales:
+            _share_first(ranks, records, lambda share: training_variants(share, recipe, cache_dir, shown, {}))
+        variants = training_variants(records, recipe, cache_dir, shown, cached_by_key)
+        if recipe.synthetic_per_lesion and ranks.distributed:  # made once, by rank 0, then read by all
+            if ranks.is_main:
+                synthetic_training_images(records, fold_of, recipe, cache_dir, shown)
+            ranks.barrier()
+        synthetic = synthetic_training_images(records, fold_of, recipe, cache_dir, shown)
+        inputs.append(RecipeInputs(recipe, cached, variants, synthetic))
+    return run_recipes(inputs, fold_of, progress, units_dir, ranks)
 
 
-__all__ = ["cross_validate", "run_recipe", "at_every_scale", "fold_training_images", "synthetic_training_images",
+def _share_first(ranks: RankContext, records: Sequence[ImageRecord],
+                 fill: Callable[[Sequence[ImageRecord]], object]) -> None:
+    """Under torchrun: each rank fills the cache for its share of ``records``, then waits for
+    the others, so that every rank then only reads (nothing to do in a single process)."""
+    if ranks.distributed:
+        fill(deal(records, ranks))
+        ranks.barrier()
+
+
+__all__ = ["cross_validate", "run_recipe", "run_recipes", "train_unit", "FoldUnit", "RecipeInputs", "UNITS_DIR",
+           "at_every_scale", "fold_training_images", "synthetic_training_images",
            "training_variants", "cached_features",
            "cell_model_info", "fold_assignment", "RecipeRun", "fit_head", "seed_of"]

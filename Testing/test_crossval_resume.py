@@ -1,0 +1,112 @@
+"""Cross-validation as work units: a run killed with SIGKILL resumes to the report of an
+uninterrupted run, and two torchrun ranks (gloo) give the report and model of one process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+
+from MammoPatchLib.evaluation.crossval_figures import REPORT_JSON
+from MammoPatchLib.training.crossval import UNITS_DIR
+
+RECIPE = {"name": "tiny", "bottleneck": 8, "hidden": 8, "epochs": 1, "negatives_per_epoch": 128,
+          "classes": ["Mass", "Suspicious Calcification"]}
+FOLDS = 2
+
+
+def crossval_args(config: Path, out: Path, cache: Path, model: Optional[Path] = None) -> list:
+    return ["crossval", "--config", str(config), "--data", "synthetic:3", "--folds", str(FOLDS), "--out", str(out),
+            "--cache", str(cache), "--draws", "10", *(["--model-out", str(model)] if model else [])]
+
+
+def figures(out: Path) -> dict:
+    """The report without its timings (the only thing a rerun may change)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "seconds"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(json.loads((out / REPORT_JSON).read_text(encoding="utf-8")))
+
+
+def weights(path: Path) -> dict:
+    from MammoPatchLib.model_file import load_model
+
+    return load_model(path).network.state_dict()
+
+
+def unit_files(out: Path) -> list:
+    return sorted((out / UNITS_DIR).glob("*/fold-*.pt"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One process, never stopped: the reference (run in this process: the same code path)."""
+    root = tmp_path_factory.mktemp("once")
+    config = root / "tiny.json"
+    config.write_text(json.dumps(RECIPE), encoding="utf-8")
+    from MammoPatchLib.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(crossval_args(config, root / "out", root / "cache", root / "model.pt"))
+    assert code == 0
+    assert len(unit_files(root / "out")) == FOLDS
+    return root
+
+
+def test_a_crossval_killed_after_its_first_unit_resumes_to_the_same_report(uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    args = crossval_args(uninterrupted / "tiny.json", out, uninterrupted / "cache")  # its features cached already
+    command = [sys.executable, "-m", "MammoPatchLib.cli", *args]
+    with open(tmp_path / "first.log", "wb") as log:
+        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not unit_files(out) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert run.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text(errors="replace")
+    done = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in unit_files(out)}
+    assert 1 <= len(done) < FOLDS and not (out / REPORT_JSON).exists(), "killed between its first and last unit"
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{len(done)} of {FOLDS} work units already done" in again.stdout
+    trained = [line for line in again.stdout.splitlines() if "held-out images) in" in line]
+    assert len(trained) == FOLDS - len(done), again.stdout  # the finished unit was not trained again
+    assert "elapsed" in trained[-1] and "left" in trained[-1]
+    for path, (stamp, content) in done.items():
+        assert path.stat().st_mtime_ns == stamp and path.read_bytes() == content
+    assert figures(out) == figures(uninterrupted / "out")
+
+
+def test_two_gloo_ranks_give_the_report_and_model_of_one_process(uninterrupted, tmp_path):
+    out, model, cache = tmp_path / "out", tmp_path / "model.pt", tmp_path / "cache"  # the ranks share the caching
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "MammoPatchLib.cli", *crossval_args(uninterrupted / "tiny.json", out, cache, model)],
+                           capture_output=True, text=True, timeout=240, env=env)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    assert "[rank 0/2] tiny: fold" in ranks.stdout and "[rank 1/2] tiny: fold" in ranks.stdout, ranks.stdout
+    assert ranks.stdout.count("report:") == 1, "rank 0 alone writes the report"
+    assert len(list(cache.glob("*/*.pt"))) == len(list((uninterrupted / "cache").glob("*/*.pt")))
+    assert figures(out) == figures(uninterrupted / "out")
+    reference = weights(uninterrupted / "model.pt")
+    shared = weights(model)
+    assert reference.keys() == shared.keys()
+    for name, value in reference.items():
+        assert torch.allclose(shared[name].float(), value.float(), atol=1e-6), name
