@@ -137,23 +137,27 @@ def summarise(outcome: OutOfFold, draws: int = 1000) -> Dict[str, Any]:
 
 
 def compare_all(out_dir: Path, baseline: str, classes: Sequence[str], draws: int = 1000) -> Dict[str, Any]:
-    """Every recipe in ``out_dir`` with its paired difference against ``baseline``."""
+    """Every recipe in ``out_dir`` with its paired difference against ``baseline``, on the
+    classes both report (``classes`` where a summary does not say): a recipe of one class is
+    compared on that class alone."""
     outcomes = load_out_of_folds(out_dir)
     if baseline not in outcomes:
         raise MammoPatchError(f"baseline recipe {baseline!r} has no out-of-fold results here", out_dir)
     rows = {}
-    baseline_anywhere = [any_finding_case(c, classes) for c in outcomes[baseline]["cases"]]
     for name, found in outcomes.items():
         row = dict(found["summary"])
         row.pop("curve", None)
+        reported = [o["summary"].get("recipe", {}).get("classes", classes) for o in (found, outcomes[baseline])]
+        judged = [c for c in reported[0] if c in reported[1]]
         if "any_finding" not in row:  # kept by a version before the class-agnostic view
             row["any_finding"] = any_finding_summary(found["cases"], classes, draws=draws)
         row["any_finding"].pop("curve", None)
         if name != baseline:
-            row["paired_vs_baseline"] = paired_difference(outcomes[baseline]["cases"], found["cases"], classes,
+            row["paired_vs_baseline"] = paired_difference(outcomes[baseline]["cases"], found["cases"], judged,
                                                           draws=draws)
             row["paired_any_finding_vs_baseline"] = paired_difference(
-                baseline_anywhere, [any_finding_case(c, classes) for c in found["cases"]], [ANY_FINDING], draws=draws)
+                [any_finding_case(c, judged) for c in outcomes[baseline]["cases"]],
+                [any_finding_case(c, judged) for c in found["cases"]], [ANY_FINDING], draws=draws)
         rows[name] = row
     return {"baseline": baseline, "recipes": rows,
             "curves": {n: o["summary"].get("curve", []) for n, o in outcomes.items()}}

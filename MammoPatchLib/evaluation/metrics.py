@@ -118,20 +118,6 @@ def poster_table_lines(patch: Dict[str, Any]) -> List[str]:
                     f"Expected calibration error: {fmt(patch['calibration']['ece'])}."]
 
 
-def best_thresholds(targets: np.ndarray, probs: np.ndarray, grid: Sequence[float] = tuple(np.arange(0.05, 0.96, 0.05))
-                    ) -> List[float]:
-    """Per-class threshold maximising F1 on (validation) patches; 0.5 for absent classes."""
-    targets = np.asarray(targets) > 0.5
-    out = []
-    for k in range(targets.shape[1]):
-        if not targets[:, k].any():
-            out.append(0.5)
-            continue
-        scores = [binary_metrics(targets[:, k], probs[:, k] >= t)["f1"] for t in grid]
-        out.append(float(round(grid[int(np.argmax(scores))], 2)))
-    return out
-
-
 def is_hit(detection_box, peak, truth_box, iou_threshold: float = 0.1) -> bool:
     """Our lesion-hit rule: the reported box overlaps the true box with IoU >= 0.1, or its peak
     lies inside the true box (heatmap regions are coarser than radiologists' boxes)."""

@@ -163,8 +163,10 @@ def tuned_phrase(info: ModelInfo) -> str:
         if info.tuned_stages == 1:
             return "trunk frozen, its last stage fine-tuned with each head"
         return f"frozen up to its last {info.tuned_stages} stages, those fine-tuned with each head"
+    if info.training.get("trains") == "network":  # mammopatch train of a trains "network" recipe
+        return "trained end to end"
     config = info.training.get("config")
-    if config:  # mammopatch train: end to end
+    if config:  # a model file of the former training configuration: end to end
         frozen = float(config.get("freeze_fraction", 0.0))
         return "trained end to end" + (f", its first {frozen:.0%} of parameters frozen" if frozen else "")
     return "frozen"
@@ -214,8 +216,9 @@ def _how_it_was_trained(info: ModelInfo, command: str) -> List[str]:
         lines += [f"Data: {made.data}; {len(made.images)} training images (SHA-256 of their ids "
                   f"`{made.images_sha256}`); fold file {made.fold_file or 'none'}"
                   + (f" (SHA-256 `{made.fold_file_sha256}`)" if made.fold_file_sha256 else "") + "; "
-                  f"operating points chosen on {len(made.selected_on)} women's predictions"
-                  + (" (out of fold)" if len(made.members) > 1 else "") + ".", ""]
+                  + (f"operating points chosen on {len(made.selected_on)} women's predictions"
+                     + (" (out of fold)" if len(made.members) > 1 else "") if made.selected_on
+                     else "operating points not fitted on any woman's predictions") + ".", ""]
     if command:
         lines += ["```bash", command, "```", ""]
     if recipe:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable
 
-from ..config import config_from_dict, config_to_dict
+from ..config import config_from_dict
 from ..vocabulary import Box
 
 VINDR_SPACING_MM = 0.1
@@ -76,9 +76,6 @@ class SamplingConfig:
     def centre_jitter_px(self, spacing_mm: float) -> float:
         """The poster's 50 VinDr pixels in the data's pixels."""
         return self.centre_jitter_px_at_vindr * VINDR_SPACING_MM / spacing_mm
-
-    def to_dict(self) -> Dict[str, object]:
-        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> "SamplingConfig":

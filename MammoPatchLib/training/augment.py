@@ -1,7 +1,7 @@
 """Patch augmentation with MONAI transforms: contrast, brightness, saturation, flips, rotations,
 and (off by default, ``elastic_prob`` / ``noise_prob``) elastic deformation and noise.
 
-All probabilities and ranges live in :class:`AugmentConfig` (part of the training config).
+All probabilities and ranges live in :class:`AugmentConfig` (a recipe's ``augmentation``).
 Saturation has no MONAI transform: :class:`RandSaturationd` blends each pixel's channels
 towards their mean (the three fused channels play the role of colour channels).
 """
@@ -28,7 +28,6 @@ from monai.transforms import (
     ThresholdIntensityd,
 )
 
-from ..config import config_from_dict, config_to_dict
 
 
 @dataclass
@@ -47,13 +46,6 @@ class AugmentConfig:
     elastic_magnitude: Tuple[float, float] = (1.0, 3.0)
     noise_prob: float = 0.0
     noise_std: float = 0.02
-
-    def to_dict(self) -> Dict[str, object]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, object]) -> "AugmentConfig":
-        return config_from_dict(cls, values, "augmentation")
 
 
 class RandSaturationd(RandomizableTransform, MapTransform):

@@ -36,10 +36,12 @@ from ..errors import MammoPatchError
 from ..evaluation.lesions import ImageCase, candidate_predictor
 from ..evaluation.out_of_fold import OutOfFold, case_from_cells, case_from_dict, case_to_dict, record_breast_keys
 from ..model_file import InferenceDefaults, ModelInfo
+from ..networks import FEATURE_STRIDE
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .recipe import Recipe
 from .feature_cache import CachedImage, build_cache, frozen_backbone_model
+from .fine_cells import fine_cell_images
 from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
 from .other_breast_features import chest_wall_sides, pair_images, paired_share
 from .work_units import UnitClock, UnitStore, deal, identity
@@ -360,6 +362,8 @@ def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fo
         if cache_lookup_key(recipe) not in cached_by_key:
             _share_first(ranks, records, lambda share: cached_features(share, recipe, cache_dir, shown, {}))
         cached = cached_features(records, recipe, cache_dir, shown, cached_by_key)
+        if recipe.cell_px != FEATURE_STRIDE:  # 16 px cells: stride-16 features, these beside them
+            cached = fine_cell_images(records, recipe, cached, cache_dir, shown, cached_by_key)
         if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
             sides = sides if sides is not None else chest_wall_sides(records)
             cached = pair_images(cached, sides, fold_of)

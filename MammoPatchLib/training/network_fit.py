@@ -74,6 +74,12 @@ def network_info(recipe: Recipe) -> ModelInfo:
     return replace(cell_model_info(recipe), window=recipe.sampling.patch_size)
 
 
+def join_ranks(recipe: Recipe) -> RankContext:
+    """This process's place in a torchrun launch (NCCL where the recipe's device is a GPU,
+    gloo on CPUs; a single process without torchrun)."""
+    return start_ranks(resolve_device(recipe.device))
+
+
 def initial_network(recipe: Recipe) -> Tuple[ModelInfo, PatchClassifier]:
     """(model information, network) a run of ``recipe`` starts from: ImageNet weights where
     they ship offline, the head initialised from the recipe's seed."""
@@ -101,18 +107,18 @@ def stream_images(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Pat
     return images
 
 
-def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_dir, resume: bool = False,
-                progress: bool = True) -> NetworkFit:
+def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_dir, ctx: RankContext,
+                resume: bool = False, progress: bool = True) -> NetworkFit:
     """Train ``recipe``'s network on ``records`` (all of them: a fixed schedule, no
-    validation split), writing ``checkpoint.pt`` and ``metrics.csv`` into ``out_dir`` every
-    epoch; ``resume`` continues from the checkpoint there.
+    validation split) as this rank of ``ctx`` (:func:`join_ranks`), writing ``checkpoint.pt``
+    and ``metrics.csv`` into ``out_dir`` every epoch; ``resume`` continues from the checkpoint
+    there.
 
     Raises:
         MammoPatchError: no boxed finding of the recipe's classes, a batch that the torchrun
             ranks cannot share equally, or ``resume`` without a checkpoint of this recipe."""
     out = Path(out_dir)
     device = resolve_device(recipe.device)
-    ctx = start_ranks(device)
     if ctx.distributed and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     if recipe.batch_size % ctx.world_size:
@@ -161,7 +167,6 @@ def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_d
             logger.info("epoch %d/%d: training loss %.4f, %.1f patches/s, lr %.3g", epoch, recipe.epochs,
                         row["train_loss"], row["patches_per_second"], row["lr"])
     network.eval().to("cpu", memory_format=torch.contiguous_format)
-    ctx.close()
     return NetworkFit(network, info, images, history)
 
 
@@ -268,4 +273,4 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-__all__ = ["fit_network", "initial_network", "network_info", "stream_images", "train_mode", "NetworkFit", "CHECKPOINT", "METRICS_CSV"]
+__all__ = ["fit_network", "join_ranks", "initial_network", "network_info", "stream_images", "train_mode", "NetworkFit", "CHECKPOINT", "METRICS_CSV"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from ..datasets import ImageRecord, load_records
-from ..distributed import launched_rank, launched_world_size
+from ..distributed import launched_world_size
 from ..errors import ConfigError, MammoPatchError
 from ..model_file import ModelInfo, Provenance, identity_sha256, save_model
 from ..networks import PatchClassifier
@@ -59,17 +59,22 @@ def train(recipe: Recipe, data: str, out_dir, resume: bool = False, progress: bo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out / "cache"
-    records, description = load_records(data, out, recipe.seed)
     if recipe.trains == "network":
-        from .network_fit import fit_network
+        from .network_fit import fit_network, join_ranks
 
-        fit = fit_network(recipe, records, out, cache, resume=resume, progress=progress)
-        if launched_rank() != 0:
+        ranks = join_ranks(recipe)
+        try:  # the data (synthetic:N is written) read once, by rank 0
+            records, description = ranks.broadcast(load_records(data, out, recipe.seed) if ranks.is_main else None)
+            fit = fit_network(recipe, records, out, cache, ranks, resume=resume, progress=progress)
+        finally:
+            ranks.close()
+        if not ranks.is_main:
             return TrainResult(None, len(fit.images), 0, len(fit.history))
         trained = [(image.image_id, image.patient_id) for image in fit.images]
         info, network, members = fit.info, fit.network, 1
         extra = {"epochs": len(fit.history), "final_training_loss": fit.history[-1]["train_loss"]}
     else:
+        records, description = load_records(data, out, recipe.seed)
         info, network, trained = _fit_heads(recipe, records, cache, resume, progress)
         members, extra = info.ensemble, {}
     path = _write_model(recipe, info, network, trained, members, description, out / MODEL_FILE, extra)
@@ -108,19 +113,17 @@ def _fit_heads(recipe: Recipe, records: Sequence[ImageRecord], cache: Path, resu
 
 def _write_model(recipe: Recipe, info: ModelInfo, network: PatchClassifier, trained: Sequence[Tuple[str, str]],
                  members: int, description: str, path: Path, extra: dict) -> Path:
-    from ..evaluation.model_card import ensemble_phrase, head_phrase
+    from ..evaluation.model_card import ensemble_phrase, head_phrase, tuned_phrase
 
     images = sorted({image for image, _ in trained})
     women = sorted({woman for _, woman in trained})
     provenance = Provenance(recipe=recipe.to_dict(), recipe_name=recipe.name, data=description, images=images,
                             images_sha256=identity_sha256(images), members=[women] * members, selected_on=[])
-    what = "trained end to end" if recipe.trains == "network" else "frozen" if recipe.trains == "head" else \
-        f"its last {recipe.tune_stages} stage(s) tuned with each head"
     info = replace(info, provenance=provenance,
-                   training={"trains": recipe.trains, "thresholds": THRESHOLDS_NOT_FITTED, **extra},
-                   description=f"{recipe.backbone} (ImageNet, {what}) with {head_phrase(info)}, "
-                               f"{ensemble_phrase(members, recipe.seeds)}; recipe {recipe.name}, trained by "
-                               f"`mammopatch train` on all {len(images)} images of {description}")
+                   training={"trains": recipe.trains, "thresholds": THRESHOLDS_NOT_FITTED, **extra})
+    info.description = (f"{recipe.backbone} (ImageNet, {tuned_phrase(info)}) with {head_phrase(info)}, "
+                        f"{ensemble_phrase(members, recipe.seeds)}; recipe {recipe.name}, trained by `mammopatch "
+                        f"train` on all {len(images)} images of {description}")
     save_model(network, info, path, half=True)
     logger.info("model: %s (%d images of %d women)", path, len(images), len(women))
     return path

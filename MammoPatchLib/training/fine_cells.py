@@ -1,0 +1,111 @@
+"""Finer cells: a cell head on 16 px cells (``Recipe.cell_px`` 16) for lesions smaller than a
+32 px cell, such as a calcification cluster (5-50 px on 200 um film; a 32 px cell is 6.4 mm
+at 0.2 mm).
+
+A 16 px cell's features are a two-level pyramid from the feature cache: the backbone's own
+stride-16 features (EfficientNet-Lite: those before its last stride-2 block group,
+:data:`FINE_CUT`; 112 channels for Lite0), and beside them the stride-32 output (1280
+channels) of the 32 px cell it lies in, repeated over its four 16 px cells. The two levels'
+magnitudes differ several-fold (Lite0 on mini-MIAS: per-channel variance ~16 at stride 16,
+~0.3 at the output), and the head's bottleneck keeps the components of largest variance, so
+each level is scaled per image to a mean squared norm of 1 per cell: neither drowns the other,
+and the scale depends on nothing but the image's own features. The head then trains and scores
+exactly as on 32 px cells (frozen backbone, whitened bottleneck, neighbourhood MLP), on four
+times as many cells, and :class:`~.feature_cache.CellGeometry`'s ``cell_px`` maps them back to
+the source film.
+
+Training and cross-validation only: a model file cannot hold such a head yet (its network would
+need the stride-16 features beside the output in one pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Sequence
+
+import torch
+
+from ..datasets import ImageRecord
+from ..errors import MammoPatchError
+from ..networks import FEATURE_STRIDE
+from .feature_cache import CachedImage, build_cache
+
+if TYPE_CHECKING:  # the recipe validates its cell_px against CELL_SIZES: imported from here
+    from .recipe import Recipe
+
+#: Cell sides a cell head can score, in preprocessed pixels: the backbone's output stride, or
+#: half of it (the stride-16 pyramid of this module).
+CELL_SIZES = (FEATURE_STRIDE, FEATURE_STRIDE // 2)
+
+#: The feature cut (last backbone stages the cached features stop short of) whose features lie
+#: at stride 16 in EfficientNet-Lite: before the head convolution (1), the last block group (2)
+#: and the stride-2 group before it (3).
+FINE_CUT = 3
+
+
+@dataclass
+class FineCellImage(CachedImage):
+    """One image's 16 px cells: ``features`` hold one position per cell (the pyramid of
+    :func:`pyramid_image`), so the cell grid is the features' own."""
+
+    stride: int = FEATURE_STRIDE // 2
+
+
+def level_scaled(features: torch.Tensor) -> torch.Tensor:
+    """(V, C, h, w) features divided by the root mean squared norm of their cells over all
+    views (one scalar per image and level)."""
+    values = features.float()
+    norm = values.pow(2).sum(1).mean().sqrt().clamp(min=1e-6)
+    return values / norm
+
+
+def pyramid_image(fine: CachedImage, coarse: CachedImage) -> FineCellImage:
+    """One image's 16 px cells: its stride-16 features and, beside them, its stride-32 features
+    repeated over the finer grid (each level scaled by :func:`level_scaled`), on a geometry
+    whose ``cell_px`` is the finer stride.
+
+    Raises:
+        MammoPatchError: the two entries are not one image's two levels of the same grid."""
+    fine_features, coarse_features = fine.load(), coarse.load()
+    factor = coarse.stride // fine.stride if fine.stride else 0
+    if (fine.record.image_id != coarse.record.image_id or factor < 2 or coarse.stride % fine.stride
+            or tuple(fine_features.shape[-2:]) != tuple(factor * s for s in coarse_features.shape[-2:])):
+        raise MammoPatchError(f"features of {fine.record.image_id} at stride {fine.stride} "
+                              f"{tuple(fine_features.shape[-2:])} and of {coarse.record.image_id} at stride "
+                              f"{coarse.stride} {tuple(coarse_features.shape[-2:])} are not one grid's two levels")
+    repeated = coarse_features.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    features = torch.cat([level_scaled(fine_features), level_scaled(repeated)], 1).half()
+    return FineCellImage(fine.record, features, replace(fine.geometry, cell_px=fine.stride), stride=fine.stride)
+
+
+def fine_cell_images(records: Sequence[ImageRecord], recipe: "Recipe", coarse: Sequence[CachedImage],
+                     cache_dir: Path, progress: bool = True,
+                     known: Dict[tuple, List[CachedImage]] = None) -> List[CachedImage]:
+    """The recipe's 16 px cells of every record: the stride-16 features (cached under
+    ``cache_dir`` beside the others, computed where missing) with ``coarse`` (the same
+    records' stride-32 features) beside them; ``known``: pyramids already made, by the
+    recipe's cache key and cell side, reused.
+
+    Raises:
+        MammoPatchError: an image could not be read (the first such file named)."""
+    from .crossval import cache_lookup_key, cell_model_info
+
+    known = known if known is not None else {}
+    key = ("cell_px", recipe.cell_px, *cache_lookup_key(recipe))
+    if key not in known:
+        fine, errors = build_cache(records, cell_model_info(recipe), cache_dir, progress=progress, cut=FINE_CUT,
+                                   in_memory=False)
+        if errors:
+            raise MammoPatchError(f"{len(errors)} image(s) could not be read for cross-validation: {errors[0]}")
+        by_id = {c.record.image_id: c for c in coarse}
+        images = [pyramid_image(f, by_id.get(f.record.image_id, f)) for f in fine]
+        wrong = [image.geometry.cell_px for image in images if image.geometry.cell_px != recipe.cell_px]
+        if wrong:
+            raise MammoPatchError(f"recipe {recipe.name}: cell_px is {recipe.cell_px} but the backbone's features "
+                                  f"at cut {FINE_CUT} lie every {wrong[0]} px")
+        known[key] = images
+    return known[key]
+
+
+__all__ = ["CELL_SIZES", "FINE_CUT", "FineCellImage", "fine_cell_images", "level_scaled", "pyramid_image"]
