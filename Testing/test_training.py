@@ -43,12 +43,13 @@ def work(tmp_path_factory, tiny_data):
     """The tiny recipe's file and the image cache every run below shares."""
     root = tmp_path_factory.mktemp("train")
     (root / "tiny.json").write_text(json.dumps(TINY_NETWORK))
+    (root / "tiny-workers.json").write_text(json.dumps({**TINY_NETWORK, "num_workers": 2}))
     return root
 
 
-def _train(work: Path, data: str, out: str, *extra: str, launcher=()) -> subprocess.Popen:
+def _train(work: Path, data: str, out: str, *extra: str, launcher=(), recipe: str = "tiny.json") -> subprocess.Popen:
     command = [*launcher] if launcher else [sys.executable]
-    return subprocess.Popen([*command, "-m", "MammoPatchLib.cli", "train", "--config", str(work / "tiny.json"),
+    return subprocess.Popen([*command, "-m", "MammoPatchLib.cli", "train", "--config", str(work / recipe),
                              "--data", data, "--out", str(work / out), "--cache", str(work / "cache"), "--no-progress",
                              *extra], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -108,6 +109,8 @@ def test_a_network_recipe_lowers_its_loss_on_fixed_patches(straight, tiny_data, 
 
 
 def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_model(work, tiny_data, straight):
+    """Killed in epoch 2, resumed with 2 DataLoader workers streaming the patches (where a run
+    executes may change on resume, what it computes may not): the uninterrupted run's model."""
     process = _train(work, tiny_data, "killed")
     checkpoint = work / "killed" / "checkpoint.pt"
     deadline = time.time() + 240
@@ -117,7 +120,7 @@ def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_model(work, tiny_d
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     assert len(_checkpoint(work / "killed")["history"]) < TINY_NETWORK["epochs"]
-    _finish(_train(work, tiny_data, "killed", "--resume"))
+    _finish(_train(work, tiny_data, "killed", "--resume", recipe="tiny-workers.json"))
     a, b = _checkpoint(straight), _checkpoint(work / "killed")
     assert [row["train_loss"] for row in a["history"]] == [row["train_loss"] for row in b["history"]]
     for key in a["model"]:
