@@ -134,7 +134,7 @@ def test_crop_outside_the_image_is_zero_and_inside_it_is_the_image():
 def test_streamed_images_give_the_samples_of_images_held_in_memory(tmp_path):
     """A cached image released from memory is read back (memory-mapped) for each sample: the
     patch dataset gives the same samples as with the pixels held, and the released images hold
-    no pixels."""
+    no pixels; a second preparation reads the cache instead of making it again."""
     from MammoPatchLib.datasets import load_records
     from MammoPatchLib.patches import PatchDataset, build_slots, prepare_images
     from MammoPatchLib.synthetic import make_vindr_dataset
@@ -146,11 +146,14 @@ def test_streamed_images_give_the_samples_of_images_held_in_memory(tmp_path):
     records, _ = load_records(str(root))
     config = PreprocessConfig().at_spacing(0.4)
     held, errors = prepare_images(records, config, FINDING_CLASSES, progress=False)
-    streamed, _ = prepare_images(records, config, FINDING_CLASSES, tmp_path / "cache", progress=False, release=True)
+    streamed, _ = prepare_images(records, config, FINDING_CLASSES, tmp_path / "cache", progress=False, release=True,
+                                 workers=2)  # prepared and cached by DataLoader worker processes
     assert not errors and len(list((tmp_path / "cache").iterdir())) == len(records)
     assert all(img.image is None and img.mask is None and img.cache_path for img in streamed)
+    made = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
     again, _ = prepare_images(records, config, FINDING_CLASSES, tmp_path / "cache", progress=False, release=True)
-    assert [img.cache_path for img in again] == [img.cache_path for img in streamed]  # read back, not made again
+    assert [img.cache_path for img in again] == [img.cache_path for img in streamed]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == made  # read back, not made again
     slots = build_slots(held)
     assert any(s.finding >= 0 for s in slots)
     a, b = (PatchDataset(images, slots, 10, POSTER) for images in (held, streamed))

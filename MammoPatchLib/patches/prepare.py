@@ -137,26 +137,54 @@ def prepare_image(record: ImageRecord, config: PreprocessConfig, classes: Sequen
 
 
 def prepare_images(records: Sequence[ImageRecord], config: PreprocessConfig, classes: Sequence[str],
-                   cache_dir: Optional[Path] = None, progress: bool = True, release: bool = False
-                   ) -> Tuple[List[PreparedImage], List[str]]:
+                   cache_dir: Optional[Path] = None, progress: bool = True, release: bool = False,
+                   workers: int = 0) -> Tuple[List[PreparedImage], List[str]]:
     """Prepare every record; unreadable ones are reported and skipped. Returns (images, errors).
 
     ``release`` (with ``cache_dir``): keep only each image's findings and cache file, not its
-    pixels, so that the list stays small however many images there are."""
+    pixels, so that the list stays small however many images there are; ``workers`` > 0 (with
+    ``release``) prepares them in that many DataLoader worker processes."""
     if release and cache_dir is None:
         raise ValueError("release needs a cache folder to read the pixels back from")
-    iterator = records
+    if workers and not release:
+        raise ValueError("workers prepare released images only (their pixels stay in the cache)")
+    one = _Preparation(records, config, classes, cache_dir, release)
+    results = iter(one[i] for i in range(len(records)))
+    if workers:
+        from torch.utils.data import DataLoader
+
+        results = iter(DataLoader(one, batch_size=None, num_workers=workers, collate_fn=_as_is))
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(records, desc="preparing images", unit="img")
+        results = tqdm(results, total=len(records), desc="preparing images", unit="img")
     prepared, errors = [], []
-    for record in iterator:
-        try:
-            image = prepare_image(record, config, classes, cache_dir)
-        except MammoPatchError as exc:
-            errors.append(str(exc))
-            logger.warning("skipped: %s", exc)
-            continue
-        prepared.append(image.released() if release else image)
+    for image, error in results:
+        if error:
+            errors.append(error)
+            logger.warning("skipped: %s", error)
+        else:
+            prepared.append(image)
     return prepared, errors
+
+
+class _Preparation(torch.utils.data.Dataset):
+    """(prepared image, "") or (None, the error) of each record, for a loop or DataLoader workers."""
+
+    def __init__(self, records, config, classes, cache_dir, release: bool) -> None:
+        self.records, self.config, self.classes, self.cache_dir, self.release = records, config, classes, \
+            cache_dir, release
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        try:
+            image = prepare_image(self.records[index], self.config, self.classes, self.cache_dir)
+        except MammoPatchError as exc:
+            return None, str(exc)
+        return (image.released() if self.release else image), ""
+
+
+def _as_is(item):
+    return item

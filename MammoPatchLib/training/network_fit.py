@@ -95,11 +95,12 @@ def initial_network(recipe: Recipe) -> Tuple[ModelInfo, PatchClassifier]:
 
 def stream_images(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Path, ctx: RankContext,
                   progress: bool) -> List[PreparedImage]:
-    """Every record preprocessed into ``cache_dir`` (each rank prepares its share, then every
-    rank reads every image's findings and cache file, not its pixels)."""
+    """Every record preprocessed into ``cache_dir`` (each rank prepares its share, in the
+    recipe's ``num_workers`` DataLoader workers, then every rank reads every image's findings
+    and cache file, not its pixels)."""
     config = recipe.preprocessing.at_spacing(recipe.spacing_mm)
     prepare_images(list(records)[ctx.rank::ctx.world_size], config, FINDING_CLASSES, cache_dir,
-                   progress and ctx.is_main, release=True)
+                   progress and ctx.is_main, release=True, workers=recipe.num_workers)
     ctx.barrier()
     images, errors = prepare_images(records, config, FINDING_CLASSES, cache_dir, False, release=True)
     if errors and ctx.is_main:
