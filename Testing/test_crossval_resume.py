@@ -25,9 +25,10 @@ RECIPE = {"name": "tiny", "bottleneck": 8, "hidden": 8, "epochs": 1, "negatives_
 FOLDS = 2
 
 
-def crossval_args(config: Path, out: Path, cache: Path, model: Optional[Path] = None) -> list:
-    return ["crossval", "--config", str(config), "--data", "synthetic:3", "--folds", str(FOLDS), "--out", str(out),
-            "--cache", str(cache), "--draws", "10", *(["--model-out", str(model)] if model else [])]
+def crossval_args(root: Path, out: Path, cache: Path, model: Optional[Path] = None) -> list:
+    """The command, on the reference's recipe and data (``root``)."""
+    return ["crossval", "--config", str(root / "tiny.json"), "--data", str(root / "data"), "--folds", str(FOLDS),
+            "--out", str(out), "--cache", str(cache), "--draws", "10", *(["--model-out", str(model)] if model else [])]
 
 
 def figures(out: Path) -> dict:
@@ -56,13 +57,14 @@ def unit_files(out: Path) -> list:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """One process, never stopped: the reference (run in this process: the same code path)."""
-    root = tmp_path_factory.mktemp("once")
-    config = root / "tiny.json"
-    config.write_text(json.dumps(RECIPE), encoding="utf-8")
     from MammoPatchLib.cli import main
+    from MammoPatchLib.synthetic import make_vindr_dataset
 
+    root = tmp_path_factory.mktemp("once")
+    (root / "tiny.json").write_text(json.dumps(RECIPE), encoding="utf-8")
+    make_vindr_dataset(root / "data", n_studies=3, shape=(320, 256))  # 3 women, 12 small films
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = main(crossval_args(config, root / "out", root / "cache", root / "model.pt"))
+        code = main(crossval_args(root, root / "out", root / "cache", root / "model.pt"))
     assert code == 0
     assert len(unit_files(root / "out")) == FOLDS
     return root
@@ -70,7 +72,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_a_crossval_killed_after_its_first_unit_resumes_to_the_same_report(uninterrupted, tmp_path):
     out = tmp_path / "out"
-    args = crossval_args(uninterrupted / "tiny.json", out, uninterrupted / "cache")  # its features cached already
+    args = crossval_args(uninterrupted, out, uninterrupted / "cache")  # the features are cached already
     command = [sys.executable, "-m", "MammoPatchLib.cli", *args]
     with open(tmp_path / "first.log", "wb") as log:
         run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -98,7 +100,7 @@ def test_two_gloo_ranks_give_the_report_and_model_of_one_process(uninterrupted, 
     out, model, cache = tmp_path / "out", tmp_path / "model.pt", tmp_path / "cache"  # the ranks share the caching
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            "-m", "MammoPatchLib.cli", *crossval_args(uninterrupted / "tiny.json", out, cache, model)],
+                            "-m", "MammoPatchLib.cli", *crossval_args(uninterrupted, out, cache, model)],
                            capture_output=True, text=True, timeout=240, env=env)
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     assert "[rank 0/2] tiny: fold" in ranks.stdout and "[rank 1/2] tiny: fold" in ranks.stdout, ranks.stdout

@@ -363,6 +363,7 @@ def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fo
             _share_first(ranks, records, lambda share: cached_features(share, recipe, cache_dir, shown, {}))
         cached = cached_features(records, recipe, cache_dir, shown, cached_by_key)
         if recipe.cell_px != FEATURE_STRIDE:  # 16 px cells: stride-16 features, these beside them
+            _share_first(ranks, records, lambda share: fine_cell_images(share, recipe, cached, cache_dir, shown, {}))
             cached = fine_cell_images(records, recipe, cached, cache_dir, shown, cached_by_key)
         if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
             sides = sides if sides is not None else chest_wall_sides(records)
