@@ -112,3 +112,38 @@ def test_two_gloo_ranks_give_the_report_and_model_of_one_process(uninterrupted, 
     assert reference.keys() == shared.keys()
     for name, value in reference.items():
         assert torch.allclose(shared[name].float(), value.float(), atol=1e-6), name
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+def test_a_fitted_head_survives_a_weights_only_round_trip(tuned):
+    """A unit file holds each head as tensors and plain values: read back with
+    ``weights_only=True`` it scores a cached image exactly as before (its tuned stages given
+    their weights in a copy of a module of their shape)."""
+    from torch import nn
+
+    from MammoPatchLib.datasets import ImageRecord
+    from MammoPatchLib.training.cell_head_fit import CellMLP, FittedCellHead, Projection
+    from MammoPatchLib.training.feature_cache import CachedImage, CellGeometry
+
+    torch.manual_seed(0)
+
+    def stages() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6))
+
+    tail = stages()
+    if tuned:
+        tail[1].running_mean.normal_()  # saved statistics, not only parameters
+    head = FittedCellHead(Projection(torch.randn(4, 6), torch.randn(4)), CellMLP(4 * 9, 5, 3, 0.2).eval(), 3,
+                          ["a", "b", "c"], tail=tail.eval() if tuned else None)
+    image = CachedImage(ImageRecord(path="x.png", image_id="x", patient_id="w"), torch.randn(2, 6, 5, 4).half(),
+                        CellGeometry(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), (160, 128), (160, 128)))
+    buffer = io.BytesIO()
+    torch.save(head.state(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    again = FittedCellHead.from_state(state, tail=stages() if tuned else None)
+    assert torch.equal(again.cell_logits(image), head.cell_logits(image))
+    assert (again.tail is None) == (not tuned)
+    if tuned:
+        with pytest.raises(ValueError, match="tunes backbone stages"):
+            FittedCellHead.from_state(state)
