@@ -44,7 +44,7 @@ from .feature_cache import CachedImage, build_cache, frozen_backbone_model
 from .fine_cells import fine_cell_images
 from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
 from .other_breast_features import chest_wall_sides, pair_images, paired_share
-from .work_units import UnitClock, UnitStore, deal, identity
+from .work_units import UnitStore, deal, identity, run_units
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class FoldUnit:
         """Tensors and plain values only (the cases as JSON, as the report keeps them)."""
         return {"fold": self.fold, "heads": [head.state() for head in self.heads], "women": list(self.women),
                 "cases": json.dumps([case_to_dict(c) for c in self.cases]), "seconds": float(self.seconds),
-                "training_images": self.training_images}
+                "training_images": self.training_images, "held_out_images": len(self.cases)}
 
     @classmethod
     def from_payload(cls, payload: Dict[str, Any], tail: Optional[torch.nn.Module] = None) -> "FoldUnit":
@@ -215,58 +215,39 @@ def run_recipe(recipe: Recipe, cached: Sequence[CachedImage], fold_of: Dict[str,
 
 def run_recipes(inputs: Sequence[RecipeInputs], fold_of: Dict[str, int], progress: bool = True,
                 units_dir: Optional[Path] = None, ranks: Optional[RankContext] = None) -> List[RecipeRun]:
-    """Every recipe's folds as work units (recipe x fold). With ``units_dir`` each finished
-    unit is written there (:func:`unit_store`) and a rerun skips it; under torchrun (``ranks``)
-    the units left are dealt to the ranks, and rank 0 waits for all and reads them back. Every
-    unit seeds itself, so the result depends neither on restarts nor on the number of ranks.
-    Returns each recipe's run on rank 0 (nothing on the other ranks)."""
-    ranks = ranks or RankContext()
+    """Every recipe's folds as work units, recipe x fold (:func:`~.work_units.run_units`). With
+    ``units_dir`` each finished unit is written there (:func:`unit_store`) and a rerun skips it;
+    under torchrun (``ranks``) the units left are dealt to the ranks, and rank 0 reads them all
+    back. Every unit seeds itself, so the result depends neither on restarts nor on the number
+    of ranks. Returns each recipe's run on rank 0 (nothing on the other ranks)."""
     folds = sorted(set(fold_of.values()))
     stores = [unit_store(units_dir, i.recipe, [c.record for c in i.cached], fold_of) if units_dir else None
               for i in inputs]
-    todo = [(k, fold) for k, store in enumerate(stores) for fold in folds
-            if store is None or store.load(fold_unit_name(fold)) is None]
-    total = len(inputs) * len(folds)
-    if progress and ranks.is_main and len(todo) < total:
-        print(f"  {total - len(todo)} of {total} work units already done under {units_dir}: skipped", flush=True)
-    ranks.barrier()  # every rank has listed what is left before any unit is written
-    mine = deal(todo, ranks)
-    clock = UnitClock(len(mine))
-    kept: Dict[Tuple[int, int], FoldUnit] = {}
+    units = [(store, fold_unit_name(fold)) for store in stores for fold in folds]
     predictors: Dict[int, Any] = {}
     stages: Dict[int, Any] = {}
-    where = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.distributed else ""
-    for k, fold in mine:
-        recipe = inputs[k].recipe
+
+    def last_stages(k: int):
+        if k not in stages:
+            stages[k] = pretrained_last_stage(inputs[k].recipe)
+        return stages[k]
+
+    def compute(i: int) -> Dict[str, Any]:
+        k, fold = divmod(i, len(folds))
         if k not in predictors:
-            predictors[k] = candidate_predictor(frozen_backbone_model(cell_model_info(recipe)), device="cpu",
-                                                classes=recipe.classes)
-            stages[k] = pretrained_last_stage(recipe)
-        unit = train_unit(inputs[k], fold, fold_of, predictors[k], stages[k])
-        if stores[k] is not None:
-            stores[k].save(fold_unit_name(fold), unit.to_payload())
-        else:
-            kept[(k, fold)] = unit
-        if progress:
-            print(f"  {where}{recipe.name}: fold {fold + 1}/{len(folds)} ({unit.training_images} training, "
-                  f"{len(unit.cases)} held-out images) in {unit.seconds:.1f} s; {clock.tick()}", flush=True)
-    ranks.barrier()  # every unit is on disk
-    if not ranks.is_main:
-        return []
-    runs = []
-    for k, (given, store) in enumerate(zip(inputs, stores)):
-        tail = stages[k] if k in stages else pretrained_last_stage(given.recipe)
-        units = [kept[(k, fold)] if (k, fold) in kept else _finished(store, fold, tail) for fold in folds]
-        runs.append(recipe_run(given, units, fold_of))
-    return runs
+            predictors[k] = candidate_predictor(frozen_backbone_model(cell_model_info(inputs[k].recipe)),
+                                                device="cpu", classes=inputs[k].recipe.classes)
+        return train_unit(inputs[k], folds[fold], fold_of, predictors[k], last_stages(k)).to_payload()
 
+    def describe(i: int, unit: Dict[str, Any]) -> str:
+        k, fold = divmod(i, len(folds))
+        return (f"{inputs[k].recipe.name}: fold {fold + 1}/{len(folds)} ({unit['training_images']} training, "
+                f"{unit['held_out_images']} held-out images) in {unit['seconds']:.1f} s")
 
-def _finished(store: Optional[UnitStore], fold: int, tail) -> FoldUnit:
-    payload = store.load(fold_unit_name(fold)) if store is not None else None
-    if payload is None:
-        raise MammoPatchError("a work unit is missing after every rank finished (was the folder changed meanwhile?)",
-                              store.path(fold_unit_name(fold)) if store is not None else None)
-    return FoldUnit.from_payload(payload, tail)
+    payloads = run_units(units, compute, ranks, describe if progress else None)
+    return [recipe_run(given, [FoldUnit.from_payload(p, last_stages(k))
+                               for p in payloads[k * len(folds):(k + 1) * len(folds)]], fold_of)
+            for k, given in enumerate(inputs) if payloads]
 
 
 def fold_unit_name(fold: int) -> str:

@@ -24,11 +24,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
 from ..distributed import RankContext
+from ..errors import MammoPatchError
 from ..io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -118,4 +119,52 @@ class UnitClock:
         return f"unit {self.done}/{self.total}, {duration(elapsed)} elapsed, about {duration(left)} left"
 
 
-__all__ = ["UnitStore", "UnitClock", "deal", "duration", "identity", "UNIT_FORMAT"]
+#: A unit: the store that keeps it (None: kept in memory, for a run that need not resume) and its name there.
+Unit = Tuple[Optional[UnitStore], str]
+
+
+def run_units(units: Sequence[Unit], compute: Callable[[int], Dict[str, Any]], ranks: Optional[RankContext] = None,
+              describe: Optional[Callable[[int, Dict[str, Any]], str]] = None) -> List[Dict[str, Any]]:
+    """Every unit's payload, in order, on rank 0 (an empty list on the other ranks).
+
+    ``compute(i)`` makes the payload of ``units[i]`` (tensors and plain values, independent of
+    the other units and of the rank). A unit its store already holds is skipped; the others are
+    dealt to the ranks (:func:`deal`), each written as soon as it is made; rank 0 waits for
+    every rank, then reads every unit back from its store, so a payload is the same whether
+    made now, before a kill, or on another rank. ``describe(i, payload)``: a progress line for
+    each unit made here (elapsed time and time left are added)."""
+    ranks = ranks or RankContext()
+    if ranks.distributed and any(store is None for store, _ in units):
+        raise ValueError("units made on several ranks need a store to meet in")
+    todo = [i for i, (store, name) in enumerate(units) if store is None or store.load(name) is None]
+    if describe is not None and ranks.is_main and len(todo) < len(units):
+        print(f"  {len(units) - len(todo)} of {len(units)} work units already done: skipped", flush=True)
+    ranks.barrier()  # every rank has listed what is left before any unit is written
+    mine = deal(todo, ranks)
+    clock = UnitClock(len(mine))
+    where = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.distributed else ""
+    kept: Dict[int, Dict[str, Any]] = {}
+    for i in mine:
+        payload = compute(i)
+        store, name = units[i]
+        if store is None:
+            kept[i] = payload
+        else:
+            store.save(name, payload)
+        if describe is not None:
+            print(f"  {where}{describe(i, payload)}; {clock.tick()}", flush=True)
+    ranks.barrier()  # every unit is written
+    if not ranks.is_main:
+        return []
+    return [kept[i] if i in kept else _finished(*units[i]) for i in range(len(units))]
+
+
+def _finished(store: Optional[UnitStore], name: str) -> Dict[str, Any]:
+    payload = store.load(name) if store is not None else None
+    if payload is None:
+        raise MammoPatchError("a work unit is missing after every rank finished (was its folder changed meanwhile?)",
+                              store.path(name) if store is not None else None)
+    return payload
+
+
+__all__ = ["UnitStore", "UnitClock", "Unit", "run_units", "deal", "duration", "identity", "UNIT_FORMAT"]
