@@ -147,3 +147,28 @@ def test_a_fitted_head_survives_a_weights_only_round_trip(tuned):
     if tuned:
         with pytest.raises(ValueError, match="tunes backbone stages"):
             FittedCellHead.from_state(state)
+
+
+def test_a_unit_is_read_back_only_by_the_recipe_and_folds_that_made_it(tmp_path):
+    """Units live under a hash of the recipe, each image's woman and fold, and the library
+    version: another recipe or fold assignment never reads them, and a file whose key is not
+    the store's (copied in, or damaged) counts as unfinished."""
+    from MammoPatchLib.datasets import ImageRecord
+    from MammoPatchLib.training.crossval import unit_store
+    from MammoPatchLib.training.recipe import Recipe
+
+    records = [ImageRecord(path=f"{i}.png", image_id=f"i{i}", patient_id=f"w{i // 2}") for i in range(4)]
+    folds = {"i0": 0, "i1": 0, "i2": 1, "i3": 1}
+    recipe = Recipe.from_dict(RECIPE)
+    store = unit_store(tmp_path, recipe, records, folds)
+    store.save("fold-0", {"value": torch.arange(3)})
+    assert torch.equal(unit_store(tmp_path, recipe, records, dict(folds)).load("fold-0")["value"], torch.arange(3))
+    other_recipe = unit_store(tmp_path, Recipe.from_dict({**RECIPE, "epochs": 2}), records, folds)
+    other_folds = unit_store(tmp_path, recipe, records, {**folds, "i1": 1, "i2": 0})
+    assert len({store.folder, other_recipe.folder, other_folds.folder}) == 3
+    assert other_recipe.load("fold-0") is None and other_folds.load("fold-0") is None
+    other_folds.folder.mkdir(parents=True)
+    store.path("fold-0").replace(other_folds.path("fold-0"))  # a unit moved under another run's name
+    assert other_folds.load("fold-0") is None
+    store.path("fold-1").write_bytes(b"half a file")
+    assert store.load("fold-1") is None
