@@ -172,13 +172,14 @@ class CellsInContext(nn.Module):
         shared = hasattr(self.network, "cell_logits")
         with autocast_for(self.device, self.amp):
             maps = self.network.features(views) if shared else self.network(views)
+        grid = [n // self.network.feature_scale for n in maps.shape[-2:]] if shared else maps.shape[-2:]
         blocks = []
         for b, coord in enumerate(coords):
-            rows, cols = (self.valid(coord, axis, maps.shape[axis - 2]) for axis in (0, 1))
+            rows, cols = (self.valid(coord, axis, grid[axis]) for axis in (0, 1))
             with autocast_for(self.device, self.amp):
                 logits = self.network.cell_logits(maps[b:b + 1], rows, cols) if shared else maps[b:b + 1, :, rows, cols]
             blocks.append((rows, cols, calibrated(logits, self.temperatures)[0]))
-        out = torch.zeros(views.shape[0], blocks[0][2].shape[0] + 1, *maps.shape[-2:], device=views.device)
+        out = torch.zeros(views.shape[0], blocks[0][2].shape[0] + 1, *grid, device=views.device)
         for b, (rows, cols, probs) in enumerate(blocks):
             out[b, :-1, rows, cols] = probs
             out[b, -1, rows, cols] = 1.0

@@ -23,6 +23,7 @@ stitches, and the whole image gives every cell at once (one value per cell, no s
 from __future__ import annotations
 
 import copy
+import math
 from typing import Optional
 
 import torch
@@ -136,6 +137,26 @@ class TunedStages(nn.Module):
             features = block(features, drop_connect_rate=0.0)
         return self.act(self.bn(self.conv(features)))
 
+    @property
+    def scale(self) -> int:
+        """Input positions per output cell along an axis (the tuned blocks' strides: 2 when
+        they start at stride 16)."""
+        return math.prod(block._depthwise_conv.stride[0] for block in self.blocks)
+
+    def reach(self, head_reach: int) -> int:
+        """Output cells on each side of a cell that a head reading ``head_reach`` cells on each
+        side reads through these stages: each tuned block's depthwise convolution (kernel,
+        stride, the static padding it was built with) widens it; the 1 x 1 convolutions and
+        batch norms do not."""
+        reach = head_reach  # in the current layer's output positions
+        for block in reversed(list(self.blocks)):
+            conv = block._depthwise_conv
+            k, s = conv.kernel_size[0], conv.stride[0]
+            pad = getattr(conv, "static_padding", None)
+            left = pad.padding[0] if isinstance(pad, nn.ZeroPad2d) else conv.padding[0]
+            reach = s * reach + max(left, k - 1 - left - (s - 1))
+        return math.ceil(reach / self.scale)
+
 
 class TunedTailHead(nn.Module):
     """A head with its own tuned copy of the backbone's last stages (:class:`TunedStages`):
@@ -238,24 +259,34 @@ class PatchClassifier(nn.Module):
 
     @property
     def head_reach(self) -> int:
-        """Feature cells on each side of a cell that the cell head's output reads (its
-        neighbourhood's half width, plus the reach of tuned stages the heads hold)."""
+        """Cells on each side of a cell that the cell head's output reads (its neighbourhood's
+        half width, widened by the tuned stages the heads hold, if any)."""
         if not self.per_cell:
             raise ValueError("head_reach is defined for the cell head only")
-        return next(m for m in self.head.modules() if isinstance(m, CellHead)).neighbourhood // 2
+        reach = next(m for m in self.head.modules() if isinstance(m, CellHead)).neighbourhood // 2
+        stages = next((m for m in self.head.modules() if isinstance(m, TunedStages)), None)
+        return reach if stages is None else stages.reach(reach)
+
+    @property
+    def feature_scale(self) -> int:
+        """Positions of ``self.features``'s output per cell along an axis (2 when the heads'
+        tuned stages start at stride 16)."""
+        stages = next((m for m in self.head.modules() if isinstance(m, TunedStages)), None)
+        return 1 if stages is None else stages.scale
 
     def cell_logits(self, features: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
         """(B, classes, rows, cols) cell-head logits of one block of cells of a feature map: the
-        head (every ensemble member with its own last stage, over the one shared trunk) runs
-        only on the block and the cells its neighbourhood reads, not on the whole map. Equals
-        ``self.head(features)[..., rows, cols]``: where the block touches the map's edge the
-        head sees the same zero padding."""
-        reach = self.head_reach
-        h, w = features.shape[-2:]
+        head (every ensemble member with its own tuned stages, over the one shared frozen part)
+        runs only on the block and the cells it reads (:attr:`head_reach`), not on the whole
+        map. Equals ``self.head(features)[..., rows, cols]``: where the block touches the map's
+        edge the head sees the same padding, and elsewhere nothing beyond its reach matters."""
+        reach, scale = self.head_reach, self.feature_scale
+        h, w = features.shape[-2] // scale, features.shape[-1] // scale
         r0, r1, _ = rows.indices(h)
         c0, c1, _ = cols.indices(w)
         top, left = max(r0 - reach, 0), max(c0 - reach, 0)
-        logits = self.head(features[..., top:min(r1 + reach, h), left:min(c1 + reach, w)])
+        bottom, right = min(r1 + reach, h), min(c1 + reach, w)
+        logits = self.head(features[..., top * scale:bottom * scale, left * scale:right * scale])
         return logits[..., r0 - top:r1 - top, c0 - left:c1 - left]
 
     def classify(self, windows: torch.Tensor) -> torch.Tensor:

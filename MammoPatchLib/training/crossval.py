@@ -305,9 +305,16 @@ def training_variants(records: Sequence[ImageRecord], recipe: Recipe, cache_dir:
 
 
 def cache_lookup_key(recipe: Recipe) -> tuple:
-    """What a recipe's cached features depend on (recipes that agree on it share one cache)."""
+    """What a recipe's cached features depend on (recipes that agree on it share one cache),
+    and whether they are held in memory (:func:`features_in_memory`)."""
     return (recipe.backbone, recipe.spacing_mm, json.dumps(recipe.preprocessing.__dict__, sort_keys=True, default=str),
-            recipe.feature_cut)
+            recipe.feature_cut, features_in_memory(recipe))
+
+
+def features_in_memory(recipe: Recipe) -> bool:
+    """False where the recipe tunes stages (its fit streams the features from their cache
+    files), unless it reads the other breast (the pairing aligns features in memory)."""
+    return not recipe.feature_cut or recipe.other_breast_input != "none"
 
 
 def cached_features(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Path, progress: bool,
@@ -320,7 +327,7 @@ def cached_features(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: P
     key = cache_lookup_key(recipe)
     if key not in known:
         cached, errors = build_cache(records, cell_model_info(recipe), cache_dir, progress=progress,
-                                     cut=recipe.feature_cut)
+                                     cut=recipe.feature_cut, in_memory=features_in_memory(recipe))
         if errors:
             raise MammoPatchError(f"{len(errors)} image(s) could not be read for cross-validation: {errors[0]}")
         known[key] = cached
