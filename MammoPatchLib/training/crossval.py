@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -44,7 +44,7 @@ from .feature_cache import CachedImage, build_cache, frozen_backbone_model
 from .fine_cells import fine_cell_images
 from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
 from .other_breast_features import chest_wall_sides, pair_images, paired_share
-from .work_units import UnitStore, deal, identity, run_units
+from .work_units import UnitStore, fill_by_shares, identity, run_units
 
 logger = logging.getLogger(__name__)
 
@@ -348,10 +348,10 @@ def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fo
     sides = None  # each film's chest-wall side, read from its pixels once for every recipe that pairs
     for recipe in recipes:
         if cache_lookup_key(recipe) not in cached_by_key:
-            _share_first(ranks, records, lambda share: cached_features(share, recipe, cache_dir, shown, {}))
+            fill_by_shares(ranks, records, lambda share: cached_features(share, recipe, cache_dir, shown, {}))
         cached = cached_features(records, recipe, cache_dir, shown, cached_by_key)
         if recipe.cell_px != FEATURE_STRIDE:  # 16 px cells: stride-16 features, these beside them
-            _share_first(ranks, records, lambda share: fine_cell_images(share, recipe, cached, cache_dir, shown, {}))
+            fill_by_shares(ranks, records, lambda share: fine_cell_images(share, recipe, cached, cache_dir, shown, {}))
             cached = fine_cell_images(records, recipe, cached, cache_dir, shown, cached_by_key)
         if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
             sides = sides if sides is not None else chest_wall_sides(records)
@@ -359,7 +359,7 @@ def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fo
             logger.info("%s: %.0f %% of the images read with their other breast", recipe.name,
                         100 * paired_share(cached))
         if recipe.train_scales:
-            _share_first(ranks, records, lambda share: training_variants(share, recipe, cache_dir, shown, {}))
+            fill_by_shares(ranks, records, lambda share: training_variants(share, recipe, cache_dir, shown, {}))
         variants = training_variants(records, recipe, cache_dir, shown, cached_by_key)
         if recipe.synthetic_per_lesion and ranks.distributed:  # made once, by rank 0, then read by all
             if ranks.is_main:
@@ -368,15 +368,6 @@ def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fo
         synthetic = synthetic_training_images(records, fold_of, recipe, cache_dir, shown)
         inputs.append(RecipeInputs(recipe, cached, variants, synthetic))
     return run_recipes(inputs, fold_of, progress, units_dir, ranks)
-
-
-def _share_first(ranks: RankContext, records: Sequence[ImageRecord],
-                 fill: Callable[[Sequence[ImageRecord]], object]) -> None:
-    """Under torchrun: each rank fills the cache for its share of ``records``, then waits for
-    the others, so that every rank then only reads (nothing to do in a single process)."""
-    if ranks.distributed:
-        fill(deal(records, ranks))
-        ranks.barrier()
 
 
 __all__ = ["cross_validate", "run_recipe", "run_recipes", "train_unit", "FoldUnit", "RecipeInputs", "UNITS_DIR",

@@ -92,6 +92,15 @@ def deal(items: Sequence[T], ranks: RankContext) -> List[T]:
     return list(items[ranks.rank::ranks.world_size])
 
 
+def fill_by_shares(ranks: RankContext, items: Sequence[T], fill: Callable[[Sequence[T]], object]) -> None:
+    """Under torchrun: each rank fills a cache for its share of ``items`` (:func:`deal`), then
+    waits for the others, so that afterwards every rank only reads (nothing to do in a single
+    process, which fills and reads in one go)."""
+    if ranks.distributed:
+        fill(deal(items, ranks))
+        ranks.barrier()
+
+
 def duration(seconds: float) -> str:
     """``seconds`` as people read a run's time: 42 s, 3 min 05 s, 2 h 07 min."""
     seconds = max(0, int(round(seconds)))
@@ -167,4 +176,5 @@ def _finished(store: Optional[UnitStore], name: str) -> Dict[str, Any]:
     return payload
 
 
-__all__ = ["UnitStore", "UnitClock", "Unit", "run_units", "deal", "duration", "identity", "UNIT_FORMAT"]
+__all__ = ["UnitStore", "UnitClock", "Unit", "run_units", "deal", "fill_by_shares", "duration", "identity",
+           "UNIT_FORMAT"]
