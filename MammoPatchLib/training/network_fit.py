@@ -5,10 +5,10 @@ torchrun rank that owns it) and streamed from there: the dataset holds each imag
 and cache file, and each sample maps the file and reads only its patch
 (:class:`~MammoPatchLib.patches.PatchDataset`), in DataLoader workers. Patches are drawn by the
 recipe's sampler (the poster's: area 0.05-5 x the finding's box, aspect 0.33-1.66 x, centre
-within 50 VinDr pixels; breast patches away from findings) with the poster's weighted sampling,
-augmented, and trained with the poster's focal loss, Adam and ReduceLROnPlateau (stepped on the
-epoch's training loss: there is no validation split, the schedule is fixed and choosing between
-recipes is cross-validation's work).
+within 50 VinDr pixels; No Finding patches from the breasts of normal images) with the poster's
+weighted sampling, augmented, and trained with the poster's focal loss, Adam and
+ReduceLROnPlateau (stepped on the epoch's training loss: there is no validation split, the
+schedule is fixed and choosing between recipes is cross-validation's work).
 
 Batch norm keeps the pretrained running statistics (eval mode while training, its affine
 weights train) and EfficientNet-Lite's stochastic depth is off (the poster names neither): what
@@ -128,7 +128,8 @@ def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_d
     out.mkdir(parents=True, exist_ok=True)
     images = stream_images(records, recipe, Path(cache_dir), ctx, progress)
     wanted = [FINDING_CLASSES.index(c) for c in recipe.classes]
-    slots = build_slots(images, wanted)
+    # patches around the findings of the recipe's classes, and (the poster's No Finding) from normal breasts
+    slots = [s for s in build_slots(images, wanted) if s.finding >= 0 or images[s.image].is_normal]
     if not any(s.finding >= 0 for s in slots):
         raise MammoPatchError(f"the data hold no boxed finding of the recipe's classes {recipe.classes}")
     info, network = initial_network(recipe)
