@@ -38,8 +38,9 @@ def test_every_path_has_a_recipe_the_train_command_reads(tmp_path, path):
     assert (args.command, args.config, args.cache) == ("train", str(file), str(tmp_path / "cache"))
 
 
-def test_growth_lines_and_estimate():
-    """Rows on known lines: the fit and the 20,000-image reading return them."""
+def test_growth_lines_and_estimate(tmp_path, capsys):
+    """Rows on known lines: the fit and the 20,000-image reading return them, also when the
+    tables are made again from a saved run."""
     epoch_s, shipped = 40.0, shipped_recipe("stages")
     rows = [{"path": "stages", "images": n, "epochs": shipped.epochs + 1, "shortened_epochs": 1,
              "patches_per_epoch": 0, "cache_bytes": 1000 * n, "out_bytes": 5000, "peak_rss_bytes": 1e9 + 2e6 * n,
@@ -54,9 +55,14 @@ def test_growth_lines_and_estimate():
     e = g["estimate"]
     assert e["disk_bytes"] == pytest.approx(1000 * 20000 + 5000) and e["peak_rss_bytes"] == pytest.approx(4.1e10)
     assert e["hours_here"] == pytest.approx((2 * 20000 + 0.1 * 20000 + 30 + shipped.tail_epochs * epoch_s) / 3600)
-    table = markdown({"device": "CPU", "torch": "x", "shape": [1, 1], "spacing_mm": 0.2, "epochs_run": 1,
-                      "patches_per_epoch": 0, "target_images": 20000, "results": rows, "growth": {"stages": g}})
+    settings = {"device": "CPU", "torch": "x", "shape": [1, 1], "spacing_mm": 0.2, "epochs_run": 1,
+                "patches_per_epoch": 0, "target_images": 20000}
+    table = markdown({**settings, "results": rows, "growth": {"stages": g}})
     assert all(f"| stages | {n} |" in table for n in (50, 100, 200)) and f"{e['hours_here']:.1f} |" in table
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps({**settings, "results": rows, "probes": {"stages": probe}}))
+    assert main(["--tables-from", str(saved)])["growth"]["stages"] == g
+    assert capsys.readouterr().out.strip() == table
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ images, how each grows with N, and what a 20,000-image VinDr-Mammo training woul
                                               [--epochs-run 1] [--patches-per-epoch 256]
                                               [--device auto|cpu|cuda] [--target-images 20000]
                                               [--quick] [--work DIR] [--out results.json]
+    python -m benchmarks.bench_training_scale --tables-from results.json
 
 One tree of ``max(--sizes)`` images is written once in the VinDr-Mammo v1.0.0 layout (what
 ``mammopatch synth --vindr`` writes: four views per woman, here 3000 x 2400 at 0.085 mm, 16
@@ -266,6 +267,12 @@ def line(xs: Sequence[float], ys: Sequence[float]) -> Tuple[float, float]:
     return float(slope), float(intercept)
 
 
+def at(fitted: Tuple[float, float], target: int, measured: Sequence[float]) -> float:
+    """The line's value at ``target``, never below what was measured at fewer images (a flat
+    quantity's line can tilt down by noise)."""
+    return max(fitted[0] * target + fitted[1], max(measured))
+
+
 def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path: str, target: int) -> Dict[str, Any]:
     """One path's growth with N (its rows, one per size), the price of one shortened epoch
     (``probe``: the largest size again with twice those epochs), and the reading at ``target``
@@ -294,7 +301,8 @@ def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path
             "training_other_fixed_s": other[1], "shortened_epochs_field": knob, "epoch_s": epoch_s,
             "epoch_scale_to_shipped": scale,
             "estimate": {"images": target, "shipped_epochs": shipped_epochs, "epochs": priced,
-                         "disk_bytes": disk[0] * target + disk[1], "peak_rss_bytes": rss[0] * target + rss[1],
+                         "disk_bytes": at(disk, target, [r["cache_bytes"] + r["out_bytes"] for r in rows]),
+                         "peak_rss_bytes": at(rss, target, [r["peak_rss_bytes"] for r in rows]),
                          "hours_here": seconds / 3600}}
 
 
@@ -346,7 +354,15 @@ def main(argv=None) -> Dict[str, Any]:
                              f"{QUICK['head_epochs']} head epochs, {QUICK['patches_per_epoch']} patches per epoch")
     parser.add_argument("--work", default=None, help="keep the trees, caches, outputs and logs here")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--tables-from", default=None, metavar="JSON",
+                        help="measure nothing: the tables (growth and estimate recomputed) of an earlier run's --out")
     args = parser.parse_args(argv)
+    if args.tables_from:
+        earlier = json.loads(Path(args.tables_from).read_text())
+        settings = {k: v for k, v in earlier.items() if k not in ("results", "probes", "growth")}
+        report = summarise(settings, earlier["results"], earlier["probes"], args.out)
+        print(markdown(report))
+        return report
     if min(args.sizes + [args.epochs_run, args.patches_per_epoch, args.distinct, args.target_images]) < 1:
         parser.error("--sizes, --epochs-run, --patches-per-epoch, --distinct and --target-images must be >= 1")
     shape, spacing = SHAPE, SPACING_MM
