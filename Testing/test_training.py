@@ -138,6 +138,16 @@ def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_model(work, tiny_d
     assert read_model_payload(straight / "model.pt")["sha256"] == read_model_payload(work / "killed" / "model.pt")["sha256"]
 
 
+def test_resume_without_a_checkpoint_is_one_clear_line(work, tiny_data, tmp_path, capsys):
+    from MammoPatchLib.cli import main
+
+    assert main(["train", "--config", str(work / "tiny.json"), "--data", tiny_data, "--out", str(tmp_path / "new"),
+                 "--resume", "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "nothing to resume: no checkpoint" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "new" / "cache").exists()  # refused before any image was prepared
+
+
 def test_two_gloo_ranks_train_the_model_one_process_trains(work, tiny_data, straight, fixed_patches):
     """torchrun with 2 CPU ranks (gloo), each taking half of every batch of the same draw, trains
     the one-process model: the same losses, and the same probabilities on fixed patches, within

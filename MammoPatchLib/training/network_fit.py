@@ -122,6 +122,8 @@ def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_d
     device = resolve_device(recipe.device)
     if ctx.distributed and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    if resume and not (out / CHECKPOINT).is_file():  # said before any image is prepared
+        raise MammoPatchError("nothing to resume: no checkpoint (train without --resume first)", out / CHECKPOINT)
     if recipe.batch_size % ctx.world_size:
         raise MammoPatchError(f"batch_size {recipe.batch_size} cannot be shared by {ctx.world_size} ranks: "
                               "make it a multiple of the number of ranks")
@@ -241,8 +243,6 @@ def _checkpoint(path: Path, parts: Dict[str, Any], history: List[Dict[str, float
 
 def _resume(path: Path, parts: Dict[str, Any], recipe: Recipe) -> List[Dict[str, float]]:
     """The checkpoint's history, with every part and the RNG restored."""
-    if not path.is_file():
-        raise MammoPatchError("nothing to resume: no checkpoint (train without --resume first)", path)
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if _schedule(saved["recipe"]) != _schedule(recipe.to_dict()):
         raise MammoPatchError("the checkpoint was made by another recipe (or other settings of it); use a new --out "
