@@ -153,6 +153,7 @@ def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_d
                            build_augmentation(recipe.augmentation))
     loader = DataLoader(dataset, batch_size=recipe.batch_size // ctx.world_size, sampler=sampler,
                         num_workers=recipe.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=recipe.num_workers > 0,
                         worker_init_fn=_one_thread if recipe.num_workers else None)
     class_mask = torch.zeros(len(FINDING_CLASSES), device=device)
     class_mask[wanted] = 1.0
@@ -193,7 +194,7 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, class_
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
-    total = torch.zeros(3, dtype=torch.float64, device=device)  # (this rank's share of the summed loss, of steps, patches)
+    total = torch.zeros(3, dtype=torch.float64, device=device)  # this rank's share of (loss sum, steps), patches
     started = time.perf_counter()
     waited, last = 0.0, started
     for x, target, mask in batches:
@@ -275,4 +276,5 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-__all__ = ["fit_network", "join_ranks", "initial_network", "network_info", "stream_images", "train_mode", "NetworkFit", "CHECKPOINT", "METRICS_CSV"]
+__all__ = ["fit_network", "join_ranks", "initial_network", "network_info", "stream_images", "train_mode", "NetworkFit",
+           "CHECKPOINT", "METRICS_CSV"]
