@@ -381,9 +381,8 @@ def _run_crossval(args: argparse.Namespace) -> int:
     from .training.crossval import FOLD_FILE, UNITS_DIR, cross_validate, fold_assignment
 
     recipes = [Recipe.load(path) for path in args.config]
-    if args.model_out and recipes[0].other_breast_input != "none":  # refused before any feature is computed
-        raise ConfigError("--model-out: a recipe that reads the other breast (other_breast_input) is for "
-                          "cross-validation only and cannot be written into a model file", args.config[0])
+    if args.model_out and recipes[0].model_file_refusal:  # refused before any feature is computed
+        raise ConfigError(f"--model-out: {recipes[0].model_file_refusal}", args.config[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ranks = start_ranks("cpu")

@@ -258,6 +258,18 @@ class Recipe:
         return checks
 
     @property
+    def model_file_refusal(self) -> Optional[str]:
+        """Why a model file cannot hold this recipe's heads (None: it can), for ``train`` and
+        ``crossval --model-out`` to refuse the recipe before any feature is computed."""
+        if self.other_breast_input != "none":
+            return ("other_breast_input: a head that reads the other breast is for cross-validation only and "
+                    "cannot be written into a model file")
+        if self.cell_px != FEATURE_STRIDE:
+            return (f"cell_px: a head on {self.cell_px} px cells is for cross-validation only and cannot be written "
+                    "into a model file")
+        return None
+
+    @property
     def feature_cut(self) -> int:
         """How many of the backbone's last stages the cached features stop short of: 0 (the
         backbone's output) unless stages tune, then ``tune_stages`` (the features before the

@@ -95,9 +95,8 @@ def _fit_heads(recipe: Recipe, records: Sequence[ImageRecord], cache: Path, resu
     if launched_world_size() > 1:
         raise MammoPatchError(f"torchrun: {recipe.name} trains '{recipe.trains}' in one process; only trains "
                               "'network' recipes train on several ranks")
-    if recipe.other_breast_input != "none":
-        raise ConfigError("other_breast_input: a head that reads the other breast is for cross-validation only "
-                          "and cannot be written into a model file", recipe.name)
+    if recipe.model_file_refusal:
+        raise ConfigError(recipe.model_file_refusal, recipe.name)
     from .cell_bundle import head_network
     from .crossval import at_every_scale, cached_features, fit_fold_heads, synthetic_training_images, training_variants
 
