@@ -350,7 +350,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .evaluation.calibration import calibrate_model
 
-    result = calibrate_model(args.model, args.data, args.out, split=args.split, device=args.device)
+    result = calibrate_model(args.model, args.data, args.out, split=args.split, device=args.device,
+                             split_file=args.split_file)
     temperatures = ", ".join(f"{c} {t:.3f}" for c, t in result["temperatures"].items() if t != 1.0)
     print(f"temperatures: {temperatures or 'all 1'}; ECE {result['before']['ece']:.4f} -> "
           f"{result['after']['ece']:.4f} on {result['women']} patches; calibrated model: {args.out}")
@@ -383,9 +384,13 @@ def _run_crossval(args: argparse.Namespace) -> int:
     recipes = [Recipe.load(path) for path in args.config]
     if args.model_out and recipes[0].model_file_refusal:  # refused before any feature is computed
         raise ConfigError(f"--model-out: {recipes[0].model_file_refusal}", args.config[0])
+    if args.model_out and recipes[0].trains == "network":
+        raise ConfigError("--model-out: a trains 'network' recipe's folds train one whole network each, which no "
+                          "model file averages; build its model with `mammopatch train`", args.config[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ranks = start_ranks("cpu")
+    networks = [recipe.device for recipe in recipes if recipe.trains == "network"]
+    ranks = start_ranks(networks[0] if networks else "cpu")  # NCCL where a network recipe trains on GPUs
     try:
         found = None
         if ranks.is_main:  # the data (synthetic:N is written) and the fold file: once, then shared
@@ -412,12 +417,16 @@ def _run_crossval(args: argparse.Namespace) -> int:
 
 
 def _poster_tables(runs) -> dict:
-    """The poster's patch table of each window-head recipe, from its fold heads' out-of-fold predictions."""
+    """The poster's patch table of each window-head recipe, from its fold networks' (or fold
+    heads') out-of-fold predictions."""
     from .evaluation.report import out_of_fold_patch_table
     from .training.cell_bundle import fold_networks
     from .training.crossval import cell_model_info
+    from .training.network_fit import network_info
 
-    return {run.recipe.name: out_of_fold_patch_table(fold_networks(run), cell_model_info(run.recipe), run.recipe.classes)
+    return {run.recipe.name: out_of_fold_patch_table(run.networks, network_info(run.recipe), run.recipe.classes)
+            if run.networks else out_of_fold_patch_table(fold_networks(run), cell_model_info(run.recipe),
+                                                         run.recipe.classes)
             for run in runs if run.recipe.head == "window"}
 
 
@@ -522,8 +531,8 @@ def _add_evaluate_command(sub) -> None:
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--data", required=True, help="data set folder (VinDr layout or mini-MIAS) or synthetic:N")
     evaluate.add_argument("--out", required=True, help="report folder")
-    evaluate.add_argument("--split", default="validation", help="validation (default) or test")
-    evaluate.add_argument("--split-file", default=None, help="CSV (image_id, split) fixing the split of each image")
+    evaluate.add_argument("--split", default="validation", help="with --split-file: the split to evaluate")
+    evaluate.add_argument("--split-file", default=None, help="CSV (image_id, split): evaluate one split of --data only")
     evaluate.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     evaluate.add_argument("--flip-tta", action="store_true", default=None, help="also run mirrored images")
     evaluate.add_argument("--scales", type=_scale, nargs="+", default=[1.0], help="multi-scale inference")
@@ -537,9 +546,10 @@ def _add_evaluate_command(sub) -> None:
 def _add_calibrate_command(sub) -> None:
     calibrate = sub.add_parser("calibrate", help="fit per-class temperatures on held-out women; write a new model")
     calibrate.add_argument("--model", required=True)
-    calibrate.add_argument("--data", required=True, help="the data set the model was trained on")
+    calibrate.add_argument("--data", required=True, help="images of women who did not train the model")
     calibrate.add_argument("--out", required=True, help="the calibrated model file to write")
-    calibrate.add_argument("--split", default="validation", help="women to fit on (default: validation)")
+    calibrate.add_argument("--split", default="validation", help="with --split-file: the split to fit on")
+    calibrate.add_argument("--split-file", default=None, help="CSV (image_id, split): fit on one split of --data only")
     calibrate.add_argument("--device", default="auto")
     calibrate.set_defaults(func=_cmd_calibrate)
 

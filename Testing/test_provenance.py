@@ -149,3 +149,20 @@ def test_calibrate_refuses_training_women_and_a_gated_model(tmp_path, network, d
     code, _, err = run_cli("calibrate", "--model", str(model), "--data", data, "--out", str(tmp_path / "c.pt"))
     assert code == 2 and "image gate" in err and "crossval --model-out" in err
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_evaluation_takes_every_image_or_one_split_of_a_split_file(tmp_path, data, records):
+    """Without a split file every image of --data is a candidate (the refusal decides which
+    trained the model); a split file narrows them to one split and names itself when empty."""
+    from MammoPatchLib.errors import MammoPatchError
+    from MammoPatchLib.evaluation.held_out import select_evaluation_records
+
+    assert select_evaluation_records(data) == (records, "")
+    split_file = tmp_path / "split.csv"
+    split_file.write_text("image_id,split\n" + "".join(
+        f"{r.image_id},{'test' if k == 0 else 'training'}\n" for k, r in enumerate(records)))
+    chosen, split = select_evaluation_records(data, "test", split_file)
+    assert split == "test" and [r.image_id for r in chosen] == [records[0].image_id]
+    with pytest.raises(MammoPatchError, match="no images in the 'validation' split") as info:
+        select_evaluation_records(data, "validation", split_file)
+    assert str(split_file) in str(info.value)

@@ -60,8 +60,8 @@ def calibration_before_after(logits: np.ndarray, targets: np.ndarray, temperatur
 
 
 def calibrate_model(model_path, data: str, out_path, split: str = "validation", device: str = "auto",
-                    fp_per_image: float = None) -> Dict[str, object]:
-    """Fit temperatures on the ``split`` women's patches, recompute the per-class operating
+                    fp_per_image: float = None, split_file=None) -> Dict[str, object]:
+    """Fit temperatures on the women of ``data`` (those of ``split`` with a ``split_file``): their patches, recompute the per-class operating
     thresholds on their whole images with the calibrated model, and write a new model file.
     Returns temperatures and ECE before / after (also stored in the model's training record).
 
@@ -75,7 +75,7 @@ def calibrate_model(model_path, data: str, out_path, split: str = "validation", 
     from ..io import read_mammogram
     from ..model_file import load_model, save_model
     from ..patches import SamplingConfig, prepare_images, validation_patches
-    from .held_out import refuse_training_women, select_evaluation_records
+    from .held_out import recipe_field, refuse_training_women, select_evaluation_records
     from .lesions import candidate_predictor, collect_cases, operating_thresholds
 
     model = load_model(model_path)
@@ -86,10 +86,10 @@ def calibrate_model(model_path, data: str, out_path, split: str = "validation", 
                               "thresholds; rebuild it with `mammopatch crossval --model-out`, which fits all three "
                               "on out-of-fold predictions", model_path)
     classes = list(info.classes)
-    records, split = select_evaluation_records(data, info, split)
+    records, split = select_evaluation_records(data, split, split_file)
     refuse_training_women(records, info, model_path, "calibrate")
     images, _ = prepare_images(records, info.preprocess_config(), classes, progress=False)
-    sampling = SamplingConfig.from_dict((info.training or {}).get("config", {}).get("sampling", {}))
+    sampling = SamplingConfig.from_dict(recipe_field(info, "sampling", {}))
     patches, targets, masks, _ = validation_patches(images, len(classes), sampling)
     with torch.no_grad():
         logits = torch.cat([model.network.classify(patches[i:i + 32].float()) for i in range(0, len(patches), 32)])
@@ -100,8 +100,7 @@ def calibrate_model(model_path, data: str, out_path, split: str = "validation", 
     predictor = candidate_predictor(model, mode="fast", device=device)
     mammograms = [read_mammogram(r.path, spacing_mm=r.spacing_mm) for r in records]
     cases, _ = collect_cases(predictor, records, classes, mammograms)
-    training_config = (info.training or {}).get("config", {})
-    rate = fp_per_image if fp_per_image is not None else float(training_config.get("operating_fp_per_image", 0.5))
+    rate = fp_per_image if fp_per_image is not None else float(recipe_field(info, "fp_per_image", 0.5))
     info.thresholds = operating_thresholds(cases, classes, fp_per_image=rate)
     info.training["calibration"] = {"split": split, "ece_before": result["before"]["ece"],
                                     "ece_after": result["after"]["ece"], "temperatures": temperatures}

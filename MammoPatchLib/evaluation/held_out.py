@@ -10,9 +10,9 @@ model without provenance is evaluated on what it is given, and every report says
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
-from ..datasets import ImageRecord, apply_split_file, group_by_split, load_records, split_by_patient
+from ..datasets import ImageRecord, apply_split_file, group_by_split, load_records
 from ..errors import MammoPatchError
 from ..model_file import ModelInfo
 from .crossval_figures import REPORT_MD
@@ -23,31 +23,30 @@ UNKNOWN_PROVENANCE = ("provenance unknown: the model file does not record which 
                       "may include its own training women")
 
 
-def select_evaluation_records(data: str, info: ModelInfo, split: str = "validation",
-                              split_file=None) -> Tuple[List[ImageRecord], str]:
-    """The records to evaluate and the split they are ("" for all of ``data``): ``split`` of
-    ``split_file`` when given, else of the split a ``mammopatch train`` model was trained
-    with (its config's split file, or its fractions and seed), else every record.
+def select_evaluation_records(data: str, split: str = "validation", split_file=None) -> Tuple[List[ImageRecord], str]:
+    """The records to evaluate and the split they are: every record of ``data`` (split ""),
+    or with ``split_file`` (CSV: image_id, split) those it puts in ``split``. Which of them
+    trained the model is :func:`refuse_training_women`'s question, not a split's.
 
     Raises:
-        MammoPatchError: the split is empty, or its split file is missing."""
-    config = info.training.get("config") or {}
-    records, _ = load_records(data, Path("."), int(config.get("seed", 0)))
-    split_file = split_file or config.get("split_file")
-    if split_file and not Path(split_file).is_file():
-        raise MammoPatchError("the split file of the model's training run is not here; pass --split-file", split_file)
-    if split_file:
-        records = apply_split_file(records, split_file)
-    elif config:
-        split_by_patient(records, float(config.get("validation_fraction", 0.2)), seed=int(config.get("seed", 0)),
-                         test_fraction=float(config.get("test_fraction", 0.0)))
-    else:
+        MammoPatchError: the split file is missing or puts no image in ``split``."""
+    records, _ = load_records(data, Path("."), 0)
+    if not split_file:
         return records, ""
-    chosen = group_by_split(records).get(split, [])
+    if not Path(split_file).is_file():
+        raise MammoPatchError("no such split file", split_file)
+    chosen = group_by_split(apply_split_file(records, split_file)).get(split, [])
     if not chosen:
         counts = {k: len(v) for k, v in group_by_split(records).items()}
-        raise MammoPatchError(f"no images in the {split!r} split (have: {counts})", data)
+        raise MammoPatchError(f"no images in the {split!r} split (have: {counts})", split_file)
     return chosen, split
+
+
+def recipe_field(info: ModelInfo, name: str, default: Any) -> Any:
+    """A field of the recipe that made the model (its provenance), else ``default``: e.g. the
+    patch sampling the poster's table draws with, or the operating point's false-positive rate."""
+    recipe = info.provenance.recipe if info.provenance is not None else {}
+    return recipe.get(name, default)
 
 
 def refuse_training_women(records: Sequence[ImageRecord], info: ModelInfo, model_path, what: str) -> None:

@@ -165,10 +165,6 @@ def tuned_phrase(info: ModelInfo) -> str:
         return f"frozen up to its last {info.tuned_stages} stages, those fine-tuned with each head"
     if info.training.get("trains") == "network":  # mammopatch train of a trains "network" recipe
         return "trained end to end"
-    config = info.training.get("config")
-    if config:  # a model file of the former training configuration: end to end
-        frozen = float(config.get("freeze_fraction", 0.0))
-        return "trained end to end" + (f", its first {frozen:.0%} of parameters frozen" if frozen else "")
     return "frozen"
 
 
@@ -207,11 +203,8 @@ def _what_it_is(info: ModelInfo, sha256: str, seconds: Dict[str, float]) -> List
 
 def _how_it_was_trained(info: ModelInfo, command: str) -> List[str]:
     made = info.provenance
-    recipe = made.recipe if made else info.training.get("config", {})
+    recipe = made.recipe if made else {}
     lines = ["## How it was trained", ""]
-    if "best_epoch" in info.training:
-        lines += [f"Best epoch {info.training['best_epoch']} of {recipe.get('epochs')} (selected by "
-                  f"{recipe.get('selection')} on the validation women).", ""]
     if made is not None:
         lines += [f"Data: {made.data}; {len(made.images)} training images (SHA-256 of their ids "
                   f"`{made.images_sha256}`); fold file {made.fold_file or 'none'}"

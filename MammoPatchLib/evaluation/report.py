@@ -21,7 +21,7 @@ from ..errors import MammoPatchError
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
 from ..model_file import LoadedModel, ModelInfo, load_model
-from .held_out import UNKNOWN_PROVENANCE, refuse_training_women, select_evaluation_records
+from .held_out import UNKNOWN_PROVENANCE, recipe_field, refuse_training_women, select_evaluation_records
 from .lesions import FP_RATES, bootstrap_intervals, candidate_predictor, case_from_result, lesion_metrics
 from .metrics import patch_metrics, poster_table_lines
 from .numbers import fmt
@@ -34,7 +34,7 @@ def _patch_table(model, images, classes) -> Dict[str, Any]:
     from ..patches import SamplingConfig
 
     info = model.info
-    sampling = SamplingConfig.from_dict((info.training or {}).get("config", {}).get("sampling", {}))
+    sampling = SamplingConfig.from_dict(recipe_field(info, "sampling", {}))
     targets, probs = patch_probabilities(model.network, images, len(classes), sampling, info.inference.temperatures)
     return patch_metrics(targets, probs, classes, info.thresholds)
 
@@ -103,7 +103,7 @@ def evaluate(model_path, data: str, out_dir, split: str = "validation", mode: st
 
     model = load_model(model_path)
     info = model.info
-    records, split = select_evaluation_records(data, info, split, split_file)
+    records, split = select_evaluation_records(data, split, split_file)
     if max_images:  # the refusal counts the images that would be evaluated
         records = records[:max_images]
     refuse_training_women(records, info, model_path, "evaluate")
