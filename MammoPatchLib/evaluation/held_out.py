@@ -66,5 +66,5 @@ def refuse_training_women(records: Sequence[ImageRecord], info: ModelInfo, model
     raise MammoPatchError(
         f"refused to {what}: {len(trained)} of the {len(records)} images ({len({r.patient_id for r in trained})} "
         f"women) are of women who trained this model (any of its {len(made.members)} member(s)); their honest "
-        f"figures are the out-of-fold ones of the `mammopatch crossval` run that made it ({REPORT_MD} of its --out "
+        f"figures are the out-of-fold ones of `mammopatch crossval` of its recipe ({REPORT_MD} of that run's --out "
         f"folder; for the bundled model {BUNDLED_REPORT})", model_path)
