@@ -455,7 +455,7 @@ def _crossval_command(args: argparse.Namespace) -> str:
 
 
 def _add_crossval_command(sub) -> None:
-    crossval = sub.add_parser("crossval", help="cross-validate cell-head recipes by woman (pooled out-of-fold "
+    crossval = sub.add_parser("crossval", help="cross-validate recipes by woman (pooled out-of-fold "
                                                "FROC, AUC, paired intervals); optionally build the model")
     crossval.add_argument("--config", required=True, nargs="+", help="recipe JSON file(s), judged on the same folds")
     crossval.add_argument("--data", required=True, help="mini-MIAS or VinDr-layout folder, or synthetic:N")

@@ -172,3 +172,49 @@ def test_a_unit_is_read_back_only_by_the_recipe_and_folds_that_made_it(tmp_path)
     assert other_folds.load("fold-0") is None
     store.path("fold-1").write_bytes(b"half a file")
     assert store.load("fold-1") is None
+
+
+#: A tiny trains "network" recipe: 64 px patches, one epoch of 2 steps of 4 patches.
+NETWORK = {"name": "tiny-network", "trains": "network", "head": "window", "hidden": 8, "dropout": 0.0,
+           "sampler": "poster", "sampling": {"patch_size": 64}, "epochs": 1, "batch_size": 4, "patches_per_epoch": 8,
+           "spacing_mm": 0.4, "amp": False, "device": "cpu", "classes": ["Mass", "Suspicious Calcification"]}
+
+
+def test_a_network_recipe_is_cross_validated_by_the_trainer_and_a_rerun_skips_its_folds(uninterrupted, tmp_path,
+                                                                                         capsys, caplog):
+    """Each fold's network is trained by ``train``'s trainer (its checkpoint beside the fold's
+    unit) and predicts its held-out women through the Predictor: the report has out-of-fold
+    figures and the poster's patch table; a rerun skips the finished folds, and a fold whose
+    unit is lost but whose checkpoint holds every epoch is predicted again without training."""
+    from MammoPatchLib.cli import main
+    from MammoPatchLib.evaluation.crossval_report import POSTER_TABLE
+    from MammoPatchLib.evaluation.out_of_fold import OUTCOME_FILE, RECIPES_DIR
+
+    (tmp_path / "tiny.json").write_text(json.dumps(NETWORK), encoding="utf-8")
+    args = crossval_args(tmp_path, tmp_path / "out", tmp_path / "cache")
+    args[args.index("--data") + 1] = str(uninterrupted / "data")
+    assert main([*args, "--model-out", str(tmp_path / "model.pt")]) == 2  # refused before any image is read
+    error = capsys.readouterr().err.strip()
+    assert "--model-out" in error and "mammopatch train" in error and len(error.splitlines()) == 1
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.count("held-out images) in") == FOLDS and "about" in first, first
+    units = unit_files(tmp_path / "out")
+    assert len(units) == FOLDS and all((path.with_suffix("") / "checkpoint.pt").is_file() for path in units)
+    row = figures(tmp_path / "out")["recipes"]["tiny-network"]
+    assert set(row["sensitivity_at_fp"]) >= {"1"} and 0.0 <= row["image_auc"] <= 1.0
+    outcome = json.loads((tmp_path / "out" / RECIPES_DIR / "tiny-network" / OUTCOME_FILE).read_text())
+    assert set(NETWORK["classes"]) <= set(outcome[POSTER_TABLE]["per_class"])
+    cases = json.loads((tmp_path / "out" / RECIPES_DIR / "tiny-network" / "cases.json").read_text())
+    assert len(cases["cases"]) == len(cases["fold_of_image"])  # every image once, predicted out of fold
+
+    reference = figures(tmp_path / "out")
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert f"{FOLDS} of {FOLDS} work units already done" in again and "held-out images) in" not in again
+    assert figures(tmp_path / "out") == reference
+    units[-1].unlink()  # the unit is lost, its fold's checkpoint is there: predicted again, not trained
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert "resuming after epoch 1" in caplog.text
+    assert figures(tmp_path / "out") == reference

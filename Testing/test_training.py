@@ -194,10 +194,12 @@ def test_a_head_recipe_makes_a_model_that_predicts_and_evaluate_refuses_its_wome
     error = capsys.readouterr().err.strip()
     assert "refused to evaluate" in error and f"{len(records)} of the {len(records)} images" in error
     assert len(error.splitlines()) == 1
-    with pytest.raises(Exception, match="--resume continues a trains 'network' recipe"):
-        from MammoPatchLib.training.run import train
+    from MammoPatchLib.training.run import train
 
-        train(Recipe.from_dict(TINY_HEAD), tiny_data, out, resume=True, progress=False)
+    before = model.network.head.state_dict()  # --resume of a finished head run: nothing left to train
+    train(Recipe.from_dict(TINY_HEAD), tiny_data, out, resume=True, progress=False)
+    after = load_model(out / "model.pt").network.head.state_dict()
+    assert all(torch.equal(after[name], value) for name, value in before.items())
 
 
 @pytest.mark.parametrize("values, field", [
@@ -226,3 +228,81 @@ def test_the_poster_recipe_states_the_poster_settings():
     assert recipe.sampling.area_range == (0.05, 5.0) and recipe.sampling.aspect_range == (0.33, 1.66)
     assert recipe.sampling.centre_jitter_px_at_vindr == 50.0
     assert Recipe.from_dict(recipe.to_dict()) == recipe  # what a model's provenance records reads back
+
+
+#: A head recipe of two ensemble members, each a work unit of ``train``.
+TINY_SEEDS = {**TINY_HEAD, "name": "tiny-seeds", "seeds": 2, "epochs": 6}
+
+
+def _head_weights(out: Path) -> dict:
+    from MammoPatchLib.model_file import load_model
+
+    return load_model(out / "model.pt").network.head.state_dict()
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory, tiny_data):
+    """An uninterrupted one-process train of a two-member head recipe (one thread, as the
+    subprocesses below run)."""
+    from MammoPatchLib.cli import main
+
+    root = tmp_path_factory.mktemp("members")
+    (root / "seeds.json").write_text(json.dumps(TINY_SEEDS))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--config", str(root / "seeds.json"), "--data", tiny_data, "--out", str(root / "once"),
+                     "--cache", str(root / "cache"), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def test_a_head_train_killed_after_its_first_member_resumes_to_the_same_model(members, tiny_data, capsys):
+    """Each ensemble member is a work unit: killed (SIGKILL) once the first is written, the
+    rerun with --resume trains only the second and writes the uninterrupted run's weights."""
+    from MammoPatchLib.cli import main
+
+    out = members / "killed"
+    process = _train(members, tiny_data, "killed", recipe="seeds.json")
+    deadline = time.time() + 240
+    while not list(out.glob("units/*/member-0.pt")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    output, _ = process.communicate()
+    assert process.returncode == -signal.SIGKILL, output[-2000:]
+    done = list(out.glob("units/*/member-*.pt"))
+    assert [path.name for path in done] == ["member-0.pt"] and not (out / "model.pt").exists()
+    stamp = done[0].stat().st_mtime_ns
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--config", str(members / "seeds.json"), "--data", tiny_data, "--out", str(out),
+                     "--cache", str(members / "cache"), "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "1 of 2 work units already done" in printed, printed
+    trained = [line for line in printed.splitlines() if "tiny-seeds: member" in line]
+    assert len(trained) == 1 and "member 2/2" in trained[0] and "left" in trained[0], printed
+    assert done[0].stat().st_mtime_ns == stamp
+    reference, resumed = _head_weights(members / "once"), _head_weights(out)
+    assert reference.keys() == resumed.keys()
+    for name, value in reference.items():
+        assert torch.equal(resumed[name], value), name
+
+
+def test_two_gloo_ranks_train_the_head_members_one_process_trains(members, tiny_data):
+    """torchrun with 2 CPU ranks: each caches its share of the features, each trains one
+    member, rank 0 writes the model: the one-process model."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    process = subprocess.Popen([*launcher, "-m", "MammoPatchLib.cli", "train", "--config",
+                                str(members / "seeds.json"), "--data", tiny_data, "--out", str(members / "ddp"),
+                                "--cache", str(members / "ddp-cache")],
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = _finish(process)
+    assert "[rank 0/2] tiny-seeds: member 1/2" in output and "[rank 1/2] tiny-seeds: member 2/2" in output, output
+    assert output.count("trained tiny-seeds") == 1, output
+    reference, shared = _head_weights(members / "once"), _head_weights(members / "ddp")
+    for name, value in reference.items():
+        torch.testing.assert_close(shared[name], value, rtol=0, atol=1e-6)

@@ -12,6 +12,11 @@
    Each recipe x fold is a work unit (:mod:`.work_units`) written to ``DIR/units`` as it
    finishes: a killed run, rerun, skips the finished ones; under torchrun the ranks share the
    feature cache's images and then the units (:func:`run_recipes`).
+4. A recipe that trains "network" skips the features: each fold's network is trained by
+   ``mammopatch train``'s own trainer (:func:`~.network_fit.fit_network`, every rank together,
+   a checkpoint per epoch beside the fold's unit so a killed fold resumes from its last epoch)
+   and predicts its held-out women through the Predictor users run, as ``predict`` would
+   (:func:`run_network_recipe`).
 
 What comes out is one :class:`~MammoPatchLib.evaluation.out_of_fold.OutOfFold` per recipe;
 its figures, operating points and report are evaluation's
@@ -33,10 +38,10 @@ from ..datasets import ImageRecord
 from ..datasets.splits import folds_by_patient, read_fold_file, write_fold_file
 from ..distributed import RankContext
 from ..errors import MammoPatchError
-from ..evaluation.lesions import ImageCase, candidate_predictor
+from ..evaluation.lesions import ImageCase, candidate_predictor, collect_cases
 from ..evaluation.out_of_fold import OutOfFold, case_from_cells, case_from_dict, case_to_dict, record_breast_keys
 from ..model_file import InferenceDefaults, ModelInfo
-from ..networks import FEATURE_STRIDE
+from ..networks import FEATURE_STRIDE, PatchClassifier
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .recipe import Recipe
@@ -73,6 +78,8 @@ class RecipeRun:
     heads: List[FittedCellHead] = field(default_factory=list)
     head_women: List[List[str]] = field(default_factory=list)
     cached: List[CachedImage] = field(default_factory=list, repr=False)
+    #: trains "network": each fold's network with the images of its held-out women.
+    networks: List[Tuple[PatchClassifier, List[ImageRecord]]] = field(default_factory=list, repr=False)
 
 
 def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, seed: int = 0) -> Dict[str, int]:
@@ -155,8 +162,9 @@ class RecipeInputs:
 
 @dataclass
 class FoldUnit:
-    """One work unit of a cross-validation: a recipe's heads for one fold (its seeds in turn),
-    the women they trained on, and the cases of the fold's held-out images."""
+    """One work unit of a cross-validation: a recipe's heads for one fold (its seeds in turn)
+    or, for a recipe that trains "network", the fold's network (its state dict), the women
+    they trained on, and the cases of the fold's held-out images."""
 
     fold: int
     heads: List[FittedCellHead]
@@ -164,19 +172,23 @@ class FoldUnit:
     cases: List[ImageCase]
     seconds: float
     training_images: int = 0
+    network: Optional[Dict[str, torch.Tensor]] = None
 
     def to_payload(self) -> Dict[str, Any]:
         """Tensors and plain values only (the cases as JSON, as the report keeps them)."""
-        return {"fold": self.fold, "heads": [head.state() for head in self.heads], "women": list(self.women),
-                "cases": json.dumps([case_to_dict(c) for c in self.cases]), "seconds": float(self.seconds),
-                "training_images": self.training_images, "held_out_images": len(self.cases)}
+        payload = {"fold": self.fold, "heads": [head.state() for head in self.heads], "women": list(self.women),
+                   "cases": json.dumps([case_to_dict(c) for c in self.cases]), "seconds": float(self.seconds),
+                   "training_images": self.training_images, "held_out_images": len(self.cases)}
+        if self.network is not None:
+            payload["network"] = self.network
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Dict[str, Any], tail: Optional[torch.nn.Module] = None) -> "FoldUnit":
         """``tail``: the pretrained stages the heads tuned (:func:`pretrained_last_stage`), if any."""
         return cls(int(payload["fold"]), [FittedCellHead.from_state(h, tail) for h in payload["heads"]],
                    list(payload["women"]), [case_from_dict(c) for c in json.loads(payload["cases"])],
-                   float(payload["seconds"]), int(payload["training_images"]))
+                   float(payload["seconds"]), int(payload["training_images"]), payload.get("network"))
 
 
 def train_unit(inputs: RecipeInputs, fold: int, fold_of: Dict[str, int], predictor, last_stage=None) -> FoldUnit:
@@ -240,27 +252,93 @@ def run_recipes(inputs: Sequence[RecipeInputs], fold_of: Dict[str, int], progres
         return train_unit(inputs[k], folds[fold], fold_of, predictors[k], last_stages(k)).to_payload()
 
     def describe(i: int, unit: Dict[str, Any]) -> str:
-        k, fold = divmod(i, len(folds))
-        return (f"{inputs[k].recipe.name}: fold {fold + 1}/{len(folds)} ({unit['training_images']} training, "
-                f"{unit['held_out_images']} held-out images) in {unit['seconds']:.1f} s")
+        return describe_fold(inputs[i // len(folds)].recipe, len(folds), unit)
 
     payloads = run_units(units, compute, ranks, describe if progress else None)
-    return [recipe_run(given, [FoldUnit.from_payload(p, last_stages(k))
-                               for p in payloads[k * len(folds):(k + 1) * len(folds)]], fold_of)
+    return [recipe_run(given.recipe, [c.record for c in given.cached],
+                       [FoldUnit.from_payload(p, last_stages(k)) for p in payloads[k * len(folds):(k + 1) * len(folds)]],
+                       fold_of, given.cached)
             for k, given in enumerate(inputs) if payloads]
+
+
+def describe_fold(recipe: Recipe, folds: int, unit: Dict[str, Any]) -> str:
+    """A fold unit's progress line (:func:`~.work_units.run_units` adds the time left)."""
+    return (f"{recipe.name}: fold {int(unit['fold']) + 1}/{folds} ({unit['training_images']} training, "
+            f"{unit['held_out_images']} held-out images) in {unit['seconds']:.1f} s")
+
+
+def run_network_recipe(recipe: Recipe, records: Sequence[ImageRecord], fold_of: Dict[str, int], cache_dir: Path,
+                       units_dir: Path, progress: bool = True, ranks: Optional[RankContext] = None
+                       ) -> Optional[RecipeRun]:
+    """A trains "network" recipe's folds, one after the other, each trained by every rank
+    together (:func:`network_fold`) and written as a work unit that a rerun skips; rank 0
+    returns the run (the other ranks None)."""
+    ranks = ranks or RankContext()
+    folds = sorted(set(fold_of.values()))
+    store = unit_store(units_dir, recipe, records, fold_of)
+
+    def compute(i: int) -> Optional[Dict[str, Any]]:
+        unit = network_fold(recipe, records, folds[i], fold_of, store.folder / fold_unit_name(folds[i]), cache_dir,
+                            ranks, progress)
+        return unit.to_payload() if unit is not None else None
+
+    payloads = run_units([(store, fold_unit_name(fold)) for fold in folds], compute, ranks,
+                         (lambda i, unit: describe_fold(recipe, len(folds), unit)) if progress else None,
+                         together=True)
+    if not payloads:
+        return None
+    return recipe_run(recipe, records, [FoldUnit.from_payload(p) for p in payloads], fold_of)
+
+
+def network_fold(recipe: Recipe, records: Sequence[ImageRecord], fold: int, fold_of: Dict[str, int], folder: Path,
+                 cache_dir: Path, ranks: RankContext, progress: bool = True) -> Optional[FoldUnit]:
+    """One fold of a trains "network" recipe: :func:`~.network_fit.fit_network` on the other
+    folds' women (as this rank of ``ranks``; its checkpoint in ``folder``, resumed from when
+    there: a killed fold loses at most an epoch), then, on rank 0, the held-out women's cases
+    from the Predictor users run on the trained network (None on the other ranks)."""
+    from ..model_file import LoadedModel
+    from .network_fit import CHECKPOINT, fit_network
+
+    start = time.perf_counter()
+    train = [r for r in records if fold_of[r.image_id] != fold]
+    held = [r for r in records if fold_of[r.image_id] == fold]
+    fit = fit_network(recipe, train, folder, cache_dir, ranks, resume=(Path(folder) / CHECKPOINT).is_file(),
+                      progress=progress)
+    if not ranks.is_main:
+        return None
+    predictor = candidate_predictor(LoadedModel(fit.network, fit.info, "", ""), device=recipe.device,
+                                    classes=recipe.classes)
+    cases, errors = collect_cases(predictor, held, list(fit.info.classes))
+    for error in errors:
+        logger.warning("fold %d: held-out image skipped: %s", fold, error)
+    return FoldUnit(fold, [], sorted({image.patient_id for image in fit.images}), cases, time.perf_counter() - start,
+                    len(fit.images), {k: v.clone() for k, v in fit.network.state_dict().items()})
 
 
 def fold_unit_name(fold: int) -> str:
     return f"fold-{fold}"
 
 
-def recipe_run(inputs: RecipeInputs, units: Sequence[FoldUnit], fold_of: Dict[str, int]) -> RecipeRun:
-    """A recipe's run from its folds' units, in fold order."""
-    cached = inputs.cached
-    out_of_fold = OutOfFold(inputs.recipe.to_dict(), [c for u in units for c in u.cases], dict(fold_of),
-                            record_breast_keys([c.record for c in cached]), sum(u.seconds for u in units))
-    return RecipeRun(inputs.recipe, out_of_fold, [h for u in units for h in u.heads],
-                     [list(u.women) for u in units for _ in u.heads], list(cached))
+def recipe_run(recipe: Recipe, records: Sequence[ImageRecord], units: Sequence[FoldUnit], fold_of: Dict[str, int],
+               cached: Sequence[CachedImage] = ()) -> RecipeRun:
+    """A recipe's run from its folds' units, in fold order (a network unit's state dict
+    rebuilt into its network, beside the fold's held-out images)."""
+    out_of_fold = OutOfFold(recipe.to_dict(), [c for u in units for c in u.cases], dict(fold_of),
+                            record_breast_keys(records), sum(u.seconds for u in units))
+    networks = [(fold_network(recipe, u.network), [r for r in records if fold_of[r.image_id] == u.fold])
+                for u in units if u.network is not None]
+    return RecipeRun(recipe, out_of_fold, [h for u in units for h in u.heads],
+                     [list(u.women) for u in units for _ in u.heads], list(cached), networks)
+
+
+def fold_network(recipe: Recipe, state: Dict[str, torch.Tensor]) -> PatchClassifier:
+    """A fold's trained network (eval mode) from its unit's state dict."""
+    from ..model_file import build_network
+    from .network_fit import network_info
+
+    network = build_network(network_info(recipe), pretrained=False)
+    network.load_state_dict(state)
+    return network.eval()
 
 
 def fold_training_images(fold: int, cached: Sequence[CachedImage], fold_of: Dict[str, int],
@@ -337,40 +415,56 @@ def cached_features(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: P
 def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fold_of: Dict[str, int],
                    cache_dir: Path, progress: bool = True, units_dir: Optional[Path] = None,
                    ranks: Optional[RankContext] = None) -> List[RecipeRun]:
-    """Each recipe's fold heads and out-of-fold predictions on the same folds (features
-    computed once per :func:`cache_lookup_key` and kept in ``cache_dir``; under torchrun each
-    rank computes its share of the images first). ``units_dir`` and ``ranks``: see
-    :func:`run_recipes`."""
+    """Each recipe's fold heads (or fold networks) and out-of-fold predictions on the same
+    folds (features computed once per :func:`cache_lookup_key` and kept in ``cache_dir``, as
+    are a network recipe's preprocessed images; under torchrun each rank computes its share of
+    the images first). ``units_dir`` and ``ranks``: see :func:`run_recipes` (a network recipe's
+    folds always keep their units and checkpoints, in ``cache_dir/units`` without
+    ``units_dir``). Returns the runs in recipe order on rank 0, nothing on the other ranks."""
     ranks = ranks or RankContext()
-    shown = progress and ranks.is_main  # one feature bar, not one per rank
-    inputs = []
-    cached_by_key: Dict[tuple, List[CachedImage]] = {}
-    sides = None  # each film's chest-wall side, read from its pixels once for every recipe that pairs
-    for recipe in recipes:
-        if cache_lookup_key(recipe) not in cached_by_key:
-            fill_by_shares(ranks, records, lambda share: cached_features(share, recipe, cache_dir, shown, {}))
-        cached = cached_features(records, recipe, cache_dir, shown, cached_by_key)
-        if recipe.cell_px != FEATURE_STRIDE:  # 16 px cells: stride-16 features, these beside them
-            fill_by_shares(ranks, records, lambda share: fine_cell_images(share, recipe, cached, cache_dir, shown, {}))
-            cached = fine_cell_images(records, recipe, cached, cache_dir, shown, cached_by_key)
-        if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
-            sides = sides if sides is not None else chest_wall_sides(records)
-            cached = pair_images(cached, sides, fold_of)
-            logger.info("%s: %.0f %% of the images read with their other breast", recipe.name,
-                        100 * paired_share(cached))
-        if recipe.train_scales:
-            fill_by_shares(ranks, records, lambda share: training_variants(share, recipe, cache_dir, shown, {}))
-        variants = training_variants(records, recipe, cache_dir, shown, cached_by_key)
-        if recipe.synthetic_per_lesion and ranks.distributed:  # made once, by rank 0, then read by all
-            if ranks.is_main:
-                synthetic_training_images(records, fold_of, recipe, cache_dir, shown)
-            ranks.barrier()
-        synthetic = synthetic_training_images(records, fold_of, recipe, cache_dir, shown)
-        inputs.append(RecipeInputs(recipe, cached, variants, synthetic))
-    return run_recipes(inputs, fold_of, progress, units_dir, ranks)
+    known: Dict[tuple, List[CachedImage]] = {}
+    sides: Dict[str, Any] = {}
+    inputs = [recipe_inputs(recipe, records, fold_of, cache_dir, ranks, progress and ranks.is_main, known, sides)
+              for recipe in recipes if recipe.trains != "network"]
+    head_runs = iter(run_recipes(inputs, fold_of, progress, units_dir, ranks))
+    runs = [run_network_recipe(recipe, records, fold_of, cache_dir, units_dir or Path(cache_dir) / UNITS_DIR,
+                               progress, ranks) if recipe.trains == "network" else next(head_runs, None)
+            for recipe in recipes]
+    return [run for run in runs if run is not None]
 
 
-__all__ = ["cross_validate", "run_recipe", "run_recipes", "train_unit", "FoldUnit", "RecipeInputs", "UNITS_DIR",
+def recipe_inputs(recipe: Recipe, records: Sequence[ImageRecord], fold_of: Dict[str, int], cache_dir: Path,
+                  ranks: RankContext, shown: bool, known: Dict[tuple, List[CachedImage]],
+                  sides: Dict[str, Any]) -> RecipeInputs:
+    """What a head or stages recipe trains and predicts from (:class:`RecipeInputs`), every
+    cache filled by the ranks' shares first (:func:`~.work_units.fill_by_shares`), then read by
+    all. ``known``: caches already read (:func:`cached_features`); ``sides``: each film's
+    chest-wall side, read from its pixels once for every recipe that pairs the breasts;
+    ``shown``: progress bars."""
+    if cache_lookup_key(recipe) not in known:
+        fill_by_shares(ranks, records, lambda share: cached_features(share, recipe, cache_dir, shown, {}))
+    cached = cached_features(records, recipe, cache_dir, shown, known)
+    if recipe.cell_px != FEATURE_STRIDE:  # 16 px cells: stride-16 features, these beside them
+        fill_by_shares(ranks, records, lambda share: fine_cell_images(share, recipe, cached, cache_dir, shown, {}))
+        cached = fine_cell_images(records, recipe, cached, cache_dir, shown, known)
+    if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
+        if "sides" not in sides:
+            sides["sides"] = chest_wall_sides(records)
+        cached = pair_images(cached, sides["sides"], fold_of)
+        logger.info("%s: %.0f %% of the images read with their other breast", recipe.name, 100 * paired_share(cached))
+    if recipe.train_scales:
+        fill_by_shares(ranks, records, lambda share: training_variants(share, recipe, cache_dir, shown, {}))
+    variants = training_variants(records, recipe, cache_dir, shown, known)
+    if recipe.synthetic_per_lesion and ranks.distributed:  # made once, by rank 0, then read by all
+        if ranks.is_main:
+            synthetic_training_images(records, fold_of, recipe, cache_dir, shown)
+        ranks.barrier()
+    synthetic = synthetic_training_images(records, fold_of, recipe, cache_dir, shown)
+    return RecipeInputs(recipe, cached, variants, synthetic)
+
+
+__all__ = ["cross_validate", "run_recipe", "run_recipes", "run_network_recipe", "recipe_inputs", "train_unit",
+           "FoldUnit", "RecipeInputs", "UNITS_DIR", "seed_of",
            "at_every_scale", "fold_training_images", "synthetic_training_images",
            "training_variants", "cached_features",
-           "cell_model_info", "fold_assignment", "RecipeRun", "fit_head", "seed_of"]
+           "cell_model_info", "fold_assignment", "RecipeRun", "fit_head"]

@@ -3,7 +3,9 @@
 - trains "network": the whole network end to end, from streamed images (:mod:`.network_fit`;
   a checkpoint every epoch, ``resume`` after a kill, torchrun DDP);
 - trains "head" / "stages": the recipe's heads (``seeds`` of them, averaged) on the cached
-  features of every image, as cross-validation trains each fold's (:mod:`.crossval`).
+  features of every image, as cross-validation trains each fold's (:mod:`.crossval`); each
+  member is a resumable work unit (:mod:`.work_units`) under ``OUT/units``: a rerun skips the
+  members already trained, torchrun deals the others to the ranks.
 
 The model file records its :class:`~MammoPatchLib.model_file.Provenance` (the recipe, every
 training image and woman), so ``evaluate`` and ``calibrate`` refuse its own women. Its
@@ -15,16 +17,18 @@ crossval``'s; ``mammopatch calibrate`` fits thresholds on other women.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..datasets import ImageRecord, load_records
-from ..distributed import launched_world_size
-from ..errors import ConfigError, MammoPatchError
+from ..distributed import RankContext, start_ranks
+from ..errors import ConfigError
 from ..model_file import ModelInfo, Provenance, identity_sha256, save_model
 from ..networks import PatchClassifier
 from .recipe import Recipe
+from .work_units import UnitStore, identity, run_units
 
 logger = logging.getLogger(__name__)
 
@@ -51,33 +55,42 @@ def train(recipe: Recipe, data: str, out_dir, resume: bool = False, progress: bo
           cache_dir: Optional[Path] = None, command: str = "") -> TrainResult:
     """Train ``recipe`` on every image of ``data`` and write ``out_dir/model.pt`` and its card
     (``command``: the command line, for the card). ``cache_dir`` (default ``out_dir/cache``)
-    holds the preprocessed images (network) or the backbone's features (head, stages).
+    holds the preprocessed images (network) or the backbone's features (head, stages). Under
+    torchrun rank 0 reads the data once and shares it; a network is trained by every rank
+    together (DDP), a head recipe's ensemble members are dealt to the ranks.
 
     Raises:
-        MammoPatchError: ``resume`` or torchrun with a head/stages recipe, a recipe whose head
-            a model file cannot hold, or what the training path refuses."""
+        MammoPatchError: a recipe whose head a model file cannot hold, ``resume`` of a network
+            recipe without its checkpoint, or what the training path refuses."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else out / "cache"
-    if recipe.trains == "network":
+    network = recipe.trains == "network"
+    if not network and recipe.model_file_refusal:  # said before any image is read
+        raise ConfigError(recipe.model_file_refusal, recipe.name)
+    if network:
         from .network_fit import fit_network, join_ranks
 
         ranks = join_ranks(recipe)
-        try:  # the data (synthetic:N is written) read once, by rank 0
-            records, description = ranks.broadcast(load_records(data, out, recipe.seed) if ranks.is_main else None)
+    else:
+        ranks = start_ranks("cpu")
+    try:  # the data (synthetic:N is written) read once, by rank 0
+        records, description = ranks.broadcast(load_records(data, out, recipe.seed) if ranks.is_main else None)
+        if network:
             fit = fit_network(recipe, records, out, cache, ranks, resume=resume, progress=progress)
-        finally:
-            ranks.close()
-        if not ranks.is_main:
-            return TrainResult(None, len(fit.images), 0, len(fit.history))
+        else:
+            heads = _fit_heads(recipe, records, out, cache, ranks, progress)
+    finally:
+        ranks.close()
+    if not ranks.is_main:
+        return TrainResult(None, len(records), 0)
+    if network:
         trained = [(image.image_id, image.patient_id) for image in fit.images]
-        info, network, members = fit.info, fit.network, 1
+        info, model, members = fit.info, fit.network, 1
         extra = {"epochs": len(fit.history), "final_training_loss": fit.history[-1]["train_loss"]}
     else:
-        records, description = load_records(data, out, recipe.seed)
-        info, network, trained = _fit_heads(recipe, records, cache, resume, progress)
-        members, extra = info.ensemble, {}
-    path = _write_model(recipe, info, network, trained, members, description, out / MODEL_FILE, extra)
+        (info, model, trained), members, extra = heads, heads[0].ensemble, {}
+    path = _write_model(recipe, info, model, trained, members, description, out / MODEL_FILE, extra)
     from ..evaluation.model_card import write_model_card
 
     write_model_card(path, command=command)
@@ -85,29 +98,48 @@ def train(recipe: Recipe, data: str, out_dir, resume: bool = False, progress: bo
                        extra.get("final_training_loss"))
 
 
-def _fit_heads(recipe: Recipe, records: Sequence[ImageRecord], cache: Path, resume: bool,
-               progress: bool) -> Tuple[ModelInfo, PatchClassifier, List[Tuple[str, str]]]:
+def _fit_heads(recipe: Recipe, records: Sequence[ImageRecord], out: Path, cache: Path, ranks: RankContext,
+               progress: bool) -> Optional[Tuple[ModelInfo, PatchClassifier, List[Tuple[str, str]]]]:
     """The recipe's heads on the cached features of every record (and of its scale and
-    synthetic variants), as one model: (information, network, (image, woman) trained on)."""
-    if resume:
-        raise MammoPatchError(f"--resume continues a trains 'network' recipe; {recipe.name} trains "
-                              f"'{recipe.trains}' from its feature cache, which a rerun reuses")
-    if launched_world_size() > 1:
-        raise MammoPatchError(f"torchrun: {recipe.name} trains '{recipe.trains}' in one process; only trains "
-                              "'network' recipes train on several ranks")
-    if recipe.model_file_refusal:
-        raise ConfigError(recipe.model_file_refusal, recipe.name)
-    from .cell_bundle import head_network
-    from .crossval import at_every_scale, cached_features, fit_fold_heads, synthetic_training_images, training_variants
+    synthetic variants), as one model: (information, network, (image, woman) trained on) on
+    rank 0, None on the others.
 
-    known: dict = {}
-    cached = cached_features(records, recipe, cache, progress, known)
-    images = at_every_scale(cached, training_variants(records, recipe, cache, progress, known))
+    The ranks fill the feature cache by shares (:func:`~.crossval.recipe_inputs`); each
+    ensemble member is a work unit (:func:`~.work_units.run_units`) kept in ``out/units``, so a
+    rerun (``--resume`` or not) skips the members already trained and torchrun deals the
+    others to the ranks; each member seeds itself, so neither changes the model."""
+    from .. import __version__
+    from .cell_bundle import head_network
+    from .cell_head_fit import FittedCellHead
+    from .crossval import UNITS_DIR, at_every_scale, fit_head, pretrained_last_stage, recipe_inputs, seed_of
+
     one_fold = {r.image_id: 0 for r in records}  # every woman trains: synthetic images may mix any of them
-    images += [image for _, image in synthetic_training_images(records, one_fold, recipe, cache, progress)]
-    heads = fit_fold_heads(images, recipe, fold=0)
-    info, network = head_network(recipe, heads)
-    return info, network, [(c.record.image_id, c.record.patient_id) for c in cached]
+    inputs = recipe_inputs(recipe, records, one_fold, cache, ranks, progress and ranks.is_main, {}, {})
+    images = at_every_scale(inputs.cached, inputs.variants) + [image for _, image in inputs.synthetic]
+    store = UnitStore(out / UNITS_DIR, recipe.name,
+                      identity(recipe.to_dict(), sorted((r.image_id, r.patient_id) for r in records), __version__))
+    stages = pretrained_last_stage(recipe)
+
+    def compute(member: int) -> Dict[str, Any]:
+        start = time.perf_counter()
+        head = fit_head(images, recipe, seed_of(recipe, 0, member), stages)
+        return {"head": head.state(), "seconds": time.perf_counter() - start, "training_images": len(images)}
+
+    def describe(member: int, payload: Dict[str, Any]) -> str:
+        return (f"{recipe.name}: member {member + 1}/{recipe.seeds} ({payload['training_images']} training images) "
+                f"in {payload['seconds']:.1f} s")
+
+    payloads = run_units([(store, member_unit_name(m)) for m in range(recipe.seeds)], compute, ranks,
+                         describe if progress else None)
+    if not payloads:
+        return None
+    info, network = head_network(recipe, [FittedCellHead.from_state(p["head"], stages) for p in payloads])
+    return info, network, [(c.record.image_id, c.record.patient_id) for c in inputs.cached]
+
+
+def member_unit_name(member: int) -> str:
+    """The work unit of a ``train``'s ``member``-th ensemble head."""
+    return f"member-{member}"
 
 
 def _write_model(recipe: Recipe, info: ModelInfo, network: PatchClassifier, trained: Sequence[Tuple[str, str]],

@@ -132,8 +132,9 @@ class UnitClock:
 Unit = Tuple[Optional[UnitStore], str]
 
 
-def run_units(units: Sequence[Unit], compute: Callable[[int], Dict[str, Any]], ranks: Optional[RankContext] = None,
-              describe: Optional[Callable[[int, Dict[str, Any]], str]] = None) -> List[Dict[str, Any]]:
+def run_units(units: Sequence[Unit], compute: Callable[[int], Optional[Dict[str, Any]]],
+              ranks: Optional[RankContext] = None, describe: Optional[Callable[[int, Dict[str, Any]], str]] = None,
+              together: bool = False) -> List[Dict[str, Any]]:
     """Every unit's payload, in order, on rank 0 (an empty list on the other ranks).
 
     ``compute(i)`` makes the payload of ``units[i]`` (tensors and plain values, independent of
@@ -141,7 +142,11 @@ def run_units(units: Sequence[Unit], compute: Callable[[int], Dict[str, Any]], r
     dealt to the ranks (:func:`deal`), each written as soon as it is made; rank 0 waits for
     every rank, then reads every unit back from its store, so a payload is the same whether
     made now, before a kill, or on another rank. ``describe(i, payload)``: a progress line for
-    each unit made here (elapsed time and time left are added)."""
+    each unit made here (elapsed time and time left are added).
+
+    ``together``: every rank joins every unit instead (a unit that itself runs on all the
+    ranks, as a DDP training does); ``compute`` returns the payload on rank 0, which writes
+    it, and None on the others."""
     ranks = ranks or RankContext()
     if ranks.distributed and any(store is None for store, _ in units):
         raise ValueError("units made on several ranks need a store to meet in")
@@ -149,12 +154,14 @@ def run_units(units: Sequence[Unit], compute: Callable[[int], Dict[str, Any]], r
     if describe is not None and ranks.is_main and len(todo) < len(units):
         print(f"  {len(units) - len(todo)} of {len(units)} work units already done: skipped", flush=True)
     ranks.barrier()  # every rank has listed what is left before any unit is written
-    mine = deal(todo, ranks)
+    mine = todo if together else deal(todo, ranks)
     clock = UnitClock(len(mine))
-    where = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.distributed else ""
+    where = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.distributed and not together else ""
     kept: Dict[int, Dict[str, Any]] = {}
     for i in mine:
         payload = compute(i)
+        if payload is None:  # a rank other than 0 of a unit made together
+            continue
         store, name = units[i]
         if store is None:
             kept[i] = payload
