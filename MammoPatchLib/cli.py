@@ -517,9 +517,11 @@ def _add_train_command(sub) -> None:
     train.add_argument("--config", required=True, help="recipe JSON file (Resources/Models/training/*.json)")
     train.add_argument("--data", required=True, help="VinDr-layout or mini-MIAS folder, or synthetic:N")
     train.add_argument("--out", required=True, help="output folder (model.pt and its card model.md; checkpoint.pt "
-                                                    "and metrics.csv for a trains 'network' recipe)")
+                                                    "and metrics.csv for a trains 'network' recipe, units/ of "
+                                                    "finished ensemble members for head and stages recipes)")
     train.add_argument("--resume", action="store_true",
-                       help="continue a stopped trains 'network' run from OUT/checkpoint.pt")
+                       help="continue a stopped trains 'network' run from OUT/checkpoint.pt (a head or stages "
+                            "recipe's run skips the ensemble members finished under OUT/units with or without it)")
     train.add_argument("--cache", default=None, help="cache folder of preprocessed images (trains network) or "
                                                      "backbone features (head, stages) (default OUT/cache)")
     train.add_argument("--no-progress", action="store_true")
