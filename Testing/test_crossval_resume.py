@@ -196,9 +196,12 @@ def test_a_network_recipe_is_cross_validated_by_the_trainer_and_a_rerun_skips_it
     assert main([*args, "--model-out", str(tmp_path / "model.pt")]) == 2  # refused before any image is read
     error = capsys.readouterr().err.strip()
     assert "--model-out" in error and "mammopatch train" in error and len(error.splitlines()) == 1
-    assert main(args) == 0
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
     first = capsys.readouterr().out
     assert first.count("held-out images) in") == FOLDS and "about" in first, first
+    assert "epoch 1/1, " in caplog.text and " left: training loss" in caplog.text  # each epoch's line: time left
+    caplog.clear()
     units = unit_files(tmp_path / "out")
     assert len(units) == FOLDS and all((path.with_suffix("") / "checkpoint.pt").is_file() for path in units)
     row = figures(tmp_path / "out")["recipes"]["tiny-network"]
@@ -218,3 +221,16 @@ def test_a_network_recipe_is_cross_validated_by_the_trainer_and_a_rerun_skips_it
         assert main(args) == 0
     assert "resuming after epoch 1" in caplog.text
     assert figures(tmp_path / "out") == reference
+
+
+def test_the_clock_of_a_resumed_run_counts_on_from_what_was_done(monkeypatch):
+    """Units finished before a restart count towards the total but not towards the pace."""
+    from MammoPatchLib.training import work_units
+
+    now = [100.0]
+    monkeypatch.setattr(work_units.time, "perf_counter", lambda: now[0])
+    clock = work_units.UnitClock(10, done=4)
+    now[0] += 30.0
+    assert clock.tick("epoch") == "epoch 5/10, 30 s elapsed, about 2 min 30 s left"
+    now[0] += 60.0
+    assert clock.tick() == "unit 6/10, 1 min 30 s elapsed, about 3 min 00 s left"

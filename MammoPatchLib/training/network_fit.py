@@ -50,6 +50,7 @@ from .cell_head_fit import focal_loss
 from .crossval import cell_model_info
 from .recipe import Recipe
 from .sampler import WeightedSlotSampler, slot_weights
+from .work_units import UnitClock
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_d
     class_mask[wanted] = 1.0
     parts = {"model": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     history: List[Dict[str, float]] = _resume(out / CHECKPOINT, parts, recipe) if resume else []
+    clock = UnitClock(recipe.epochs, len(history))
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         sampler.set_epoch(epoch)
         row = _train_epoch(model, loader, optimizer, scaler, class_mask, device, fast, ctx, progress, epoch,
@@ -169,8 +171,8 @@ def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_d
         if ctx.is_main:
             _checkpoint(out / CHECKPOINT, parts, history, recipe)
             _log(out / METRICS_CSV, history)
-            logger.info("epoch %d/%d: training loss %.4f, %.1f patches/s, lr %.3g", epoch, recipe.epochs,
-                        row["train_loss"], row["patches_per_second"], row["lr"])
+            logger.info("%s: training loss %.4f, %.1f patches/s, lr %.3g", clock.tick("epoch"), row["train_loss"],
+                        row["patches_per_second"], row["lr"])
     network.eval().to("cpu", memory_format=torch.contiguous_format)
     return NetworkFit(network, info, images, history)
 

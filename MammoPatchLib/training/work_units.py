@@ -112,20 +112,22 @@ def duration(seconds: float) -> str:
 
 
 class UnitClock:
-    """Elapsed time and an estimate of the time left, over the ``total`` units this process
-    computes (each unit's cost taken as the mean so far)."""
+    """Elapsed time and an estimate of the time left, over ``total`` units of which ``done``
+    were finished before this process started (a resumed run); each unit left is taken to
+    cost the mean of those finished here."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, done: int = 0) -> None:
         self.total = total
-        self.done = 0
+        self.done = self.first = done
         self.start = time.perf_counter()
 
-    def tick(self) -> str:
-        """Count one more unit finished; "unit 3/10, 1 min 12 s elapsed, about 2 min 48 s left"."""
+    def tick(self, noun: str = "unit") -> str:
+        """Count one more unit finished; "unit 3/10, 1 min 12 s elapsed, about 2 min 48 s left"
+        (``noun``: what a unit is, e.g. "epoch")."""
         self.done += 1
         elapsed = time.perf_counter() - self.start
-        left = elapsed / self.done * (self.total - self.done)
-        return f"unit {self.done}/{self.total}, {duration(elapsed)} elapsed, about {duration(left)} left"
+        left = elapsed / (self.done - self.first) * (self.total - self.done)
+        return f"{noun} {self.done}/{self.total}, {duration(elapsed)} elapsed, about {duration(left)} left"
 
 
 #: A unit: the store that keeps it (None: kept in memory, for a run that need not resume) and its name there.
