@@ -255,9 +255,9 @@ def run_recipes(inputs: Sequence[RecipeInputs], fold_of: Dict[str, int], progres
         return describe_fold(inputs[i // len(folds)].recipe, len(folds), unit)
 
     payloads = run_units(units, compute, ranks, describe if progress else None)
+    per_recipe = [payloads[k * len(folds):(k + 1) * len(folds)] for k in range(len(inputs))] if payloads else []
     return [recipe_run(given.recipe, [c.record for c in given.cached],
-                       [FoldUnit.from_payload(p, last_stages(k)) for p in payloads[k * len(folds):(k + 1) * len(folds)]],
-                       fold_of, given.cached)
+                       [FoldUnit.from_payload(p, last_stages(k)) for p in per_recipe[k]], fold_of, given.cached)
             for k, given in enumerate(inputs) if payloads]
 
 
