@@ -34,9 +34,10 @@ are those of the whole N. Measured per run:
   card included: what a user waits for), and N x the epochs run per second of it.
 
 One more run at the largest size, from its full cache and with twice the shortened epochs,
-prices one of those epochs (the difference of the two training times). Growth with N is then a
-least-squares line over the sizes: bytes per image, RSS per 100 images, caching seconds per
-image, and the training seconds that are not the shortened epochs. The 20,000-image estimate
+prices one of those epochs: the difference of the two runs' seconds that are not caching (wall
+time less the new images at the steady caching rate). Growth with N is then a least-squares
+line over the sizes: bytes per image, RSS per 100 images, caching seconds per image, and the
+other seconds (start-up, reading the cache, the epochs that are not shortened, the model file). The 20,000-image estimate
 reads the lines at ``--target-images`` and adds the shipped recipe's epochs at the probed price
 (the network's scaled to the shipped ``patches_per_epoch``). Epochs draw a fixed number of
 samples (``negatives_per_epoch`` cells, ``patches_per_epoch`` patches) whatever N, so their
@@ -78,10 +79,12 @@ FINDING_CSV, BREAST_CSV = "finding_annotations.csv", "breast-level_annotations.c
 VIEWS_PER_WOMAN = 4
 QUICK = {"sizes": [4, 8], "shape": (320, 256), "spacing": 0.2, "patches_per_epoch": 32, "head_epochs": 2}
 MIB, GIB = 2 ** 20, 2 ** 30
-GPU_FORMULA = ("GPU hours = (N x c + F + E x p) / 3600 / (G x s): N images, c the caching seconds per image, F the "
-               "other training seconds at N (the line's intercept + slope x N), E the shipped epochs and p the price "
-               "of one (both as a `--device cuda` run of this benchmark measures them on one GPU), G the GPUs of the "
-               "torchrun run and s its scaling efficiency")
+GPU_FORMULA = ("Only the network path runs on a GPU (torchrun DDP over G GPUs); the head and "
+               "stages paths cache features and train on the CPU, in one process, on any machine, so their hours are "
+               "the CPU hours above (on that machine's cores). Network path: hours = (N x c / G + F + E x p / (G x s)) "
+               "/ 3600, with N images, c the preprocessing seconds per image (CPU, each rank its share), F the other "
+               "seconds, E the shipped epochs, p the price of one epoch on one GPU (`--device cuda` measures c, F and "
+               "p) and s the scaling efficiency of G ranks")
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -273,6 +276,12 @@ def at(fitted: Tuple[float, float], target: int, measured: Sequence[float]) -> f
     return max(fitted[0] * target + fitted[1], max(measured))
 
 
+def not_caching_s(row: Dict[str, Any]) -> float:
+    """A run's seconds less its new images' caching at the steady rate: start-up, reading the
+    cache, training and writing the model, alike for a run that cached and one that did not."""
+    return row["wall_s"] - (row["cached_images"] / row["caching_images_per_s"] if row["cached_images"] else 0.0)
+
+
 def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path: str, target: int) -> Dict[str, Any]:
     """One path's growth with N (its rows, one per size), the price of one shortened epoch
     (``probe``: the largest size again with twice those epochs), and the reading at ``target``
@@ -287,18 +296,18 @@ def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path
     shortened, epoch_s, shipped_epochs, scale = 0, 0.0, 0, 1.0
     if knob and probe is not None:
         shortened, shipped_epochs = rows[-1]["shortened_epochs"], getattr(shipped, knob)
-        epoch_s = max(probe["training_s"] - rows[-1]["training_s"], 0.0) / shortened
+        epoch_s = max(not_caching_s(probe) - not_caching_s(rows[-1]), 0.0) / shortened
         if path == "network":
             scale = shipped.patches_per_epoch / rows[-1]["patches_per_epoch"]
-    other = line(n, [r["training_s"] - shortened * epoch_s for r in rows])
+    other = line(n, [not_caching_s(r) - shortened * epoch_s for r in rows])
     seconds = target * caching_s_per_image + max(other[0] * target + other[1], 0.0) \
         + shipped_epochs * epoch_s * scale
     priced = {"head": f"{shipped.epochs} head epochs, run as shipped",
               "stages": f"{shipped.epochs} head epochs run as shipped + {shipped.tail_epochs} tail epochs priced",
               "network": f"{shipped.epochs} epochs of {shipped.patches_per_epoch} patches priced"}[path]
     return {"disk_bytes_per_image": disk[0], "rss_bytes_per_100_images": 100 * rss[0],
-            "caching_s_per_image": caching_s_per_image, "training_other_s_per_image": other[0],
-            "training_other_fixed_s": other[1], "shortened_epochs_field": knob, "epoch_s": epoch_s,
+            "caching_s_per_image": caching_s_per_image, "other_s_per_image": other[0],
+            "other_fixed_s": other[1], "shortened_epochs_field": knob, "epoch_s": epoch_s,
             "epoch_scale_to_shipped": scale,
             "estimate": {"images": target, "shipped_epochs": shipped_epochs, "epochs": priced,
                          "disk_bytes": at(disk, target, [r["cache_bytes"] + r["out_bytes"] for r in rows]),
@@ -322,11 +331,11 @@ def markdown(report: Dict[str, Any]) -> str:
                      f"{r['images'] * r['epochs'] / max(r['training_s'], 1e-9):.2f} | {r['wall_s']:.1f} |")
     lines += ["", "Growth with N (least-squares line over the sizes) and the price of one shortened epoch:", "",
               "| path | disk KiB per image | RSS MiB per 100 images | caching s per image | "
-              "other training s per image | other training s fixed | shortened epoch s |", "|---|---|---|---|---|---|---|"]
+              "other s per image | other s fixed | shortened epoch s |", "|---|---|---|---|---|---|---|"]
     for path, g in report["growth"].items():
         lines.append(f"| {path} | {g['disk_bytes_per_image'] / 1024:.0f} | {g['rss_bytes_per_100_images'] / MIB:.0f} "
-                     f"| {g['caching_s_per_image']:.2f} | {g['training_other_s_per_image']:.3f} | "
-                     f"{g['training_other_fixed_s']:.1f} | {g['epoch_s']:.1f} |")
+                     f"| {g['caching_s_per_image']:.2f} | {g['other_s_per_image']:.3f} | "
+                     f"{g['other_fixed_s']:.1f} | {g['epoch_s']:.1f} |")
     target = report["target_images"]
     lines += ["", f"{target:,} images (VinDr-Mammo), read off the lines, with the shipped recipe's epochs:", "",
               "| path | epochs | disk GiB | peak RSS GiB | hours on this machine, one process |",
@@ -335,7 +344,7 @@ def markdown(report: Dict[str, Any]) -> str:
         e = g["estimate"]
         lines.append(f"| {path} | {e['epochs']} | {e['disk_bytes'] / GIB:.1f} | "
                      f"{e['peak_rss_bytes'] / GIB:.1f} | {e['hours_here']:.1f} |")
-    lines += ["", GPU_FORMULA + "."]
+    lines += ["", ("No GPU was measured. " if report["device"].startswith("CPU") else "") + GPU_FORMULA + "."]
     return "\n".join(lines)
 
 
