@@ -169,24 +169,14 @@ def test_a_one_class_recipe_is_compared_with_the_baseline_on_that_class(tmp_path
     assert paired["paired_any_finding_vs_baseline"]["sens@1"]["difference"] == pytest.approx(1.0)
 
 
-def test_a_model_file_is_refused_for_16_px_cells_before_any_work(tmp_path, capsys):
-    import json
-
-    from MammoPatchLib.cli import EXIT_USAGE, main
-    from MammoPatchLib.training.recipe import Recipe
-
-    assert Recipe().model_file_refusal is None
-    recipe = tmp_path / "fine.json"
-    recipe.write_text(json.dumps({"name": "fine", "cell_px": 16}))
-    out = tmp_path / "report"
-    code = main(["crossval", "--config", str(recipe), "--data", "synthetic:4", "--folds", "2", "--out", str(out),
-                 "--model-out", str(tmp_path / "m.pt")])
-    assert code == EXIT_USAGE
-    assert "cell_px: a head on 16 px cells is for cross-validation only" in capsys.readouterr().err
-    assert not out.exists(), "refused before the report folder or any feature exists"
+def test_train_refuses_16_px_cells_before_any_work(tmp_path):
+    """A model file cannot hold a 16 px head yet (crossval --model-out is refused too: see
+    test_other_breast_features)."""
     from MammoPatchLib.errors import ConfigError
+    from MammoPatchLib.training.recipe import Recipe
     from MammoPatchLib.training.run import train
 
+    assert Recipe().model_file_refusal is None
     with pytest.raises(ConfigError, match="cell_px: a head on 16 px cells"):
         train(Recipe.from_dict({"name": "fine", "cell_px": 16}), "synthetic:1", tmp_path / "train", progress=False)
     assert not (tmp_path / "train" / "cache").exists(), "refused before any feature is computed"

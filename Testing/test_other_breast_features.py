@@ -124,14 +124,17 @@ def test_bad_other_breast_recipes_are_config_errors_naming_the_field(fields):
         Recipe(**fields)
 
 
-def test_model_out_with_an_other_breast_recipe_is_refused_before_any_work(tmp_path, capsys):
+@pytest.mark.parametrize("fields,reason", [({"other_breast_input": "concat"}, "other_breast_input"),
+                                           ({"cell_px": 16}, "cell_px: a head on 16 px cells")])
+def test_model_out_with_a_cross_validation_only_recipe_is_refused_before_any_work(tmp_path, capsys, fields, reason):
+    """Recipe.model_file_refusal: the other breast as an input, or 16 px cells (test_fine_cells)."""
     from MammoPatchLib.cli import EXIT_USAGE, main
 
     recipe = tmp_path / "pair.json"
-    recipe.write_text(json.dumps({"name": "pair", "other_breast_input": "concat"}))
+    recipe.write_text(json.dumps({"name": "pair", **fields}))
     out = tmp_path / "report"
     code = main(["crossval", "--config", str(recipe), "--data", "synthetic:4", "--folds", "2", "--out", str(out),
                  "--model-out", str(tmp_path / "m.pt")])
     assert code == EXIT_USAGE
-    assert "other_breast_input" in capsys.readouterr().err
+    assert reason in capsys.readouterr().err
     assert not out.exists(), "refused before the report folder or any feature exists"
