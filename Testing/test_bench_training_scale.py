@@ -44,16 +44,18 @@ def test_growth_lines_and_estimate(tmp_path, capsys):
     epoch_s, shipped = 40.0, shipped_recipe("stages")
     rows = [{"path": "stages", "images": n, "epochs": shipped.epochs + 1, "shortened_epochs": 1,
              "patches_per_epoch": 0, "cache_bytes": 1000 * n, "out_bytes": 5000, "peak_rss_bytes": 1e9 + 2e6 * n,
-             "max_process_rss_bytes": 1e9, "cached_images": cached, "caching_images_per_s": 0.5, "caching_s": 2 * cached,
+             "max_process_rss_bytes": 5e8 + 1e6 * n, "cached_images": cached, "caching_images_per_s": 0.5, "caching_s": 2 * cached,
              "training_s": 30 + 0.1 * n + epoch_s, "wall_s": 2 * cached + 30 + 0.1 * n + epoch_s}
             for n, cached in ((50, 50), (100, 50), (200, 100))]
     probe = {"cached_images": 0, "wall_s": rows[-1]["training_s"] + epoch_s}  # twice the epochs, nothing to cache
     g = growth(rows, probe, "stages", 20000)
     assert g["disk_bytes_per_image"] == pytest.approx(1000) and g["rss_bytes_per_100_images"] == pytest.approx(2e8)
+    assert g["largest_process_bytes_per_100_images"] == pytest.approx(1e8)
     assert g["caching_s_per_image"] == pytest.approx(2) and g["epoch_s"] == pytest.approx(epoch_s)
     assert g["other_s_per_image"] == pytest.approx(0.1) and g["other_fixed_s"] == pytest.approx(30)
     e = g["estimate"]
     assert e["disk_bytes"] == pytest.approx(1000 * 20000 + 5000) and e["peak_rss_bytes"] == pytest.approx(4.1e10)
+    assert e["largest_process_bytes"] == pytest.approx(2.05e10)
     assert e["hours_here"] == pytest.approx((2 * 20000 + 0.1 * 20000 + 30 + shipped.tail_epochs * epoch_s) / 3600)
     settings = {"device": "CPU", "torch": "x", "shape": [1, 1], "spacing_mm": 0.2, "epochs_run": 1,
                 "patches_per_epoch": 0, "target_images": 20000}

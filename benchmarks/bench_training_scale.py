@@ -289,6 +289,7 @@ def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path
     n = [r["images"] for r in rows]
     disk = line(n, [r["cache_bytes"] + r["out_bytes"] for r in rows])
     rss = line(n, [r["peak_rss_bytes"] for r in rows])
+    largest = line(n, [r["max_process_rss_bytes"] for r in rows])
     cached = sum(r["cached_images"] for r in rows)
     caching_s_per_image = sum(r["cached_images"] / r["caching_images_per_s"] for r in rows if r["cached_images"]) \
         / max(cached, 1)
@@ -306,12 +307,14 @@ def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path
               "stages": f"{shipped.epochs} head epochs run as shipped + {shipped.tail_epochs} tail epochs priced",
               "network": f"{shipped.epochs} epochs of {shipped.patches_per_epoch} patches priced"}[path]
     return {"disk_bytes_per_image": disk[0], "rss_bytes_per_100_images": 100 * rss[0],
+            "largest_process_bytes_per_100_images": 100 * largest[0],
             "caching_s_per_image": caching_s_per_image, "other_s_per_image": other[0],
             "other_fixed_s": other[1], "shortened_epochs_field": knob, "epoch_s": epoch_s,
             "epoch_scale_to_shipped": scale,
             "estimate": {"images": target, "shipped_epochs": shipped_epochs, "epochs": priced,
                          "disk_bytes": at(disk, target, [r["cache_bytes"] + r["out_bytes"] for r in rows]),
                          "peak_rss_bytes": at(rss, target, [r["peak_rss_bytes"] for r in rows]),
+                         "largest_process_bytes": at(largest, target, [r["max_process_rss_bytes"] for r in rows]),
                          "hours_here": seconds / 3600}}
 
 
@@ -330,20 +333,21 @@ def markdown(report: Dict[str, Any]) -> str:
                      f"{r['cached_images']} | {r['caching_images_per_s']:.2f} | {r['training_s']:.1f} | "
                      f"{r['images'] * r['epochs'] / max(r['training_s'], 1e-9):.2f} | {r['wall_s']:.1f} |")
     lines += ["", "Growth with N (least-squares line over the sizes) and the price of one shortened epoch:", "",
-              "| path | disk KiB per image | RSS MiB per 100 images | caching s per image | "
-              "other s per image | other s fixed | shortened epoch s |", "|---|---|---|---|---|---|---|"]
+              "| path | disk KiB per image | RSS MiB per 100 images | largest process MiB per 100 images | "
+              "caching s per image | "
+              "other s per image | other s fixed | shortened epoch s |", "|---|---|---|---|---|---|---|---|"]
     for path, g in report["growth"].items():
         lines.append(f"| {path} | {g['disk_bytes_per_image'] / 1024:.0f} | {g['rss_bytes_per_100_images'] / MIB:.0f} "
-                     f"| {g['caching_s_per_image']:.2f} | {g['other_s_per_image']:.3f} | "
+                     f"| {g['largest_process_bytes_per_100_images'] / MIB:.0f} | {g['caching_s_per_image']:.2f} | {g['other_s_per_image']:.3f} | "
                      f"{g['other_fixed_s']:.1f} | {g['epoch_s']:.1f} |")
     target = report["target_images"]
     lines += ["", f"{target:,} images (VinDr-Mammo), read off the lines, with the shipped recipe's epochs:", "",
-              "| path | epochs | disk GiB | peak RSS GiB | hours on this machine, one process |",
-              "|---|---|---|---|---|"]
+              "| path | epochs | disk GiB | peak RSS GiB | largest process GiB | hours on this machine, one process |",
+              "|---|---|---|---|---|---|"]
     for path, g in report["growth"].items():
         e = g["estimate"]
         lines.append(f"| {path} | {e['epochs']} | {e['disk_bytes'] / GIB:.1f} | "
-                     f"{e['peak_rss_bytes'] / GIB:.1f} | {e['hours_here']:.1f} |")
+                     f"{e['peak_rss_bytes'] / GIB:.1f} | {e['largest_process_bytes'] / GIB:.1f} | {e['hours_here']:.1f} |")
     lines += ["", ("No GPU was measured. " if report["device"].startswith("CPU") else "") + GPU_FORMULA + "."]
     return "\n".join(lines)
 
