@@ -31,12 +31,8 @@ from ..errors import MammoPatchError
 from ..networks import FEATURE_STRIDE
 from .feature_cache import CachedImage, build_cache
 
-if TYPE_CHECKING:  # the recipe validates its cell_px against CELL_SIZES: imported from here
+if TYPE_CHECKING:
     from .recipe import Recipe
-
-#: Cell sides a cell head can score, in preprocessed pixels: the backbone's output stride, or
-#: half of it (the stride-16 pyramid of this module).
-CELL_SIZES = (FEATURE_STRIDE, FEATURE_STRIDE // 2)
 
 #: The feature cut (last backbone stages the cached features stop short of) whose features lie
 #: at stride 16 in EfficientNet-Lite: before the head convolution (1), the last block group (2)
@@ -108,4 +104,4 @@ def fine_cell_images(records: Sequence[ImageRecord], recipe: "Recipe", coarse: S
     return known[key]
 
 
-__all__ = ["CELL_SIZES", "FINE_CUT", "FineCellImage", "fine_cell_images", "level_scaled", "pyramid_image"]
+__all__ = ["FINE_CUT", "FineCellImage", "fine_cell_images", "level_scaled", "pyramid_image"]

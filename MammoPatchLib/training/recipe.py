@@ -20,13 +20,16 @@ from ..networks import BACKBONES, DEFAULT_BACKBONE, FEATURE_STRIDE, HEAD_TYPES, 
 from ..patches import SAMPLING_MODES, SamplingConfig
 from ..transforms import PreprocessConfig
 from .augment import AugmentConfig
-from .fine_cells import CELL_SIZES
 from .other_breast_features import OTHER_BREAST_INPUTS
 
 #: How an image's abnormality score is read from its cell heatmaps (image-level AUC, and the
 #: image-level view of a finding): the highest cell, or the mean of the ``image_top_k``
 #: highest cells of the best class (less at the mercy of one noisy cell).
 IMAGE_SCORES = ("max", "top-k")
+
+#: Cell sides a cell head can score, in preprocessed pixels: the backbone's output stride, or
+#: half of it (the stride-16 pyramid of :mod:`.fine_cells`).
+CELL_SIZES = (FEATURE_STRIDE, FEATURE_STRIDE // 2)
 
 #: What a recipe trains: "head" (the head on the frozen backbone's cached features),
 #: "stages" (the head and the backbone's last ``tune_stages`` stages, on cached features of the
@@ -103,7 +106,7 @@ class Recipe:
             "concat" (extra channels) or "difference" (own minus other). Training and
             cross-validation only: a model file cannot hold such a head yet.
         cell_px: the side of the cells the head scores, in preprocessed pixels
-            (:data:`~.fine_cells.CELL_SIZES`): 32, the backbone's output stride, or 16 for
+            (:data:`CELL_SIZES`): 32, the backbone's output stride, or 16 for
             lesions smaller than a 32 px cell (calcification clusters), from the backbone's
             stride-16 features with its output beside them (:mod:`.fine_cells`; a frozen
             backbone, trains "head"). Training and cross-validation only for 16: a model file
