@@ -40,11 +40,10 @@ from ..distributed import RankContext
 from ..errors import MammoPatchError
 from ..evaluation.lesions import ImageCase, candidate_predictor, collect_cases
 from ..evaluation.out_of_fold import OutOfFold, case_from_cells, case_from_dict, case_to_dict, record_breast_keys
-from ..model_file import InferenceDefaults, ModelInfo
 from ..networks import FEATURE_STRIDE, PatchClassifier
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
-from .recipe import Recipe
+from .recipe import Recipe, cell_model_info
 from .feature_cache import CachedImage, build_cache, frozen_backbone_model
 from .fine_cells import fine_cell_images
 from .lesion_synthesis import SYNTHETIC_DIR, SyntheticImage, synthesise_lesions
@@ -56,15 +55,6 @@ logger = logging.getLogger(__name__)
 FOLD_FILE = "folds.csv"
 #: The report folder's subfolder of finished work units (recipe x fold), which a rerun skips.
 UNITS_DIR = "units"
-
-
-def cell_model_info(recipe: Recipe, ensemble: int = 1) -> ModelInfo:
-    """The model information of a cell-head model made with ``recipe``."""
-    return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
-                     neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
-                     spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
-                     inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta),
-                     tuned_stages=recipe.feature_cut)
 
 
 @dataclass
@@ -445,8 +435,10 @@ def recipe_inputs(recipe: Recipe, records: Sequence[ImageRecord], fold_of: Dict[
         fill_by_shares(ranks, records, lambda share: cached_features(share, recipe, cache_dir, shown, {}))
     cached = cached_features(records, recipe, cache_dir, shown, known)
     if recipe.cell_px != FEATURE_STRIDE:  # 16 px cells: stride-16 features, these beside them
-        fill_by_shares(ranks, records, lambda share: fine_cell_images(share, recipe, cached, cache_dir, shown, {}))
-        cached = fine_cell_images(records, recipe, cached, cache_dir, shown, known)
+        info, key = cell_model_info(recipe), cache_lookup_key(recipe)
+        fill_by_shares(ranks, records, lambda share: fine_cell_images(share, recipe, cached, cache_dir, info, key,
+                                                                      shown, {}))
+        cached = fine_cell_images(records, recipe, cached, cache_dir, info, key, shown, known)
     if recipe.other_breast_input != "none":  # both films of a woman share her fold: held out together
         if "sides" not in sides:
             sides["sides"] = chest_wall_sides(records)

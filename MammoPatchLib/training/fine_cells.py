@@ -32,6 +32,7 @@ from ..networks import FEATURE_STRIDE
 from .feature_cache import CachedImage, build_cache
 
 if TYPE_CHECKING:
+    from ..model_file import ModelInfo
     from .recipe import Recipe
 
 #: The feature cut (last backbone stages the cached features stop short of) whose features lie
@@ -76,21 +77,19 @@ def pyramid_image(fine: CachedImage, coarse: CachedImage) -> FineCellImage:
 
 
 def fine_cell_images(records: Sequence[ImageRecord], recipe: "Recipe", coarse: Sequence[CachedImage],
-                     cache_dir: Path, progress: bool = True,
+                     cache_dir: Path, info: "ModelInfo", cache_key: tuple, progress: bool = True,
                      known: Dict[tuple, List[CachedImage]] = None) -> List[CachedImage]:
     """The recipe's 16 px cells of every record: the stride-16 features (cached under
-    ``cache_dir`` beside the others, computed where missing) with ``coarse`` (the same
-    records' stride-32 features) beside them; ``known``: pyramids already made, by the
-    recipe's cache key and cell side, reused.
+    ``cache_dir`` beside the others, computed where missing, for the model ``info`` describes)
+    with ``coarse`` (the same records' stride-32 features) beside them; ``known``: pyramids
+    already made, by the recipe's ``cache_key`` and cell side, reused.
 
     Raises:
         MammoPatchError: an image could not be read (the first such file named)."""
-    from .crossval import cache_lookup_key, cell_model_info
-
     known = known if known is not None else {}
-    key = ("cell_px", recipe.cell_px, *cache_lookup_key(recipe))
+    key = ("cell_px", recipe.cell_px, *cache_key)
     if key not in known:
-        fine, errors = build_cache(records, cell_model_info(recipe), cache_dir, progress=progress, cut=FINE_CUT,
+        fine, errors = build_cache(records, info, cache_dir, progress=progress, cut=FINE_CUT,
                                    in_memory=False)
         if errors:
             raise MammoPatchError(f"{len(errors)} image(s) could not be read for cross-validation: {errors[0]}")

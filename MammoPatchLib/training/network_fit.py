@@ -47,8 +47,7 @@ from ..patches import PatchDataset, PreparedImage, build_slots, prepare_images
 from ..vocabulary import FINDING_CLASSES
 from .augment import build_augmentation
 from .cell_head_fit import focal_loss
-from .crossval import cell_model_info
-from .recipe import Recipe
+from .recipe import Recipe, cell_model_info
 from .sampler import WeightedSlotSampler, slot_weights
 from .work_units import UnitClock
 

@@ -16,9 +16,11 @@ from typing import Any, Dict, List, Optional
 
 from ..config import config_from_dict, config_to_dict, read_config_file
 from ..errors import ConfigError
+from ..model_file import InferenceDefaults, ModelInfo
 from ..networks import BACKBONES, DEFAULT_BACKBONE, FEATURE_STRIDE, HEAD_TYPES, has_tunable_last_stage
 from ..patches import SAMPLING_MODES, SamplingConfig
 from ..transforms import PreprocessConfig
+from ..vocabulary import FINDING_CLASSES
 from .augment import AugmentConfig
 from .other_breast_features import OTHER_BREAST_INPUTS
 
@@ -313,3 +315,12 @@ def _unchanged(recipe: Recipe, name: str) -> bool:
     if isinstance(value, SamplingConfig):
         default = replace(default, mode=value.mode)
     return value == default
+
+
+def cell_model_info(recipe: Recipe, ensemble: int = 1) -> ModelInfo:
+    """The model information of a cell-head model made with ``recipe``."""
+    return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
+                     neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
+                     spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
+                     inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta),
+                     tuned_stages=recipe.feature_cut)
