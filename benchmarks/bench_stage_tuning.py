@@ -1,7 +1,7 @@
 """Stage tuning throughput: the project's streamed trainer against a bare PyTorch loop, in one run.
 
-    python -m benchmarks.bench_stage_tuning [--depths 1,2,3] [--images 24] [--grid 30x17]
-                                            [--steps 6] [--repeats 3] [--workers 2] [--out results.json]
+    python -m benchmarks.bench_stage_tuning [--depths 1,2,3] [--images 24] [--grid 30x17] [--steps 6]
+                                            [--repeats 3] [--workers 2] [--threads 1] [--out results.json]
 
 For each depth (``tune_stages``: 1 the head convolution, 2 also the last block group, 3 also the
 stride-32 group before it, EfficientNet-Lite0 with its ImageNet weights), cached features of
@@ -19,8 +19,10 @@ both alike, medians reported:
   batch's crops from the cache files), what a cross-validation fold runs.
 
 Printed: cells and crops per second, the median step, the project against the bare loop, and
-the tuning phase's cost of one fold (steps per epoch x ``tail_epochs`` x median step) for a
-training set of 180 images, with which a cross-validation's cost is estimated before it runs.
+the tuning phase's cost of one fold (steps per epoch x the depth's recipe's ``tail_epochs`` x
+median step) for a training set of 180 images, with which a cross-validation's cost is
+estimated before it runs. Depth 1 runs the bundled recipe, 2 and 3 its copies
+``cell-3x3-tta-stages2`` / ``-stages3``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from MammoPatchLib.training.stage_fit import (RowIndex, StageCrops, TunedCells, 
 
 #: Views (images and mirrors) of a fold's training set on mini-MIAS (4 of 5 folds of 226 images).
 FOLD_VIEWS = 360
-RECIPE = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "training" / "cell-3x3-tta-tail10-gate35.json"
+RECIPES = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "training"
+#: The recipe of each depth: the bundled one (one stage), and its copies that tune 2 and 3.
+RECIPE_OF_DEPTH = {1: "cell-3x3-tta-tail10-gate35.json", 2: "cell-3x3-tta-stages2.json", 3: "cell-3x3-tta-stages3.json"}
 
 
 def synthetic_cache(folder: Path, backbone, depth: int, images: int, grid, seed: int) -> List[StoredImage]:
@@ -96,14 +100,13 @@ def bare_steps(model: TunedCells, batches, t, m, optimiser) -> List[float]:
 
 
 def measure(depth: int, args, backbone, folder: Path) -> Dict[str, Any]:
-    recipe = Recipe.load(RECIPE, {"tune_stages": depth})
     grid = tuple(int(v) for v in args.grid.split("x"))
     images = synthetic_cache(folder, backbone, depth, args.images, grid, seed=depth)
     rng = np.random.default_rng(0)
     t, m = targets(args.images, grid, 10, rng)
     index = RowIndex([grid] * args.images, 2)
     views = 2 * args.images
-    recipe = Recipe.load(RECIPE, {"tune_stages": depth, "negatives_per_epoch": round(8192 * views / FOLD_VIEWS)})
+    recipe = Recipe.load(RECIPES / RECIPE_OF_DEPTH[depth], {"negatives_per_epoch": round(8192 * views / FOLD_VIEWS)})
     stages = TunedStages(backbone, depth)
     reach = stages.reach(recipe.neighbourhood // 2)
     plan, weights = plan_epochs(t, m, index, recipe, 1, reach, rng)
@@ -150,8 +153,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps measured per repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (crossval's default: 1)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     backbone = PatchClassifier(pretrained=True).features.eval()
     results = []
