@@ -96,6 +96,7 @@ def test_a_crossval_killed_after_its_first_unit_resumes_to_the_same_report(unint
     assert figures(out) == figures(uninterrupted / "out")
 
 
+@pytest.mark.slow  # several processes: CI runs it (-m slow)
 def test_two_gloo_ranks_give_the_report_and_model_of_one_process(uninterrupted, tmp_path):
     out, model, cache = tmp_path / "out", tmp_path / "model.pt", tmp_path / "cache"  # the ranks share the caching
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -149,6 +149,7 @@ def test_resume_without_a_checkpoint_is_one_clear_line(work, tiny_data, tmp_path
     assert not (tmp_path / "new" / "cache").exists()  # refused before any image was prepared
 
 
+@pytest.mark.slow  # several processes: CI runs it (-m slow)
 def test_two_gloo_ranks_train_the_model_one_process_trains(work, tiny_data, straight, fixed_patches):
     """torchrun with 2 CPU ranks (gloo), each taking half of every batch of the same draw, trains
     the one-process model: the same losses, and the same probabilities on fixed patches, within
@@ -292,6 +293,7 @@ def test_a_head_train_killed_after_its_first_member_resumes_to_the_same_model(me
         assert torch.equal(resumed[name], value), name
 
 
+@pytest.mark.slow  # several processes: CI runs it (-m slow)
 def test_two_gloo_ranks_train_the_head_members_one_process_trains(members, tiny_data):
     """torchrun with 2 CPU ranks: each caches its share of the features, each trains one
     member, rank 0 writes the model: the one-process model."""
