@@ -6,8 +6,9 @@ The head (:class:`~MammoPatchLib.networks.CellHead`) is a 1 x 1 bottleneck, a
 1. the bottleneck is fitted once, without labels, as the whitened principal components of the
    training images' features (so 1280 channels become ``bottleneck`` well-conditioned ones);
 2. every cell's ``neighbourhood x neighbourhood`` block of bottleneck features is gathered
-   once (``F.unfold``, with the same zero padding as the convolution), so the convolution
-   becomes a plain MLP over those vectors;
+   (``F.unfold``, with the same zero padding as the convolution), so the convolution
+   becomes a plain MLP over those vectors: once for every image here, or batch by batch
+   from crops read off disk (:func:`~.stage_fit.fit_streamed_head`, the cell head's way);
 3. each epoch draws every positive cell and a sample of negative cells (uniform, or partly
    among the highest-scoring negatives: hard-negative rounds), with the poster's focal loss;
 4. the MLP's weights are reshaped back into the head's convolutions, so the model file's
@@ -19,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,13 +45,16 @@ class Projection:
 
 
 def fit_projection(images: Sequence[CachedImage], bottleneck: int, max_cells: int = 12000,
-                   seed: int = 0) -> Projection:
-    """Whitened principal components of a sample of the images' feature cells."""
+                   seed: int = 0, read: Optional[Callable[[CachedImage], torch.Tensor]] = None) -> Projection:
+    """Whitened principal components of a sample of the images' feature cells, read one image
+    at a time (``read``: an image's features, default :meth:`CachedImage.load`)."""
+    read = read or (lambda image: image.load())
     rng = np.random.default_rng(seed)
     per_image = max(1, max_cells // max(len(images), 1))
     picked = []
     for im in images:  # an even sample of every image's cells (both views)
-        flat = im.features.flatten(2).permute(0, 2, 1).reshape(-1, im.features.shape[1])
+        features = read(im)
+        flat = features.flatten(2).permute(0, 2, 1).reshape(-1, features.shape[1])
         picked.append(flat[torch.as_tensor(rng.choice(len(flat), min(per_image, len(flat)), replace=False))])
     cells = torch.cat(picked).float()
     mean = cells.mean(0)
@@ -269,7 +273,7 @@ def training_cells(images: Sequence[CachedImage], projection: Projection, recipe
     views = training_views(recipe)
     xs, ts, ms = [], [], []
     for image in images:
-        vectors = head_vectors(image.features[:views], projection, recipe.head, recipe.neighbourhood)
+        vectors = head_vectors(image.load()[:views], projection, recipe.head, recipe.neighbourhood)
         xs.append(vectors.reshape(-1, vectors.shape[-1]))
         targets, masks = target_rows(image, recipe, classes)
         ts.append(targets)
@@ -294,7 +298,8 @@ def split_rows(targets: torch.Tensor, masks: torch.Tensor) -> Tuple[np.ndarray, 
             torch.nonzero(~positive & masks.any(1)).flatten().numpy())
 
 
-def train_epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
+def train_epochs(model: nn.Module, forward: Callable[[List[np.ndarray]], Iterable[torch.Tensor]],
+                 targets: torch.Tensor,
                  masks: torch.Tensor, positive_rows: np.ndarray, negative_rows: np.ndarray, recipe: Recipe,
                  epochs: int, optimiser: torch.optim.Optimizer, rng: np.random.Generator,
                  schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
@@ -302,7 +307,8 @@ def train_epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     """The epoch loop every cell head trains with: each epoch takes every positive row and
     ``negatives_per_epoch`` negative ones (partly the highest-scoring, re-scored every five
     epochs, from ``hard_negative_after`` on, when ``hard_scores`` is given), shuffled, in
-    batches of ``batch_cells``, with the focal loss; ``forward(rows)`` gives their logits."""
+    batches of ``batch_cells``, with the focal loss; ``forward(batches)`` gives each batch's
+    logits in turn (computed as they are asked for, so a streamed fit reads them meanwhile)."""
     n_neg = min(recipe.negatives_per_epoch, len(negative_rows))
     scores: Optional[np.ndarray] = None
     for epoch in range(epochs):
@@ -310,10 +316,11 @@ def train_epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
             scores = hard_scores()
         negatives = _draw_negatives(negative_rows, n_neg, rng, scores, recipe.hard_negative_share)
         rows = rng.permutation(np.concatenate([positive_rows, negatives]))
+        batches = [rows[start:start + recipe.batch_cells] for start in range(0, len(rows), recipe.batch_cells)]
         model.train()
-        for start in range(0, len(rows), recipe.batch_cells):
-            batch = torch.as_tensor(rows[start:start + recipe.batch_cells])
-            loss = focal_loss(forward(batch), targets[batch].float(), masks[batch])
+        for rows_of_batch, logits in zip(batches, forward(batches)):
+            batch = torch.as_tensor(rows_of_batch)
+            loss = focal_loss(logits, targets[batch].float(), masks[batch])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -324,7 +331,12 @@ def train_epochs(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
 def fit_cell_head(images: Sequence[CachedImage], recipe: Recipe, classes: Sequence[str],
                   seed: Optional[int] = None) -> FittedCellHead:
     """Train a head on ``images`` (their cached features) with ``recipe``; ``classes`` are the
-    model's outputs (the recipe's classes are trained, the others ignored)."""
+    model's outputs (the recipe's classes are trained, the others ignored).
+
+    Every training cell's block vector is held in memory: what the window head (one vector of
+    a bottleneck's width per window) and a head reading the other breast (pairs aligned in
+    memory) train with; a cell head streams them instead
+    (:func:`~.stage_fit.fit_streamed_head`, which gives the same head)."""
     seed = recipe.seed if seed is None else seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -336,7 +348,7 @@ def fit_cell_head(images: Sequence[CachedImage], recipe: Recipe, classes: Sequen
     optimiser = torch.optim.Adam(mlp.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=recipe.epochs)
     hard_scores = (lambda: _negative_scores(mlp, x, m, negative_rows)) if recipe.hard_negative_share > 0 else None
-    train_epochs(mlp, lambda batch: mlp(x[batch].float()), t, m, positive_rows, negative_rows, recipe,
+    train_epochs(mlp, lambda batches: (mlp(x[torch.as_tensor(b)].float()) for b in batches), t, m, positive_rows, negative_rows, recipe,
                  recipe.epochs, optimiser, rng, schedule=schedule, hard_scores=hard_scores)
     return FittedCellHead(projection, mlp.eval(), recipe.neighbourhood, list(classes), recipe.head,
                           other_breast_input=recipe.other_breast_input)

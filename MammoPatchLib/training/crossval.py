@@ -115,6 +115,10 @@ def fit_head(images: Sequence[CachedImage], recipe: Recipe, seed: int, last_stag
 
         return fit_tuned_tail_head(images, recipe, list(FINDING_CLASSES),
                                    last_stage if last_stage is not None else pretrained_last_stage(recipe), seed)
+    from .stage_fit import fit_streamed_head, streams_head
+
+    if streams_head(images, recipe):
+        return fit_streamed_head(images, recipe, list(FINDING_CLASSES), seed=seed)
     return fit_cell_head(images, recipe, list(FINDING_CLASSES), seed=seed)
 
 
@@ -380,9 +384,10 @@ def cache_lookup_key(recipe: Recipe) -> tuple:
 
 
 def features_in_memory(recipe: Recipe) -> bool:
-    """False where the recipe tunes stages (its fit streams the features from their cache
-    files), unless it reads the other breast (the pairing aligns features in memory)."""
-    return not recipe.feature_cut or recipe.other_breast_input != "none"
+    """True only where the recipe reads the other breast (the pairing aligns features in
+    memory); every other fit streams the features from their cache files, one image at a time
+    (:func:`~.stage_fit.fit_streamed_head`, :func:`~.stage_fit.fit_tuned_tail_head`)."""
+    return recipe.other_breast_input != "none"
 
 
 def cached_features(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Path, progress: bool,

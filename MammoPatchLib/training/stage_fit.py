@@ -5,9 +5,10 @@ A recipe with ``trains: "stages"`` tunes EfficientNet-Lite's last ``tune_stages`
 steps from stride 16 to 32) from features cached once per image before the first tuned stage
 (``feature_cache.build_cache(cut=recipe.feature_cut)``, one fp16 file per image and mirror):
 
-1. the head is first trained exactly as with a frozen backbone (:func:`fit_cell_head`), on the
-   pretrained stages' output (computed image by image from the cache and held, as a
-   head-only recipe holds its cached features);
+1. the head is first trained exactly as with a frozen backbone, on the pretrained stages'
+   output: streamed (:func:`fit_streamed_head`, the stages run without gradients on each
+   crop), or for a head reading the other breast held in memory (:func:`frozen_outputs`,
+   :func:`fit_cell_head`);
 2. then, for ``tail_epochs``, a copy of the tuned stages, the bottleneck and the MLP train
    together (the stages at ``tail_learning_rate``, the head at a twentieth of its rate). A
    torch DataLoader's workers read the cached features of each batch's images from their
@@ -56,8 +57,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
 from ..networks import TunedStages
-from .cell_head_fit import (CellMLP, FittedCellHead, Projection, _draw_negatives, fit_cell_head, focal_loss,
-                            split_rows, target_rows, training_views)
+from .cell_head_fit import (CellMLP, FittedCellHead, Projection, _draw_negatives, fit_cell_head, fit_projection,
+                            focal_loss, neighbourhood_vectors, split_rows, target_rows, train_epochs,
+                            training_views)
 from .feature_cache import CachedImage
 from .other_breast_features import PairedImage, combine
 from .recipe import Recipe
@@ -329,11 +331,110 @@ def plan_epochs(targets: torch.Tensor, masks: torch.Tensor, index: RowIndex, rec
     return batches, weights
 
 
-def stage_loader(dataset: StageCrops, workers: Optional[int] = None) -> DataLoader:
-    """The DataLoader that reads the batches' crops (``workers``: processes; default up to 2)."""
+def stage_loader(dataset: Dataset, workers: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> DataLoader:
+    """The DataLoader that reads the batches' crops (``workers``: processes; default up to 2).
+    ``generator``: its own, so that starting it leaves torch's global random state (a fit's
+    dropout) as it was (None: the global one, as the stage tuning's figures were made with)."""
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_collate,
-                      worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None)
+                      worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
+                      generator=generator)
+
+
+class HeadVectors(Dataset):
+    """A DataLoader's view of a frozen-backbone head fit's batches: item ``i`` is batch ``i``'s
+    block vectors (k, bottleneck * n * n) fp16, in the batch's row order, cut from crops of
+    the images' cached features (:class:`StageCrops`) through the frozen ``stages`` (when the
+    head's input is a tuned-stages recipe's pretrained stages' output), the bottleneck and the
+    head's zero-padded unfold: the vectors :func:`~.cell_head_fit.training_cells` computes on
+    whole images."""
+
+    def __init__(self, crops: StageCrops, projection: Projection, neighbourhood: int,
+                 stages: Optional[TunedStages] = None) -> None:
+        self.crops, self.projection, self.neighbourhood, self.stages = crops, projection, neighbourhood, stages
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @torch.no_grad()
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rows = np.concatenate([g.rows for g in self.crops.batches[i]])
+        parts, got = [], []
+        for bucket in self.crops[i]:
+            features = bucket.crops if self.stages is None else self.stages.eval()(bucket.crops.float()).half()
+            vectors = neighbourhood_vectors(features, self.projection, self.neighbourhood)
+            parts.append(vectors.reshape(-1, vectors.shape[-1])[torch.as_tensor(bucket.columns)])
+            got.append(bucket.rows)
+        found = np.concatenate(got)
+        sorter = np.argsort(found)
+        return torch.cat(parts)[torch.as_tensor(sorter[np.searchsorted(found, rows, sorter=sorter)])]
+
+
+def streams_head(images: Sequence[CachedImage], recipe: Recipe) -> bool:
+    """True where :func:`fit_streamed_head` can train the recipe's head: a cell head on plain
+    cached images. The window head (whose vectors are one per window, a bottleneck's width) and
+    a head that reads the other breast (aligned pairs built in memory) train in memory."""
+    return recipe.head == "cell" and recipe.other_breast_input == "none" and not any(
+        isinstance(image, PairedImage) for image in images)
+
+
+def fit_streamed_head(images: Sequence[CachedImage], recipe: Recipe, classes: Sequence[str],
+                      seed: Optional[int] = None, stages: Optional[TunedStages] = None,
+                      workers: Optional[int] = None, cache_bytes: int = WORKER_CACHE_BYTES) -> FittedCellHead:
+    """:func:`~.cell_head_fit.fit_cell_head` without holding the images' features or block
+    vectors: the projection from a sample of each image's cells read one image at a time, each
+    epoch's rows drawn as there (same random calls), their vectors cut from crops of the
+    features read by DataLoader workers (:class:`HeadVectors`), hard negatives scored image by
+    image. Memory holds per row only its targets, masks and place. ``stages``: the pretrained
+    stages of a tuned-stages recipe, run (without gradients) on each crop, so the head trains
+    on their output as :func:`frozen_outputs` would give it. ``cache_bytes``: the features each
+    worker keeps of the images it read last (:class:`StageCrops`)."""
+    if not streams_head(images, recipe):
+        raise ConfigError(f"recipe {recipe.name}: the {recipe.head} head with other_breast_input "
+                          f"{recipe.other_breast_input} trains in memory (fit_cell_head)")
+    seed = recipe.seed if seed is None else seed
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    @torch.no_grad()
+    def read(image: CachedImage) -> torch.Tensor:
+        features = image.load()
+        return features if stages is None else stages.eval()(features.float()).half()
+
+    projection = fit_projection(images, recipe.bottleneck, seed=seed, read=read)
+    views = training_views(recipe)
+    rows = [target_rows(image, recipe, classes) for image in images]
+    t, m = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+    index = RowIndex([image.grid_shape for image in images], views)
+    positive_rows, negative_rows = split_rows(t, m)
+    n = recipe.neighbourhood
+    mlp = CellMLP(projection.weight.shape[0] * n * n, recipe.hidden, len(classes), recipe.dropout)
+    optimiser = torch.optim.Adam(mlp.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=recipe.epochs)
+    reach = n // 2 if stages is None else stages.reach(n // 2)
+    scale = 1 if stages is None else stages.scale
+
+    def forward(batches: List[np.ndarray]) -> Iterable[torch.Tensor]:
+        plan = [groups_of(b, index, reach, by_view=False) for b in batches]
+        dataset = HeadVectors(StageCrops(images, plan, scale, cache_bytes=cache_bytes), projection, n, stages)
+        loader = stage_loader(dataset, workers, generator=torch.Generator().manual_seed(seed))
+        return (mlp(vectors.float()) for vectors in loader)
+
+    @torch.no_grad()
+    def hard_scores() -> np.ndarray:  # each negative row's highest probability over its counting classes
+        mlp.eval()
+        scores = np.empty(int(index.starts[-1]), dtype=np.float32)
+        for i, image in enumerate(images):
+            vectors = neighbourhood_vectors(read(image)[:views], projection, n)
+            span = slice(int(index.starts[i]), int(index.starts[i + 1]))
+            probs = torch.sigmoid(mlp(vectors.reshape(-1, vectors.shape[-1]).float())) * m[span]
+            scores[span] = probs.max(1).values.numpy()
+        return scores[negative_rows]
+
+    train_epochs(mlp, forward, t, m, positive_rows, negative_rows, recipe, recipe.epochs, optimiser, rng,
+                 schedule=schedule, hard_scores=hard_scores if recipe.hard_negative_share > 0 else None)
+    return FittedCellHead(projection, mlp.eval(), n, list(classes), recipe.head)
 
 
 def frozen_outputs(images: Sequence[CachedImage], stages: TunedStages) -> List[CachedImage]:
@@ -357,7 +458,9 @@ def fit_tuned_tail_head(images: Sequence[CachedImage], recipe: Recipe, classes: 
     (their cached features before those stages, streamed by a DataLoader)."""
     if recipe.other_breast_input != "none" and pretrained_tail.stages > 1:
         raise ConfigError("recipe: other_breast_input is aligned on the stride-32 cell grid: it needs tune_stages 1")
-    head = fit_cell_head(frozen_outputs(images, pretrained_tail), recipe, classes, seed=seed)
+    head = (fit_streamed_head(images, recipe, classes, seed=seed, stages=pretrained_tail, workers=workers)
+            if streams_head(images, recipe) else
+            fit_cell_head(frozen_outputs(images, pretrained_tail), recipe, classes, seed=seed))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
     views = training_views(recipe)
