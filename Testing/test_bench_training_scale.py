@@ -67,6 +67,28 @@ def test_growth_lines_and_estimate(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == table
 
 
+def test_memory_and_other_seconds_come_from_the_run_alone():
+    """Where each size also ran from its complete cache, memory and the seconds that are not
+    caching are read from that run: the caching run holds the backbone too."""
+    shipped = shipped_recipe("head")
+    rows = [{"path": "head", "images": n, "epochs": shipped.epochs, "shortened_epochs": 1, "patches_per_epoch": 0,
+             "cache_bytes": 1000 * n, "out_bytes": 0, "peak_rss_bytes": 9e9 + 5e7 * n,
+             "max_process_rss_bytes": 8e9 + 5e7 * n, "cached_images": 50, "caching_images_per_s": 0.5,
+             "caching_s": 100, "training_s": 1, "wall_s": 999 + n,
+             "alone": {"wall_s": 20 + 0.5 * n, "peak_rss_bytes": 1e9 + 1e6 * n, "max_process_rss_bytes": 1e9,
+                       "cached_images": 0}}
+            for n in (50, 100, 200)]
+    g = growth(rows, None, "head", 20000)
+    assert g["rss_bytes_per_100_images"] == pytest.approx(1e8)
+    assert g["largest_process_bytes_per_100_images"] == pytest.approx(0, abs=1e-3)
+    assert g["other_s_per_image"] == pytest.approx(0.5) and g["other_fixed_s"] == pytest.approx(20)
+    assert g["estimate"]["largest_process_bytes"] == pytest.approx(1e9)
+    settings = {"device": "CPU", "torch": "x", "shape": [1, 1], "spacing_mm": 0.2, "epochs_run": 1,
+                "patches_per_epoch": 0, "target_images": 20000}
+    assert "| head | 100 | 0.1 | 0.0 | 13351 | 12398 | 50 | 0.50 | 1099.0 | 1049 | 954 | 70.0 | 28.57 |" in markdown(
+        {**settings, "results": rows, "growth": {"head": g}})
+
+
 @pytest.mark.slow
 def test_quick_run_of_the_head_path(tmp_path, capsys):
     """The real command line, measured, at both quick sizes (the other paths train the same
@@ -81,6 +103,7 @@ def test_quick_run_of_the_head_path(tmp_path, capsys):
         for key in ("wall_s", "training_s", "caching_images_per_s", "cache_bytes", "out_bytes", "peak_rss_bytes",
                     "max_process_rss_bytes"):
             assert row[key] > 0, (n, key)
+        assert row["alone"]["cached_images"] == 0 and row["alone"]["max_process_rss_bytes"] > 0
     small, large = (rows[n] for n in QUICK["sizes"])
     assert (small["cached_images"], large["cached_images"]) == (small["images"], large["images"] - small["images"])
     assert large["cache_bytes"] > small["cache_bytes"]  # the cache grows with the images

@@ -76,6 +76,8 @@ PATHS = {"head": ("cell-3x3-tta-tail10-gate35.json", {"trains": "head", "tail_ep
          "stages": ("cell-3x3-tta-tail10-gate35.json", {}, "tail_epochs"),
          "network": ("poster.json", {}, "epochs")}
 FINDING_CSV, BREAST_CSV = "finding_annotations.csv", "breast-level_annotations.csv"
+#: What the second run of each size (from the complete cache, nothing left to cache) records.
+ALONE_KEYS = ("wall_s", "peak_rss_bytes", "max_process_rss_bytes", "cached_images")
 VIEWS_PER_WOMAN = 4
 QUICK = {"sizes": [4, 8], "shape": (320, 256), "spacing": 0.2, "patches_per_epoch": 32, "head_epochs": 2}
 MIB, GIB = 2 ** 20, 2 ** 30
@@ -277,9 +279,20 @@ def at(fitted: Tuple[float, float], target: int, measured: Sequence[float]) -> f
 
 
 def not_caching_s(row: Dict[str, Any]) -> float:
-    """A run's seconds less its new images' caching at the steady rate: start-up, reading the
-    cache, training and writing the model, alike for a run that cached and one that did not."""
+    """A run's seconds that are not caching: start-up, reading the cache, training and writing
+    the model. Measured by the run from the complete cache where there is one (``alone``);
+    otherwise (a probe, or results from before that run existed) the run's seconds less its new
+    images at the steady caching rate."""
+    if "alone" in row:
+        return row["alone"]["wall_s"]
     return row["wall_s"] - (row["cached_images"] / row["caching_images_per_s"] if row["cached_images"] else 0.0)
+
+
+def training_memory(row: Dict[str, Any], key: str) -> int:
+    """``key`` (peak_rss_bytes or max_process_rss_bytes) of the training alone: the run from
+    the complete cache, whose memory does not include caching's (the run that caches holds the
+    backbone and its buffers too); the caching run's where none was made."""
+    return row["alone"][key] if "alone" in row else row[key]
 
 
 def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path: str, target: int) -> Dict[str, Any]:
@@ -288,8 +301,9 @@ def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path
     images with the shipped recipe's epochs."""
     n = [r["images"] for r in rows]
     disk = line(n, [r["cache_bytes"] + r["out_bytes"] for r in rows])
-    rss = line(n, [r["peak_rss_bytes"] for r in rows])
-    largest = line(n, [r["max_process_rss_bytes"] for r in rows])
+    peaks = [training_memory(r, "peak_rss_bytes") for r in rows]
+    largests = [training_memory(r, "max_process_rss_bytes") for r in rows]
+    rss, largest = line(n, peaks), line(n, largests)
     cached = sum(r["cached_images"] for r in rows)
     caching_s_per_image = sum(r["cached_images"] / r["caching_images_per_s"] for r in rows if r["cached_images"]) \
         / max(cached, 1)
@@ -313,8 +327,8 @@ def growth(rows: Sequence[Dict[str, Any]], probe: Optional[Dict[str, Any]], path
             "epoch_scale_to_shipped": scale,
             "estimate": {"images": target, "shipped_epochs": shipped_epochs, "epochs": priced,
                          "disk_bytes": at(disk, target, [r["cache_bytes"] + r["out_bytes"] for r in rows]),
-                         "peak_rss_bytes": at(rss, target, [r["peak_rss_bytes"] for r in rows]),
-                         "largest_process_bytes": at(largest, target, [r["max_process_rss_bytes"] for r in rows]),
+                         "peak_rss_bytes": at(rss, target, peaks),
+                         "largest_process_bytes": at(largest, target, largests),
                          "hours_here": seconds / 3600}}
 
 
@@ -324,15 +338,22 @@ def markdown(report: Dict[str, Any]) -> str:
     lines = [f"{report['device']}, torch {report['torch']}; images {report['shape'][0]} x {report['shape'][1]} at "
              f"{report['spacing_mm']} mm; shortened epochs run: {report['epochs_run']} (stages: tail_epochs, "
              f"network: epochs of {report['patches_per_epoch']} patches), probe: twice that", "",
+             "Each size runs twice: the run that fills the cache (its new images), then the same command "
+             "from the complete cache (\"alone\": training and the model file only, nothing cached).", "",
              "| path | images | cache MiB | out MiB | peak RSS MiB | largest process MiB | images cached | "
-             "caching images/s | training s | training image-epochs/s | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "caching images/s | wall s | alone: peak RSS MiB | alone: largest process MiB | alone: s | "
+             "alone: image-epochs/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
+        alone = r.get("alone")
+        tail = (f"{alone['peak_rss_bytes'] / MIB:.0f} | {alone['max_process_rss_bytes'] / MIB:.0f} | "
+                f"{alone['wall_s']:.1f} | {r['images'] * r['epochs'] / max(alone['wall_s'], 1e-9):.2f}"
+                if alone else "- | - | - | -")
         lines.append(f"| {r['path']} | {r['images']} | {r['cache_bytes'] / MIB:.1f} | {r['out_bytes'] / MIB:.1f} | "
                      f"{r['peak_rss_bytes'] / MIB:.0f} | {r['max_process_rss_bytes'] / MIB:.0f} | "
-                     f"{r['cached_images']} | {r['caching_images_per_s']:.2f} | {r['training_s']:.1f} | "
-                     f"{r['images'] * r['epochs'] / max(r['training_s'], 1e-9):.2f} | {r['wall_s']:.1f} |")
-    lines += ["", "Growth with N (least-squares line over the sizes) and the price of one shortened epoch:", "",
+                     f"{r['cached_images']} | {r['caching_images_per_s']:.2f} | {r['wall_s']:.1f} | {tail} |")
+    lines += ["", "Growth with N (least-squares line over the sizes; memory and other seconds from the runs alone) "
+              "and the price of one shortened epoch:", "",
               "| path | disk KiB per image | RSS MiB per 100 images | largest process MiB per 100 images | "
               "caching s per image | "
               "other s per image | other s fixed | shortened epoch s |", "|---|---|---|---|---|---|---|---|"]
@@ -410,6 +431,9 @@ def main(argv=None) -> Dict[str, Any]:
                 cache = work / f"cache-{path}-{n}"
                 seed_cache(previous, cache)
                 row = run_train(file, data, work / f"out-{path}-{n}", cache, work / f"log-{path}-{n}.txt")
+                alone = run_train(file, data, work / f"out-{path}-{n}-alone", cache,
+                                  work / f"log-{path}-{n}-alone.txt")
+                row["alone"] = {key: alone[key] for key in ALONE_KEYS}
                 row.update(path=path, images=n, epochs=epochs_run(recipe), shortened_epochs=args.epochs_run,
                            patches_per_epoch=recipe.patches_per_epoch)
                 results.append(row)
