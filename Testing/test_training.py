@@ -216,10 +216,21 @@ def test_a_head_recipe_makes_a_model_that_predicts_and_evaluate_refuses_its_wome
     ({"sampling": {"mode": "poster"}}, "sampling.mode"),
     ({"trains": "network", "sampler": "poster", "head": "window", "augmentation": {"flip": 1}}, "augmentation"),
     ({"trains": "network", "sampler": "poster", "head": "window", "sampling": {"patch_size": 100}}, "patch_size"),
+    ({"trains": "network", "sampler": "poster", "head": "window", "image_score": "top-k"}, "image_score"),
 ])
 def test_recipe_validation_names_the_field(values, field):
     with pytest.raises(ConfigError, match=field):
         Recipe.from_dict(values)
+
+
+def test_loader_workers_are_at_most_the_cpus_offered(monkeypatch, caplog):
+    from MammoPatchLib.training import network_fit
+
+    monkeypatch.setattr(network_fit.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with caplog.at_level("INFO", logger=network_fit.logger.name):
+        assert network_fit.loader_workers(4, announce=True) == 2
+    assert "num_workers 4 lowered to 2" in caplog.text
+    assert (network_fit.loader_workers(1), network_fit.loader_workers(0)) == (1, 0)
 
 
 def test_the_poster_recipe_states_the_poster_settings():

@@ -86,7 +86,7 @@ def run_batch(jobs: Sequence[Job], folder: OutputFolder, pipeline: ImagePipeline
             held.enter_context(folder)  # lock, clean stale partial folders; released however the run ends
         else:
             folder.check_writable()
-        _barrier(ctx)
+        ctx.barrier()
         batch = _RankBatch(shard(jobs, ctx.rank, ctx.world_size), folder, pipeline, ctx, resume, overwrite)
         rows = batch.run(workers, progress, on_image, on_result, on_progress)
         merged = _gather(rows, ctx)
@@ -387,13 +387,6 @@ def _failed(failure: Failure) -> Row:
     elif not isinstance(failure.error, MemoryError):
         logger.debug("%s: unexpected error", failure.source, exc_info=failure.error)
     return failure.row()
-
-
-def _barrier(ctx: RankContext) -> None:
-    if ctx.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _gather(rows: List[Row], ctx: RankContext) -> List[Row]:

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from ..datasets import Finding, ImageRecord
 from ..errors import MammoPatchError
 from ..io import read_mammogram
 from ..io.atomic import atomic_path
+from ..transforms.laterality import chest_wall_on_right
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +98,6 @@ def feathered_disc(radius: float, margin: float) -> np.ndarray:
     distance = np.hypot(yy, xx)
     ramp = np.clip((distance - radius) / max(margin, 1e-6), 0.0, 1.0)
     return (0.5 * (1.0 + np.cos(np.pi * ramp))).astype(np.float32)
-
-
-def chest_wall_right(pixels: np.ndarray) -> bool:
-    """Whether the chest wall is on the image's right (the library's laterality rule)."""
-    from ..transforms.laterality import chest_wall_on_right
-
-    return chest_wall_on_right(torch.as_tensor(pixels)[None])
 
 
 def pectoral_corner(breast: np.ndarray, right: bool) -> np.ndarray:
@@ -292,12 +285,12 @@ def _make_one(donor: ImageRecord, lesion: int, copy: int, recipients: Sequence[I
     rng = insertion_rng(seed, donor.image_id, lesion, copy)
     source = read_mammogram(donor.path, spacing_mm=donor.spacing_mm)
     x, y, radius = lesion_circle(donor.findings[lesion])
-    donor_right = chest_wall_right(source.pixels)
+    donor_right = chest_wall_on_right(source.pixels)
     for index in rng.permutation(len(recipients)):
         recipient = recipients[int(index)]
         target = read_mammogram(recipient.path, spacing_mm=recipient.spacing_mm)
         pixels = _vary_elastic(target.pixels.astype(np.float32), int(rng.integers(2 ** 31)))
-        right = chest_wall_right(pixels)
+        right = chest_wall_on_right(pixels)
         placed = insert_lesion(source.pixels, (x, y), radius, pixels,
                                placement_distance(pixels, recipient.view_position, right), rng,
                                mirror=right != donor_right, ceiling=float(2 ** target.bits_stored - 1))

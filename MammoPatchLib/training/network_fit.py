@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,6 +94,18 @@ def initial_network(recipe: Recipe) -> Tuple[ModelInfo, PatchClassifier]:
     return info, network
 
 
+def loader_workers(requested: int, announce: bool = False) -> int:
+    """The recipe's DataLoader workers, at most one per CPU this process may run on: a recipe
+    written for a many-core GPU machine (the poster's 4 workers) then runs on a laptop without
+    oversubscribing it. Each sample draws from its own seed, so the patches do not depend on
+    the worker count."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(requested, cpus)
+    if announce and workers < requested:
+        logger.info("num_workers %d lowered to %d: this machine offers %d CPU(s)", requested, workers, cpus)
+    return workers
+
+
 def stream_images(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Path, ctx: RankContext,
                   progress: bool) -> List[PreparedImage]:
     """Every record preprocessed into ``cache_dir`` (each rank prepares its share, in the
@@ -100,7 +113,7 @@ def stream_images(records: Sequence[ImageRecord], recipe: Recipe, cache_dir: Pat
     and cache file, not its pixels)."""
     config = recipe.preprocessing.at_spacing(recipe.spacing_mm)
     prepare_images(list(records)[ctx.rank::ctx.world_size], config, FINDING_CLASSES, cache_dir,
-                   progress and ctx.is_main, release=True, workers=recipe.num_workers)
+                   progress and ctx.is_main, release=True, workers=loader_workers(recipe.num_workers))
     ctx.barrier()
     images, errors = prepare_images(records, config, FINDING_CLASSES, cache_dir, False, release=True)
     if errors and ctx.is_main:
@@ -151,10 +164,10 @@ def fit_network(recipe: Recipe, records: Sequence[ImageRecord], out_dir, cache_d
                                   seed=recipe.seed, rank=ctx.rank, num_replicas=ctx.world_size)
     dataset = PatchDataset(images, slots, len(FINDING_CLASSES), recipe.sampling,
                            build_augmentation(recipe.augmentation))
+    workers = loader_workers(recipe.num_workers, announce=ctx.is_main)
     loader = DataLoader(dataset, batch_size=recipe.batch_size // ctx.world_size, sampler=sampler,
-                        num_workers=recipe.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=recipe.num_workers > 0,
-                        worker_init_fn=_one_thread if recipe.num_workers else None)
+                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        worker_init_fn=_one_thread if workers else None)
     class_mask = torch.zeros(len(FINDING_CLASSES), device=device)
     class_mask[wanted] = 1.0
     parts = {"model": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}

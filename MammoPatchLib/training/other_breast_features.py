@@ -64,7 +64,7 @@ def chest_wall_sides(records: Sequence[ImageRecord]) -> Dict[str, bool]:
     sides = {}
     for record in records:
         pixels = np.asarray(read_mammogram(record.path, spacing_mm=record.spacing_mm).pixels, dtype=np.float32)
-        sides[record.image_id] = chest_wall_on_right(torch.from_numpy(pixels.reshape(-1, *pixels.shape[-2:])))
+        sides[record.image_id] = chest_wall_on_right(pixels.reshape(-1, *pixels.shape[-2:]))
     return sides
 
 

@@ -259,6 +259,8 @@ class Recipe:
                  "plateau_patience must be >= 0 and plateau_factor in (0, 1)"),
                 (self.num_workers >= 0, "num_workers must be >= 0"),
                 (self.device in DEVICES, f"device must be one of {DEVICES}"),
+                (self.image_score == "max", "a trains 'network' recipe's image score is the Predictor's highest "
+                 "heatmap value: image_score 'max' (image_top_k reads cached cells)"),
             ]
         return checks
 

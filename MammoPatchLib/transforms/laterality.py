@@ -18,9 +18,12 @@ from monai.transforms import Flip, InvertibleTransform, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
 
-def chest_wall_on_right(img: torch.Tensor) -> bool:
-    """True when the right half of channel 0 holds more intensity than the left half."""
-    plane = img[0]
+def chest_wall_on_right(img) -> bool:
+    """True when the right half of the image (channel 0 of a (C, H, W) image, or an (H, W)
+    plane; tensor or array) holds more intensity than the left half: the one laterality rule
+    that preprocessing, lesion synthesis and the other-breast alignment all read."""
+    plane = torch.as_tensor(img)
+    plane = plane[0] if plane.ndim == 3 else plane
     half = plane.shape[-1] // 2
     return bool(plane[:, half:].sum() > plane[:, :half].sum())
 
