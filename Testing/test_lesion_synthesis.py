@@ -97,6 +97,20 @@ def test_synthesis_is_deterministic_and_reused(tmp_path):
                for a, b in zip(one, other))
 
 
+def test_each_donor_is_read_once_for_all_its_copies(tmp_path, monkeypatch):
+    from MammoPatchLib.training import lesion_synthesis
+
+    records, fold_of = small_data(tmp_path)
+    donors = {str(r.path) for r in records if r.findings}
+    reads = []
+    real = lesion_synthesis.read_mammogram
+    monkeypatch.setattr(lesion_synthesis, "read_mammogram",
+                        lambda path, **kw: reads.append(str(path)) or real(path, **kw))
+    made = synthesise_lesions(records, fold_of, 3, tmp_path / "synthetic", seed=1)
+    assert len(made) == 3 * len(donors)
+    assert {donor: reads.count(donor) for donor in donors} == {donor: 1 for donor in donors}
+
+
 def test_sixteen_bit_sources_give_sixteen_bit_images(tmp_path):
     records, fold_of = small_data(tmp_path, dtype=np.uint16)
     made = synthesise_lesions(records, fold_of, 1, tmp_path / "synthetic")

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..datasets import Finding, ImageRecord
 from ..errors import MammoPatchError
-from ..io import read_mammogram
+from ..io import MammogramImage, read_mammogram
 from ..io.atomic import atomic_path
 from ..transforms.laterality import chest_wall_on_right
 
@@ -279,11 +279,10 @@ def shared_fold(donor: str, recipient: str, fold_of: Dict[str, int], where) -> i
 
 
 def _make_one(donor: ImageRecord, lesion: int, copy: int, recipients: Sequence[ImageRecord], image_id: str,
-              folder: Path, seed: int, fold_of: Dict[str, int]) -> Optional[SyntheticImage]:
-    """One insertion (see :func:`synthesise_lesions`): the recipients tried in a random order
-    until the lesion fits in one."""
+              folder: Path, seed: int, fold_of: Dict[str, int], source: MammogramImage) -> Optional[SyntheticImage]:
+    """One insertion (see :func:`synthesise_lesions`) of a lesion of ``donor`` (read as
+    ``source``): the recipients tried in a random order until the lesion fits in one."""
     rng = insertion_rng(seed, donor.image_id, lesion, copy)
-    source = read_mammogram(donor.path, spacing_mm=donor.spacing_mm)
     x, y, radius = lesion_circle(donor.findings[lesion])
     donor_right = chest_wall_on_right(source.pixels)
     for index in rng.permutation(len(recipients)):
@@ -333,6 +332,7 @@ def synthesise_lesions(records: Sequence[ImageRecord], fold_of: Dict[str, int], 
         jobs = tqdm(jobs, desc="synthetic lesions", unit="img")
     made: List[SyntheticImage] = []
     skipped = 0
+    source: Optional[MammogramImage] = None  # the donor being read: its lesions and copies come in a row
     for donor, lesion, copy, recipients in jobs:
         image_id = f"synth-{folder.name}-{donor.image_id}-l{lesion}-c{copy}"
         sidecar = folder / f"{image_id}.json"
@@ -340,7 +340,9 @@ def synthesise_lesions(records: Sequence[ImageRecord], fold_of: Dict[str, int], 
             entry = json.loads(sidecar.read_text(encoding="utf-8"))
             one = None if entry.get("skipped") else _record_from_dict(entry, folder / f"{image_id}.png", fold_of)
         else:
-            one = _make_one(donor, lesion, copy, recipients, image_id, folder, seed, fold_of)
+            if source is None or source.path != str(donor.path):
+                source = read_mammogram(donor.path, spacing_mm=donor.spacing_mm)
+            one = _make_one(donor, lesion, copy, recipients, image_id, folder, seed, fold_of, source)
             with atomic_path(sidecar) as tmp:
                 tmp.write_text(json.dumps(_record_to_dict(one) if one else {"skipped": True}), encoding="utf-8")
         if one is None:
