@@ -67,7 +67,7 @@ def export_bundle(model_path: PathLike, bundle_dir: PathLike) -> Path:
                                  "value_range": [0, 1], "is_patch_data": True,
                                  "channel_def": {"0": "original", "1": "CLAHE fine", "2": "CLAHE coarse"}}},
             "outputs": {"pred": {"type": "probabilities", "format": "multilabel", "num_channels": len(info.classes),
-                                 "spatial_shape": [1] if info.head == "window" else [info.window // info.stride] * 2, "dtype": "float32", "value_range": [0, 1],
+                                 "spatial_shape": [1] if info.head == "window" else [info.window // info.cell_px] * 2, "dtype": "float32", "value_range": [0, 1],
                                  "is_patch_data": True,
                                  "channel_def": {str(k): c for k, c in enumerate(info.classes)}}},
         },

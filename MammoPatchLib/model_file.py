@@ -37,6 +37,8 @@ from .transforms import PreprocessConfig
 from .vocabulary import FINDING_CLASSES, PathLike, class_slug, heatmap_stem
 
 FORMAT = "mammopatch-model"
+#: What a model's ``fine_head`` states (:class:`ModelInfo`).
+FINE_HEAD_KEYS = ("classes", "hidden", "neighbourhood", "bottleneck", "ensemble")
 FORMAT_VERSION = 3
 
 
@@ -144,6 +146,9 @@ class ModelInfo:
             ``tuned_stages`` stages (EfficientNet-Lite), and the backbone stops before them
             (0: none). Files that say ``tuned_tail: true`` (written before deeper stages could
             tune) read as 1.
+        fine_head: a second cell head on 16 px cells for some classes (the network's output is
+            then on 16 px cells; fast mode only): ``{"classes": [names], "hidden",
+            "neighbourhood", "bottleneck", "ensemble"}``; empty: none.
         spacing_mm: pixel spacing the model was trained at; images are resampled to it
             (None: used at their own spacing).
         preprocessing: preprocessing parameters (:class:`PreprocessConfig`).
@@ -166,6 +171,7 @@ class ModelInfo:
     bottleneck: int = 128
     ensemble: int = 1
     tuned_stages: int = 0
+    fine_head: Dict[str, Any] = field(default_factory=dict)
     spacing_mm: Optional[float] = None
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     thresholds: List[float] = field(default_factory=list)
@@ -206,6 +212,7 @@ class ModelInfo:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
+        self._check_fine_head()
 
         temperatures = self.inference.temperatures
         if temperatures and (len(temperatures) != len(self.classes) or not all(
@@ -223,6 +230,30 @@ class ModelInfo:
         if self.provenance is not None and len(self.provenance.members) != self.ensemble:
             raise ConfigError(f"model provenance names the women of {len(self.provenance.members)} member(s), "
                               f"the model has {self.ensemble}")
+
+    def _check_fine_head(self) -> None:
+        fine = self.fine_head
+        if not fine:
+            return
+        if not isinstance(fine, dict) or set(fine) - set(FINE_HEAD_KEYS) or "classes" not in fine:
+            raise ConfigError(f"model fine_head must be a mapping with classes and any of {FINE_HEAD_KEYS[1:]}, "
+                              f"got {fine!r}")
+        classes = fine["classes"]
+        if not _texts(classes) or not classes or len(set(classes)) != len(classes) \
+                or any(c not in self.classes for c in classes):
+            raise ConfigError(f"model fine_head.classes must be some of the model's classes, got {classes!r}")
+        for name in FINE_HEAD_KEYS[1:]:
+            value = fine.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "hidden" else 1):
+                raise ConfigError(f"model fine_head.{name} must be a whole number, got {value!r}")
+        if self.head != "cell" or not has_tunable_last_stage(self.backbone):
+            raise ConfigError("model fine_head goes with a cell head on an EfficientNet-Lite backbone")
+
+    @property
+    def cell_px(self) -> int:
+        """Pixels (at ``spacing_mm``) of one cell of the network's output: 16 with a
+        ``fine_head``, else the window stride."""
+        return self.stride // 2 if self.fine_head else self.stride
 
     def preprocess_config(self, scale: float = 1.0) -> PreprocessConfig:
         """The preprocessing this model needs; ``scale`` multiplies its pixel spacing (a
@@ -269,7 +300,16 @@ def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:
     return PatchClassifier(info.backbone, num_classes=len(info.classes), hidden=info.hidden,
                            pretrained=pretrained, window=info.window, head_pooling=info.head_pooling,
                            head=info.head, neighbourhood=info.neighbourhood, bottleneck=info.bottleneck,
-                           ensemble=info.ensemble, tuned_stages=info.tuned_stages)
+                           ensemble=info.ensemble, tuned_stages=info.tuned_stages,
+                           fine_head=_fine_head_arguments(info))
+
+
+def _fine_head_arguments(info: ModelInfo) -> Optional[Dict[str, Any]]:
+    """The network's ``fine_head`` argument: the model's, with its classes as output channels."""
+    if not info.fine_head:
+        return None
+    values = {k: v for k, v in info.fine_head.items() if k != "classes"}
+    return {**values, "channels": [info.classes.index(c) for c in info.fine_head["classes"]]}
 
 
 def _upgrade_v1_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

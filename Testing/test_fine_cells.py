@@ -95,7 +95,7 @@ def test_a_16_px_cell_reads_its_own_features_and_those_of_the_32_px_cell_it_lies
 
 def test_the_fine_cut_is_the_last_stride_16_features_of_efficientnet_lite(backbone="efficientnet-lite0"):
     from MammoPatchLib.networks import build_backbone
-    from MammoPatchLib.training.fine_cells import FINE_CUT
+    from MammoPatchLib.networks.backbones import FINE_CUT
 
     network = build_backbone(backbone, pretrained=False).eval()
     with torch.no_grad():

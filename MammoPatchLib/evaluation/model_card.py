@@ -176,6 +176,17 @@ def ensemble_phrase(heads: int, seeds: int = 1) -> str:
     return f"an ensemble of the {heads} fold models{per} (probabilities averaged over one backbone)"
 
 
+def fine_phrase(info: ModelInfo) -> str:
+    """The finer head, as the card and the model's description name it ("" without one)."""
+    fine = info.fine_head
+    if not fine:
+        return ""
+    heads = int(fine.get("ensemble", 1))
+    return (f"; {', '.join(fine['classes'])} from a second head on 16 px cells (the stride-16 features beside the "
+            f"frozen output, {fine.get('neighbourhood', 3)} x {fine.get('neighbourhood', 3)} cells, "
+            f"{heads} head{'s' if heads > 1 else ''} averaged)")
+
+
 def _what_it_is(info: ModelInfo, sha256: str, seconds: Dict[str, float]) -> List[str]:
     recipe = info.provenance.recipe if info.provenance else {}
     reported = info.reported_classes
@@ -185,7 +196,7 @@ def _what_it_is(info: ModelInfo, sha256: str, seconds: Dict[str, float]) -> List
     lines = [
         "## What it is", "",
         f"- **Network**: {info.backbone} (ImageNet weights, {tuned_phrase(info)}) + {head_phrase(info)}; "
-        f"{ensemble_phrase(info.ensemble, int(recipe.get('seeds', 1)))}.",
+        f"{ensemble_phrase(info.ensemble, int(recipe.get('seeds', 1)))}{fine_phrase(info)}.",
         f"- **Input**: {info.window} px windows at {info.spacing_mm} mm, stride {info.stride} px; images are resampled "
         "to that spacing.",
         f"- **Reported classes**: {', '.join(reported)}; the other outputs are untrained and never reported unless "

@@ -166,7 +166,7 @@ class PredictionResult:
     def cell_grid_heatmaps(self, channels: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, CellGrid]:
         """(classes, h, w) heatmaps on the network's own cells, one value per cell that covers
         the analysed region, and the grid's place in the source (:func:`cell_grid`): all the
-        heatmaps hold, at a cell's size (32 px at the model's spacing)."""
+        heatmaps hold, at a cell's size (32 px at the model's spacing, 16 with a finer head)."""
         if not self.on_one_cell_grid:
             raise RuntimeError("only the heatmaps of one scale lie on one cell grid")
         maps = self.cell_maps[0]
@@ -234,6 +234,10 @@ class Predictor:
         self.detection = options.detection or info.inference.detection
         if options.thresholds is not None and options.detection is None and self.detection.image_threshold:
             self.detection = replace(self.detection, image_threshold=0.0)  # your thresholds, your operating point
+        if self.mode != "fast" and info.fine_head:
+            raise ConfigError("this model's finer head (16 px cells for "
+                              f"{', '.join(info.fine_head['classes'])}) scales its features over the whole image: "
+                              "use fast mode", model.path or None)
         if self.mode == "fast" and info.stride != FEATURE_STRIDE:
             raise ConfigError(f"fast mode needs the backbone's stride ({FEATURE_STRIDE} px) as the window stride; "
                               f"the model's is {info.stride}: use exact mode", model.path or None)
@@ -302,7 +306,7 @@ class Predictor:
         if cells.device.type == "cuda":
             torch.cuda.synchronize(cells.device)
         _add(timings, "windows_s", start)
-        return CellHeatmaps(cells=cells[0], prepared=prepared, stride=info.stride)
+        return CellHeatmaps(cells=cells[0], prepared=prepared, stride=info.cell_px)
 
     def predict_image(self, image: MammogramImage, on_progress: Optional[ProgressCallback] = None,
                       prepared: Union[None, PreprocessedImage, Sequence[PreprocessedImage]] = None

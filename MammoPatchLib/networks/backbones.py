@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 
 FEATURE_STRIDE = 32
 
+#: The feature cut (last backbone stages the features stop short of, counted as
+#: ``features_before`` counts them) whose features lie at stride 16 in EfficientNet-Lite:
+#: before the head convolution (1), the last block group (2) and the stride-2 group before it
+#: (3). A finer cell head reads them: 16 px cells.
+FINE_CUT = 3
+
 #: Pixels of image around a stride-32 cell that its features depend on measurably: the
 #: backbone's reach, which is wider than a 256 px window (EfficientNet-Lite0 stacks 5 x 5
 #: depthwise convolutions at strides 16 and 32). Measured on mini-MIAS with the bundled Lite0
@@ -151,6 +157,21 @@ def _lite_features_class():
             for block in self._blocks[:first_tuned]:
                 x = block(x, drop_connect_rate=0.0)
             return x
+
+        def features_from(self, features: torch.Tensor, cut: int, stop: int = 0) -> torch.Tensor:
+            """The backbone continued from ``features`` (those before its last ``cut`` stages,
+            :meth:`features_before`) up to before its last ``stop`` stages (0: to its output):
+            one pass that also keeps an earlier stage's features, as a finer head reads them."""
+            start = (self.tuned_blocks(cut) or [len(self._blocks)])[0]
+            end = (self.tuned_blocks(stop) or [len(self._blocks)])[0] if stop else len(self._blocks)
+            for block in self._blocks[start:end]:
+                features = block(features, drop_connect_rate=0.0)
+            return features if stop else self._swish(self._bn1(self._conv_head(features)))
+
+        def channels_before(self, cut: int) -> int:
+            """Channels of :meth:`features_before` ``cut`` (the output of the last block before it)."""
+            first_tuned = (self.tuned_blocks(cut) or [len(self._blocks)])[0]
+            return self._blocks[first_tuned - 1]._block_args.output_filters if first_tuned else self._bn0.num_features
 
     return EfficientNetLiteFeatures
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import PathLike
-from .backbones import DEFAULT_BACKBONE, FEATURE_STRIDE, build_backbone
+from .backbones import DEFAULT_BACKBONE, FEATURE_STRIDE, FINE_CUT, build_backbone
 
 HEAD_POOLINGS = ("mean", "learned")
 #: "window": the poster's one output per 256 px window; "cell": one output per 32 px cell.
@@ -186,6 +186,64 @@ class EnsembleHead(nn.Module):
         return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
 
 
+def level_scaled(features: torch.Tensor) -> torch.Tensor:
+    """(V, C, h, w) features divided by the root mean squared norm of their cells over all
+    views (one scalar per image and level): the two levels a finer head reads differ in
+    magnitude several-fold (Lite0 on mini-MIAS: per-channel variance ~16 at stride 16, ~0.3 at
+    the output), and its bottleneck keeps the components of largest variance, so unscaled the
+    larger would drown the other; the scale depends on nothing but the image's own features."""
+    values = features.float()
+    norm = values.pow(2).sum(1).mean().sqrt().clamp(min=1e-6)
+    return values / norm
+
+
+def doubled(cells: torch.Tensor) -> torch.Tensor:
+    """(..., h, w) -> (..., 2h, 2w): each 32 px cell's value on its four 16 px cells."""
+    return cells.repeat_interleave(2, -2).repeat_interleave(2, -1)
+
+
+def fine_pyramid(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """What a 16 px cell's head reads: the stride-16 features and, beside them, the stride-32
+    output of the 32 px cell it lies in, each level scaled by :func:`level_scaled`."""
+    return torch.cat([level_scaled(fine), level_scaled(doubled(coarse))], 1)
+
+
+def with_finer_classes(coarse: torch.Tensor, fine: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
+    """(B, K, h, w) values on 32 px cells and (B, K, 2h, 2w) on 16 px cells -> (B, K, 2h, 2w):
+    the classes at ``channels`` from the finer cells, the others each 32 px cell's value on its
+    four 16 px cells (logits or probabilities alike: it only picks and repeats)."""
+    out = doubled(coarse)
+    index = torch.as_tensor(list(channels), dtype=torch.long, device=out.device)
+    return out.index_copy(1, index, fine.index_select(1, index).to(out.dtype))
+
+
+class FineCellHead(nn.Module):
+    """A second cell head on 16 px cells for the classes whose lesions are smaller than a
+    32 px cell (a calcification cluster: 5-50 px on 200 um film, a 32 px cell is 6.4 mm at
+    0.2 mm). It reads :func:`fine_pyramid` of the backbone's stride-16 features (before its last
+    :data:`FINE_CUT` stages) and its frozen stride-32 output (``frozen_stages``: the pretrained
+    copy of the last stages that the coarse heads tune, so it reads the output its training
+    cached; None when nothing is tuned and the backbone's own output is that), and gives logits
+    for every class, of which the model keeps ``channels``.
+
+    Shapes: (B, C16, 2h, 2w) and (B, C, h, w) -> (B, classes, 2h, 2w) logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int], hidden: int = 256,
+                 neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1,
+                 frozen_stages: Optional["TunedStages"] = None) -> None:
+        super().__init__()
+        if not channels or min(channels) < 0 or max(channels) >= num_classes:
+            raise ValueError(f"the finer head's classes must be some of the {num_classes} outputs, got {channels}")
+        self.channels = [int(c) for c in channels]
+        self.frozen_stages = frozen_stages
+        make = lambda: CellHead(in_channels, num_classes, hidden, neighbourhood, bottleneck, 0.0)  # noqa: E731
+        self.head: nn.Module = make() if ensemble == 1 else EnsembleHead([make() for _ in range(ensemble)])
+
+    def forward(self, fine: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        coarse = trunk if self.frozen_stages is None else self.frozen_stages(trunk)
+        return self.head(fine_pyramid(fine, coarse))
+
+
 class PatchClassifier(nn.Module):
     """Multi-label sliding-patch classifier (backbone + window head).
 
@@ -205,16 +263,22 @@ class PatchClassifier(nn.Module):
         tuned_stages: each cell head holds its own tuned copy of the backbone's last
             ``tuned_stages`` stages (:class:`TunedTailHead`; EfficientNet-Lite only), and the
             backbone stops before them (0: none).
+        fine_head: a second head on 16 px cells (:class:`FineCellHead`) for some classes:
+            ``{"channels": [class indices], "hidden", "neighbourhood", "bottleneck",
+            "ensemble"}``; None: none. The output is then on 16 px cells, every other class's
+            value repeated over the four 16 px cells of its 32 px cell.
 
     Shapes, window head: ``forward`` (B, 3, window + 32 i, window + 32 j) -> (B, classes,
     i + 1, j + 1) logits; ``classify`` (B, 3, window, window) -> (B, classes).
-    Cell head: ``forward`` (B, 3, 32 h, 32 w) -> (B, classes, h, w) logits.
+    Cell head: ``forward`` (B, 3, 32 h, 32 w) -> (B, classes, h, w) logits ((B, classes, 2h, 2w)
+    with a ``fine_head``).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = 10, hidden: int = 512,
                  dropout: float = 0.2, pretrained: bool = False, backbone_weights: Optional[PathLike] = None,
                  window: int = 256, head_pooling: str = "mean", head: str = "window",
-                 neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1, tuned_stages: int = 0) -> None:
+                 neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1, tuned_stages: int = 0,
+                 fine_head: Optional[dict] = None) -> None:
         super().__init__()
         if window <= 0 or window % FEATURE_STRIDE:
             raise ValueError(f"window must be a positive multiple of {FEATURE_STRIDE}, got {window}")
@@ -240,6 +304,15 @@ class PatchClassifier(nn.Module):
 
         self.head: nn.Module = make_head() if ensemble == 1 else EnsembleHead([make_head() for _ in range(ensemble)])
         self.tuned_stages = tuned_stages
+        self.fine: Optional[FineCellHead] = None
+        if fine_head:
+            if head != "cell" or not hasattr(self.features, "features_from"):
+                raise ValueError("a finer head goes with the cell head on an EfficientNet-Lite backbone")
+            frozen = TunedStages(self.features, tuned_stages) if tuned_stages else None
+            self.fine = FineCellHead(self.features.channels_before(FINE_CUT) + channels, num_classes,
+                                     fine_head["channels"], fine_head.get("hidden", hidden),
+                                     fine_head.get("neighbourhood", neighbourhood),
+                                     fine_head.get("bottleneck", bottleneck), fine_head.get("ensemble", 1), frozen)
         if tuned_stages:
             self.features.cut = tuned_stages  # the heads apply their own last stages
         self._num_classes = num_classes
@@ -254,8 +327,17 @@ class PatchClassifier(nn.Module):
     def num_classes(self) -> int:
         return self._num_classes
 
+    @property
+    def cell_px(self) -> int:
+        """Input pixels per output cell of the cell head: 16 with a finer head, else 32."""
+        return FEATURE_STRIDE // 2 if self.fine is not None else FEATURE_STRIDE
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        if self.fine is None:
+            return self.head(self.features(x))
+        fine = self.features.features_before(x, FINE_CUT)  # one pass: the stride-16 features kept
+        trunk = self.features.features_from(fine, FINE_CUT, self.tuned_stages)
+        return with_finer_classes(self.head(trunk), self.fine(fine, trunk), self.fine.channels)
 
     @property
     def head_reach(self) -> int:

@@ -13,27 +13,37 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..datasets import ImageRecord
-from ..evaluation.model_card import ensemble_phrase, tuned_phrase
+from ..evaluation.model_card import ensemble_phrase, fine_phrase, tuned_phrase
 from ..evaluation.out_of_fold import ModelOperatingPoint
 from ..model_file import ModelInfo, Provenance, build_network, identity_sha256, save_model
 from ..networks import PatchClassifier
+from ..networks.backbones import FINE_CUT
 from .cell_head_fit import FittedCellHead
 from .recipe import Recipe
 from .crossval import RecipeRun, cell_model_info
 from .feature_cache import CachedImage
 
 
-def head_network(recipe: Recipe, heads: Sequence[FittedCellHead]) -> Tuple[ModelInfo, PatchClassifier]:
+def head_network(recipe: Recipe, heads: Sequence[FittedCellHead],
+                 fine_heads: Sequence[FittedCellHead] = ()) -> Tuple[ModelInfo, PatchClassifier]:
     """(model information, network in eval mode) of ``recipe``'s pretrained backbone with
-    ``heads`` as its head (one head, or an ensemble averaging them)."""
-    info = cell_model_info(recipe, ensemble=len(heads))
+    ``heads`` as its head (one head, or an ensemble averaging them) and ``fine_heads`` as its
+    finer head (:attr:`Recipe.fine`; none: no finer head)."""
+    info = cell_model_info(recipe, ensemble=len(heads), fine_ensemble=len(fine_heads))
     network = build_network(info, pretrained=True).eval()
     channels = network.features.out_channels
     with torch.no_grad():
-        targets = [network.head] if len(heads) == 1 else list(network.head.members)
-        for target, head in zip(targets, heads):
-            target.load_state_dict(head.to_head(channels).state_dict())
+        _load_heads(network.head, heads, channels)
+        if fine_heads:
+            _load_heads(network.fine.head, fine_heads, network.features.channels_before(FINE_CUT) + channels)
     return info, network
+
+
+def _load_heads(target: torch.nn.Module, heads: Sequence[FittedCellHead], channels: int) -> None:
+    """Fitted heads into a network's head (one head, or an :class:`EnsembleHead`'s members)."""
+    targets = [target] if len(heads) == 1 else list(target.members)
+    for module, head in zip(targets, heads):
+        module.load_state_dict(head.to_head(channels).state_dict())
 
 
 def fold_networks(run: RecipeRun) -> List[Tuple[PatchClassifier, List[ImageRecord]]]:
@@ -71,7 +81,8 @@ def write_bundled_model(run: RecipeRun, path, point: ModelOperatingPoint, proven
     figures) for its card."""
     recipe = run.recipe
     heads, women = run.heads, run.head_women
-    info, network = head_network(recipe, heads)
+    fine_heads = run.fine.heads if run.fine is not None else []
+    info, network = head_network(recipe, heads, fine_heads)
     inference = replace(info.inference, detection=replace(info.inference.detection, image_threshold=point.image_gate),
                         other_breast=point.other_breast)
     figures = {k: v for k, v in summary.items() if k not in ("curve", "paired_vs_baseline")}
@@ -81,7 +92,7 @@ def write_bundled_model(run: RecipeRun, path, point: ModelOperatingPoint, proven
                    training={"cross_validation": figures, "thresholds": point.description},
                    description=f"{recipe.backbone} (ImageNet, {tuned_phrase(info)}) with a cell head "
                                f"({recipe.neighbourhood} x {recipe.neighbourhood} cells), "
-                               f"{ensemble_phrase(len(heads), recipe.seeds)}; recipe {recipe.name}")
+                               f"{ensemble_phrase(len(heads), recipe.seeds)}{fine_phrase(info)}; recipe {recipe.name}")
     path = Path(path)
     save_model(network, info, path, half=True)
     return path

@@ -12,7 +12,10 @@
    Each recipe x fold is a work unit (:mod:`.work_units`) written to ``DIR/units`` as it
    finishes: a killed run, rerun, skips the finished ones; under torchrun the ranks share the
    feature cache's images and then the units (:func:`run_recipes`).
-4. A recipe that trains "network" skips the features: each fold's network is trained by
+4. A recipe with a finer head (``Recipe.fine``) runs that head's recipe beside it, fold by
+   fold, and its held-out women are read through both heads as its model file reads them
+   (:func:`with_finer_head`).
+5. A recipe that trains "network" skips the features: each fold's network is trained by
    ``mammopatch train``'s own trainer (:func:`~.network_fit.fit_network`, every rank together,
    a checkpoint per epoch beside the fold's unit so a killed fold resumes from its last epoch)
    and predicts its held-out women through the Predictor users run, as ``predict`` would
@@ -41,6 +44,7 @@ from ..errors import MammoPatchError
 from ..evaluation.lesions import ImageCase, candidate_predictor, collect_cases
 from ..evaluation.out_of_fold import OutOfFold, case_from_cells, case_from_dict, case_to_dict, record_breast_keys
 from ..networks import FEATURE_STRIDE, PatchClassifier
+from ..networks.patch_classifier import with_finer_classes
 from ..vocabulary import FINDING_CLASSES
 from .cell_head_fit import FittedCellHead, fit_cell_head
 from .recipe import Recipe, cell_model_info
@@ -70,6 +74,8 @@ class RecipeRun:
     cached: List[CachedImage] = field(default_factory=list, repr=False)
     #: trains "network": each fold's network with the images of its held-out women.
     networks: List[Tuple[PatchClassifier, List[ImageRecord]]] = field(default_factory=list, repr=False)
+    #: a recipe with a finer head: that head's run (its fold heads, in the same fold order).
+    fine: Optional["RecipeRun"] = field(default=None, repr=False)
 
 
 def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, seed: int = 0) -> Dict[str, int]:
@@ -419,13 +425,43 @@ def cross_validate(recipes: Sequence[Recipe], records: Sequence[ImageRecord], fo
     ranks = ranks or RankContext()
     known: Dict[tuple, List[CachedImage]] = {}
     sides: Dict[str, Any] = {}
+    heads = [recipe for recipe in recipes if recipe.trains != "network"]
+    heads += [recipe.fine_recipe for recipe in heads if recipe.fine]  # the finer heads' folds: units of their own
     inputs = [recipe_inputs(recipe, records, fold_of, cache_dir, ranks, progress and ranks.is_main, known, sides)
-              for recipe in recipes if recipe.trains != "network"]
-    head_runs = iter(run_recipes(inputs, fold_of, progress, units_dir, ranks))
+              for recipe in heads]
+    by_name = {run.recipe.name: run for run in run_recipes(inputs, fold_of, progress, units_dir, ranks)}
     runs = [run_network_recipe(recipe, records, fold_of, cache_dir, units_dir or Path(cache_dir) / UNITS_DIR,
-                               progress, ranks) if recipe.trains == "network" else next(head_runs, None)
-            for recipe in recipes]
-    return [run for run in runs if run is not None]
+                               progress, ranks) if recipe.trains == "network" else by_name.get(recipe.name)
+            for recipe in recipes]  # the head runs exist on rank 0 only
+    return [with_finer_head(run, by_name[run.recipe.fine_recipe.name], fold_of, records) if run.recipe.fine else run
+            for run in runs if run is not None]
+
+
+def with_finer_head(run: RecipeRun, fine: RecipeRun, fold_of: Dict[str, int],
+                    records: Sequence[ImageRecord]) -> RecipeRun:
+    """``run`` (a recipe with a finer head) read as its model file reads images: each held-out
+    image's cells from its fold's heads and its fold's finer heads
+    (:func:`~MammoPatchLib.networks.patch_classifier.with_finer_classes`: the finer recipe's
+    classes from the 16 px cells, the others from the 32 px ones), its case made from those
+    16 px cells; ``fine``'s run kept beside it for the model file."""
+    recipe, finer = run.recipe, fine.recipe
+    channels = [FINDING_CLASSES.index(c) for c in finer.classes]
+    predictor = candidate_predictor(frozen_backbone_model(cell_model_info(recipe)), device="cpu",
+                                    classes=recipe.classes)
+    top_k = None if recipe.image_score == "max" else recipe.image_top_k
+    fine_images = {c.record.image_id: c for c in fine.cached}
+    cases = []
+    for k, fold in enumerate(sorted(set(fold_of.values()))):
+        heads = run.heads[k * recipe.seeds:(k + 1) * recipe.seeds]
+        fine_heads = fine.heads[k * finer.seeds:(k + 1) * finer.seeds]
+        for image in (c for c in run.cached if fold_of[c.record.image_id] == fold):
+            fine_image = fine_images[image.record.image_id]
+            cells = with_finer_classes(mean_probabilities(heads, image, recipe.flip_tta)[None],
+                                       mean_probabilities(fine_heads, fine_image, finer.flip_tta)[None], channels)[0]
+            cases.append(case_from_cells(image.record, cells, fine_image.geometry, predictor, top_k))
+    seconds = run.out_of_fold.seconds + fine.out_of_fold.seconds
+    out_of_fold = OutOfFold(recipe.to_dict(), cases, dict(fold_of), record_breast_keys(records), seconds)
+    return replace(run, out_of_fold=out_of_fold, fine=fine)
 
 
 def recipe_inputs(recipe: Recipe, records: Sequence[ImageRecord], fold_of: Dict[str, int], cache_dir: Path,

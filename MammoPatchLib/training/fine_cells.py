@@ -2,20 +2,18 @@
 32 px cell, such as a calcification cluster (5-50 px on 200 um film; a 32 px cell is 6.4 mm
 at 0.2 mm).
 
-A 16 px cell's features are a two-level pyramid from the feature cache: the backbone's own
-stride-16 features (EfficientNet-Lite: those before its last stride-2 block group,
-:data:`FINE_CUT`; 112 channels for Lite0), and beside them the stride-32 output (1280
-channels) of the 32 px cell it lies in, repeated over its four 16 px cells. The two levels'
-magnitudes differ several-fold (Lite0 on mini-MIAS: per-channel variance ~16 at stride 16,
-~0.3 at the output), and the head's bottleneck keeps the components of largest variance, so
-each level is scaled per image to a mean squared norm of 1 per cell: neither drowns the other,
-and the scale depends on nothing but the image's own features. The head then trains and scores
-exactly as on 32 px cells (frozen backbone, whitened bottleneck, neighbourhood MLP), on four
-times as many cells, and :class:`~.feature_cache.CellGeometry`'s ``cell_px`` maps them back to
-the source film.
+A 16 px cell's features are a two-level pyramid from the feature cache
+(:func:`~MammoPatchLib.networks.patch_classifier.fine_pyramid`, the function the model's network
+runs): the backbone's own stride-16 features (EfficientNet-Lite: those before its last stride-2
+block group, :data:`~MammoPatchLib.networks.backbones.FINE_CUT`; 112 channels for Lite0), and
+beside them the stride-32 output (1280 channels) of the 32 px cell it lies in, repeated over its
+four 16 px cells, each level scaled per image (``level_scaled``). The head then trains and
+scores exactly as on 32 px cells (frozen backbone, whitened bottleneck, neighbourhood MLP), on
+four times as many cells, and :class:`~.feature_cache.CellGeometry`'s ``cell_px`` maps them
+back to the source film.
 
-Training and cross-validation only: a model file cannot hold such a head yet (its network would
-need the stride-16 features beside the output in one pass).
+Such a head alone is for cross-validation; a model file holds it as the finer head of a 32 px
+recipe (``Recipe.fine``, :class:`~MammoPatchLib.networks.patch_classifier.FineCellHead`).
 """
 
 from __future__ import annotations
@@ -29,17 +27,13 @@ import torch
 from ..datasets import ImageRecord
 from ..errors import MammoPatchError
 from ..networks import FEATURE_STRIDE
+from ..networks.backbones import FINE_CUT
+from ..networks.patch_classifier import fine_pyramid
 from .feature_cache import CachedImage, build_cache
 
 if TYPE_CHECKING:
     from ..model_file import ModelInfo
     from .recipe import Recipe
-
-#: The feature cut (last backbone stages the cached features stop short of) whose features lie
-#: at stride 16 in EfficientNet-Lite: before the head convolution (1), the last block group (2)
-#: and the stride-2 group before it (3).
-FINE_CUT = 3
-
 
 @dataclass
 class FineCellImage(CachedImage):
@@ -49,18 +43,10 @@ class FineCellImage(CachedImage):
     stride: int = FEATURE_STRIDE // 2
 
 
-def level_scaled(features: torch.Tensor) -> torch.Tensor:
-    """(V, C, h, w) features divided by the root mean squared norm of their cells over all
-    views (one scalar per image and level)."""
-    values = features.float()
-    norm = values.pow(2).sum(1).mean().sqrt().clamp(min=1e-6)
-    return values / norm
-
-
 def pyramid_image(fine: CachedImage, coarse: CachedImage) -> FineCellImage:
     """One image's 16 px cells: its stride-16 features and, beside them, its stride-32 features
-    repeated over the finer grid (each level scaled by :func:`level_scaled`), on a geometry
-    whose ``cell_px`` is the finer stride.
+    repeated over the finer grid (:func:`~MammoPatchLib.networks.patch_classifier.fine_pyramid`),
+    on a geometry whose ``cell_px`` is the finer stride.
 
     Raises:
         MammoPatchError: the two entries are not one image's two levels of the same grid."""
@@ -71,8 +57,7 @@ def pyramid_image(fine: CachedImage, coarse: CachedImage) -> FineCellImage:
         raise MammoPatchError(f"features of {fine.record.image_id} at stride {fine.stride} "
                               f"{tuple(fine_features.shape[-2:])} and of {coarse.record.image_id} at stride "
                               f"{coarse.stride} {tuple(coarse_features.shape[-2:])} are not one grid's two levels")
-    repeated = coarse_features.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
-    features = torch.cat([level_scaled(fine_features), level_scaled(repeated)], 1).half()
+    features = fine_pyramid(fine_features, coarse_features).half()
     return FineCellImage(fine.record, features, replace(fine.geometry, cell_px=fine.stride), stride=fine.stride)
 
 
@@ -103,4 +88,4 @@ def fine_cell_images(records: Sequence[ImageRecord], recipe: "Recipe", coarse: S
     return known[key]
 
 
-__all__ = ["FINE_CUT", "FineCellImage", "fine_cell_images", "level_scaled", "pyramid_image"]
+__all__ = ["FineCellImage", "fine_cell_images", "pyramid_image"]

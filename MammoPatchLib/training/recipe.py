@@ -53,7 +53,7 @@ NETWORK_FIELDS = ("sampling", "augmentation", "batch_size", "patches_per_epoch",
                   "plateau_patience", "plateau_factor", "num_workers", "amp", "device")
 CELL_FIELDS = ("tune_stages", "neighbourhood", "bottleneck", "radius_px", "extent", "ignore_px", "batch_cells",
                "negatives_per_epoch", "hard_negative_share", "hard_negative_after", "flip_augment", "tail_epochs",
-               "tail_learning_rate", "seeds", "train_scales", "synthetic_per_lesion", "other_breast_input")
+               "tail_learning_rate", "seeds", "train_scales", "synthetic_per_lesion", "other_breast_input", "fine")
 
 
 @dataclass
@@ -111,8 +111,15 @@ class Recipe:
             (:data:`CELL_SIZES`): 32, the backbone's output stride, or 16 for
             lesions smaller than a 32 px cell (calcification clusters), from the backbone's
             stride-16 features with its output beside them (:mod:`.fine_cells`; a frozen
-            backbone, trains "head"). Training and cross-validation only for 16: a model file
-            cannot hold such a head yet.
+            backbone, trains "head"). Such a head alone is for cross-validation; a model file
+            holds it as the ``fine`` head of a 32 px recipe.
+        fine: a second head on 16 px cells for some classes, as a recipe of its own (its
+            fields; ``cell_px`` 16, trains "head", the same backbone, spacing, preprocessing and
+            flip_tta; named ``<name>-fine`` unless it states a name): its ``classes`` are read
+            from it, every other class from this recipe's 32 px head, each 32 px cell's value
+            on its four 16 px cells (:func:`~MammoPatchLib.networks.patch_classifier.with_finer_classes`).
+            Cross-validation trains it fold by fold beside this recipe's heads and reads the
+            held-out women through both; the model file holds both heads (empty: none).
         sampler: how samples are drawn (:data:`SAMPLERS`): "cells" for trains "head" and
             "stages", "poster" or "window" patches for trains "network".
 
@@ -172,6 +179,7 @@ class Recipe:
     synthetic_per_lesion: int = 0
     other_breast_input: str = "none"
     cell_px: int = FEATURE_STRIDE
+    fine: Dict[str, Any] = field(default_factory=dict)
     sampler: str = "cells"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
@@ -236,6 +244,35 @@ class Recipe:
         for ok, message in checks + self._path_checks():
             if not ok:
                 raise ConfigError(f"recipe: {message}")
+        self._check_fine()
+
+    @property
+    def fine_recipe(self) -> Optional["Recipe"]:
+        """The finer head's recipe (:attr:`fine`), or None."""
+        if not self.fine:
+            return None
+        if not isinstance(self.fine, dict):
+            raise ConfigError(f"recipe: fine must be a mapping of a recipe's fields, got {self.fine!r}")
+        return Recipe.from_dict({"name": f"{self.name}-fine", **self.fine}, "recipe.fine")
+
+    def _check_fine(self) -> None:
+        fine = self.fine_recipe
+        if fine is None:
+            return
+        shared = ("backbone", "spacing_mm", "preprocessing", "flip_tta")
+        checks = [
+            (fine.cell_px == FEATURE_STRIDE // 2 and fine.trains == "head" and not fine.fine,
+             f"fine: the finer head's recipe needs cell_px {FEATURE_STRIDE // 2} and trains 'head' (and no fine)"),
+            (self.head == "cell" and self.cell_px == FEATURE_STRIDE and self.other_breast_input == "none"
+             and self.trains != "network",
+             f"fine: a finer head goes beside a {FEATURE_STRIDE} px cell head that does not read the other breast"),
+            (all(getattr(fine, name) == getattr(self, name) for name in shared),
+             f"fine: the finer head's recipe must keep this recipe's {', '.join(shared)}"),
+            (fine.name != self.name, "fine: the finer head's recipe needs a name of its own"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"recipe: {message}")
 
     def _path_checks(self) -> List[tuple]:
         """The sampler, and each field only the other path reads, against what trains."""
@@ -272,8 +309,8 @@ class Recipe:
             return ("other_breast_input: a head that reads the other breast is for cross-validation only and "
                     "cannot be written into a model file")
         if self.cell_px != FEATURE_STRIDE:
-            return (f"cell_px: a head on {self.cell_px} px cells is for cross-validation only and cannot be written "
-                    "into a model file")
+            return (f"cell_px: a head on {self.cell_px} px cells alone is for cross-validation only; a model file "
+                    "holds it as the fine head of a 32 px recipe (the recipe's 'fine' field)")
         return None
 
     @property
@@ -319,9 +356,13 @@ def _unchanged(recipe: Recipe, name: str) -> bool:
     return value == default
 
 
-def cell_model_info(recipe: Recipe, ensemble: int = 1) -> ModelInfo:
-    """The model information of a cell-head model made with ``recipe``."""
-    return ModelInfo(backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
+def cell_model_info(recipe: Recipe, ensemble: int = 1, fine_ensemble: int = 0) -> ModelInfo:
+    """The model information of a cell-head model made with ``recipe`` (``ensemble`` heads, and
+    ``fine_ensemble`` heads of its finer recipe where it has one and they are given)."""
+    fine = recipe.fine_recipe if fine_ensemble else None
+    fine_head = {"classes": list(fine.classes), "hidden": fine.hidden, "neighbourhood": fine.neighbourhood,
+                 "bottleneck": fine.bottleneck, "ensemble": fine_ensemble} if fine else {}
+    return ModelInfo(fine_head=fine_head, backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
                      neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
                      spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
                      inference=InferenceDefaults(report_classes=list(recipe.classes), flip_tta=recipe.flip_tta),

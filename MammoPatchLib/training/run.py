@@ -114,27 +114,35 @@ def _fit_heads(recipe: Recipe, records: Sequence[ImageRecord], out: Path, cache:
     from .crossval import UNITS_DIR, at_every_scale, fit_head, pretrained_last_stage, recipe_inputs, seed_of
 
     one_fold = {r.image_id: 0 for r in records}  # every woman trains: synthetic images may mix any of them
-    inputs = recipe_inputs(recipe, records, one_fold, cache, ranks, progress and ranks.is_main, {}, {})
-    images = at_every_scale(inputs.cached, inputs.variants) + [image for _, image in inputs.synthetic]
-    store = UnitStore(out / UNITS_DIR, recipe.name,
-                      identity(recipe.to_dict(), sorted((r.image_id, r.patient_id) for r in records), __version__))
-    stages = pretrained_last_stage(recipe)
+    known: Dict[tuple, Any] = {}
+    recipes = [recipe] + ([recipe.fine_recipe] if recipe.fine else [])  # a finer head's members: units too
+    inputs = [recipe_inputs(r, records, one_fold, cache, ranks, progress and ranks.is_main, known, {})
+              for r in recipes]
+    images = [at_every_scale(i.cached, i.variants) + [image for _, image in i.synthetic] for i in inputs]
+    women = sorted((r.image_id, r.patient_id) for r in records)
+    stores = [UnitStore(out / UNITS_DIR, r.name, identity(r.to_dict(), women, __version__)) for r in recipes]
+    stages = [pretrained_last_stage(r) for r in recipes]
+    units = [(k, member) for k, r in enumerate(recipes) for member in range(r.seeds)]
 
-    def compute(member: int) -> Dict[str, Any]:
+    def compute(i: int) -> Dict[str, Any]:
+        k, member = units[i]
         start = time.perf_counter()
-        head = fit_head(images, recipe, seed_of(recipe, 0, member), stages)
-        return {"head": head.state(), "seconds": time.perf_counter() - start, "training_images": len(images)}
+        head = fit_head(images[k], recipes[k], seed_of(recipes[k], 0, member), stages[k])
+        return {"head": head.state(), "seconds": time.perf_counter() - start, "training_images": len(images[k])}
 
-    def describe(member: int, payload: Dict[str, Any]) -> str:
-        return (f"{recipe.name}: member {member + 1}/{recipe.seeds} ({payload['training_images']} training images) "
-                f"in {payload['seconds']:.1f} s")
+    def describe(i: int, payload: Dict[str, Any]) -> str:
+        k, member = units[i]
+        return (f"{recipes[k].name}: member {member + 1}/{recipes[k].seeds} ({payload['training_images']} training "
+                f"images) in {payload['seconds']:.1f} s")
 
-    payloads = run_units([(store, member_unit_name(m)) for m in range(recipe.seeds)], compute, ranks,
+    payloads = run_units([(stores[k], member_unit_name(m)) for k, m in units], compute, ranks,
                          describe if progress else None)
     if not payloads:
         return None
-    info, network = head_network(recipe, [FittedCellHead.from_state(p["head"], stages) for p in payloads])
-    return info, network, [(c.record.image_id, c.record.patient_id) for c in inputs.cached]
+    heads = [[FittedCellHead.from_state(p["head"], stages[k]) for (k, _), p in zip(units, payloads) if k == index]
+             for index in range(len(recipes))]
+    info, network = head_network(recipe, heads[0], heads[1] if recipe.fine else ())
+    return info, network, [(c.record.image_id, c.record.patient_id) for c in inputs[0].cached]
 
 
 def member_unit_name(member: int) -> str:
@@ -144,7 +152,7 @@ def member_unit_name(member: int) -> str:
 
 def _write_model(recipe: Recipe, info: ModelInfo, network: PatchClassifier, trained: Sequence[Tuple[str, str]],
                  members: int, description: str, path: Path, extra: dict) -> Path:
-    from ..evaluation.model_card import ensemble_phrase, head_phrase, tuned_phrase
+    from ..evaluation.model_card import ensemble_phrase, fine_phrase, head_phrase, tuned_phrase
 
     images = sorted({image for image, _ in trained})
     women = sorted({woman for _, woman in trained})
@@ -153,7 +161,8 @@ def _write_model(recipe: Recipe, info: ModelInfo, network: PatchClassifier, trai
     info = replace(info, provenance=provenance,
                    training={"trains": recipe.trains, "thresholds": THRESHOLDS_NOT_FITTED, **extra})
     info.description = (f"{recipe.backbone} (ImageNet, {tuned_phrase(info)}) with {head_phrase(info)}, "
-                        f"{ensemble_phrase(members, recipe.seeds)}; recipe {recipe.name}, trained by `mammopatch "
+                        f"{ensemble_phrase(members, recipe.seeds)}{fine_phrase(info)}; recipe {recipe.name}, "
+                        f"trained by `mammopatch "
                         f"train` on all {len(images)} images of {description}")
     save_model(network, info, path, half=True)
     logger.info("model: %s (%d images of %d women)", path, len(images), len(women))
