@@ -212,6 +212,38 @@ def test_batch_script_runs_in_plain_python(tmp_path):
     assert "MAMMOPATCH-PROGRESS" not in result.stderr
 
 
+def test_ctrl_c_cancels_a_batch_and_keeps_what_it_finished(tmp_path):
+    """SIGINT to the batch script (the worker runs in a session of its own, so only the script
+    gets it) cancels through the cancel file: exit 130, the manifest says "cancelled", and the
+    images finished stay."""
+    import signal
+    import time
+
+    from helpers import tiny_model_file
+
+    from MammoPatchLib.contract import EXIT_CANCELLED, read_manifest
+    from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
+
+    folder = tmp_path / "in"
+    for k in range(40):
+        write_dicom(synthesize_mammogram((400, 320), 0.2, "R", "MLO", [], seed=k), folder / f"im{k:02d}.dcm")
+    model = tiny_model_file(tmp_path / "tiny.pt", spacing_mm=0.4)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(REPO / "Resources" / "Scripts" / "mammopatch_batch.py"),
+                                "--input", str(folder), "--output", str(out), "--model", str(model), "--mode", "fast",
+                                "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "im00" / "findings.json").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_CANCELLED, stderr[-2000:]
+    assert "cancelling" in stderr
+    assert read_manifest(str(out / "result-manifest.json")).status == "cancelled"
+    finished = list(out.glob("*/findings.json"))
+    assert 1 <= len(finished) < 40  # what was done is kept, for --resume to go on from
+
+
 def test_roi_follows_a_rotated_volume_onto_the_boxed_pixels():
     """On a volume whose axes are rotated and flipped in RAS, the ROI's axes follow the volume,
     so its corners land on the corners of the pixel box (sizes along RAS axes would not)."""

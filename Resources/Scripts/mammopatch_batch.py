@@ -20,6 +20,9 @@ findings (JSON + CSV) and an overlay PNG under OUT/<image>/; OUT/summary.csv lis
 ok or failed with the reason, OUT/result-manifest.json every file written. Bad files are skipped
 and reported. The exit status is the worker's (MammoPatchLib.contract: 0 all done, 1 some
 failed, 2 bad arguments or nothing could run, 3 the output cannot be written, 130 cancelled).
+Ctrl-C cancels as the module's Cancel button does: the worker stops at its next batch of
+windows, keeps the images it finished (``--resume`` goes on from them) and writes the manifest
+(status "cancelled"); a second Ctrl-C stops it at once.
 """
 
 import argparse
@@ -94,8 +97,14 @@ def run(argv):
                                _echo, lambda code: None)
         try:
             worker.wait()
-        except KeyboardInterrupt:
-            worker.kill()
+        except KeyboardInterrupt:  # Ctrl-C: cancel as the module's Cancel does, keeping what is done
+            _echo("cancelling: the images finished so far are kept, --resume goes on from them (Ctrl-C again "
+                  "stops at once)")
+            worker.cancel()
+            try:
+                worker.wait()
+            except KeyboardInterrupt:
+                worker.kill()
             return EXIT_CANCELLED
     finally:
         shutil.rmtree(work, ignore_errors=True)
