@@ -306,7 +306,7 @@ def test_a_batch_lists_each_image_score_against_the_other_breast(model_path, tmp
     assert table() == rows
 
 
-def test_ranks_take_whole_studies_so_both_breasts_of_a_view_meet(tmp_path):
+def test_ranks_take_whole_studies_so_both_breasts_of_a_view_meet(tmp_path, monkeypatch):
     """Under torchrun each rank takes whole studies, dealt in turn in the order of their first
     job: DICOM files by the StudyInstanceUID of their header, PNG films by their manifest row's
     study; a film of no known study, and one whose header cannot be read, is a study of its own
@@ -333,6 +333,18 @@ def test_ranks_take_whole_studies_so_both_breasts_of_a_view_meet(tmp_path):
     assert [len({group[j.index] for j in share}) for share in shares] == [3, 2], "studies dealt evenly"
     assert [shard(plan_jobs([manifest]), r, 2) for r in range(2)] == shares, "every rank deals the same"
     assert shard(jobs, 0, 1) == jobs
+    # a torchrun batch reads each header once, for the deal and the crowded-view check alike
+    import MammoPatchLib.io.readers as readers
+    from MammoPatchLib.prediction.jobs import job_breasts
+    from MammoPatchLib.prediction.runner import crowded_views_of
+
+    reads = []
+    real = readers.read_breast
+    monkeypatch.setattr(readers, "read_breast", lambda path: reads.append(path) or real(path))
+    breasts = job_breasts(jobs)
+    assert [shard(jobs, r, 2, breasts) for r in range(2)] == shares
+    assert crowded_views_of(shares[0], breasts) == crowded_views_of(shares[0]) == frozenset()
+    assert len(reads) == len(jobs) + len(shares[0])  # the one read of all, and the check without ``breasts``
 
 
 def _paired_probe(model=None, point=None):

@@ -18,7 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import MammoPatchError
 from ..other_breast import source_study
@@ -127,35 +127,39 @@ def plan_jobs(inputs, spacing_mm: Optional[float] = None, exclude: Sequence[Path
             for i, ((p, s, stated), n) in enumerate(zip(unique, names))]
 
 
-def shard(jobs: Sequence[Job], rank: int, world_size: int) -> List[Job]:
+def shard(jobs: Sequence[Job], rank: int, world_size: int,
+          breasts: Optional[Mapping[Job, Dict[str, Any]]] = None) -> List[Job]:
     """Rank ``rank``'s share of the batch, in job order: the jobs of every W-th study, counting
     the studies in the order of their first job (:func:`study_groups`). Every rank computes the
     same deal from the same job list. Whole studies, so that the two breasts of a view are on one
     rank (:class:`~.runner.PairWait`); dealt in turn rather than in blocks, so that each rank gets
-    as many studies as the next (give or take one) wherever the large ones lie."""
+    as many studies as the next (give or take one) wherever the large ones lie. ``breasts``:
+    the jobs' :func:`job_breasts`, where the batch has read them already."""
     if world_size <= 1:
         return list(jobs)
-    groups = study_groups(jobs)
+    groups = study_groups(jobs, breasts)
     turn: Dict[Hashable, int] = {}
     for group in groups:
         turn.setdefault(group, len(turn))
     return [job for job, group in zip(jobs, groups) if turn[group] % world_size == rank]
 
 
-def study_groups(jobs: Sequence[Job]) -> List[Hashable]:
+def study_groups(jobs: Sequence[Job], breasts: Optional[Mapping[Job, Dict[str, Any]]] = None) -> List[Hashable]:
     """Each job's group: its film's study as the batch will read it (the file's StudyInstanceUID
     or PatientID, from its header alone, else the study its manifest row states), or the job
     itself for a film of no known study, or whose header cannot be read (loading it reports why).
-    The headers are read on a few threads: on a network share, reading is mostly waiting."""
-    with ThreadPoolExecutor(max_workers=HEADER_READERS) as readers:
-        studies = list(readers.map(job_study, jobs))
+    The headers are read on a few threads (:func:`job_breasts`; or given as ``breasts``)."""
+    breasts = breasts if breasts is not None else job_breasts(jobs)
+    studies = [source_study(breasts[job]) for job in jobs]
     return [("study", study) if study else ("job", job.index) for job, study in zip(jobs, studies)]
 
 
-def job_study(job: Job) -> str:
-    """The study of a job's film, as pairing keys it (:func:`~MammoPatchLib.other_breast.source_study`
-    of the image's uids once the manifest row is applied); "" when unknown or unreadable."""
-    return source_study(job_breast(job))
+def job_breasts(jobs: Sequence[Job]) -> Dict[Job, Dict[str, Any]]:
+    """Every job's :func:`job_breast`, its header read once for all that needs it (the deal of
+    studies to ranks, the check for crowded views), on a few threads: on a network share,
+    reading is mostly waiting."""
+    with ThreadPoolExecutor(max_workers=HEADER_READERS) as readers:
+        return dict(zip(jobs, readers.map(job_breast, jobs)))
 
 
 def job_breast(job: Job) -> Dict[str, Any]:

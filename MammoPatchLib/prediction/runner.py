@@ -37,7 +37,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, Callable, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (AbstractSet, Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, TypeVar,
+                    Union)
 
 from ..distributed import RankContext
 from ..errors import Cancelled, MammoPatchError
@@ -45,7 +46,7 @@ from ..other_breast import BreastKey, BreastScores, crowded_views, source_breast
 from ..results.files import breast_scores_of, findings_document, findings_of
 from ..vocabulary import Status
 from .folder import OutputFolder
-from .jobs import HEADER_READERS, Job, job_breast, shard
+from .jobs import Job, job_breasts, shard
 from .image_scores import write_image_scores
 from .rows import RESULT_COLUMNS, SUMMARY_FILE, Row, write_summary
 from .stages import Failure, ImagePipeline, Inferred, Loaded
@@ -87,7 +88,9 @@ def run_batch(jobs: Sequence[Job], folder: OutputFolder, pipeline: ImagePipeline
         else:
             folder.check_writable()
         ctx.barrier()
-        batch = _RankBatch(shard(jobs, ctx.rank, ctx.world_size), folder, pipeline, ctx, resume, overwrite)
+        breasts = job_breasts(jobs) if ctx.distributed else None  # one read for the deal and the pairs
+        batch = _RankBatch(shard(jobs, ctx.rank, ctx.world_size, breasts), folder, pipeline, ctx, resume, overwrite,
+                           breasts)
         rows = batch.run(workers, progress, on_image, on_result, on_progress)
         merged = _gather(rows, ctx)
         if ctx.is_main:
@@ -100,13 +103,13 @@ class _RankBatch:
     """One rank's share of a batch: the stage order, the threads, resuming and the retries."""
 
     def __init__(self, jobs: List[Job], folder: OutputFolder, pipeline: ImagePipeline, ctx: RankContext,
-                 resume: bool, overwrite: bool) -> None:
+                 resume: bool, overwrite: bool, breasts: Optional[Mapping[Job, Dict[str, Any]]] = None) -> None:
         self.jobs, self.folder, self.pipeline, self.ctx = jobs, folder, pipeline, ctx
         self.resume, self.overwrite = resume, overwrite
         self.rows: List[Row] = []
         self.rank_file = folder.root / f"results-rank{ctx.rank}.csv" if ctx.distributed else None
-        self.pairs = PairWait(pipeline, crowded=crowded_views_of(jobs) if pipeline.predictor.reads_other_breast
-                              else frozenset())
+        self.pairs = PairWait(pipeline, crowded=crowded_views_of(jobs, breasts)
+                              if pipeline.predictor.reads_other_breast else frozenset())
 
     def run(self, workers: int, progress: bool, on_image: Optional[ImageCallback],
             on_result: Optional[Callable[[Row], None]], on_progress: Optional[ProgressCallback]) -> List[Row]:
@@ -346,13 +349,15 @@ class PairWait:
         return [(w.job, w.inferred, w.start) for w in late]
 
 
-def crowded_views_of(jobs: Sequence[Job]) -> FrozenSet[Tuple[str, str]]:
+def crowded_views_of(jobs: Sequence[Job], breasts: Optional[Mapping[Job, Dict[str, Any]]] = None
+                     ) -> FrozenSet[Tuple[str, str]]:
     """The (study, view)s of a batch that hold more than one image of a side
     (:func:`~MammoPatchLib.other_breast.crowded_views`, the rule image_scores.csv follows too),
     from the files' headers before any image is read, since an image is paired as soon as its
-    other breast comes; one warning names each such view and its files."""
-    with ThreadPoolExecutor(max_workers=HEADER_READERS) as readers:
-        keys = [source_breast_key(breast) for breast in readers.map(job_breast, jobs)]
+    other breast comes; one warning names each such view and its files. ``breasts``: the jobs'
+    :func:`~.jobs.job_breasts` where the batch has read them already."""
+    breasts = breasts if breasts is not None else job_breasts(jobs)
+    keys = [source_breast_key(breasts[job]) for job in jobs]
     crowded = crowded_views(keys)
     for (study, view), positions in crowded.items():
         files = ", ".join(f"{jobs[p].path.name} ({keys[p][2]})" for p in positions)  # type: ignore[index]
