@@ -28,7 +28,7 @@ import torch
 
 from . import __version__
 from .io.atomic import atomic_path
-from .model_file import load_model
+from .model_file import fine_head_arguments, load_model
 from .vocabulary import PathLike
 
 
@@ -86,7 +86,7 @@ def export_bundle(model_path: PathLike, bundle_dir: PathLike) -> Path:
                         "num_classes": len(info.classes), "hidden": info.hidden, "window": info.window,
                         "head_pooling": info.head_pooling, "head": info.head, "neighbourhood": info.neighbourhood,
                         "bottleneck": info.bottleneck, "ensemble": info.ensemble,
-                        "tuned_stages": info.tuned_stages},
+                        "tuned_stages": info.tuned_stages, "fine_head": fine_head_arguments(info)},
         "network": "$@network_def.to(@device)",
         "model": {"_target_": "MammoPatchLib.model_file.LoadedModel", "network": "@network", "info": "@model_info",
                   "path": "$@bundle_root + '/models/mammopatch.pt'", "sha256": loaded.sha256},

@@ -301,11 +301,12 @@ def build_network(info: ModelInfo, pretrained: bool = False) -> PatchClassifier:
                            pretrained=pretrained, window=info.window, head_pooling=info.head_pooling,
                            head=info.head, neighbourhood=info.neighbourhood, bottleneck=info.bottleneck,
                            ensemble=info.ensemble, tuned_stages=info.tuned_stages,
-                           fine_head=_fine_head_arguments(info))
+                           fine_head=fine_head_arguments(info))
 
 
-def _fine_head_arguments(info: ModelInfo) -> Optional[Dict[str, Any]]:
-    """The network's ``fine_head`` argument: the model's, with its classes as output channels."""
+def fine_head_arguments(info: ModelInfo) -> Optional[Dict[str, Any]]:
+    """The network's ``fine_head`` argument (:class:`PatchClassifier`): the model's, with its
+    classes as output channels (None: no finer head)."""
     if not info.fine_head:
         return None
     values = {k: v for k, v in info.fine_head.items() if k != "classes"}

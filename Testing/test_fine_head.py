@@ -140,3 +140,28 @@ def test_train_makes_both_heads_on_all_women_as_units(tmp_path):
     assert "from a second head on 16 px cells" in model.info.description
     units = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "train" / "units").iterdir())
     assert units == ["tuned-fine", "tuned-fine-fine"]
+
+
+def test_the_monai_bundle_declares_the_finer_head(tmp_path):
+    """``export-bundle`` of a model with a finer head declares the network with it: the
+    declared network takes the model's weights (strict) and its output is on 16 px cells."""
+    from monai.bundle import ConfigParser
+
+    from MammoPatchLib.cli import main
+    from MammoPatchLib.model_file import ModelInfo, build_network, save_model
+
+    info = ModelInfo(head="cell", bottleneck=8, hidden=16, tuned_stages=1,
+                     fine_head={"classes": [CALCIFICATION], "bottleneck": 8, "hidden": 16, "ensemble": 2})
+    save_model(build_network(info).eval(), info, tmp_path / "m.pt")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["export-bundle", str(tmp_path / "m.pt"), "--out", str(tmp_path / "bundle")]) == 0
+    parser = ConfigParser()
+    parser.read_config(tmp_path / "bundle" / "configs" / "inference.json")
+    parser["bundle_root"] = str(tmp_path / "bundle")
+    parser.get_parsed_content("imports")
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True))
+    with torch.no_grad():
+        assert network.eval()(torch.zeros(1, 3, 64, 96)).shape == (1, 10, 4, 6)
+    metadata = json.loads((tmp_path / "bundle" / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["network_data_format"]["outputs"]["pred"]["spatial_shape"] == [16, 16]
