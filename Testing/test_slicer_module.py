@@ -212,6 +212,19 @@ def test_batch_script_runs_in_plain_python(tmp_path):
     assert "MAMMOPATCH-PROGRESS" not in result.stderr
 
 
+def _child_pid(parent: int) -> int:
+    """The one child process of ``parent``, read from Linux's /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            return int(stat.parent.name)
+    raise AssertionError(f"process {parent} has no child")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pauses the worker through Linux's /proc")
 def test_ctrl_c_cancels_a_batch_and_keeps_what_it_finished(tmp_path):
     """SIGINT to the batch script (the worker runs in a session of its own, so only the script
     gets it) cancels through the cancel file: exit 130, the manifest says "cancelled", and the
@@ -235,7 +248,18 @@ def test_ctrl_c_cancels_a_batch_and_keeps_what_it_finished(tmp_path):
     deadline = time.monotonic() + 120
     while not (out / "im00" / "findings.json").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    # The worker is paused from the first finished image until the script has written the cancel
+    # file, so the test never depends on 39 images taking longer than the signal's handling.
+    worker = _child_pid(process.pid)
+    os.killpg(worker, signal.SIGSTOP)
+    try:
+        process.send_signal(signal.SIGINT)
+        arguments = Path(f"/proc/{worker}/cmdline").read_bytes().decode().split("\0")
+        cancel_file = Path(arguments[arguments.index("--cancel-file") + 1])
+        while not cancel_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(worker, signal.SIGCONT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == EXIT_CANCELLED, stderr[-2000:]
     assert "cancelling" in stderr
