@@ -244,7 +244,10 @@ def test_ctrl_c_cancels_a_batch_and_keeps_what_it_finished(tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, str(REPO / "Resources" / "Scripts" / "mammopatch_batch.py"),
                                 "--input", str(folder), "--output", str(out), "--model", str(model), "--mode", "fast",
-                                "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+                                "--device", "cpu"], stderr=subprocess.PIPE, text=True,
+                               # a shell without job control starts background jobs with SIGINT
+                               # ignored, which Python then keeps: Ctrl-C as a terminal delivers it
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "im00" / "findings.json").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -258,6 +261,7 @@ def test_ctrl_c_cancels_a_batch_and_keeps_what_it_finished(tmp_path):
         cancel_file = Path(arguments[arguments.index("--cancel-file") + 1])
         while not cancel_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert cancel_file.exists(), "the batch script wrote no cancel file after Ctrl-C"
     finally:
         os.killpg(worker, signal.SIGCONT)
     _, stderr = process.communicate(timeout=120)
