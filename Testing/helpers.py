@@ -1,9 +1,10 @@
-"""Small models for tests: a tiny real model file, and a probe network whose output the
-tests control (it reports bright blobs in the centre of a window as 'Mass')."""
+"""Test helpers: a tiny real model file, a probe network whose output the
+tests control (it reports bright blobs in the centre of a window as 'Mass'), and child processes."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -46,3 +47,17 @@ def probe_model(thresholds=None, spacing_mm=None, level: float = 0.62) -> Loaded
     """The probe as a loaded model; a ``level`` above 1 reports nothing on any image."""
     info = ModelInfo(spacing_mm=spacing_mm, thresholds=thresholds or [0.3] + [0.5] * 9, trained=False)
     return LoadedModel(network=BrightCentreProbe(level=level).eval(), info=info, path="<probe>", sha256="")
+
+
+def child_pids(pid: int) -> List[int]:
+    """The processes whose parent is ``pid``, read from Linux's /proc (the tests that signal a
+    worker started in a session of its own find it here)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import probe_model, tiny_model_file
+from helpers import child_pids, probe_model, tiny_model_file
 from MammoPatchLib.errors import MammoPatchError
 from MammoPatchLib.prediction.jobs import plan_jobs, read_manifest, shard, study_groups
 from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
@@ -116,19 +116,6 @@ def _torchrun(inputs, out: Path, model: Path, *extra: str):
             "--device", "cpu", "--no-progress", "--out", str(out), *extra]
 
 
-def _children(pid: int):
-    """The processes whose parent is ``pid`` (torchrun starts each worker in its own session)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 def _rank_of(pid: int) -> int:
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return next(int(e.split(b"=")[1]) for e in environ if e.startswith(b"RANK="))
@@ -174,7 +161,7 @@ def test_two_gloo_ranks_share_a_batch_and_resume_after_a_kill(model_path, tmp_pa
         if len(finished) >= 2:
             break
         time.sleep(0.05)
-    victim = next(pid for pid in _children(process.pid) if _rank_of(pid) == 1)
+    victim = next(pid for pid in child_pids(process.pid) if _rank_of(pid) == 1)
     os.kill(victim, signal.SIGKILL)
     assert process.wait(timeout=120) != 0
     done_before = sorted(p.name for p in killed.glob("img*") if p.is_dir())

@@ -212,18 +212,6 @@ def test_batch_script_runs_in_plain_python(tmp_path):
     assert "MAMMOPATCH-PROGRESS" not in result.stderr
 
 
-def _child_pid(parent: int) -> int:
-    """The one child process of ``parent``, read from Linux's /proc."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
-            return int(stat.parent.name)
-    raise AssertionError(f"process {parent} has no child")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pauses the worker through Linux's /proc")
 def test_ctrl_c_cancels_a_batch_and_keeps_what_it_finished(tmp_path):
     """SIGINT to the batch script (the worker runs in a session of its own, so only the script
@@ -232,7 +220,7 @@ def test_ctrl_c_cancels_a_batch_and_keeps_what_it_finished(tmp_path):
     import signal
     import time
 
-    from helpers import tiny_model_file
+    from helpers import child_pids, tiny_model_file
 
     from MammoPatchLib.contract import EXIT_CANCELLED, read_manifest
     from MammoPatchLib.synthetic import synthesize_mammogram, write_dicom
@@ -253,7 +241,7 @@ def test_ctrl_c_cancels_a_batch_and_keeps_what_it_finished(tmp_path):
         time.sleep(0.05)
     # The worker is paused from the first finished image until the script has written the cancel
     # file, so the test never depends on 39 images taking longer than the signal's handling.
-    worker = _child_pid(process.pid)
+    (worker,) = child_pids(process.pid)
     os.killpg(worker, signal.SIGSTOP)
     try:
         process.send_signal(signal.SIGINT)
