@@ -38,7 +38,7 @@ from .vocabulary import FINDING_CLASSES, PathLike, class_slug, heatmap_stem
 
 FORMAT = "mammopatch-model"
 #: What a model's ``fine_head`` states (:class:`ModelInfo`).
-FINE_HEAD_KEYS = ("classes", "hidden", "neighbourhood", "bottleneck", "ensemble")
+FINE_HEAD_KEYS = ("classes", "hidden", "neighbourhood", "bottleneck", "ensemble", "weight")
 FORMAT_VERSION = 3
 
 
@@ -148,7 +148,8 @@ class ModelInfo:
             tune) read as 1.
         fine_head: a second cell head on 16 px cells for some classes (the network's output is
             then on 16 px cells; fast mode only): ``{"classes": [names], "hidden",
-            "neighbourhood", "bottleneck", "ensemble"}``; empty: none.
+            "neighbourhood", "bottleneck", "ensemble", "weight"}`` (weight: its share of its
+            classes' probability beside the 32 px head's, 1 when absent); empty: none.
         spacing_mm: pixel spacing the model was trained at; images are resampled to it
             (None: used at their own spacing).
         preprocessing: preprocessing parameters (:class:`PreprocessConfig`).
@@ -242,7 +243,10 @@ class ModelInfo:
         if not _texts(classes) or not classes or len(set(classes)) != len(classes) \
                 or any(c not in self.classes for c in classes):
             raise ConfigError(f"model fine_head.classes must be some of the model's classes, got {classes!r}")
-        for name in FINE_HEAD_KEYS[1:]:
+        weight = fine.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 < weight <= 1.0:
+            raise ConfigError(f"model fine_head.weight must be a number in (0, 1], got {weight!r}")
+        for name in FINE_HEAD_KEYS[1:-1]:
             value = fine.get(name, 1)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "hidden" else 1):
                 raise ConfigError(f"model fine_head.{name} must be a whole number, got {value!r}")

@@ -32,6 +32,17 @@ def test_with_finer_classes_takes_those_classes_from_the_16_px_cells():
     assert torch.equal(out[:, [0, 2], 2:4, 0:2], coarse[:, [0, 2], 1:2, 0:1].expand(2, 2, 2, 2))
 
 
+def test_a_finer_weight_below_one_averages_the_two_heads_probabilities():
+    from MammoPatchLib.networks.patch_classifier import with_finer_classes
+
+    coarse, fine = torch.randn(1, 3, 2, 2), torch.randn(1, 3, 4, 4)
+    out = with_finer_classes(coarse, fine, [1], weight=0.25)
+    expected = 0.25 * torch.sigmoid(fine[:, 1]) + 0.75 * torch.sigmoid(coarse[:, 1].repeat_interleave(2, -1)
+                                                                       .repeat_interleave(2, -2))
+    torch.testing.assert_close(torch.sigmoid(out[:, 1]), expected)
+    assert torch.equal(out[:, 0], coarse[:, 0].repeat_interleave(2, -1).repeat_interleave(2, -2))
+
+
 @pytest.mark.parametrize("values, message", [
     ({"fine": {"cell_px": 32}}, "needs cell_px 16"),
     ({"fine": {"cell_px": 16, "spacing_mm": 0.4}}, "must keep this recipe's backbone, spacing_mm"),
@@ -39,6 +50,8 @@ def test_with_finer_classes_takes_those_classes_from_the_16_px_cells():
     ({"head": "window", "hidden": 64, "fine": {"cell_px": 16}}, "beside a 32 px cell head"),
     ({"fine": {"cell_px": 16, "seeds": 0}}, "seeds"),
     ({"fine": {"cell_px": 16, "colour": 1}}, "recipe.fine: unknown field"),
+    ({"fine": {"cell_px": 16}, "fine_weight": 0.0}, "fine_weight must be in"),
+    ({"fine_weight": 0.5}, "fine_weight goes with a fine head"),
 ])
 def test_a_recipe_refuses_a_finer_head_it_cannot_hold(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -51,6 +64,9 @@ def test_a_finer_head_reads_back_as_its_own_recipe():
     assert (fine.name, fine.cell_px, fine.classes, fine.seeds) == ("tuned-fine-fine", 16, [CALCIFICATION], 2)
     assert Recipe.from_dict(recipe.to_dict()) == recipe and recipe.model_file_refusal is None
     assert Recipe().fine_recipe is None
+    assert "fine_weight" not in recipe.to_dict()  # at its default: the identity recipes had before it existed
+    blended = Recipe.from_dict({**TUNED, "fine_weight": 0.5})
+    assert blended.to_dict()["fine_weight"] == 0.5 and Recipe.from_dict(blended.to_dict()) == blended
 
 
 def test_model_information_checks_the_finer_head():
@@ -60,17 +76,20 @@ def test_model_information_checks_the_finer_head():
     assert info.cell_px == 16 and ModelInfo(head="cell").cell_px == 32
     for fine, message in (({"classes": ["Calcium"]}, "some of the model's classes"),
                           ({"classes": [CALCIFICATION], "ensemble": 0}, "fine_head.ensemble"),
-                          ({"classes": [CALCIFICATION], "depth": 2}, "fine_head must be a mapping")):
+                          ({"classes": [CALCIFICATION], "depth": 2}, "fine_head must be a mapping"),
+                          ({"classes": [CALCIFICATION], "weight": 1.5}, "fine_head.weight")):
         with pytest.raises(ConfigError, match=message):
             ModelInfo(head="cell", fine_head=fine)
     with pytest.raises(ConfigError, match="cell head on an EfficientNet-Lite"):
         ModelInfo(fine_head={"classes": [CALCIFICATION]})
 
 
-def test_the_model_file_gives_the_cells_the_training_path_scores(tmp_path):
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_the_model_file_gives_the_cells_the_training_path_scores(tmp_path, weight):
     """Both heads fitted from the cache (the 32 px one with its tuned last stage, the finer one on
     the stride-16 pyramid), written into one model file: the Predictor's one pass over the whole
-    image gives the 16 px cells the two heads score from the cache; exact mode is refused."""
+    image gives the 16 px cells the two heads score from the cache, alone or blended at the
+    recipe's ``fine_weight``; exact mode is refused."""
     from MammoPatchLib.datasets import load_records
     from MammoPatchLib.distributed import RankContext
     from MammoPatchLib.inference import Predictor
@@ -83,7 +102,8 @@ def test_the_model_file_gives_the_cells_the_training_path_scores(tmp_path):
 
     root = make_vindr_dataset(tmp_path / "data", n_studies=1, shape=(448, 352), abnormal_fraction=1.0)
     records = load_records(str(root))[0][:2]
-    recipe = Recipe.from_dict({**TUNED, "flip_augment": False, "fine": {**FINE, "flip_augment": False}})
+    recipe = Recipe.from_dict({**TUNED, "flip_augment": False, "fine": {**FINE, "flip_augment": False},
+                               "fine_weight": weight})
     fold_of = {r.image_id: 0 for r in records}
     coarse, fine = (recipe_inputs(r, records, fold_of, tmp_path / "cache", RankContext(), False, {}, {}).cached
                     for r in (recipe, recipe.fine_recipe))
@@ -91,16 +111,17 @@ def test_the_model_file_gives_the_cells_the_training_path_scores(tmp_path):
     fine_heads = [fit_head(fine, recipe.fine_recipe, seed=s) for s in (0, 1)]
     info, network = head_network(recipe, heads, fine_heads)
     assert info.fine_head == {"classes": [CALCIFICATION], "hidden": 16, "neighbourhood": 3, "bottleneck": 8,
-                              "ensemble": 2}
+                              "ensemble": 2, "weight": weight}
     save_model(network, info, tmp_path / "m.pt")
     model = load_model(tmp_path / "m.pt")
     assert model.info.cell_px == 16 and model.network.cell_px == 16
     result = Predictor(model, mode="fast", device="cpu", flip_tta=False).predict_image(read_mammogram(records[0].path))
     maps = result.cell_maps[0]
     channel = [info.classes.index(CALCIFICATION)]
-    trained = with_finer_classes(heads[0].cell_probabilities(coarse[0], flip_tta=False)[None],
-                                 torch.stack([h.cell_probabilities(fine[0], flip_tta=False) for h in fine_heads])
-                                 .mean(0)[None], channel)[0]
+    trained = torch.sigmoid(with_finer_classes(
+        torch.logit(heads[0].cell_probabilities(coarse[0], flip_tta=False)[None]),
+        torch.logit(torch.stack([h.cell_probabilities(fine[0], flip_tta=False) for h in fine_heads]).mean(0)[None]),
+        channel, weight)[0])
     assert maps.stride == 16 and maps.cells.shape == trained.shape == (10,) + fine[0].grid_shape
     torch.testing.assert_close(maps.cells.cpu(), trained, atol=1e-2, rtol=0)  # fp16 caches vs the fp32 pass
     assert result.findings is not None and result.heatmaps.shape[1:] == result.image.shape

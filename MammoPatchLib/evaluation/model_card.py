@@ -182,7 +182,9 @@ def fine_phrase(info: ModelInfo) -> str:
     if not fine:
         return ""
     heads = int(fine.get("ensemble", 1))
-    return (f"; {', '.join(fine['classes'])} from a second head on 16 px cells (the stride-16 features beside the "
+    weight = float(fine.get("weight", 1.0))
+    how = "from" if weight == 1.0 else f"{weight:.2g} of the probability from"
+    return (f"; {', '.join(fine['classes'])} {how} a second head on 16 px cells (the stride-16 features beside the "
             f"frozen output, {fine.get('neighbourhood', 3)} x {fine.get('neighbourhood', 3)} cells, "
             f"{heads} head{'s' if heads > 1 else ''} averaged)")
 

@@ -208,13 +208,20 @@ def fine_pyramid(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     return torch.cat([level_scaled(fine), level_scaled(doubled(coarse))], 1)
 
 
-def with_finer_classes(coarse: torch.Tensor, fine: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
-    """(B, K, h, w) values on 32 px cells and (B, K, 2h, 2w) on 16 px cells -> (B, K, 2h, 2w):
-    the classes at ``channels`` from the finer cells, the others each 32 px cell's value on its
-    four 16 px cells (logits or probabilities alike: it only picks and repeats)."""
+def with_finer_classes(coarse: torch.Tensor, fine: torch.Tensor, channels: Sequence[int],
+                       weight: float = 1.0) -> torch.Tensor:
+    """(B, K, h, w) logits on 32 px cells and (B, K, 2h, 2w) on 16 px cells -> (B, K, 2h, 2w)
+    logits: the other classes each 32 px cell's value on its four 16 px cells; the classes at
+    ``channels`` from the finer cells (``weight`` 1) or the logit of ``weight`` x the finer
+    cell's probability plus ``1 - weight`` x the 32 px cell's (the two heads averaged where
+    they agree on the scale, as :class:`EnsembleHead` averages its members)."""
     out = doubled(coarse)
     index = torch.as_tensor(list(channels), dtype=torch.long, device=out.device)
-    return out.index_copy(1, index, fine.index_select(1, index).to(out.dtype))
+    chosen = fine.index_select(1, index).to(out.dtype)
+    if weight != 1.0:
+        probability = weight * torch.sigmoid(chosen) + (1.0 - weight) * torch.sigmoid(out.index_select(1, index))
+        chosen = torch.logit(probability.clamp(1e-6, 1 - 1e-6))
+    return out.index_copy(1, index, chosen)
 
 
 class FineCellHead(nn.Module):
@@ -224,17 +231,21 @@ class FineCellHead(nn.Module):
     :data:`FINE_CUT` stages) and its frozen stride-32 output (``frozen_stages``: the pretrained
     copy of the last stages that the coarse heads tune, so it reads the output its training
     cached; None when nothing is tuned and the backbone's own output is that), and gives logits
-    for every class, of which the model keeps ``channels``.
+    for every class, of which the model keeps ``channels``, blended with the 32 px head's at
+    ``weight`` (:func:`with_finer_classes`).
 
     Shapes: (B, C16, 2h, 2w) and (B, C, h, w) -> (B, classes, 2h, 2w) logits."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int], hidden: int = 256,
                  neighbourhood: int = 3, bottleneck: int = 128, ensemble: int = 1,
-                 frozen_stages: Optional["TunedStages"] = None) -> None:
+                 frozen_stages: Optional["TunedStages"] = None, weight: float = 1.0) -> None:
         super().__init__()
         if not channels or min(channels) < 0 or max(channels) >= num_classes:
             raise ValueError(f"the finer head's classes must be some of the {num_classes} outputs, got {channels}")
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"the finer head's weight must be in (0, 1], got {weight}")
         self.channels = [int(c) for c in channels]
+        self.weight = float(weight)
         self.frozen_stages = frozen_stages
         make = lambda: CellHead(in_channels, num_classes, hidden, neighbourhood, bottleneck, 0.0)  # noqa: E731
         self.head: nn.Module = make() if ensemble == 1 else EnsembleHead([make() for _ in range(ensemble)])
@@ -312,7 +323,8 @@ class PatchClassifier(nn.Module):
             self.fine = FineCellHead(self.features.channels_before(FINE_CUT) + channels, num_classes,
                                      fine_head["channels"], fine_head.get("hidden", hidden),
                                      fine_head.get("neighbourhood", neighbourhood),
-                                     fine_head.get("bottleneck", bottleneck), fine_head.get("ensemble", 1), frozen)
+                                     fine_head.get("bottleneck", bottleneck), fine_head.get("ensemble", 1), frozen,
+                                     fine_head.get("weight", 1.0))
         if tuned_stages:
             self.features.cut = tuned_stages  # the heads apply their own last stages
         self._num_classes = num_classes
@@ -337,7 +349,7 @@ class PatchClassifier(nn.Module):
             return self.head(self.features(x))
         fine = self.features.features_before(x, FINE_CUT)  # one pass: the stride-16 features kept
         trunk = self.features.features_from(fine, FINE_CUT, self.tuned_stages)
-        return with_finer_classes(self.head(trunk), self.fine(fine, trunk), self.fine.channels)
+        return with_finer_classes(self.head(trunk), self.fine(fine, trunk), self.fine.channels, self.fine.weight)
 
     @property
     def head_reach(self) -> int:

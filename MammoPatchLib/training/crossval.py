@@ -442,7 +442,8 @@ def with_finer_head(run: RecipeRun, fine: RecipeRun, fold_of: Dict[str, int],
     """``run`` (a recipe with a finer head) read as its model file reads images: each held-out
     image's cells from its fold's heads and its fold's finer heads
     (:func:`~MammoPatchLib.networks.patch_classifier.with_finer_classes`: the finer recipe's
-    classes from the 16 px cells, the others from the 32 px ones), its case made from those
+    classes from the 16 px cells, or both heads averaged at ``fine_weight``, the others from the
+    32 px ones), its case made from those
     16 px cells; ``fine``'s run kept beside it for the model file."""
     recipe, finer = run.recipe, fine.recipe
     channels = [FINDING_CLASSES.index(c) for c in finer.classes]
@@ -456,8 +457,9 @@ def with_finer_head(run: RecipeRun, fine: RecipeRun, fold_of: Dict[str, int],
         fine_heads = fine.heads[k * finer.seeds:(k + 1) * finer.seeds]
         for image in (c for c in run.cached if fold_of[c.record.image_id] == fold):
             fine_image = fine_images[image.record.image_id]
-            cells = with_finer_classes(mean_probabilities(heads, image, recipe.flip_tta)[None],
-                                       mean_probabilities(fine_heads, fine_image, finer.flip_tta)[None], channels)[0]
+            coarse = torch.logit(mean_probabilities(heads, image, recipe.flip_tta)[None])
+            finer_cells = torch.logit(mean_probabilities(fine_heads, fine_image, finer.flip_tta)[None])
+            cells = torch.sigmoid(with_finer_classes(coarse, finer_cells, channels, recipe.fine_weight)[0])
             cases.append(case_from_cells(image.record, cells, fine_image.geometry, predictor, top_k))
     seconds = run.out_of_fold.seconds + fine.out_of_fold.seconds
     out_of_fold = OutOfFold(recipe.to_dict(), cases, dict(fold_of), record_breast_keys(records), seconds)

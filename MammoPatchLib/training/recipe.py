@@ -53,7 +53,13 @@ NETWORK_FIELDS = ("sampling", "augmentation", "batch_size", "patches_per_epoch",
                   "plateau_patience", "plateau_factor", "num_workers", "amp", "device")
 CELL_FIELDS = ("tune_stages", "neighbourhood", "bottleneck", "radius_px", "extent", "ignore_px", "batch_cells",
                "negatives_per_epoch", "hard_negative_share", "hard_negative_after", "flip_augment", "tail_epochs",
-               "tail_learning_rate", "seeds", "train_scales", "synthetic_per_lesion", "other_breast_input", "fine")
+               "tail_learning_rate", "seeds", "train_scales", "synthetic_per_lesion", "other_breast_input", "fine",
+               "fine_weight")
+
+#: Fields added after recipes were first cross-validated: left out of :meth:`Recipe.to_dict` at
+#: their default, so a recipe that does not use one keeps its identity (and with it its finished
+#: cross-validation units, :mod:`.work_units`) and reads back the same.
+LATER_FIELDS = ("fine_weight",)
 
 
 @dataclass
@@ -120,6 +126,10 @@ class Recipe:
             on its four 16 px cells (:func:`~MammoPatchLib.networks.patch_classifier.with_finer_classes`).
             Cross-validation trains it fold by fold beside this recipe's heads and reads the
             held-out women through both; the model file holds both heads (empty: none).
+        fine_weight: the finer head's share of its classes' probability (in (0, 1]): 1 takes
+            them from the 16 px cells alone; below 1 the two heads are averaged, each 32 px cell's
+            probability on its four 16 px cells weighted ``1 - fine_weight``, since two heads
+            that see a lesion at different scales err differently.
         sampler: how samples are drawn (:data:`SAMPLERS`): "cells" for trains "head" and
             "stages", "poster" or "window" patches for trains "network".
 
@@ -180,6 +190,7 @@ class Recipe:
     other_breast_input: str = "none"
     cell_px: int = FEATURE_STRIDE
     fine: Dict[str, Any] = field(default_factory=dict)
+    fine_weight: float = 1.0
     sampler: str = "cells"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
@@ -258,6 +269,8 @@ class Recipe:
     def _check_fine(self) -> None:
         fine = self.fine_recipe
         if fine is None:
+            if self.fine_weight != 1.0:
+                raise ConfigError("recipe: fine_weight goes with a fine head")
             return
         shared = ("backbone", "spacing_mm", "preprocessing", "flip_tta")
         checks = [
@@ -269,6 +282,7 @@ class Recipe:
             (all(getattr(fine, name) == getattr(self, name) for name in shared),
              f"fine: the finer head's recipe must keep this recipe's {', '.join(shared)}"),
             (fine.name != self.name, "fine: the finer head's recipe needs a name of its own"),
+            (0.0 < self.fine_weight <= 1.0, "fine_weight must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -324,6 +338,9 @@ class Recipe:
     def to_dict(self) -> Dict[str, Any]:
         values = config_to_dict(self)
         values["sampling"].pop("mode")  # the sampler's (read back by from_dict)
+        for name in LATER_FIELDS:
+            if _unchanged(self, name):
+                values.pop(name)
         return values
 
     @classmethod
@@ -361,7 +378,7 @@ def cell_model_info(recipe: Recipe, ensemble: int = 1, fine_ensemble: int = 0) -
     ``fine_ensemble`` heads of its finer recipe where it has one and they are given)."""
     fine = recipe.fine_recipe if fine_ensemble else None
     fine_head = {"classes": list(fine.classes), "hidden": fine.hidden, "neighbourhood": fine.neighbourhood,
-                 "bottleneck": fine.bottleneck, "ensemble": fine_ensemble} if fine else {}
+                 "bottleneck": fine.bottleneck, "ensemble": fine_ensemble, "weight": recipe.fine_weight} if fine else {}
     return ModelInfo(fine_head=fine_head, backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
                      neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
                      spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
