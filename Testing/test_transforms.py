@@ -53,6 +53,23 @@ def test_clahe_fusion_channel_order(synthetic_mammo):
     torch.testing.assert_close(dict_out, fused)
 
 
+def test_clahe_runs_in_workers_forked_after_the_parent_used_it(synthetic_mammo):
+    """DataLoader workers are forked from a process that has run CLAHE already: OpenCV must hold no
+    thread pool then (a child forked while the pool holds a lock hangs in CLAHE for ever), and
+    the children's CLAHE is the parent's."""
+    import multiprocessing
+
+    import cv2
+
+    image = np.clip(synthetic_mammo.pixels.astype(np.float32) / float(synthetic_mammo.pixels.max()), 0, 1)
+    expected = [clahe(image, 0.2, scale) for scale in DEFAULT_SCALES]
+    assert cv2.getNumThreads() == 1  # OpenCV runs sequentially: no pool a fork could inherit locked
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        done = pool.starmap_async(clahe, [(image, 0.2, scale) for scale in DEFAULT_SCALES] * 3).get(timeout=120)
+    for k, result in enumerate(done):
+        np.testing.assert_array_equal(result, expected[k % len(DEFAULT_SCALES)])
+
+
 def test_clahe_tiles_are_physical(synthetic_mammo):
     """The same breast at 200 um and 100 um gets the same enhancement (tiles in mm)."""
     from skimage.transform import resize

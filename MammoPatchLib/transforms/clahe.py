@@ -15,6 +15,7 @@ count), and it takes ~0.05 s on 3000 x 2400 against ~0.5 s for scikit-image. The
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple
@@ -44,10 +45,21 @@ class ClaheScale:
 DEFAULT_SCALES: Tuple[ClaheScale, ClaheScale] = (ClaheScale(12.5, 2.0), ClaheScale(50.0, 2.0))
 
 
-def clahe(image01: np.ndarray, spacing_mm: float, scale: ClaheScale) -> np.ndarray:
-    """CLAHE of a 2-D [0, 1] array with tiles of ``scale.tile_mm``; returns float32 in [0, 1]."""
+@functools.lru_cache(maxsize=None)
+def _sequential_opencv():
+    """OpenCV with its thread pool switched off before its first parallel call. Images are
+    prepared in forked DataLoader workers (``prepare_images``, the network path's cache): a child
+    forked while the parent's OpenCV pool holds a lock waits on it for ever inside CLAHE (seen as
+    a hung worker); CLAHE of two scales takes tens of milliseconds on one thread anyway."""
     import cv2
 
+    cv2.setNumThreads(0)
+    return cv2
+
+
+def clahe(image01: np.ndarray, spacing_mm: float, scale: ClaheScale) -> np.ndarray:
+    """CLAHE of a 2-D [0, 1] array with tiles of ``scale.tile_mm``; returns float32 in [0, 1]."""
+    cv2 = _sequential_opencv()
     rows, cols = image01.shape
     grid = (
         max(1, math.ceil(cols * spacing_mm / scale.tile_mm)),
