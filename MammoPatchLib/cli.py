@@ -395,7 +395,7 @@ def _run_crossval(args: argparse.Namespace) -> int:
         found = None
         if ranks.is_main:  # the data (synthetic:N is written) and the fold file: once, then shared
             records, description = load_records(args.data, work_dir=out)
-            found = (records, description, fold_assignment(records, args.folds, out))
+            found = (records, description, fold_assignment(records, args.folds, out, seed=args.fold_seed))
         records, description, fold_of = ranks.broadcast(found)
         runs = cross_validate(recipes, records, fold_of, Path(args.cache) if args.cache else out / "feature-cache",
                               progress=not args.no_progress, units_dir=out / UNITS_DIR, ranks=ranks)
@@ -450,7 +450,8 @@ def _crossval_command(args: argparse.Namespace) -> str:
     """The command line that rebuilds a model, for its card (the data and report folders as
     placeholders: they are the user's)."""
     configs = " ".join(Path(c).as_posix() if not Path(c).is_absolute() else Path(c).name for c in args.config)
-    return (f"mammopatch crossval --config {configs} --data DATA --folds {args.folds} --out REPORT "
+    seed = f" --fold-seed {args.fold_seed}" if args.fold_seed else ""
+    return (f"mammopatch crossval --config {configs} --data DATA --folds {args.folds}{seed} --out REPORT "
             f"--model-out {Path(args.model_out).name}")
 
 
@@ -461,6 +462,10 @@ def _add_crossval_command(sub) -> None:
     crossval.add_argument("--data", required=True, help="mini-MIAS or VinDr-layout folder, or synthetic:N")
     crossval.add_argument("--folds", type=_folds, default=5,
                           help="folds of women, 2 to the number of women in the data (default: %(default)s)")
+    crossval.add_argument("--fold-seed", type=_non_negative_int, default=0,
+                          help="seed of the division of women into folds, used when OUT has no folds.csv yet "
+                               "(another seed gives another division: whether a difference between recipes "
+                               "belongs to one division; default: %(default)s)")
     crossval.add_argument("--out", required=True,
                           help="report folder (its folds.csv is reused by later runs; a rerun of the same command "
                                "skips the recipe x fold units already finished under its units/)")

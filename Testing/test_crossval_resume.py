@@ -96,6 +96,32 @@ def test_a_crossval_killed_after_its_first_unit_resumes_to_the_same_report(unint
     assert figures(out) == figures(uninterrupted / "out")
 
 
+def test_fold_seed_divides_the_women_anew(tmp_path):
+    """``--fold-seed``: another division of the same women (each woman's films in one fold), the
+    one the library's stratified division gives for that seed, written to the report's fold file."""
+    from MammoPatchLib.cli import main
+    from MammoPatchLib.datasets import load_records
+    from MammoPatchLib.datasets.splits import folds_by_patient, read_fold_file
+    from MammoPatchLib.synthetic import make_vindr_dataset
+    from MammoPatchLib.training.crossval import FOLD_FILE
+
+    root = tmp_path / "seeded"
+    root.mkdir()
+    (root / "tiny.json").write_text(json.dumps(RECIPE), encoding="utf-8")
+    make_vindr_dataset(root / "data", n_studies=6, shape=(320, 256), abnormal_fraction=0.5)  # 6 women
+    records = load_records(str(root / "data"))[0]
+    seeded = {s: folds_by_patient(records, FOLDS, s) for s in range(50)}
+    seed = next(s for s in range(1, 50) if seeded[s] != seeded[0])
+    runs = {}
+    for s in (0, seed):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = main(crossval_args(root, root / f"out-{s}", root / "cache") + ["--fold-seed", str(s)])
+        assert code == 0
+        runs[s] = read_fold_file(root / f"out-{s}" / FOLD_FILE)
+        assert runs[s] == {r.image_id: seeded[s][r.patient_id] for r in records}
+    assert runs[0] != runs[seed]
+
+
 @pytest.mark.slow  # several processes: CI runs it (-m slow)
 def test_two_gloo_ranks_give_the_report_and_model_of_one_process(uninterrupted, tmp_path):
     out, model, cache = tmp_path / "out", tmp_path / "model.pt", tmp_path / "cache"  # the ranks share the caching
