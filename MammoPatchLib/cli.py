@@ -463,9 +463,9 @@ def _add_crossval_command(sub) -> None:
     crossval.add_argument("--folds", type=_folds, default=5,
                           help="folds of women, 2 to the number of women in the data (default: %(default)s)")
     crossval.add_argument("--fold-seed", type=_non_negative_int, default=0,
-                          help="seed of the division of women into folds, used when OUT has no folds.csv yet "
-                               "(another seed gives another division: whether a difference between recipes "
-                               "belongs to one division; default: %(default)s)")
+                          help="seed of the division of women into folds, drawn when OUT has no folds.csv yet "
+                               "(another seed gives another division, in another OUT: whether a difference "
+                               "between recipes belongs to one division; default: %(default)s)")
     crossval.add_argument("--out", required=True,
                           help="report folder (its folds.csv is reused by later runs; a rerun of the same command "
                                "skips the recipe x fold units already finished under its units/)")

@@ -120,6 +120,10 @@ def test_fold_seed_divides_the_women_anew(tmp_path):
         runs[s] = read_fold_file(root / f"out-{s}" / FOLD_FILE)
         assert runs[s] == {r.image_id: seeded[s][r.patient_id] for r in records}
     assert runs[0] != runs[seed]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(crossval_args(root, root / "out-0", root / "cache") + ["--fold-seed", str(seed)])
+    assert code != 0  # a folder's fold file is not redrawn under it
+    assert read_fold_file(root / "out-0" / FOLD_FILE) == runs[0]
 
 
 @pytest.mark.slow  # several processes: CI runs it (-m slow)

@@ -111,7 +111,7 @@ def test_the_model_file_gives_the_cells_the_training_path_scores(tmp_path, weigh
     fine_heads = [fit_head(fine, recipe.fine_recipe, seed=s) for s in (0, 1)]
     info, network = head_network(recipe, heads, fine_heads)
     assert info.fine_head == {"classes": [CALCIFICATION], "hidden": 16, "neighbourhood": 3, "bottleneck": 8,
-                              "ensemble": 2, "weight": weight}
+                              "ensemble": 2, **({"weight": weight} if weight != 1.0 else {})}
     save_model(network, info, tmp_path / "m.pt")
     model = load_model(tmp_path / "m.pt")
     assert model.info.cell_px == 16 and model.network.cell_px == 16

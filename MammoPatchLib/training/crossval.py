@@ -80,7 +80,12 @@ class RecipeRun:
 
 def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, seed: int = 0) -> Dict[str, int]:
     """{image_id: fold}: read from ``out_dir/folds.csv`` when it exists (the same folds for
-    every recipe), else made and written there."""
+    every recipe), else made with ``seed`` and written there. A non-zero ``seed`` must agree
+    with an existing file (a rerun resumes; another seed needs another folder).
+
+    Raises:
+        MammoPatchError: the file lacks images of the data, has another number of folds, or
+            another division than a non-zero ``seed`` gives."""
     path = out_dir / FOLD_FILE
     if path.is_file():
         fold_of = read_fold_file(path)
@@ -91,9 +96,18 @@ def fold_assignment(records: Sequence[ImageRecord], folds: int, out_dir: Path, s
         found = len(set(fold_of.values()))
         if found != folds:
             raise MammoPatchError(f"the fold file has {found} folds, --folds asks for {folds}", path)
-        return {r.image_id: fold_of[r.image_id] for r in records}
+        fold_of = {r.image_id: fold_of[r.image_id] for r in records}
+        if seed and fold_of != _by_image(records, folds_by_patient(records, folds, seed)):
+            raise MammoPatchError(f"the fold file holds another division of the women than fold seed {seed} "
+                                  "gives; use a new --out folder for another division", path)
+        return fold_of
     by_patient = folds_by_patient(records, folds, seed)
     write_fold_file(records, by_patient, path)
+    return _by_image(records, by_patient)
+
+
+def _by_image(records: Sequence[ImageRecord], by_patient: Dict[str, int]) -> Dict[str, int]:
+    """{image_id: fold} of {patient_id: fold}: a woman's films share her fold."""
     return {r.image_id: by_patient[r.patient_id] for r in records}
 
 

@@ -378,7 +378,9 @@ def cell_model_info(recipe: Recipe, ensemble: int = 1, fine_ensemble: int = 0) -
     ``fine_ensemble`` heads of its finer recipe where it has one and they are given)."""
     fine = recipe.fine_recipe if fine_ensemble else None
     fine_head = {"classes": list(fine.classes), "hidden": fine.hidden, "neighbourhood": fine.neighbourhood,
-                 "bottleneck": fine.bottleneck, "ensemble": fine_ensemble, "weight": recipe.fine_weight} if fine else {}
+                 "bottleneck": fine.bottleneck, "ensemble": fine_ensemble} if fine else {}
+    if fine and recipe.fine_weight != 1.0:  # written only where it blends: a file older readers still load
+        fine_head["weight"] = recipe.fine_weight
     return ModelInfo(fine_head=fine_head, backbone=recipe.backbone, classes=list(FINDING_CLASSES), hidden=recipe.hidden, head=recipe.head,
                      neighbourhood=recipe.neighbourhood, bottleneck=recipe.bottleneck, ensemble=ensemble,
                      spacing_mm=recipe.spacing_mm, preprocessing=recipe.preprocessing,
