@@ -38,7 +38,8 @@ from .vocabulary import FINDING_CLASSES, PathLike, class_slug, heatmap_stem
 
 FORMAT = "mammopatch-model"
 #: What a model's ``fine_head`` states (:class:`ModelInfo`).
-FINE_HEAD_KEYS = ("classes", "hidden", "neighbourhood", "bottleneck", "ensemble", "weight")
+FINE_HEAD_COUNTS = ("hidden", "neighbourhood", "bottleneck", "ensemble")  # whole numbers
+FINE_HEAD_KEYS = ("classes", *FINE_HEAD_COUNTS, "weight")
 FORMAT_VERSION = 3
 
 
@@ -246,7 +247,7 @@ class ModelInfo:
         weight = fine.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 < weight <= 1.0:
             raise ConfigError(f"model fine_head.weight must be a number in (0, 1], got {weight!r}")
-        for name in FINE_HEAD_KEYS[1:-1]:
+        for name in FINE_HEAD_COUNTS:
             value = fine.get(name, 1)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "hidden" else 1):
                 raise ConfigError(f"model fine_head.{name} must be a whole number, got {value!r}")

@@ -172,6 +172,13 @@ class TunedTailHead(nn.Module):
         return self.head(self.tail(features))
 
 
+def logit_of_probability(probability: torch.Tensor) -> torch.Tensor:
+    """The logit of averaged probabilities, clamped to [1e-6, 1 - 1e-6] so a probability of
+    exactly 0 or 1 stays finite: the inferers' sigmoid (and calibration temperatures) then see
+    one model wherever heads are averaged (:class:`EnsembleHead`, :func:`with_finer_classes`)."""
+    return torch.logit(probability.clamp(1e-6, 1 - 1e-6))
+
+
 class EnsembleHead(nn.Module):
     """Several heads over one (frozen) backbone's features, e.g. the five fold models of a
     cross-validation: the output is the logit of their mean probability, so the inferers'
@@ -183,7 +190,7 @@ class EnsembleHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         probs = torch.stack([torch.sigmoid(head(features)) for head in self.members]).mean(0)
-        return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+        return logit_of_probability(probs)
 
 
 def level_scaled(features: torch.Tensor) -> torch.Tensor:
@@ -220,7 +227,7 @@ def with_finer_classes(coarse: torch.Tensor, fine: torch.Tensor, channels: Seque
     chosen = fine.index_select(1, index).to(out.dtype)
     if weight != 1.0:
         probability = weight * torch.sigmoid(chosen) + (1.0 - weight) * torch.sigmoid(out.index_select(1, index))
-        chosen = torch.logit(probability.clamp(1e-6, 1 - 1e-6))
+        chosen = logit_of_probability(probability)
     return out.index_copy(1, index, chosen)
 
 
